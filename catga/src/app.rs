@@ -1,0 +1,416 @@
+//! Starting and stopping an instance: [`Catga::run`] for a service's `main`,
+//! [`Catga::builder`] for explicit settings, clients and tests, and the
+//! [`App`] handle to send, publish and shut down.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::context::Metadata;
+use crate::error::{Error, Result};
+use crate::message::{Command, Event};
+use crate::middleware::Middleware;
+use crate::registry::{self, HandlerRecord};
+use crate::transport::Transport;
+use crate::transport::memory::MemoryBus;
+
+/// The entry points.
+pub struct Catga;
+
+impl Catga {
+    /// Run this program as a service instance: read the `CATGA_*`
+    /// environment (see [`Config`]), subscribe every registered handler, run
+    /// until ctrl-c or SIGTERM, then shut down gracefully.
+    ///
+    /// ```no_run
+    /// #[tokio::main]
+    /// async fn main() -> catga::Result<()> {
+    ///     catga::Catga::run().await
+    /// }
+    /// ```
+    pub async fn run() -> Result<()> {
+        let app = Builder::from_env()?.start().await?;
+        app.run_until_signal().await;
+        Ok(())
+    }
+
+    /// Explicit settings: start from the defaults, not the environment.
+    pub fn builder() -> Builder {
+        Builder::new(Config::default())
+    }
+}
+
+/// Which registered handlers an instance subscribes.
+type HandlerFilter = Box<dyn Fn(&HandlerRecord) -> bool + Send + Sync>;
+
+/// Settings for one instance; [`start`](Builder::start) it.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> catga::Result<()> {
+/// use std::time::Duration;
+/// let app = catga::Catga::builder()
+///     .service("orders")
+///     .request_timeout(Duration::from_secs(2))
+///     .client_only()               // send and publish, handle nothing
+///     .start()
+///     .await?;
+/// app.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until `.start().await`"]
+pub struct Builder {
+    config: Config,
+    bus: Option<MemoryBus>,
+    middleware: Vec<Arc<dyn Middleware>>,
+    filter: Option<HandlerFilter>,
+}
+
+impl Builder {
+    fn new(config: Config) -> Self {
+        Builder { config, bus: None, middleware: Vec::new(), filter: None }
+    }
+
+    /// Settings from the `CATGA_*` environment variables (see [`Config`]).
+    pub fn from_env() -> Result<Self> {
+        Ok(Self::new(Config::from_env()?))
+    }
+
+    /// Settings from a [`Config`].
+    pub fn config(config: Config) -> Self {
+        Self::new(config)
+    }
+
+    /// The service name (also the default queue group of its commands).
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.config.service = name.into();
+        self
+    }
+
+    /// This instance's id (default: service name and a random suffix).
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.config.instance_id = id.into();
+        self
+    }
+
+    /// NATS servers, comma-separated.
+    pub fn nats_url(mut self, url: impl Into<String>) -> Self {
+        self.config.nats_url = Some(url.into());
+        self
+    }
+
+    /// Redis URL, or a comma-separated Redis Cluster node list.
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.config.redis_url = Some(url.into());
+        self
+    }
+
+    /// Run on this in-memory bus (default: [`MemoryBus::global`]).
+    pub fn memory_bus(mut self, bus: MemoryBus) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
+    /// Default timeout of `send`.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.request_timeout = timeout;
+        self
+    }
+
+    /// Default limit on one handling.
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handler_timeout = Some(timeout);
+        self
+    }
+
+    /// How long shutdown waits for in-flight handlings.
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.config.grace_period = grace;
+        self
+    }
+
+    /// Add a middleware around every handling (first added is outermost).
+    pub fn middleware(mut self, middleware: impl Middleware) -> Self {
+        self.middleware.push(Arc::new(middleware));
+        self
+    }
+
+    /// Subscribe only the registered handlers `keep` accepts.
+    pub fn handlers_where(mut self, keep: impl Fn(&HandlerRecord) -> bool + Send + Sync + 'static) -> Self {
+        self.filter = Some(Box::new(keep));
+        self
+    }
+
+    /// Subscribe no handlers: a client that only sends and publishes.
+    pub fn client_only(self) -> Self {
+        self.handlers_where(|_| false)
+    }
+
+    /// Validate the settings and handlers, subscribe, and return the handle.
+    ///
+    /// Fails on a duplicate handler (naming both locations) or a setting
+    /// this build cannot honour.
+    pub async fn start(self) -> Result<App> {
+        let config = self.config.resolve()?;
+        if let Some(url) = &config.nats_url {
+            return Err(Error::Config(format!(
+                "CATGA_NATS_URL / nats_url is set ({url}), but this version of catga has no NATS transport yet; \
+                 unset it to run on the in-memory transport"
+            )));
+        }
+        if let Some(url) = &config.redis_url {
+            return Err(Error::Config(format!(
+                "CATGA_REDIS_URL / redis_url is set ({url}), but this version of catga has no Redis store yet; \
+                 unset it to keep state in memory"
+            )));
+        }
+        let mut handlers = registry::handlers();
+        if let Some(keep) = &self.filter {
+            handlers.retain(|h| keep(h));
+        }
+        registry::validate(&handlers, &config.service)?;
+        for h in &handlers {
+            tracing::info!(
+                kind = ?h.kind,
+                subject = h.subject,
+                queue = h.queue_group(&config.service).unwrap_or("(broadcast)"),
+                handler = %format_args!("{}::{}", h.module, h.name),
+                message = h.message_type,
+                reply = h.reply_type,
+                "handler found"
+            );
+        }
+        if handlers.is_empty() && self.filter.is_none() {
+            tracing::warn!(
+                "no handlers registered; handlers in a library crate that main.rs never references are not linked — \
+                 add `use my_handlers as _;`"
+            );
+        }
+        let transport = Transport::Memory(self.bus.unwrap_or_else(MemoryBus::global));
+        let inner = Arc::new(AppInner {
+            config,
+            transport,
+            middleware: self.middleware,
+            handlers,
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
+        inner.transport.subscribe(&inner, &inner.handlers);
+        tracing::info!(
+            service = inner.config.service,
+            instance = inner.config.instance_id,
+            handlers = inner.handlers.len(),
+            transport = "memory",
+            "catga instance started"
+        );
+        Ok(App { inner })
+    }
+}
+
+pub(crate) struct AppInner {
+    pub(crate) config: Config,
+    transport: Transport,
+    middleware: Vec<Arc<dyn Middleware>>,
+    handlers: Vec<&'static HandlerRecord>,
+    in_flight: AtomicUsize,
+    idle: Notify,
+    closed: AtomicBool,
+}
+
+/// A running instance: send commands, publish events, shut down. Cheap to
+/// clone; every clone is the same instance. Dropping every handle stops the
+/// instance from receiving (without the graceful wait of
+/// [`shutdown`](App::shutdown)).
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<AppInner>,
+}
+
+/// Options of one `send`.
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct SendOptions {
+    /// Overrides the instance's default request timeout.
+    pub timeout: Option<Duration>,
+}
+
+impl SendOptions {
+    /// Options with this timeout.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let o = catga::SendOptions::timeout(Duration::from_millis(200));
+    /// assert_eq!(o.timeout, Some(Duration::from_millis(200)));
+    /// ```
+    pub fn timeout(timeout: Duration) -> Self {
+        SendOptions { timeout: Some(timeout) }
+    }
+}
+
+/// How a shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Handlings that were still running when the grace period ended.
+    pub abandoned: usize,
+    /// How long the wait for in-flight handlings took.
+    pub waited: Duration,
+}
+
+impl App {
+    pub(crate) fn from_inner(inner: Arc<AppInner>) -> Self {
+        App { inner }
+    }
+
+    /// The service name.
+    pub fn service(&self) -> &str {
+        &self.inner.config.service
+    }
+
+    /// This instance's id.
+    pub fn instance_id(&self) -> &str {
+        &self.inner.config.instance_id
+    }
+
+    /// The settings this instance runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The handlers this instance subscribed, sorted.
+    pub fn handlers(&self) -> &[&'static HandlerRecord] {
+        &self.inner.handlers
+    }
+
+    pub(crate) fn middleware(&self) -> &[Arc<dyn Middleware>] {
+        &self.inner.middleware
+    }
+
+    /// Send a command to the one instance that handles it and wait for the
+    /// typed reply (default timeout).
+    ///
+    /// Errors: [`Error::NoHandler`] when nobody serves the subject,
+    /// [`Error::Timeout`], [`Error::Handler`] with the handler's code and
+    /// message, [`Error::Shutdown`] after [`shutdown`](App::shutdown).
+    pub async fn send<C: Command>(&self, command: C) -> Result<C::Reply> {
+        self.send_as(command, Metadata::root(), SendOptions::default()).await
+    }
+
+    /// [`send`](App::send) with options (e.g. a per-call timeout).
+    pub async fn send_with<C: Command>(&self, command: C, options: SendOptions) -> Result<C::Reply> {
+        self.send_as(command, Metadata::root(), options).await
+    }
+
+    /// Send with explicit metadata (the context uses this to propagate ids).
+    pub async fn send_as<C: Command>(&self, command: C, meta: Metadata, options: SendOptions) -> Result<C::Reply> {
+        self.check_open()?;
+        let timeout = options.timeout.unwrap_or(self.inner.config.request_timeout);
+        self.inner.transport.send(command, meta, timeout).await
+    }
+
+    /// Publish an event: every broadcast subscriber and one member of each
+    /// queue group receive it. Returns once it is handed to the transport.
+    pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
+        self.publish_as(event, Metadata::root()).await
+    }
+
+    /// Publish with explicit metadata.
+    pub async fn publish_as<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
+        self.check_open()?;
+        self.inner.transport.publish(event, meta)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Shutdown { instance: self.inner.config.instance_id.clone() });
+        }
+        Ok(())
+    }
+
+    /// Handlings running in this instance now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn in_flight_guard(&self) -> InFlight<'_> {
+        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(&self.inner)
+    }
+
+    /// Graceful shutdown: stop receiving new messages at once, wait up to
+    /// the grace period for in-flight handlings, then refuse further sends
+    /// and publishes. Idempotent.
+    pub async fn shutdown(&self) -> ShutdownReport {
+        self.inner.transport.unsubscribe(&self.inner);
+        let started = Instant::now();
+        let grace = self.inner.config.grace_period;
+        let drained = tokio::time::timeout(grace, async {
+            loop {
+                let idle = self.inner.idle.notified();
+                if self.in_flight() == 0 {
+                    break;
+                }
+                idle.await;
+            }
+        })
+        .await;
+        self.inner.closed.store(true, Ordering::Release);
+        let report = ShutdownReport { abandoned: if drained.is_ok() { 0 } else { self.in_flight() }, waited: started.elapsed() };
+        if report.abandoned > 0 {
+            tracing::warn!(instance = self.instance_id(), abandoned = report.abandoned, ?grace, "grace period over; handlings abandoned");
+        } else {
+            tracing::info!(instance = self.instance_id(), waited = ?report.waited, "catga instance stopped");
+        }
+        report
+    }
+
+    /// Wait for ctrl-c or SIGTERM, then [`shutdown`](App::shutdown).
+    pub async fn run_until_signal(&self) -> ShutdownReport {
+        shutdown_signal().await;
+        tracing::info!(instance = self.instance_id(), "signal received, shutting down");
+        self.shutdown().await
+    }
+}
+
+impl fmt::Debug for App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("App").field("service", &self.service()).field("instance_id", &self.instance_id()).finish()
+    }
+}
+
+/// Counts one handling as in flight while alive.
+pub(crate) struct InFlight<'a>(&'a AppInner);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; waiting for ctrl-c only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

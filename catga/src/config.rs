@@ -1,0 +1,117 @@
+//! Configuration of one instance, from the environment or the builder.
+//!
+//! | variable                     | meaning                                   | default |
+//! |------------------------------|-------------------------------------------|---------|
+//! | `CATGA_SERVICE`              | service name (default command queue group) | the executable's name |
+//! | `CATGA_INSTANCE_ID`          | this instance's id                         | `{service}-{8 random hex}` |
+//! | `CATGA_NATS_URL`             | NATS servers, comma-separated              | unset: in memory |
+//! | `CATGA_REDIS_URL`            | Redis URL or cluster node list             | unset: in memory |
+//! | `CATGA_REQUEST_TIMEOUT_MS`   | default timeout of `send`                  | 5000 |
+//! | `CATGA_HANDLER_TIMEOUT_MS`   | default limit on one handling              | none |
+//! | `CATGA_GRACE_PERIOD_MS`      | how long shutdown waits for in-flight work | 10000 |
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Settings of one instance.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// The service name; command handlers without a `queue` join the queue
+    /// group of this name.
+    pub service: String,
+    /// This instance's id (unique among the instances of the service).
+    pub instance_id: String,
+    /// NATS server URLs; `None` runs on the in-memory transport.
+    pub nats_url: Option<String>,
+    /// Redis URL (or cluster node list); `None` keeps state in memory.
+    pub redis_url: Option<String>,
+    /// Default timeout of [`App::send`](crate::App::send).
+    pub request_timeout: Duration,
+    /// Default limit on one handling (a handler's `timeout` overrides it).
+    pub handler_timeout: Option<Duration>,
+    /// How long shutdown waits for in-flight handlings.
+    pub grace_period: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let service = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "catga".to_owned());
+        Config {
+            instance_id: String::new(),
+            service,
+            nats_url: None,
+            redis_url: None,
+            request_timeout: Duration::from_secs(5),
+            handler_timeout: None,
+            grace_period: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults overridden by the `CATGA_*` variables that are set. A value
+    /// that does not parse is an error naming the variable.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env), reading from any lookup function.
+    ///
+    /// ```
+    /// use catga::Config;
+    /// let c = Config::from_lookup(|k| (k == "CATGA_SERVICE").then(|| "orders".to_owned())).unwrap();
+    /// assert_eq!(c.service, "orders");
+    /// let err = Config::from_lookup(|k| (k == "CATGA_GRACE_PERIOD_MS").then(|| "soon".to_owned())).unwrap_err();
+    /// assert!(err.to_string().contains("CATGA_GRACE_PERIOD_MS"));
+    /// ```
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut c = Config::default();
+        let set = |key: &str| lookup(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        if let Some(v) = set("CATGA_SERVICE") {
+            c.service = v;
+        }
+        if let Some(v) = set("CATGA_INSTANCE_ID") {
+            c.instance_id = v;
+        }
+        c.nats_url = set("CATGA_NATS_URL");
+        c.redis_url = set("CATGA_REDIS_URL");
+        let millis = |key: &str| -> Result<Option<Duration>> {
+            set(key)
+                .map(|v| {
+                    v.parse::<u64>().map(Duration::from_millis).map_err(|_| {
+                        Error::Config(format!("{key}={v:?} is not a whole number of milliseconds"))
+                    })
+                })
+                .transpose()
+        };
+        if let Some(d) = millis("CATGA_REQUEST_TIMEOUT_MS")? {
+            c.request_timeout = d;
+        }
+        if let Some(d) = millis("CATGA_HANDLER_TIMEOUT_MS")? {
+            c.handler_timeout = Some(d);
+        }
+        if let Some(d) = millis("CATGA_GRACE_PERIOD_MS")? {
+            c.grace_period = d;
+        }
+        Ok(c)
+    }
+
+    /// Fill in what is derived: the instance id.
+    pub(crate) fn resolve(mut self) -> Result<Self> {
+        if self.service.is_empty() || self.service.contains(|c: char| c.is_whitespace() || c == '.' || c == '*' || c == '>') {
+            return Err(Error::Config(format!(
+                "service name {:?} must be non-empty and contain no whitespace, '.', '*' or '>' (it names a NATS queue group)",
+                self.service
+            )));
+        }
+        if self.instance_id.is_empty() {
+            self.instance_id = format!("{}-{:08x}", self.service, fastrand::u32(..));
+        }
+        Ok(self)
+    }
+}

@@ -1,0 +1,169 @@
+//! Message metadata (ids) and the [`Context`] a handler receives.
+
+use std::fmt;
+
+use crate::app::{App, SendOptions};
+use crate::error::Result;
+use crate::message::{Command, Event};
+
+/// A 128-bit message id, shown as 32 lowercase hex digits.
+///
+/// ```
+/// use catga::MessageId;
+/// let id = MessageId::new();
+/// assert_eq!(id.to_string().len(), 32);
+/// assert_eq!(id.to_string().parse::<MessageId>().unwrap(), id);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(u128);
+
+impl MessageId {
+    /// A fresh random id (not a syscall: a thread-local generator seeded once).
+    pub fn new() -> Self {
+        MessageId(fastrand::u128(..))
+    }
+
+    /// The id as a number.
+    pub fn as_u128(self) -> u128 {
+        self.0
+    }
+
+    /// An id from a number (for deterministic ids, e.g. a saga step's).
+    pub const fn from_u128(v: u128) -> Self {
+        MessageId(v)
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::str::FromStr for MessageId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        u128::from_str_radix(s, 16).map(MessageId)
+    }
+}
+
+/// The ids every message carries.
+///
+/// - `message_id`: unique per message (retries of one send reuse it);
+/// - `correlation_id`: shared by everything one original request caused;
+/// - `causation_id`: the id of the message whose handler sent this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metadata {
+    /// This message's id.
+    pub message_id: MessageId,
+    /// The id shared by a whole conversation.
+    pub correlation_id: MessageId,
+    /// The message that caused this one, if it was sent from a handler.
+    pub causation_id: Option<MessageId>,
+}
+
+impl Metadata {
+    /// Metadata of a message that starts a conversation.
+    pub fn root() -> Self {
+        let id = MessageId::new();
+        Metadata { message_id: id, correlation_id: id, causation_id: None }
+    }
+
+    /// Metadata of a message sent while handling `self`: same correlation,
+    /// caused by `self`.
+    pub fn child(&self) -> Self {
+        Metadata {
+            message_id: MessageId::new(),
+            correlation_id: self.correlation_id,
+            causation_id: Some(self.message_id),
+        }
+    }
+}
+
+/// What a handler knows about the message it handles, and its way to send
+/// and publish: messages sent through the context carry the same
+/// correlation id and name this message as their cause.
+///
+/// ```
+/// use catga::prelude::*;
+/// # #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+/// # #[catga(subject = "doc.ctx.seen")]
+/// # pub struct Seen { by: String }
+/// # #[derive(Debug, Serialize, Deserialize, Command)]
+/// # #[catga(subject = "doc.ctx.ping", reply = String)]
+/// # pub struct Ping;
+/// #[catga::command(queue = "doc")]
+/// async fn ping(_: Ping, ctx: Context) -> Result<String, HandlerError> {
+///     ctx.publish(Seen { by: ctx.instance_id().to_owned() }).await?;
+///     Ok(format!("pong, correlation {}", ctx.metadata().correlation_id))
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Context {
+    app: App,
+    meta: Metadata,
+    subject: &'static str,
+}
+
+impl Context {
+    pub(crate) fn new(app: App, meta: Metadata, subject: &'static str) -> Self {
+        Context { app, meta, subject }
+    }
+
+    /// The ids of the message being handled.
+    pub fn metadata(&self) -> &Metadata {
+        &self.meta
+    }
+
+    /// The id of the message being handled.
+    pub fn message_id(&self) -> MessageId {
+        self.meta.message_id
+    }
+
+    /// The subject of the message being handled.
+    pub fn subject(&self) -> &'static str {
+        self.subject
+    }
+
+    /// The service this instance belongs to.
+    pub fn service(&self) -> &str {
+        self.app.service()
+    }
+
+    /// This instance's id.
+    pub fn instance_id(&self) -> &str {
+        self.app.instance_id()
+    }
+
+    /// The instance handling this message.
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// Send a command on behalf of this message (same correlation id).
+    pub async fn send<C: Command>(&self, command: C) -> Result<C::Reply> {
+        self.app.send_as(command, self.meta.child(), SendOptions::default()).await
+    }
+
+    /// Send with explicit options on behalf of this message.
+    pub async fn send_with<C: Command>(&self, command: C, options: SendOptions) -> Result<C::Reply> {
+        self.app.send_as(command, self.meta.child(), options).await
+    }
+
+    /// Publish an event on behalf of this message (same correlation id).
+    pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
+        self.app.publish_as(event, self.meta.child()).await
+    }
+}

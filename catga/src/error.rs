@@ -1,0 +1,201 @@
+//! Errors: [`Error`] is what a caller of Catga gets; [`HandlerError`] is what a
+//! handler returns and what travels back to the caller as a typed reply.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+/// The result type of Catga's own operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when sending, publishing or running Catga.
+///
+/// A handler's own failure arrives as [`Error::Handler`], carrying the
+/// handler's [`HandlerError`] (code and message) unchanged.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Nobody serves the subject: no instance has a handler subscribed to it.
+    #[error(
+        "no handler for subject \"{subject}\": no running instance subscribes to it; \
+         start a service with a handler for it, or check the subject"
+    )]
+    NoHandler {
+        /// The subject that was sent to.
+        subject: &'static str,
+    },
+
+    /// No reply arrived within the timeout.
+    #[error("no reply on subject \"{subject}\" within {after:?}; raise the timeout or check the handler")]
+    Timeout {
+        /// The subject that was sent to.
+        subject: &'static str,
+        /// How long the caller waited.
+        after: Duration,
+    },
+
+    /// The handler ran and returned an error (or panicked, or its own
+    /// handling timeout fired). The code and message are the handler's.
+    #[error("handler for \"{subject}\" failed: {error}")]
+    Handler {
+        /// The subject that was sent to.
+        subject: &'static str,
+        /// The handler's error, as it returned it.
+        error: HandlerError,
+    },
+
+    /// A payload could not be encoded or decoded.
+    #[error("could not {action} a `{type_name}` for subject \"{subject}\": {reason}")]
+    Codec {
+        /// `encode` or `decode`.
+        action: &'static str,
+        /// The Rust type involved.
+        type_name: &'static str,
+        /// The subject of the message.
+        subject: &'static str,
+        /// What the codec said.
+        reason: String,
+    },
+
+    /// The configuration is invalid; the message names the setting.
+    #[error("configuration error: {0}")]
+    Config(String),
+
+    /// Two handlers claim what only one may own in one process.
+    #[error(
+        "duplicate {what} for subject \"{subject}\": {first} and {second}; \
+         one process may have only one — remove one of them or give it another subject{queue_hint}"
+    )]
+    DuplicateHandler {
+        /// "command handler" or "event handler in queue group \"q\"".
+        what: String,
+        /// The subject both handlers subscribe to.
+        subject: &'static str,
+        /// `file:line (name)` of the first handler.
+        first: String,
+        /// `file:line (name)` of the second handler.
+        second: String,
+        /// Extra advice, possibly empty.
+        queue_hint: &'static str,
+    },
+
+    /// The instance is shutting down or was shut down and takes no new work.
+    #[error("instance \"{instance}\" is shut down; start a new one to send or publish")]
+    Shutdown {
+        /// The instance id.
+        instance: String,
+    },
+
+    /// The transport failed (connection lost, server refused, ...).
+    #[error("transport error on \"{subject}\": {reason}")]
+    Transport {
+        /// The subject involved.
+        subject: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// The handler's error code, when the handler failed (`None` otherwise).
+    ///
+    /// ```
+    /// # use catga::{Error, HandlerError};
+    /// let e = Error::Handler { subject: "a.b", error: HandlerError::new("not_found", "no such order") };
+    /// assert_eq!(e.code(), Some("not_found"));
+    /// ```
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Handler { error, .. } => Some(error.code()),
+            _ => None,
+        }
+    }
+
+    /// The handler's error, when the handler failed.
+    pub fn handler_error(&self) -> Option<&HandlerError> {
+        match self {
+            Error::Handler { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// The error a handler returns: a machine-readable `code` and a message for
+/// humans. It reaches the caller unchanged inside [`Error::Handler`].
+///
+/// Any `std::error::Error` converts into it with code [`HandlerError::INTERNAL`],
+/// so `?` works on every error in a handler; give a specific code with
+/// [`HandlerError::new`].
+///
+/// ```
+/// use catga::HandlerError;
+/// let e = HandlerError::new("insufficient_funds", "balance is 3, order is 5");
+/// assert_eq!(e.code(), "insufficient_funds");
+/// assert_eq!(e.to_string(), "insufficient_funds: balance is 3, order is 5");
+///
+/// fn parse(s: &str) -> Result<u32, HandlerError> { Ok(s.parse::<u32>()?) }
+/// assert_eq!(parse("x").unwrap_err().code(), HandlerError::INTERNAL);
+/// ```
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandlerError {
+    code: Cow<'static, str>,
+    message: String,
+}
+
+impl HandlerError {
+    /// Code of errors converted from any `std::error::Error`.
+    pub const INTERNAL: &'static str = "internal";
+    /// Code of a handler that panicked.
+    pub const PANIC: &'static str = "panic";
+    /// Code of a message that failed its validation hook.
+    pub const INVALID: &'static str = "invalid";
+    /// Code of a handling that exceeded its handler timeout.
+    pub const HANDLER_TIMEOUT: &'static str = "handler_timeout";
+
+    /// An error with a code (snake_case by convention) and a message.
+    pub fn new(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        HandlerError { code: code.into(), message: message.into() }
+    }
+
+    /// An [`INVALID`](Self::INVALID) error: the message failed validation.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(Self::INVALID, message)
+    }
+
+    /// The machine-readable code.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerError").field("code", &self.code).field("message", &self.message).finish()
+    }
+}
+
+// `HandlerError` deliberately does not implement `std::error::Error`, so that
+// every error type converts into it with `?` (the same trick as `anyhow`).
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
+    fn from(error: E) -> Self {
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        HandlerError::new(Self::INTERNAL, message)
+    }
+}

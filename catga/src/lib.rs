@@ -1,0 +1,124 @@
+//! # Catga
+//!
+//! Peer-to-peer message-driven services: write handlers as plain async
+//! functions, annotate them, run any number of identical instances. Every
+//! instance can send, handle and publish; none is special.
+//!
+//! ```
+//! use catga::prelude::*;
+//!
+//! // A contract: the type carries its subject and reply type.
+//! #[derive(Debug, Serialize, Deserialize, Command)]
+//! #[catga(subject = "lib.orders.create", reply = OrderAccepted)]
+//! pub struct CreateOrder { pub order_id: String, pub amount_cents: u64 }
+//!
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! pub struct OrderAccepted { pub order_id: String }
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+//! #[catga(subject = "lib.orders.created")]
+//! pub struct OrderCreated { pub order_id: String }
+//!
+//! // A command handler: exactly one instance of the queue group runs it.
+//! #[catga::command(queue = "order-workers")]
+//! async fn create_order(cmd: CreateOrder, ctx: Context) -> Result<OrderAccepted, HandlerError> {
+//!     if cmd.amount_cents == 0 {
+//!         return Err(HandlerError::new("empty_order", "amount_cents is 0"));
+//!     }
+//!     ctx.publish(OrderCreated { order_id: cmd.order_id.clone() }).await?;
+//!     Ok(OrderAccepted { order_id: cmd.order_id })
+//! }
+//!
+//! // An event handler: every instance gets every event (broadcast).
+//! #[catga::event]
+//! async fn audit(ev: OrderCreated) -> Result<(), HandlerError> {
+//!     println!("order {} created", ev.order_id);
+//!     Ok(())
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> catga::Result<()> {
+//! // In a service's main: `catga::Catga::run().await` (runs until SIGTERM).
+//! // In a client or a test: start an instance and talk to it.
+//! let app = Catga::builder().service("orders").start().await?;
+//! let reply = app.send(CreateOrder { order_id: "o-1".into(), amount_cents: 500 }).await?;
+//! assert_eq!(reply, OrderAccepted { order_id: "o-1".into() });
+//!
+//! let err = app.send(CreateOrder { order_id: "o-2".into(), amount_cents: 0 }).await.unwrap_err();
+//! assert_eq!(err.code(), Some("empty_order"));
+//! app.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Where things are
+//! - [`message`]: the contracts ([`Command`], [`Event`]).
+//! - [`registry`]: what `#[command]`/`#[event]` register, and its checks.
+//! - [`dispatch`]: the pipeline one handling goes through.
+//! - [`middleware`]: your own stages around every handling.
+//! - [`transport`]: how messages move between instances.
+//! - [`app`]: [`Catga::run`], [`Catga::builder`], the [`App`] handle.
+//! - [`config`]: the `CATGA_*` environment.
+//!
+//! ## The unlinked-crate trap
+//! Handlers register themselves at link time (`inventory`). If your
+//! handlers live in a library crate that `main.rs` never names, the linker
+//! drops that crate and its handlers silently vanish. Name it once:
+//! `use my_handlers as _;`. [`Catga::run`] logs every handler it found (and
+//! warns when it found none) so this shows at startup.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+extern crate self as catga;
+
+pub mod app;
+pub mod codec;
+pub mod config;
+pub mod context;
+pub mod dispatch;
+pub mod error;
+pub mod message;
+pub mod middleware;
+pub mod registry;
+pub mod transport;
+
+pub use app::{App, Builder, Catga, SendOptions, ShutdownReport};
+pub use codec::{Codec, CodecError, Json};
+pub use config::Config;
+pub use context::{Context, MessageId, Metadata};
+pub use dispatch::BoxFuture;
+pub use error::{Error, HandlerError, Result};
+pub use message::{Command, Event, Message, Validate};
+
+/// Attribute macros for handlers, derives for contracts.
+pub use catga_macros::{Command, Event, command, event};
+
+/// Everything a handler or contract file needs.
+pub mod prelude {
+    pub use crate::{App, Catga, Command, Context, Event, HandlerError, SendOptions, Validate};
+    pub use serde::{Deserialize, Serialize};
+}
+
+/// What macro expansions use. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::dispatch::{BoxFuture, Delivery, handle_command, handle_event};
+    pub use crate::registry::{CommandEntry, EventEntry, HandlerKind, HandlerRecord};
+    pub use inventory;
+
+    /// Compile-time check that a handler's `subject` equals the message
+    /// type's.
+    pub const fn assert_subject(declared_on_type: &str, declared_on_handler: &str) {
+        let (a, b) = (declared_on_type.as_bytes(), declared_on_handler.as_bytes());
+        let mut same = a.len() == b.len();
+        let mut i = 0;
+        while same && i < a.len() {
+            same = a[i] == b[i];
+            i += 1;
+        }
+        assert!(same, "the handler's `subject` differs from the subject declared on its message type");
+    }
+
+    /// Compile-time check that a handler's Ok type is the command's reply.
+    pub fn assert_reply<C: crate::Command<Reply = R>, R>() {}
+}

@@ -1,0 +1,231 @@
+//! The in-memory transport: a bus shared by the instances of one process,
+//! with the routing rules of NATS.
+//!
+//! - A command goes to exactly one member of its queue group, round robin;
+//!   no member means [`Error::NoHandler`] at once (NATS "no responders").
+//! - An event goes to every broadcast subscriber and to one member of each
+//!   queue group.
+//! - Values pass as values when sender and handler share the Rust type; when
+//!   they only share the contract (two copies of it, e.g. a client crate),
+//!   the message goes through its codec exactly as over NATS.
+//!
+//! A command handler runs on the caller's task (that is what makes an
+//! in-process `send` cost about as much as a function call); if the caller
+//! times out or is dropped, the handling is cancelled with it. Over NATS the
+//! handler would finish and its late reply be dropped.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::app::{App, AppInner};
+use crate::context::{Context, Metadata};
+use crate::dispatch::Delivery;
+use crate::error::{Error, Result};
+use crate::message::{Command, Event};
+use crate::registry::{CommandEntry, EventEntry, HandlerKind, HandlerRecord};
+use crate::Codec;
+
+/// A message bus for instances in one process. Cloning shares it.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> catga::Result<()> {
+/// use catga::{Catga, transport::memory::MemoryBus};
+/// let bus = MemoryBus::new();
+/// let a = Catga::builder().service("orders").memory_bus(bus.clone()).start().await?;
+/// let b = Catga::builder().service("orders").memory_bus(bus.clone()).start().await?;
+/// // a and b now split each command subject's traffic between them.
+/// # a.shutdown().await; b.shutdown().await; Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryBus {
+    inner: Arc<Bus>,
+}
+
+#[derive(Default)]
+struct Bus {
+    /// Read on every message without locking; replaced on (un)subscribe.
+    routes: ArcSwap<Routes>,
+    /// Serialises the rare writers.
+    write: Mutex<()>,
+}
+
+#[derive(Default, Clone)]
+struct Routes {
+    subjects: HashMap<&'static str, SubjectRoutes>,
+}
+
+#[derive(Default, Clone)]
+struct SubjectRoutes {
+    /// Command queue groups; the first with a live member serves.
+    commands: Vec<Group>,
+    /// Broadcast event subscribers.
+    broadcast: Vec<Member>,
+    /// Event queue groups: one member of each gets each event.
+    queues: Vec<Group>,
+}
+
+#[derive(Clone)]
+struct Group {
+    name: Arc<str>,
+    members: Vec<Member>,
+    /// Survives table rebuilds so round robin stays fair.
+    cursor: Arc<AtomicUsize>,
+}
+
+#[derive(Clone)]
+struct Member {
+    app: Weak<AppInner>,
+    record: &'static HandlerRecord,
+}
+
+impl Group {
+    /// The next live member, round robin.
+    fn pick(&self) -> Option<(Arc<AppInner>, &'static HandlerRecord)> {
+        let n = self.members.len();
+        for _ in 0..n {
+            let m = &self.members[self.cursor.fetch_add(1, Ordering::Relaxed) % n];
+            if let Some(app) = m.app.upgrade() {
+                return Some((app, m.record));
+            }
+        }
+        None
+    }
+}
+
+impl MemoryBus {
+    /// A new, empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The process-wide bus that instances use unless given another: like
+    /// an embedded server every instance in the process connects to.
+    pub fn global() -> Self {
+        static GLOBAL: OnceLock<MemoryBus> = OnceLock::new();
+        GLOBAL.get_or_init(MemoryBus::new).clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Routes)) {
+        let _writer = self.inner.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut routes = Routes::clone(&self.inner.routes.load());
+        change(&mut routes);
+        routes.subjects.retain(|_, s| !(s.commands.is_empty() && s.broadcast.is_empty() && s.queues.is_empty()));
+        self.inner.routes.store(Arc::new(routes));
+    }
+
+    pub(crate) fn subscribe(&self, app: &Arc<AppInner>, handlers: &[&'static HandlerRecord]) {
+        self.update(|routes| {
+            for &record in handlers {
+                let member = Member { app: Arc::downgrade(app), record };
+                let s = routes.subjects.entry(record.subject).or_default();
+                match (record.kind, record.queue_group(app.config.service.as_str())) {
+                    (HandlerKind::Event, None) => s.broadcast.push(member),
+                    (kind, Some(queue)) => {
+                        let groups = if kind == HandlerKind::Command { &mut s.commands } else { &mut s.queues };
+                        match groups.iter_mut().find(|g| &*g.name == queue) {
+                            Some(g) => g.members.push(member),
+                            None => {
+                                if kind == HandlerKind::Command && !groups.is_empty() {
+                                    tracing::warn!(
+                                        subject = record.subject,
+                                        queue,
+                                        "a second queue group subscribes to this command subject; \
+                                         over NATS both groups would run every command — only the first is used here"
+                                    );
+                                }
+                                groups.push(Group { name: queue.into(), members: vec![member], cursor: Arc::default() })
+                            }
+                        }
+                    }
+                    (HandlerKind::Command, None) => unreachable!("a command always has a queue group"),
+                }
+            }
+        });
+    }
+
+    pub(crate) fn unsubscribe(&self, app: &AppInner) {
+        let gone = |m: &Member| std::ptr::eq(m.app.as_ptr(), app) || m.app.strong_count() == 0;
+        self.update(|routes| {
+            for s in routes.subjects.values_mut() {
+                s.broadcast.retain(|m| !gone(m));
+                for g in s.commands.iter_mut().chain(s.queues.iter_mut()) {
+                    g.members.retain(|m| !gone(m));
+                }
+                s.commands.retain(|g| !g.members.is_empty());
+                s.queues.retain(|g| !g.members.is_empty());
+            }
+        });
+    }
+
+    fn pick_command(&self, subject: &'static str) -> Option<(Arc<AppInner>, &'static HandlerRecord)> {
+        let routes = self.inner.routes.load();
+        routes.subjects.get(subject)?.commands.iter().find_map(Group::pick)
+    }
+
+    pub(crate) async fn send<C: Command>(&self, command: C, meta: Metadata, timeout: Duration) -> Result<C::Reply> {
+        let (app, record) = self.pick_command(C::SUBJECT).ok_or(Error::NoHandler { subject: C::SUBJECT })?;
+        let ctx = Context::new(App::from_inner(app), meta, C::SUBJECT);
+        let handling = async {
+            match record.entry.as_any().downcast_ref::<CommandEntry<C>>() {
+                Some(entry) => (entry.thunk)(Delivery { message: command, ctx, record }).await,
+                None => {
+                    // Same contract, another Rust type: go through the codec.
+                    let payload = C::Codec::encode(&command).map_err(|e| codec_error::<C>("encode", C::SUBJECT, e))?;
+                    let reply = record.entry.call_raw(&payload, ctx, record).await;
+                    return reply
+                        .map_err(|error| Error::Handler { subject: C::SUBJECT, error })
+                        .and_then(|bytes| C::Codec::decode(&bytes).map_err(|e| codec_error::<C::Reply>("decode", C::SUBJECT, e)));
+                }
+            }
+            .map_err(|error| Error::Handler { subject: C::SUBJECT, error })
+        };
+        tokio::time::timeout(timeout, handling).await.unwrap_or(Err(Error::Timeout { subject: C::SUBJECT, after: timeout }))
+    }
+
+    pub(crate) fn publish<E: Event>(&self, event: E, meta: Metadata) {
+        let routes = self.inner.routes.load();
+        let Some(s) = routes.subjects.get(E::SUBJECT) else {
+            tracing::trace!(subject = E::SUBJECT, "event published with no subscriber");
+            return;
+        };
+        let broadcast = s.broadcast.iter().filter_map(|m| Some((m.app.upgrade()?, m.record)));
+        let targets = broadcast.chain(s.queues.iter().filter_map(Group::pick));
+        // Clone for every target but the last, which takes the original.
+        let mut pending = None;
+        for target in targets {
+            if let Some(previous) = pending.replace(target) {
+                deliver(previous, event.clone(), meta);
+            }
+        }
+        if let Some(last) = pending {
+            deliver(last, event, meta);
+        }
+    }
+}
+
+fn deliver<E: Event>((app, record): (Arc<AppInner>, &'static HandlerRecord), event: E, meta: Metadata) {
+    let ctx = Context::new(App::from_inner(app), meta, E::SUBJECT);
+    match record.entry.as_any().downcast_ref::<EventEntry<E>>() {
+        Some(entry) => (entry.thunk)(Delivery { message: event, ctx, record }),
+        None => match E::Codec::encode(&event) {
+            // The raw entry decodes and spawns the handling itself.
+            Ok(payload) => {
+                let started = record.entry.call_raw(&payload, ctx, record);
+                tokio::spawn(async move {
+                    if let Err(error) = started.await {
+                        tracing::error!(subject = E::SUBJECT, handler = record.name, %error, "event not delivered");
+                    }
+                });
+            }
+            Err(e) => tracing::error!(subject = E::SUBJECT, error = %e, "could not encode event"),
+        },
+    }
+}
+
+fn codec_error<T>(action: &'static str, subject: &'static str, e: crate::codec::CodecError) -> Error {
+    Error::Codec { action, type_name: std::any::type_name::<T>(), subject, reason: e.0 }
+}
