@@ -178,8 +178,8 @@ impl Builder {
                 subject = h.subject,
                 queue = h.queue_group(&config.service).unwrap_or("(broadcast)"),
                 handler = %format_args!("{}::{}", h.module, h.name),
-                message = h.message_type,
-                reply = h.reply_type,
+                message = h.message_type(),
+                reply = h.reply_type(),
                 "handler found"
             );
         }
@@ -335,9 +335,9 @@ impl App {
         self.inner.in_flight.load(Ordering::Acquire)
     }
 
-    pub(crate) fn in_flight_guard(&self) -> InFlight<'_> {
+    pub(crate) fn in_flight_guard(&self) -> InFlight {
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(&self.inner)
+        InFlight(self.inner.clone())
     }
 
     /// Graceful shutdown: stop receiving new messages at once, wait up to
@@ -382,9 +382,9 @@ impl fmt::Debug for App {
 }
 
 /// Counts one handling as in flight while alive.
-pub(crate) struct InFlight<'a>(&'a AppInner);
+pub(crate) struct InFlight(Arc<AppInner>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();

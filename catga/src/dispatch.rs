@@ -17,6 +17,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use crate::codec::Codec;
+use crate::app::InFlight;
 use crate::context::Context;
 use crate::error::HandlerError;
 use crate::message::{Command, Event, Message};
@@ -29,12 +30,22 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// An encoded reply payload.
 pub(crate) type RawReply = Vec<u8>;
 
-/// One message delivered to one handler.
+/// One message delivered to one handler. It counts as in flight in the
+/// receiving instance from delivery (not from first poll) until the
+/// handling ends, so a graceful shutdown waits for spawned handlings too.
 #[doc(hidden)]
 pub struct Delivery<M> {
-    pub(crate) message: M,
-    pub(crate) ctx: Context,
-    pub(crate) record: &'static HandlerRecord,
+    message: M,
+    ctx: Context,
+    record: &'static HandlerRecord,
+    in_flight: InFlight,
+}
+
+impl<M> Delivery<M> {
+    pub(crate) fn new(message: M, ctx: Context, record: &'static HandlerRecord) -> Self {
+        let in_flight = ctx.app().in_flight_guard();
+        Delivery { message, ctx, record, in_flight }
+    }
 }
 
 /// Run a command handler through the pipeline. One allocation: the box.
@@ -75,9 +86,8 @@ where
     R: Send + 'static,
     E: Into<HandlerError> + 'static,
 {
-    let Delivery { message, ctx, record } = delivery;
+    let Delivery { message, ctx, record, in_flight: _in_flight } = delivery;
     let app = ctx.app().clone();
-    let _in_flight = app.in_flight_guard();
     message.validate()?;
     let meta = *ctx.metadata();
     let span = tracing::info_span!(

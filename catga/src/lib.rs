@@ -121,4 +121,22 @@ pub mod __private {
 
     /// Compile-time check that a handler's Ok type is the command's reply.
     pub fn assert_reply<C: crate::Command<Reply = R>, R>() {}
+
+    /// Compile-time check that a command handler's message is a command.
+    pub fn assert_command<C: crate::Command>() {}
+
+    /// Compile-time check that an event handler's message is an event.
+    pub fn assert_event<E: crate::Event>() {}
+
+    /// Compile-time check that an event handler returns `Result<(), _>`.
+    pub fn assert_unit<T: Unit>() {}
+
+    /// Implemented for `()` only.
+    #[diagnostic::on_unimplemented(
+        message = "an event handler returns `Result<(), E>`, not `Result<{Self}, E>`",
+        label = "events have no reply",
+        note = "return `Ok(())`; to answer a caller, make the message a command"
+    )]
+    pub trait Unit {}
+    impl Unit for () {}
 }

@@ -34,10 +34,10 @@ pub struct HandlerRecord {
     /// The queue group; `None` is "the service name" for commands and
     /// "broadcast" for events.
     pub queue: Option<&'static str>,
-    /// The message type, as written.
-    pub message_type: &'static str,
-    /// The reply type, as written (`()` for events).
-    pub reply_type: &'static str,
+    #[doc(hidden)]
+    pub message_type: fn() -> &'static str,
+    #[doc(hidden)]
+    pub reply_type: fn() -> &'static str,
     /// A handler timeout in milliseconds from the attribute, if any.
     pub timeout_ms: Option<u64>,
     /// Source file of the handler.
@@ -51,6 +51,16 @@ pub struct HandlerRecord {
 inventory::collect!(HandlerRecord);
 
 impl HandlerRecord {
+    /// The message type's full name.
+    pub fn message_type(&self) -> &'static str {
+        (self.message_type)()
+    }
+
+    /// The reply type's full name (`()` for events).
+    pub fn reply_type(&self) -> &'static str {
+        (self.reply_type)()
+    }
+
     /// `file:line (module::name)`, for error messages.
     pub fn location(&self) -> String {
         format!("{}:{} ({}::{})", self.file, self.line, self.module, self.name)
@@ -74,8 +84,8 @@ impl fmt::Debug for HandlerRecord {
             .field("name", &self.name)
             .field("subject", &self.subject)
             .field("queue", &self.queue)
-            .field("message_type", &self.message_type)
-            .field("reply_type", &self.reply_type)
+            .field("message_type", &self.message_type())
+            .field("reply_type", &self.reply_type())
             .field("location", &format_args!("{}:{}", self.file, self.line))
             .finish()
     }
@@ -165,7 +175,7 @@ impl<C: Command> Entry for CommandEntry<C> {
         let thunk = self.thunk;
         let message = crate::dispatch::decode::<C>(payload);
         Box::pin(async move {
-            let reply = thunk(Delivery { message: message?, ctx, record }).await?;
+            let reply = thunk(Delivery::new(message?, ctx, record)).await?;
             crate::dispatch::encode_reply::<C>(&reply)
         })
     }
@@ -190,7 +200,7 @@ impl<E: Event> Entry for EventEntry<E> {
     }
 
     fn call_raw(&self, payload: &[u8], ctx: Context, record: &'static HandlerRecord) -> RawFuture {
-        let delivered = crate::dispatch::decode::<E>(payload).map(|message| (self.thunk)(Delivery { message, ctx, record }));
+        let delivered = crate::dispatch::decode::<E>(payload).map(|message| (self.thunk)(Delivery::new(message, ctx, record)));
         Box::pin(std::future::ready(delivered.map(|()| RawReply::default())))
     }
 }

@@ -171,7 +171,7 @@ impl MemoryBus {
         let ctx = Context::new(App::from_inner(app), meta, C::SUBJECT);
         let handling = async {
             match record.entry.as_any().downcast_ref::<CommandEntry<C>>() {
-                Some(entry) => (entry.thunk)(Delivery { message: command, ctx, record }).await,
+                Some(entry) => (entry.thunk)(Delivery::new(command, ctx, record)).await,
                 None => {
                     // Same contract, another Rust type: go through the codec.
                     let payload = C::Codec::encode(&command).map_err(|e| codec_error::<C>("encode", C::SUBJECT, e))?;
@@ -210,7 +210,7 @@ impl MemoryBus {
 fn deliver<E: Event>((app, record): (Arc<AppInner>, &'static HandlerRecord), event: E, meta: Metadata) {
     let ctx = Context::new(App::from_inner(app), meta, E::SUBJECT);
     match record.entry.as_any().downcast_ref::<EventEntry<E>>() {
-        Some(entry) => (entry.thunk)(Delivery { message: event, ctx, record }),
+        Some(entry) => (entry.thunk)(Delivery::new(event, ctx, record)),
         None => match E::Codec::encode(&event) {
             // The raw entry decodes and spawns the handling itself.
             Ok(payload) => {
