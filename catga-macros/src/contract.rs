@@ -69,11 +69,13 @@ fn parse(kind: Kind, input: &DeriveInput, errors: &mut Errors) -> Contract {
     let mut validate = Attr::new("validate");
     let mut krate = Attr::new("crate");
     let mut found = false;
+    let mut subject_given = false;
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("catga")) {
         found = true;
         let parsed = attr.parse_nested_meta(|meta| {
             let key = &meta.path;
             if key.is_ident("subject") {
+                subject_given = true;
                 match string_value(&meta, "\"orders.create\"") {
                     Ok(lit) => {
                         if let Err(e) = check_publish_subject(&lit.value()) {
@@ -114,7 +116,7 @@ fn parse(kind: Kind, input: &DeriveInput, errors: &mut Errors) -> Contract {
     if !found {
         errors.at(ident, format!("{} needs a contract attribute: {}", kind.derive(), kind.example()));
     } else {
-        if subject.as_ref().is_none() {
+        if !subject_given {
             errors.at(ident, format!("{} needs a subject: {}", kind.derive(), kind.example()));
         }
         if kind == Kind::Command && reply.as_ref().is_none() {

@@ -4,7 +4,8 @@
 //! typed entry, and an `inventory` record.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{ToTokens, format_ident, quote, quote_spanned};
+use quote::{ToTokens, quote, quote_spanned};
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{FnArg, GenericArgument, ItemFn, LitStr, Path, PathArguments, ReturnType, Type};
 
@@ -185,7 +186,7 @@ fn registration(kind: Kind, args: &Args, func: &ItemFn, sig: &Signature) -> Toke
     let krate = &args.krate;
     let private = quote!(#krate::__private);
     let name = &func.sig.ident;
-    let name_str = LitStr::new(&name.to_string(), name.span());
+    let name_str = LitStr::new(&name.unraw().to_string(), name.span());
     let message = sig.message;
     let message_span = message.span();
 
@@ -208,11 +209,20 @@ fn registration(kind: Kind, args: &Args, func: &ItemFn, sig: &Signature) -> Toke
         Kind::Event => quote_spanned!(ok.span()=> #private::assert_unit::<#ok>();),
     });
     let subject_check = args.subject.as_ref().map(|lit| {
+        let type_name = message.to_token_stream().to_string().replace(' ', "");
+        let message_text = format!(
+            "{}: `subject = {:?}` differs from the subject declared on `{type_name}`; \
+             make them equal or drop `subject` here",
+            kind.attr(),
+            lit.value()
+        );
         quote_spanned!(lit.span()=>
-            const _: () = #private::assert_subject(<#message as #krate::Message>::SUBJECT, #lit);
+            const _: () = ::core::assert!(
+                #private::same_subject(<#message as #krate::Message>::SUBJECT, #lit),
+                #message_text
+            );
         )
     });
-
     let (entry, thunk_output, dispatch, handler_kind, reply_type) = match kind {
         Kind::Command => (
             quote!(#private::CommandEntry<#message>),
@@ -229,8 +239,6 @@ fn registration(kind: Kind, args: &Args, func: &ItemFn, sig: &Signature) -> Toke
             quote!(::core::any::type_name::<()>),
         ),
     };
-    let thunk = format_ident!("__catga_thunk_{}", name);
-    let entry_static = format_ident!("__CATGA_ENTRY_{}", name.to_string().to_uppercase());
     let dispatch_call = quote_spanned!(name.span()=> #private::#dispatch(delivery, #call));
     let queue = option(args.queue.as_ref());
     let timeout_ms = option(args.timeout_ms.as_ref());
@@ -248,12 +256,11 @@ fn registration(kind: Kind, args: &Args, func: &ItemFn, sig: &Signature) -> Toke
                 #context_check
             }
 
-            fn #thunk(delivery: #private::Delivery<#message>) #thunk_output {
+            fn __catga_thunk(delivery: #private::Delivery<#message>) #thunk_output {
                 #dispatch_call
             }
 
-            #[allow(non_upper_case_globals)]
-            static #entry_static: #entry = <#entry>::new(#thunk);
+            static __CATGA_ENTRY: #entry = <#entry>::new(__catga_thunk);
 
             #private::inventory::submit! {
                 #private::HandlerRecord {
@@ -267,7 +274,7 @@ fn registration(kind: Kind, args: &Args, func: &ItemFn, sig: &Signature) -> Toke
                     timeout_ms: #timeout_ms,
                     file: ::core::file!(),
                     line: #line,
-                    entry: &#entry_static,
+                    entry: &__CATGA_ENTRY,
                 }
             }
         };

@@ -106,17 +106,20 @@ pub mod __private {
     pub use crate::registry::{CommandEntry, EventEntry, HandlerKind, HandlerRecord};
     pub use inventory;
 
-    /// Compile-time check that a handler's `subject` equals the message
-    /// type's.
-    pub const fn assert_subject(declared_on_type: &str, declared_on_handler: &str) {
-        let (a, b) = (declared_on_type.as_bytes(), declared_on_handler.as_bytes());
-        let mut same = a.len() == b.len();
+    /// Whether two subjects are equal, in a const context.
+    pub const fn same_subject(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
         let mut i = 0;
-        while same && i < a.len() {
-            same = a[i] == b[i];
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
             i += 1;
         }
-        assert!(same, "the handler's `subject` differs from the subject declared on its message type");
+        true
     }
 
     /// Compile-time check that a handler's Ok type is the command's reply.

@@ -1,0 +1,7 @@
+use catga::prelude::*;
+
+#[derive(Debug, Command)]
+#[catga(subject = "ui.ping", reply = ())]
+struct Ping;
+
+fn main() {}

@@ -1,0 +1,52 @@
+// Expansions must survive a hostile user namespace and `deny(warnings)`.
+#![deny(warnings)]
+#![allow(dead_code)]
+
+use catga::prelude::*;
+
+// Shadow what naive expansions would name unqualified.
+type Result<T> = std::result::Result<T, HandlerError>;
+struct Ok;
+struct Some;
+struct None;
+struct Box;
+mod core {}
+mod std_ {}
+
+/// A command using every contract key.
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "ui.hygiene.do", reply = Vec<u8>, codec = catga::Json, validate)]
+pub struct Do {
+    n: u8,
+}
+
+impl Validate for Do {
+    fn validate(&self) -> Result<()> {
+        std::result::Result::Ok(())
+    }
+}
+
+/// An event.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[catga(subject = "ui.hygiene.done")]
+pub struct Done;
+
+/// Uses the shadowed `Result` alias: no `Result<T, E>` to read the Ok type
+/// from, rustc still checks it.
+#[catga::command(subject = "ui.hygiene.do", queue = "hygiene", timeout = "2s")]
+async fn r#do(cmd: Do, ctx: Context) -> Result<Vec<u8>> {
+    ctx.publish(Done).await?;
+    std::result::Result::Ok(vec![cmd.n])
+}
+
+#[catga::event]
+async fn done(_: Done) -> std::result::Result<(), HandlerError> {
+    std::result::Result::Ok(())
+}
+
+#[catga::event(queue = "hygiene")]
+async fn done_once(_: Done, _ctx: catga::Context) -> Result<()> {
+    std::result::Result::Ok(())
+}
+
+fn main() {}
