@@ -3,6 +3,7 @@
 //! [`App`] handle to send, publish and shut down.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -197,6 +198,7 @@ impl Builder {
             handlers,
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
+            draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
         inner.transport.subscribe(&inner, &inner.handlers);
@@ -217,6 +219,8 @@ pub(crate) struct AppInner {
     middleware: Vec<Arc<dyn Middleware>>,
     handlers: Vec<&'static HandlerRecord>,
     in_flight: AtomicUsize,
+    /// Set when shutdown starts: only then do finished handlings wake it.
+    draining: AtomicBool,
     idle: Notify,
     closed: AtomicBool,
 }
@@ -295,13 +299,18 @@ impl App {
     /// Errors: [`Error::NoHandler`] when nobody serves the subject,
     /// [`Error::Timeout`], [`Error::Handler`] with the handler's code and
     /// message, [`Error::Shutdown`] after [`shutdown`](App::shutdown).
-    pub async fn send<C: Command>(&self, command: C) -> Result<C::Reply> {
-        self.send_as(command, Metadata::root(), SendOptions::default()).await
+    pub fn send<C: Command>(&self, command: C) -> impl Future<Output = Result<C::Reply>> + Send + '_ {
+        // Not an `async fn`: one less layer of future around every send.
+        self.send_as(command, Metadata::root(), SendOptions::default())
     }
 
     /// [`send`](App::send) with options (e.g. a per-call timeout).
-    pub async fn send_with<C: Command>(&self, command: C, options: SendOptions) -> Result<C::Reply> {
-        self.send_as(command, Metadata::root(), options).await
+    pub fn send_with<C: Command>(
+        &self,
+        command: C,
+        options: SendOptions,
+    ) -> impl Future<Output = Result<C::Reply>> + Send + '_ {
+        self.send_as(command, Metadata::root(), options)
     }
 
     /// Send with explicit metadata (the context uses this to propagate ids).
@@ -313,8 +322,8 @@ impl App {
 
     /// Publish an event: every broadcast subscriber and one member of each
     /// queue group receive it. Returns once it is handed to the transport.
-    pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
-        self.publish_as(event, Metadata::root()).await
+    pub fn publish<E: Event>(&self, event: E) -> impl Future<Output = Result<()>> + Send + '_ {
+        self.publish_as(event, Metadata::root())
     }
 
     /// Publish with explicit metadata.
@@ -336,7 +345,7 @@ impl App {
     }
 
     pub(crate) fn in_flight_guard(&self) -> InFlight {
-        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(self.inner.clone())
     }
 
@@ -345,12 +354,13 @@ impl App {
     /// and publishes. Idempotent.
     pub async fn shutdown(&self) -> ShutdownReport {
         self.inner.transport.unsubscribe(&self.inner);
+        self.inner.draining.store(true, Ordering::SeqCst);
         let started = Instant::now();
         let grace = self.inner.config.grace_period;
         let drained = tokio::time::timeout(grace, async {
             loop {
                 let idle = self.inner.idle.notified();
-                if self.in_flight() == 0 {
+                if self.inner.in_flight.load(Ordering::SeqCst) == 0 {
                     break;
                 }
                 idle.await;
@@ -386,7 +396,9 @@ pub(crate) struct InFlight(Arc<AppInner>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // SeqCst on both sides: either shutdown sees zero in flight, or this
+        // sees `draining` and wakes it.
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.draining.load(Ordering::SeqCst) {
             self.0.idle.notify_waiters();
         }
     }

@@ -1,6 +1,7 @@
 //! Message metadata (ids) and the [`Context`] a handler receives.
 
 use std::fmt;
+use std::future::Future;
 
 use crate::app::{App, SendOptions};
 use crate::error::Result;
@@ -15,22 +16,27 @@ use crate::message::{Command, Event};
 /// assert_eq!(id.to_string().parse::<MessageId>().unwrap(), id);
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageId(u128);
+pub struct MessageId {
+    // Two halves rather than a `u128`: 8-byte alignment keeps the metadata
+    // (and every future that carries it) small.
+    hi: u64,
+    lo: u64,
+}
 
 impl MessageId {
     /// A fresh random id (not a syscall: a thread-local generator seeded once).
     pub fn new() -> Self {
-        MessageId(fastrand::u128(..))
+        MessageId { hi: fastrand::u64(..), lo: fastrand::u64(..) }
     }
 
     /// The id as a number.
-    pub fn as_u128(self) -> u128 {
-        self.0
+    pub const fn as_u128(self) -> u128 {
+        ((self.hi as u128) << 64) | self.lo as u128
     }
 
     /// An id from a number (for deterministic ids, e.g. a saga step's).
     pub const fn from_u128(v: u128) -> Self {
-        MessageId(v)
+        MessageId { hi: (v >> 64) as u64, lo: v as u64 }
     }
 }
 
@@ -42,7 +48,7 @@ impl Default for MessageId {
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        write!(f, "{:032x}", self.as_u128())
     }
 }
 
@@ -55,7 +61,7 @@ impl fmt::Debug for MessageId {
 impl std::str::FromStr for MessageId {
     type Err = std::num::ParseIntError;
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        u128::from_str_radix(s, 16).map(MessageId)
+        u128::from_str_radix(s, 16).map(MessageId::from_u128)
     }
 }
 
@@ -153,17 +159,21 @@ impl Context {
     }
 
     /// Send a command on behalf of this message (same correlation id).
-    pub async fn send<C: Command>(&self, command: C) -> Result<C::Reply> {
-        self.app.send_as(command, self.meta.child(), SendOptions::default()).await
+    pub fn send<C: Command>(&self, command: C) -> impl Future<Output = Result<C::Reply>> + Send + '_ {
+        self.app.send_as(command, self.meta.child(), SendOptions::default())
     }
 
     /// Send with explicit options on behalf of this message.
-    pub async fn send_with<C: Command>(&self, command: C, options: SendOptions) -> Result<C::Reply> {
-        self.app.send_as(command, self.meta.child(), options).await
+    pub fn send_with<C: Command>(
+        &self,
+        command: C,
+        options: SendOptions,
+    ) -> impl Future<Output = Result<C::Reply>> + Send + '_ {
+        self.app.send_as(command, self.meta.child(), options)
     }
 
     /// Publish an event on behalf of this message (same correlation id).
-    pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
-        self.app.publish_as(event, self.meta.child()).await
+    pub fn publish<E: Event>(&self, event: E) -> impl Future<Output = Result<()>> + Send + '_ {
+        self.app.publish_as(event, self.meta.child())
     }
 }

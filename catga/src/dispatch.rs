@@ -87,9 +87,8 @@ where
     E: Into<HandlerError> + 'static,
 {
     let Delivery { message, ctx, record, in_flight: _in_flight } = delivery;
-    let app = ctx.app().clone();
     message.validate()?;
-    let meta = *ctx.metadata();
+    let meta = ctx.metadata();
     let span = tracing::info_span!(
         "catga.handle",
         subject = record.subject,
@@ -98,23 +97,34 @@ where
         correlation_id = %meta.correlation_id,
         causation_id = meta.causation_id.map(tracing::field::display),
     );
+    let app = ctx.app();
     let timeout = record.timeout_ms.map(Duration::from_millis).or(app.config().handler_timeout);
-    let guarded = guard(record, timeout, async move { handler(message, ctx).await.map_err(Into::into) });
-    let middleware = app.middleware();
-    if middleware.is_empty() {
-        return guarded.instrument(span).await;
+    if app.middleware().is_empty() {
+        return guard(record, timeout, handler(message, ctx)).instrument(span).await;
     }
-    let mut terminal = Once { future: Some(Box::pin(guarded)), reply: None };
-    let handling = Handling { record, metadata: meta, instance_id: app.instance_id() };
-    let outcome = Next::new(middleware, &handling, &mut terminal).run().instrument(span).await;
-    match (outcome, terminal.reply) {
-        (Err(error), _) => Err(error),
-        (Ok(()), Some(reply)) => Ok(reply),
-        (Ok(()), None) => Err(HandlerError::new(
-            HandlerError::INTERNAL,
-            format!("a middleware returned Ok without calling next.run() for \"{}\"", record.subject),
-        )),
-    }
+    with_middleware(record, ctx.clone(), guard(record, timeout, handler(message, ctx))).instrument(span).await
+}
+
+/// The middleware chain around the guarded handler (boxed: the common,
+/// middleware-free path keeps its future small).
+fn with_middleware<R: Send + 'static>(
+    record: &'static HandlerRecord,
+    ctx: Context,
+    guarded: impl Future<Output = Result<R, HandlerError>> + Send + 'static,
+) -> BoxFuture<'static, Result<R, HandlerError>> {
+    Box::pin(async move {
+        let mut terminal = Once { future: Some(Box::pin(guarded)), reply: None };
+        let handling = Handling { record, metadata: *ctx.metadata(), instance_id: ctx.instance_id() };
+        let outcome = Next::new(ctx.app().middleware(), &handling, &mut terminal).run().await;
+        match (outcome, terminal.reply) {
+            (Err(error), _) => Err(error),
+            (Ok(()), Some(reply)) => Ok(reply),
+            (Ok(()), None) => Err(HandlerError::new(
+                HandlerError::INTERNAL,
+                format!("a middleware returned Ok without calling next.run() for \"{}\"", record.subject),
+            )),
+        }
+    })
 }
 
 /// The end of the middleware chain: runs the guarded handler at most once.
@@ -136,25 +146,19 @@ impl<R: Send> Terminal for Once<R> {
 }
 
 /// The handler timeout and panic catching around the user's future.
-async fn guard<R>(
+async fn guard<R, E: Into<HandlerError>>(
     record: &'static HandlerRecord,
     timeout: Option<Duration>,
-    handler: impl Future<Output = Result<R, HandlerError>>,
+    handler: impl Future<Output = Result<R, E>>,
 ) -> Result<R, HandlerError> {
     let caught = CatchUnwind(std::pin::pin!(handler));
-    let result = match timeout {
-        None => caught.await,
-        Some(limit) => match tokio::time::timeout(limit, caught).await {
-            Ok(result) => result,
-            Err(_) => {
-                return Err(HandlerError::new(
-                    HandlerError::HANDLER_TIMEOUT,
-                    format!("handler `{}` did not finish within {limit:?}", record.name),
-                ));
-            }
-        },
+    let Some(result) = within(timeout, caught).await else {
+        return Err(HandlerError::new(
+            HandlerError::HANDLER_TIMEOUT,
+            format!("handler `{}` did not finish within {:?}", record.name, timeout.unwrap_or_default()),
+        ));
     };
-    result.unwrap_or_else(|panic| {
+    result.map(|r| r.map_err(Into::into)).unwrap_or_else(|panic| {
         let what = panic_message(&*panic);
         tracing::error!(subject = record.subject, handler = record.name, panic = what, "handler panicked");
         Err(HandlerError::new(
@@ -162,6 +166,25 @@ async fn guard<R>(
             format!("handler `{}` at {}:{} panicked: {what}", record.name, record.file, record.line),
         ))
     })
+}
+
+/// `future`'s output, or `None` when `limit` passes first.
+///
+/// The timer is created only if the future does not finish on its first
+/// poll, so an in-process handling that never waits pays no clock read and
+/// no timer; the limit counts from that first wait.
+pub(crate) async fn within<F: Future>(limit: Option<Duration>, future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let Some(limit) = limit else { return Some(future.await) };
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Polls a future, turning a panic into `Err(payload)`.

@@ -14,16 +14,18 @@
 //! times out or is dropped, the handling is cancelled with it. Over NATS the
 //! handler would finish and its late reply be dropped.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::future::Future;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use rustc_hash::FxHashMap;
 
 use crate::app::{App, AppInner};
 use crate::context::{Context, Metadata};
-use crate::dispatch::Delivery;
+use crate::dispatch::{BoxFuture, Delivery, within};
+use crate::error::HandlerError;
 use crate::error::{Error, Result};
 use crate::message::{Command, Event};
 use crate::registry::{CommandEntry, EventEntry, HandlerKind, HandlerRecord};
@@ -55,7 +57,7 @@ struct Bus {
 
 #[derive(Default, Clone)]
 struct Routes {
-    subjects: HashMap<&'static str, SubjectRoutes>,
+    subjects: FxHashMap<&'static str, SubjectRoutes>,
 }
 
 #[derive(Default, Clone)]
@@ -166,24 +168,46 @@ impl MemoryBus {
         routes.subjects.get(subject)?.commands.iter().find_map(Group::pick)
     }
 
-    pub(crate) async fn send<C: Command>(&self, command: C, meta: Metadata, timeout: Duration) -> Result<C::Reply> {
-        let (app, record) = self.pick_command(C::SUBJECT).ok_or(Error::NoHandler { subject: C::SUBJECT })?;
-        let ctx = Context::new(App::from_inner(app), meta, C::SUBJECT);
-        let handling = async {
-            match record.entry.as_any().downcast_ref::<CommandEntry<C>>() {
-                Some(entry) => (entry.thunk)(Delivery::new(command, ctx, record)).await,
-                None => {
-                    // Same contract, another Rust type: go through the codec.
-                    let payload = C::Codec::encode(&command).map_err(|e| codec_error::<C>("encode", C::SUBJECT, e))?;
-                    let reply = record.entry.call_raw(&payload, ctx, record).await;
-                    return reply
-                        .map_err(|error| Error::Handler { subject: C::SUBJECT, error })
-                        .and_then(|bytes| C::Codec::decode(&bytes).map_err(|e| codec_error::<C::Reply>("decode", C::SUBJECT, e)));
+    /// Route a command to one handler and start its handling on the
+    /// caller's task. Routing is synchronous; the returned future is small
+    /// (the handling itself lives in the handler's one box).
+    pub(crate) fn send<C: Command>(
+        &self,
+        command: C,
+        meta: Metadata,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<C::Reply>> + Send + 'static {
+        let handling = match self.pick_command(C::SUBJECT) {
+            None => Handling::Failed(Some(Box::new(Error::NoHandler { subject: C::SUBJECT }))),
+            Some((app, record)) => {
+                let ctx = Context::new(App::from_inner(app), meta, C::SUBJECT);
+                match record.entry.as_any().downcast_ref::<CommandEntry<C>>() {
+                    Some(entry) => Handling::Typed((entry.thunk)(Delivery::new(command, ctx, record))),
+                    // Same contract, another Rust type: through the codec.
+                    None => match C::Codec::encode(&command) {
+                        Ok(payload) => Handling::Raw(record.entry.call_raw(&payload, ctx, record)),
+                        Err(e) => Handling::Failed(Some(Box::new(codec_error::<C>("encode", C::SUBJECT, e)))),
+                    },
                 }
             }
-            .map_err(|error| Error::Handler { subject: C::SUBJECT, error })
         };
-        tokio::time::timeout(timeout, handling).await.unwrap_or(Err(Error::Timeout { subject: C::SUBJECT, after: timeout }))
+        async move {
+            let reply = match handling {
+                Handling::Failed(error) => return Err(*error.expect("a failed handling is awaited once")),
+                Handling::Typed(typed) => within(Some(timeout), typed).await,
+                Handling::Raw(raw) => within(Some(timeout), raw).await.map(|reply| {
+                    reply.and_then(|bytes| {
+                        C::Codec::decode(&bytes).map_err(|e| {
+                            HandlerError::invalid(codec_error::<C::Reply>("decode", C::SUBJECT, e).to_string())
+                        })
+                    })
+                }),
+            };
+            match reply {
+                None => Err(Error::Timeout { subject: C::SUBJECT, after: timeout }),
+                Some(reply) => reply.map_err(|error| Error::Handler { subject: C::SUBJECT, error }),
+            }
+        }
     }
 
     pub(crate) fn publish<E: Event>(&self, event: E, meta: Metadata) {
@@ -205,6 +229,14 @@ impl MemoryBus {
             deliver(last, event, meta);
         }
     }
+}
+
+/// A command's handling, started.
+enum Handling<R> {
+    Typed(BoxFuture<'static, std::result::Result<R, HandlerError>>),
+    Raw(BoxFuture<'static, std::result::Result<Vec<u8>, HandlerError>>),
+    /// Boxed: the rare path must not make every send's future bigger.
+    Failed(Option<Box<Error>>),
 }
 
 fn deliver<E: Event>((app, record): (Arc<AppInner>, &'static HandlerRecord), event: E, meta: Metadata) {

@@ -6,6 +6,7 @@
 
 pub mod memory;
 
+use std::future::Future;
 use std::time::Duration;
 
 use crate::app::AppInner;
@@ -34,9 +35,14 @@ impl Transport {
         }
     }
 
-    pub(crate) async fn send<C: Command>(&self, command: C, meta: Metadata, timeout: Duration) -> Result<C::Reply> {
+    pub(crate) fn send<C: Command>(
+        &self,
+        command: C,
+        meta: Metadata,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<C::Reply>> + Send + 'static {
         match self {
-            Transport::Memory(bus) => bus.send(command, meta, timeout).await,
+            Transport::Memory(bus) => bus.send(command, meta, timeout),
         }
     }
 
