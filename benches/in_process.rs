@@ -6,7 +6,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -93,7 +93,7 @@ fn allocations_per_op(rt: &tokio::runtime::Runtime, ops: u64, run: impl AsyncFn(
     (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / ops as f64
 }
 
-fn mean_ns(dir: &PathBuf, id: &str) -> f64 {
+fn mean_ns(dir: &Path, id: &str) -> f64 {
     let path = dir.join(id).join("new/estimates.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -102,9 +102,8 @@ fn mean_ns(dir: &PathBuf, id: &str) -> f64 {
 
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let app = rt.block_on(async {
-        Catga::builder().service("bench").memory_bus(MemoryBus::new()).start().await.unwrap()
-    });
+    let app =
+        rt.block_on(async { Catga::builder().service("bench").memory_bus(MemoryBus::new()).start().await.unwrap() });
     let out = std::env::temp_dir().join(format!("catga-bench-{}", std::process::id()));
     let mut c = Criterion::default()
         .output_directory(&out)
@@ -114,9 +113,15 @@ fn main() {
         .configure_from_args();
 
     let mut g = c.benchmark_group("in_process");
-    g.bench_function("direct_await", |b| b.to_async(&rt).iter(|| async { black_box(add(black_box(Add { a: 1, b: 2 })).await.unwrap()) }));
-    g.bench_function("catga_send", |b| b.to_async(&rt).iter(|| async { black_box(app.send(black_box(Add { a: 1, b: 2 })).await.unwrap()) }));
-    g.bench_function("direct_await_event", |b| b.to_async(&rt).iter(|| async { added(black_box(Added { n: 1 })).await.unwrap() }));
+    g.bench_function("direct_await", |b| {
+        b.to_async(&rt).iter(|| async { black_box(add(black_box(Add { a: 1, b: 2 })).await.unwrap()) })
+    });
+    g.bench_function("catga_send", |b| {
+        b.to_async(&rt).iter(|| async { black_box(app.send(black_box(Add { a: 1, b: 2 })).await.unwrap()) })
+    });
+    g.bench_function("direct_await_event", |b| {
+        b.to_async(&rt).iter(|| async { added(black_box(Added { n: 1 })).await.unwrap() })
+    });
     g.bench_function("tokio_spawn_event", |b| {
         b.to_async(&rt).iter_custom(|iters| async move {
             let t = std::time::Instant::now();

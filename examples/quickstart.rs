@@ -44,7 +44,10 @@ pub struct OrderCreated {
 #[catga::command(subject = "orders.create", queue = "order-workers")]
 async fn create_order(cmd: CreateOrder, ctx: Context) -> Result<OrderAccepted, HandlerError> {
     if cmd.amount_cents > 100_000 {
-        return Err(HandlerError::new("limit_exceeded", format!("{} cents is over the 100000 limit", cmd.amount_cents)));
+        return Err(HandlerError::new(
+            "limit_exceeded",
+            format!("{} cents is over the 100000 limit", cmd.amount_cents),
+        ));
     }
     ctx.publish(OrderCreated { order_id: cmd.order_id.clone() }).await?;
     Ok(OrderAccepted { order_id: cmd.order_id, handled_by: ctx.instance_id().to_owned() })

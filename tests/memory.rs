@@ -134,7 +134,8 @@ async fn an_event_reaches_every_broadcast_subscriber_and_one_member_per_queue_gr
         assert_eq!(of("billing").len(), 1, "event {n}: one billing");
     }
     // Queue members share the work.
-    let mailers: std::collections::HashSet<_> = seen.iter().filter(|(k, ..)| *k == "mailer").map(|(_, i, _)| i).collect();
+    let mailers: std::collections::HashSet<_> =
+        seen.iter().filter(|(k, ..)| *k == "mailer").map(|(_, i, _)| i).collect();
     assert_eq!(mailers.len(), 3);
 }
 
@@ -236,7 +237,10 @@ async fn handler_timeout_from_the_attribute_and_caller_timeouts() {
 
     // Default caller timeout (30 ms) is shorter than the handler (60 ms).
     let err = client.send(what("wait")).await.unwrap_err();
-    assert!(matches!(err, Error::Timeout { subject: "t.err.do", after } if after == Duration::from_millis(30)), "{err}");
+    assert!(
+        matches!(err, Error::Timeout { subject: "t.err.do", after } if after == Duration::from_millis(30)),
+        "{err}"
+    );
 
     // A per-call timeout overrides the default.
     assert_eq!(client.send_with(what("wait"), SendOptions::timeout(Duration::from_secs(2))).await.unwrap(), 3);
@@ -301,7 +305,12 @@ async fn sends_from_a_handler_keep_the_correlation_id_and_name_their_cause() {
 struct SpanFields(Arc<Mutex<Vec<String>>>);
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanFields {
-    fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, _: &tracing::Id, _: tracing_subscriber::layer::Context<'_, S>) {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
         struct Visit(String);
         impl tracing::field::Visit for Visit {
             fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
@@ -372,7 +381,8 @@ async fn shutdown_reports_handlings_still_running_after_the_grace_period() {
         .await
         .unwrap();
     let client = client(&bus).await;
-    let slow = tokio::spawn(async move { client.send_with(what("slow"), SendOptions::timeout(Duration::from_secs(2))).await });
+    let slow =
+        tokio::spawn(async move { client.send_with(what("slow"), SendOptions::timeout(Duration::from_secs(2))).await });
     while app.in_flight() == 0 {
         tokio::task::yield_now().await;
     }
@@ -396,7 +406,11 @@ impl Middleware for Shared {
                 return Err(HandlerError::new("forbidden", "this instance refuses"));
             }
             let outcome = next.run().await;
-            self.0.log.lock().unwrap().push(format!("{} {}", h.record.name, if outcome.is_ok() { "ok" } else { "err" }));
+            self.0.log.lock().unwrap().push(format!(
+                "{} {}",
+                h.record.name,
+                if outcome.is_ok() { "ok" } else { "err" }
+            ));
             outcome
         })
     }
@@ -522,7 +536,10 @@ async fn start_refuses_two_event_handlers_in_one_queue_group() {
         .await
         .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("queue group \"same\"") && text.contains("dup_ev_first") && text.contains("dup_ev_second"), "{text}");
+    assert!(
+        text.contains("queue group \"same\"") && text.contains("dup_ev_first") && text.contains("dup_ev_second"),
+        "{text}"
+    );
 }
 
 #[test]

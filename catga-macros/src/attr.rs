@@ -72,10 +72,9 @@ pub(crate) fn string_value(meta: &ParseNestedMeta, example: &str) -> syn::Result
     let expr: Expr = meta.value()?.parse()?;
     match expr {
         Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => Ok(s),
-        other => Err(syn::Error::new_spanned(
-            other,
-            format!("`{key}` takes a string literal, like `{key} = {example}`"),
-        )),
+        other => {
+            Err(syn::Error::new_spanned(other, format!("`{key}` takes a string literal, like `{key} = {example}`")))
+        }
     }
 }
 

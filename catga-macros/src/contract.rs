@@ -120,7 +120,10 @@ fn parse(kind: Kind, input: &DeriveInput, errors: &mut Errors) -> Contract {
             errors.at(ident, format!("{} needs a subject: {}", kind.derive(), kind.example()));
         }
         if kind == Kind::Command && reply.as_ref().is_none() {
-            errors.at(ident, format!("{} needs a reply type (use `reply = ()` for none): {}", kind.derive(), kind.example()));
+            errors.at(
+                ident,
+                format!("{} needs a reply type (use `reply = ()` for none): {}", kind.derive(), kind.example()),
+            );
         }
     }
     Contract {

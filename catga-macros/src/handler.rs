@@ -201,9 +201,8 @@ fn registration(kind: Kind, args: &Args, func: &ItemFn, sig: &Signature) -> Toke
         Kind::Command => quote_spanned!(message_span=> #private::assert_command::<#message>();),
         Kind::Event => quote_spanned!(message_span=> #private::assert_event::<#message>();),
     };
-    let context_check = sig.context.map(|ty| {
-        quote_spanned!(ty.span()=> let _: fn(#krate::Context) -> #ty = |context| context;)
-    });
+    let context_check =
+        sig.context.map(|ty| quote_spanned!(ty.span()=> let _: fn(#krate::Context) -> #ty = |context| context;));
     let ok_check = sig.ok.map(|ok| match kind {
         Kind::Command => quote_spanned!(ok.span()=> #private::assert_reply::<#message, #ok>();),
         Kind::Event => quote_spanned!(ok.span()=> #private::assert_unit::<#ok>();),

@@ -7,7 +7,9 @@ pub(crate) fn check_publish_subject(subject: &str) -> Result<(), String> {
         return Err("a subject must not be empty".into());
     }
     if let Some(c) = subject.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("subject {subject:?} contains {c:?}; NATS subjects have no whitespace or control characters"));
+        return Err(format!(
+            "subject {subject:?} contains {c:?}; NATS subjects have no whitespace or control characters"
+        ));
     }
     if subject.starts_with('$') {
         return Err(format!(
@@ -50,7 +52,8 @@ pub(crate) fn check_queue(queue: &str) -> Result<(), String> {
 pub(crate) fn parse_millis(text: &str) -> Result<u64, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a duration; write e.g. \"250ms\", \"5s\" or \"2m\""))?;
+    let n: u64 =
+        digits.parse().map_err(|_| format!("{text:?} is not a duration; write e.g. \"250ms\", \"5s\" or \"2m\""))?;
     let scale = match unit {
         "ms" => 1,
         "s" => 1_000,

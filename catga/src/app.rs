@@ -368,9 +368,15 @@ impl App {
         })
         .await;
         self.inner.closed.store(true, Ordering::Release);
-        let report = ShutdownReport { abandoned: if drained.is_ok() { 0 } else { self.in_flight() }, waited: started.elapsed() };
+        let report =
+            ShutdownReport { abandoned: if drained.is_ok() { 0 } else { self.in_flight() }, waited: started.elapsed() };
         if report.abandoned > 0 {
-            tracing::warn!(instance = self.instance_id(), abandoned = report.abandoned, ?grace, "grace period over; handlings abandoned");
+            tracing::warn!(
+                instance = self.instance_id(),
+                abandoned = report.abandoned,
+                ?grace,
+                "grace period over; handlings abandoned"
+            );
         } else {
             tracing::info!(instance = self.instance_id(), waited = ?report.waited, "catga instance stopped");
         }

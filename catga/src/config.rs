@@ -83,9 +83,9 @@ impl Config {
         let millis = |key: &str| -> Result<Option<Duration>> {
             set(key)
                 .map(|v| {
-                    v.parse::<u64>().map(Duration::from_millis).map_err(|_| {
-                        Error::Config(format!("{key}={v:?} is not a whole number of milliseconds"))
-                    })
+                    v.parse::<u64>()
+                        .map(Duration::from_millis)
+                        .map_err(|_| Error::Config(format!("{key}={v:?} is not a whole number of milliseconds")))
                 })
                 .transpose()
         };
@@ -103,7 +103,9 @@ impl Config {
 
     /// Fill in what is derived: the instance id.
     pub(crate) fn resolve(mut self) -> Result<Self> {
-        if self.service.is_empty() || self.service.contains(|c: char| c.is_whitespace() || c == '.' || c == '*' || c == '>') {
+        if self.service.is_empty()
+            || self.service.contains(|c: char| c.is_whitespace() || c == '.' || c == '*' || c == '>')
+        {
             return Err(Error::Config(format!(
                 "service name {:?} must be non-empty and contain no whitespace, '.', '*' or '>' (it names a NATS queue group)",
                 self.service

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use crate::codec::Codec;
 use crate::app::InFlight;
+use crate::codec::Codec;
 use crate::context::Context;
 use crate::error::HandlerError;
 use crate::message::{Command, Event, Message};
@@ -50,7 +50,10 @@ impl<M> Delivery<M> {
 
 /// Run a command handler through the pipeline. One allocation: the box.
 #[doc(hidden)]
-pub fn handle_command<C, F, Fut, E>(delivery: Delivery<C>, handler: F) -> BoxFuture<'static, Result<C::Reply, HandlerError>>
+pub fn handle_command<C, F, Fut, E>(
+    delivery: Delivery<C>,
+    handler: F,
+) -> BoxFuture<'static, Result<C::Reply, HandlerError>>
 where
     C: Command,
     F: FnOnce(C, Context) -> Fut + Send + 'static,

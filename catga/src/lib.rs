@@ -50,6 +50,19 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Mistakes in a handler are compile errors at the handler, e.g. an Ok type
+//! that is not the command's reply type:
+//!
+//! ```compile_fail
+//! use catga::prelude::*;
+//! #[derive(Debug, Serialize, Deserialize, Command)]
+//! #[catga(subject = "lib.price", reply = u64)]
+//! pub struct Price;
+//!
+//! #[catga::command]
+//! async fn price(_: Price) -> Result<String, HandlerError> { Ok("5".into()) }
+//! ```
+//!
 //! ## Where things are
 //! - [`message`]: the contracts ([`Command`], [`Event`]).
 //! - [`registry`]: what `#[command]`/`#[event]` register, and its checks.
@@ -143,3 +156,8 @@ pub mod __private {
     pub trait Unit {}
     impl Unit for () {}
 }
+
+/// The README's code blocks, compiled and run as doctests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -153,15 +153,19 @@ pub trait Entry: Send + Sync + 'static {
     fn call_raw(&self, payload: &[u8], ctx: Context, record: &'static HandlerRecord) -> RawFuture;
 }
 
+/// A generated command thunk: runs one delivery through the pipeline.
+#[doc(hidden)]
+pub type CommandThunk<C> = fn(Delivery<C>) -> BoxFuture<'static, Result<<C as Command>::Reply, HandlerError>>;
+
 /// The typed entry of a command handler.
 #[doc(hidden)]
 pub struct CommandEntry<C: Command> {
-    pub(crate) thunk: fn(Delivery<C>) -> BoxFuture<'static, Result<C::Reply, HandlerError>>,
+    pub(crate) thunk: CommandThunk<C>,
 }
 
 impl<C: Command> CommandEntry<C> {
     #[doc(hidden)]
-    pub const fn new(thunk: fn(Delivery<C>) -> BoxFuture<'static, Result<C::Reply, HandlerError>>) -> Self {
+    pub const fn new(thunk: CommandThunk<C>) -> Self {
         CommandEntry { thunk }
     }
 }
@@ -200,7 +204,8 @@ impl<E: Event> Entry for EventEntry<E> {
     }
 
     fn call_raw(&self, payload: &[u8], ctx: Context, record: &'static HandlerRecord) -> RawFuture {
-        let delivered = crate::dispatch::decode::<E>(payload).map(|message| (self.thunk)(Delivery::new(message, ctx, record)));
+        let delivered =
+            crate::dispatch::decode::<E>(payload).map(|message| (self.thunk)(Delivery::new(message, ctx, record)));
         Box::pin(std::future::ready(delivered.map(|()| RawReply::default())))
     }
 }

@@ -14,14 +14,15 @@
 //! times out or is dropped, the handling is cancelled with it. Over NATS the
 //! handler would finish and its late reply be dropped.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::future::Future;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
 
+use crate::Codec;
 use crate::app::{App, AppInner};
 use crate::context::{Context, Metadata};
 use crate::dispatch::{BoxFuture, Delivery, within};
@@ -29,7 +30,6 @@ use crate::error::HandlerError;
 use crate::error::{Error, Result};
 use crate::message::{Command, Event};
 use crate::registry::{CommandEntry, EventEntry, HandlerKind, HandlerRecord};
-use crate::Codec;
 
 /// A message bus for instances in one process. Cloning shares it.
 ///

