@@ -34,8 +34,13 @@ impl Catga {
     /// }
     /// ```
     pub async fn run() -> Result<()> {
+        // Listen before subscribing, so a signal that arrives right after
+        // startup is a graceful stop and not the default "terminate now".
+        let signals = Signals::listen();
         let app = Builder::from_env()?.start().await?;
-        app.run_until_signal().await;
+        signals.recv().await;
+        tracing::info!(instance = app.instance_id(), "signal received, shutting down");
+        app.shutdown().await;
         Ok(())
     }
 
@@ -179,8 +184,8 @@ impl Builder {
                 subject = h.subject,
                 queue = h.queue_group(&config.service).unwrap_or("(broadcast)"),
                 handler = %format_args!("{}::{}", h.module, h.name),
-                message = h.message_type(),
-                reply = h.reply_type(),
+                message_type = h.message_type(),
+                reply_type = h.reply_type(),
                 "handler found"
             );
         }
@@ -385,7 +390,7 @@ impl App {
 
     /// Wait for ctrl-c or SIGTERM, then [`shutdown`](App::shutdown).
     pub async fn run_until_signal(&self) -> ShutdownReport {
-        shutdown_signal().await;
+        Signals::listen().recv().await;
         tracing::info!(instance = self.instance_id(), "signal received, shutting down");
         self.shutdown().await
     }
@@ -410,25 +415,38 @@ impl Drop for InFlight {
     }
 }
 
-async fn shutdown_signal() {
+/// SIGTERM and SIGINT (ctrl-c), registered when created.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                (Ok(term), Ok(int)) => Signals { streams: Some((term, int)) },
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM/SIGINT; falling back to ctrl-c only");
+                    Signals { streams: None }
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; waiting for ctrl-c only");
-                let _ = tokio::signal::ctrl_c().await;
-            }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn recv(self) {
+        #[cfg(unix)]
+        if let Some((mut term, mut int)) = self.streams {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }
