@@ -319,10 +319,14 @@ impl App {
     }
 
     /// Send with explicit metadata (the context uses this to propagate ids).
-    pub async fn send_as<C: Command>(&self, command: C, meta: Metadata, options: SendOptions) -> Result<C::Reply> {
-        self.check_open()?;
+    pub fn send_as<C: Command>(
+        &self,
+        command: C,
+        meta: Metadata,
+        options: SendOptions,
+    ) -> impl Future<Output = Result<C::Reply>> + Send + '_ {
         let timeout = options.timeout.unwrap_or(self.inner.config.request_timeout);
-        self.inner.transport.send(command, meta, timeout).await
+        Sending { state: SendState::Start { app: self, command, meta, timeout } }
     }
 
     /// Publish an event: every broadcast subscriber and one member of each
@@ -399,6 +403,48 @@ impl App {
 impl fmt::Debug for App {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("App").field("service", &self.service()).field("instance_id", &self.instance_id()).finish()
+    }
+}
+
+/// The future of one `send`: lazy (nothing happens until polled), then the
+/// transport's pending reply. Hand-written so that the future every send
+/// returns stays small instead of nesting `async` state machines.
+struct Sending<'a, C: Command> {
+    state: SendState<'a, C>,
+}
+
+enum SendState<'a, C: Command> {
+    Start { app: &'a App, command: C, meta: Metadata, timeout: Duration },
+    Pending(crate::transport::memory::Pending<C::Reply>),
+    Done,
+}
+
+// The command is only ever moved, never pinned, so `Sending` is `Unpin`
+// whatever the command type is.
+impl<C: Command> Unpin for Sending<'_, C> {}
+
+impl<C: Command> Future for Sending<'_, C> {
+    type Output = Result<C::Reply>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        loop {
+            match std::mem::replace(&mut self.state, SendState::Done) {
+                SendState::Start { app, command, meta, timeout } => {
+                    if let Err(e) = app.check_open() {
+                        return std::task::Poll::Ready(Err(e));
+                    }
+                    self.state = SendState::Pending(app.inner.transport.send(command, meta, timeout));
+                }
+                SendState::Pending(mut pending) => {
+                    let poll = std::pin::Pin::new(&mut pending).poll(cx);
+                    if poll.is_pending() {
+                        self.state = SendState::Pending(pending);
+                    }
+                    return poll;
+                }
+                SendState::Done => panic!("a send future was polled after it completed"),
+            }
+        }
     }
 }
 

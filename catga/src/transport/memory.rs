@@ -15,8 +15,10 @@
 //! handler would finish and its late reply be dropped.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -25,7 +27,7 @@ use rustc_hash::FxHashMap;
 use crate::Codec;
 use crate::app::{App, AppInner};
 use crate::context::{Context, Metadata};
-use crate::dispatch::{BoxFuture, Delivery, within};
+use crate::dispatch::{BoxFuture, Deadline, Delivery};
 use crate::error::HandlerError;
 use crate::error::{Error, Result};
 use crate::message::{Command, Event};
@@ -89,7 +91,9 @@ impl Group {
     fn pick(&self) -> Option<(Arc<AppInner>, &'static HandlerRecord)> {
         let n = self.members.len();
         for _ in 0..n {
-            let m = &self.members[self.cursor.fetch_add(1, Ordering::Relaxed) % n];
+            // One member (the common in-process case): no shared counter, no division.
+            let i = if n == 1 { 0 } else { self.cursor.fetch_add(1, Ordering::Relaxed) % n };
+            let m = &self.members[i];
             if let Some(app) = m.app.upgrade() {
                 return Some((app, m.record));
             }
@@ -168,15 +172,9 @@ impl MemoryBus {
         routes.subjects.get(subject)?.commands.iter().find_map(Group::pick)
     }
 
-    /// Route a command to one handler and start its handling on the
-    /// caller's task. Routing is synchronous; the returned future is small
-    /// (the handling itself lives in the handler's one box).
-    pub(crate) fn send<C: Command>(
-        &self,
-        command: C,
-        meta: Metadata,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<C::Reply>> + Send + 'static {
+    /// Route a command to one handler and start its handling (it runs
+    /// when the returned future is polled, on the caller's task).
+    pub(crate) fn send<C: Command>(&self, command: C, meta: Metadata, timeout: Duration) -> Pending<C::Reply> {
         let handling = match self.pick_command(C::SUBJECT) {
             None => Handling::Failed(Some(Box::new(Error::NoHandler { subject: C::SUBJECT }))),
             Some((app, record)) => {
@@ -185,29 +183,13 @@ impl MemoryBus {
                     Some(entry) => Handling::Typed((entry.thunk)(Delivery::new(command, ctx, record))),
                     // Same contract, another Rust type: through the codec.
                     None => match C::Codec::encode(&command) {
-                        Ok(payload) => Handling::Raw(record.entry.call_raw(&payload, ctx, record)),
+                        Ok(payload) => Handling::Raw(record.entry.call_raw(&payload, ctx, record), decode_reply::<C>),
                         Err(e) => Handling::Failed(Some(Box::new(codec_error::<C>("encode", C::SUBJECT, e)))),
                     },
                 }
             }
         };
-        async move {
-            let reply = match handling {
-                Handling::Failed(error) => return Err(*error.expect("a failed handling is awaited once")),
-                Handling::Typed(typed) => within(Some(timeout), typed).await,
-                Handling::Raw(raw) => within(Some(timeout), raw).await.map(|reply| {
-                    reply.and_then(|bytes| {
-                        C::Codec::decode(&bytes).map_err(|e| {
-                            HandlerError::invalid(codec_error::<C::Reply>("decode", C::SUBJECT, e).to_string())
-                        })
-                    })
-                }),
-            };
-            match reply {
-                None => Err(Error::Timeout { subject: C::SUBJECT, after: timeout }),
-                Some(reply) => reply.map_err(|error| Error::Handler { subject: C::SUBJECT, error }),
-            }
-        }
+        Pending { handling, subject: C::SUBJECT, timeout, deadline: Deadline::new(timeout) }
     }
 
     pub(crate) fn publish<E: Event>(&self, event: E, meta: Metadata) {
@@ -231,12 +213,50 @@ impl MemoryBus {
     }
 }
 
-/// A command's handling, started.
+/// A command's handling, started: the caller's side of one `send`.
+///
+/// Hand-written rather than `async`: it is what every in-process send
+/// awaits, and it stays a few words big (the handling itself is boxed).
+pub(crate) struct Pending<R> {
+    handling: Handling<R>,
+    subject: &'static str,
+    timeout: Duration,
+    deadline: Deadline,
+}
+
 enum Handling<R> {
     Typed(BoxFuture<'static, std::result::Result<R, HandlerError>>),
-    Raw(BoxFuture<'static, std::result::Result<Vec<u8>, HandlerError>>),
+    Raw(BoxFuture<'static, std::result::Result<Vec<u8>, HandlerError>>, DecodeReply<R>),
     /// Boxed: the rare path must not make every send's future bigger.
     Failed(Option<Box<Error>>),
+}
+
+type DecodeReply<R> = fn(&[u8]) -> std::result::Result<R, HandlerError>;
+
+fn decode_reply<C: Command>(bytes: &[u8]) -> std::result::Result<C::Reply, HandlerError> {
+    C::Codec::decode(bytes)
+        .map_err(|e| HandlerError::invalid(codec_error::<C::Reply>("decode", C::SUBJECT, e).to_string()))
+}
+
+impl<R> Future for Pending<R> {
+    type Output = Result<R>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let reply = match &mut this.handling {
+            Handling::Failed(error) => return Poll::Ready(Err(*error.take().expect("polled after completion"))),
+            Handling::Typed(handling) => handling.as_mut().poll(cx),
+            Handling::Raw(handling, decode) => handling.as_mut().poll(cx).map(|r| r.and_then(|bytes| decode(&bytes))),
+        };
+        match reply {
+            Poll::Ready(reply) => Poll::Ready(reply.map_err(|error| Error::Handler { subject: this.subject, error })),
+            Poll::Pending => {
+                let subject = this.subject;
+                let after = this.timeout;
+                this.deadline.poll_expired(cx).map(|()| Err(Error::Timeout { subject, after }))
+            }
+        }
+    }
 }
 
 fn deliver<E: Event>((app, record): (Arc<AppInner>, &'static HandlerRecord), event: E, meta: Metadata) {

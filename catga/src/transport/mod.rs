@@ -6,7 +6,6 @@
 
 pub mod memory;
 
-use std::future::Future;
 use std::time::Duration;
 
 use crate::app::AppInner;
@@ -35,12 +34,9 @@ impl Transport {
         }
     }
 
-    pub(crate) fn send<C: Command>(
-        &self,
-        command: C,
-        meta: Metadata,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<C::Reply>> + Send + 'static {
+    /// Route a command and start its handling; the returned future
+    /// resolves to the reply.
+    pub(crate) fn send<C: Command>(&self, command: C, meta: Metadata, timeout: Duration) -> memory::Pending<C::Reply> {
         match self {
             Transport::Memory(bus) => bus.send(command, meta, timeout),
         }
