@@ -572,3 +572,162 @@ async fn a_dead_configured_transport_is_a_clear_startup_error() {
     assert!(matches!(err, Error::Config(_)));
     assert!(err.to_string().contains("nats_url"), "{err}");
 }
+
+// ---------- review fixes: panics outside the handler, codes, decode errors ----------
+
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "t.pv.check", reply = u8, validate)]
+struct Checked {
+    explode: bool,
+}
+
+impl Validate for Checked {
+    fn validate(&self) -> Result<(), HandlerError> {
+        assert!(!self.explode, "validator exploded");
+        Ok(())
+    }
+}
+
+#[catga::command]
+async fn checked(_: Checked) -> Result<u8, HandlerError> {
+    Ok(7)
+}
+
+struct Exploding;
+
+impl Middleware for Exploding {
+    fn handle<'a>(&'a self, h: &'a Handling<'a>, next: Next<'a>) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            assert!(h.metadata.causation_id.is_some(), "middleware exploded");
+            next.run().await
+        })
+    }
+}
+
+#[tokio::test]
+async fn panics_in_a_validation_hook_or_a_middleware_become_panic_replies() {
+    let (bus, _apps) = instances(1, "pv", "t.pv.").await;
+    let client = client(&bus).await;
+    let err = client.send(Checked { explode: true }).await.unwrap_err();
+    assert_eq!(err.code(), Some(HandlerError::PANIC));
+    assert!(err.to_string().contains("validator exploded"), "{err}");
+    assert_eq!(client.send(Checked { explode: false }).await.unwrap(), 7);
+
+    let bus = MemoryBus::new();
+    let _app = Catga::builder()
+        .memory_bus(bus.clone())
+        .middleware(Exploding)
+        .handlers_where(|h| h.subject.starts_with("t.pv."))
+        .start()
+        .await
+        .unwrap();
+    let client = crate::client(&bus).await;
+    let err = client.send(Checked { explode: false }).await.unwrap_err();
+    assert_eq!(err.code(), Some(HandlerError::PANIC));
+    assert!(err.to_string().contains("middleware exploded"), "{err}");
+}
+
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "t.prop.front", reply = u32)]
+struct Front {
+    what: String,
+}
+
+#[catga::command]
+async fn front(cmd: Front, ctx: Context) -> Result<u32, HandlerError> {
+    // `?` passes the downstream handler's error on unchanged.
+    ctx.send(what(&cmd.what)).await.map_err(Into::into)
+}
+
+#[tokio::test]
+async fn a_downstream_error_keeps_its_code_through_question_mark() {
+    let bus = MemoryBus::new();
+    let _app = Catga::builder()
+        .memory_bus(bus.clone())
+        .handlers_where(|h| h.subject.starts_with("t.prop.") || h.subject.starts_with("t.err."))
+        .start()
+        .await
+        .unwrap();
+    let client = client(&bus).await;
+    assert_eq!(client.send(Front { what: "ok".into() }).await.unwrap(), 1);
+    let err = client.send(Front { what: "refuse".into() }).await.unwrap_err();
+    assert_eq!(err.handler_error().map(|e| (e.code(), e.message())), Some(("refused", "not today")));
+}
+
+#[tokio::test]
+async fn framework_errors_inside_a_handler_get_their_own_codes() {
+    let bus = MemoryBus::new();
+    // `front` without `do_it`: its downstream send finds no handler.
+    let _app = Catga::builder()
+        .memory_bus(bus.clone())
+        .handlers_where(|h| h.subject.starts_with("t.prop."))
+        .start()
+        .await
+        .unwrap();
+    let err = client(&bus).await.send(Front { what: "ok".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Some("no_handler"), "{err}");
+}
+
+mod stale_reply {
+    use catga::prelude::*;
+
+    /// A client copy of `Do` that expects the wrong reply type.
+    #[derive(Debug, Serialize, Deserialize, Command)]
+    #[catga(subject = "t.err.do", reply = String)]
+    pub struct DoWantsText {
+        pub what: String,
+    }
+}
+
+#[tokio::test]
+async fn a_reply_that_does_not_decode_is_a_codec_error_not_the_handlers() {
+    let (bus, _apps) = instances(1, "stale", "t.err.").await;
+    let err = client(&bus).await.send(stale_reply::DoWantsText { what: "ok".into() }).await.unwrap_err();
+    assert!(matches!(err, Error::Codec { action: "decode", subject: "t.err.do", .. }), "{err}");
+}
+
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "t.dupq.cmd", reply = ())]
+struct DupQueues;
+
+#[catga::command(queue = "a")]
+async fn dup_queue_a(_: DupQueues) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+#[catga::command(queue = "b")]
+async fn dup_queue_b(_: DupQueues) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_command_handlers_in_different_queue_groups_are_still_duplicates() {
+    let err = Catga::builder()
+        .memory_bus(MemoryBus::new())
+        .handlers_where(|h| h.subject == "t.dupq.cmd")
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DuplicateHandler { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn missing_state_is_an_error_naming_the_type() {
+    let app = Catga::builder().memory_bus(MemoryBus::new()).client_only().with_state(5u8).start().await.unwrap();
+    assert_eq!(*app.state::<u8>().unwrap(), 5);
+    let err = app.state::<String>().unwrap_err();
+    assert!(err.message().contains("alloc::string::String") && err.message().contains("with_state"), "{err}");
+}
+
+#[tokio::test]
+async fn a_draining_instance_takes_no_new_handling_and_its_peer_does() {
+    let (bus, apps) = instances(2, "drain", "t.rr.").await;
+    let client = client(&bus).await;
+    let stopping = apps[0].clone();
+    let report = tokio::spawn(async move { stopping.shutdown().await });
+    tokio::task::yield_now().await; // the shutdown has begun: drain-0 is draining
+    for _ in 0..20 {
+        assert_eq!(client.send(Who).await.unwrap(), "drain-1");
+    }
+    assert_eq!(report.await.unwrap().abandoned, 0);
+}

@@ -193,7 +193,7 @@ fn registration(kind: Kind, args: &Args, func: &ItemFn, sig: &Signature) -> Toke
     // The handler as `FnOnce(Message, Context) -> Future`.
     let call = match sig.context {
         Some(_) => quote!(#name),
-        None => quote!(|message, _: #krate::Context| #name(message)),
+        None => quote!(|__catga_message, _: #krate::Context| #name(__catga_message)),
     };
 
     // Checks spanned at the user's code, so rustc reports there.
@@ -201,8 +201,9 @@ fn registration(kind: Kind, args: &Args, func: &ItemFn, sig: &Signature) -> Toke
         Kind::Command => quote_spanned!(message_span=> #private::assert_command::<#message>();),
         Kind::Event => quote_spanned!(message_span=> #private::assert_event::<#message>();),
     };
-    let context_check =
-        sig.context.map(|ty| quote_spanned!(ty.span()=> let _: fn(#krate::Context) -> #ty = |context| context;));
+    let context_check = sig
+        .context
+        .map(|ty| quote_spanned!(ty.span()=> let _: fn(#krate::Context) -> #ty = |__catga_context| __catga_context;));
     let ok_check = sig.ok.map(|ok| match kind {
         Kind::Command => quote_spanned!(ok.span()=> #private::assert_reply::<#message, #ok>();),
         Kind::Event => quote_spanned!(ok.span()=> #private::assert_unit::<#ok>();),
@@ -218,6 +219,7 @@ fn registration(kind: Kind, args: &Args, func: &ItemFn, sig: &Signature) -> Toke
         quote_spanned!(lit.span()=>
             const _: () = ::core::assert!(
                 #private::same_subject(<#message as #krate::Message>::SUBJECT, #lit),
+                "{}",
                 #message_text
             );
         )
@@ -238,7 +240,7 @@ fn registration(kind: Kind, args: &Args, func: &ItemFn, sig: &Signature) -> Toke
             quote!(::core::any::type_name::<()>),
         ),
     };
-    let dispatch_call = quote_spanned!(name.span()=> #private::#dispatch(delivery, #call));
+    let dispatch_call = quote_spanned!(name.span()=> #private::#dispatch(__catga_delivery, #call));
     let queue = option(args.queue.as_ref());
     let timeout_ms = option(args.timeout_ms.as_ref());
     let line = quote_spanned!(name.span()=> ::core::line!());
@@ -255,7 +257,7 @@ fn registration(kind: Kind, args: &Args, func: &ItemFn, sig: &Signature) -> Toke
                 #context_check
             }
 
-            fn __catga_thunk(delivery: #private::Delivery<#message>) #thunk_output {
+            fn __catga_thunk(__catga_delivery: #private::Delivery<#message>) #thunk_output {
                 #dispatch_call
             }
 

@@ -2,6 +2,8 @@
 //! [`Catga::builder`] for explicit settings, clients and tests, and the
 //! [`App`] handle to send, publish and shut down.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -36,11 +38,16 @@ impl Catga {
     pub async fn run() -> Result<()> {
         // Listen before subscribing, so a signal that arrives right after
         // startup is a graceful stop and not the default "terminate now".
-        let signals = Signals::listen();
+        let mut signals = Signals::listen();
         let app = Builder::from_env()?.start().await?;
         signals.recv().await;
         tracing::info!(instance = app.instance_id(), "signal received, shutting down");
-        app.shutdown().await;
+        tokio::select! {
+            _ = app.shutdown() => {}
+            _ = signals.recv() => {
+                tracing::warn!(instance = app.instance_id(), "second signal: stopping without waiting for in-flight handlings");
+            }
+        }
         Ok(())
     }
 
@@ -73,11 +80,16 @@ pub struct Builder {
     bus: Option<MemoryBus>,
     middleware: Vec<Arc<dyn Middleware>>,
     filter: Option<HandlerFilter>,
+    state: State,
 }
+
+/// Shared values handlers reach with [`Context::state`](crate::Context::state),
+/// one per type.
+type State = HashMap<TypeId, Arc<dyn Any + Send + Sync>>;
 
 impl Builder {
     fn new(config: Config) -> Self {
-        Builder { config, bus: None, middleware: Vec::new(), filter: None }
+        Builder { config, bus: None, middleware: Vec::new(), filter: None, state: State::new() }
     }
 
     /// Settings from the `CATGA_*` environment variables (see [`Config`]).
@@ -144,6 +156,32 @@ impl Builder {
         self
     }
 
+    /// Share a value (a database pool, a client, settings) with every
+    /// handler of this instance; they read it with
+    /// [`Context::state`](crate::Context::state). One value per type; a
+    /// second call with the same type replaces the first.
+    ///
+    /// ```
+    /// use catga::prelude::*;
+    /// # #[derive(Debug, Serialize, Deserialize, Command)]
+    /// # #[catga(subject = "doc.state.price", reply = u64)]
+    /// # pub struct Price;
+    /// struct Prices { base: u64 }
+    ///
+    /// #[catga::command]
+    /// async fn price(_: Price, ctx: Context) -> Result<u64, HandlerError> {
+    ///     Ok(ctx.state::<Prices>()?.base)
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> catga::Result<()> {
+    /// let app = Catga::builder().with_state(Prices { base: 42 }).start().await?;
+    /// assert_eq!(app.send(Price).await?, 42);
+    /// # app.shutdown().await; Ok(()) }
+    /// ```
+    pub fn with_state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.state.insert(TypeId::of::<T>(), Arc::new(value));
+        self
+    }
+
     /// Subscribe only the registered handlers `keep` accepts.
     pub fn handlers_where(mut self, keep: impl Fn(&HandlerRecord) -> bool + Send + Sync + 'static) -> Self {
         self.filter = Some(Box::new(keep));
@@ -200,6 +238,7 @@ impl Builder {
             config,
             transport,
             middleware: self.middleware,
+            state: self.state,
             handlers,
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -222,6 +261,7 @@ pub(crate) struct AppInner {
     pub(crate) config: Config,
     transport: Transport,
     middleware: Vec<Arc<dyn Middleware>>,
+    state: State,
     handlers: Vec<&'static HandlerRecord>,
     in_flight: AtomicUsize,
     /// Set when shutdown starts: only then do finished handlings wake it.
@@ -270,10 +310,6 @@ pub struct ShutdownReport {
 }
 
 impl App {
-    pub(crate) fn from_inner(inner: Arc<AppInner>) -> Self {
-        App { inner }
-    }
-
     /// The service name.
     pub fn service(&self) -> &str {
         &self.inner.config.service
@@ -292,6 +328,21 @@ impl App {
     /// The handlers this instance subscribed, sorted.
     pub fn handlers(&self) -> &[&'static HandlerRecord] {
         &self.inner.handlers
+    }
+
+    /// The value of type `T` given to [`Builder::with_state`], or an error
+    /// that names the type and the fix.
+    pub fn state<T: Send + Sync + 'static>(&self) -> std::result::Result<&T, crate::HandlerError> {
+        self.inner.state.get(&TypeId::of::<T>()).and_then(|v| v.downcast_ref::<T>()).ok_or_else(|| {
+            crate::HandlerError::new(
+                crate::HandlerError::INTERNAL,
+                format!(
+                    "instance \"{}\" has no state of type `{}`; add `.with_state(..)` to its builder",
+                    self.instance_id(),
+                    std::any::type_name::<T>()
+                ),
+            )
+        })
     }
 
     pub(crate) fn middleware(&self) -> &[Arc<dyn Middleware>] {
@@ -353,17 +404,17 @@ impl App {
         self.inner.in_flight.load(Ordering::Acquire)
     }
 
-    pub(crate) fn in_flight_guard(&self) -> InFlight {
-        self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(self.inner.clone())
-    }
-
     /// Graceful shutdown: stop receiving new messages at once, wait up to
     /// the grace period for in-flight handlings, then refuse further sends
     /// and publishes. Idempotent.
+    ///
+    /// Handlings still running when the grace period ends are reported in
+    /// [`ShutdownReport::abandoned`], not cancelled. Called from inside one
+    /// of this instance's own handlers, it waits for that handler too, so
+    /// it takes the whole grace period: spawn it instead.
     pub async fn shutdown(&self) -> ShutdownReport {
-        self.inner.transport.unsubscribe(&self.inner);
         self.inner.draining.store(true, Ordering::SeqCst);
+        self.inner.transport.unsubscribe(&self.inner);
         let started = Instant::now();
         let grace = self.inner.config.grace_period;
         let drained = tokio::time::timeout(grace, async {
@@ -448,8 +499,30 @@ impl<C: Command> Future for Sending<'_, C> {
     }
 }
 
-/// Counts one handling as in flight while alive.
-pub(crate) struct InFlight(Arc<AppInner>);
+/// One handling admitted by an instance: counts as in flight while alive.
+#[doc(hidden)]
+pub struct InFlight(Arc<AppInner>);
+
+impl InFlight {
+    /// Admit one handling unless the instance is draining. Counting first
+    /// and checking second (both SeqCst, mirrored in `shutdown`) closes the
+    /// race with a sender that routed here just before the unsubscribe:
+    /// either it sees `draining` and goes elsewhere, or shutdown sees it
+    /// in flight and waits for it.
+    pub(crate) fn admit(app: Arc<AppInner>) -> Option<InFlight> {
+        app.in_flight.fetch_add(1, Ordering::SeqCst);
+        let admitted = InFlight(app);
+        if admitted.0.draining.load(Ordering::SeqCst) {
+            return None; // dropping `admitted` undoes the count
+        }
+        Some(admitted)
+    }
+
+    /// The instance that admitted the handling.
+    pub(crate) fn app(&self) -> App {
+        App { inner: self.0.clone() }
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -484,9 +557,9 @@ impl Signals {
         Signals {}
     }
 
-    async fn recv(self) {
+    async fn recv(&mut self) {
         #[cfg(unix)]
-        if let Some((mut term, mut int)) = self.streams {
+        if let Some((term, int)) = &mut self.streams {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}

@@ -37,9 +37,12 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
+        // The executable's name, made a valid queue-group token.
         let service = std::env::current_exe()
             .ok()
             .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .map(|name| name.replace(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'), "-"))
+            .filter(|name| !name.is_empty())
             .unwrap_or_else(|| "catga".to_owned());
         Config {
             instance_id: String::new(),
@@ -68,6 +71,8 @@ impl Config {
     /// assert_eq!(c.service, "orders");
     /// let err = Config::from_lookup(|k| (k == "CATGA_GRACE_PERIOD_MS").then(|| "soon".to_owned())).unwrap_err();
     /// assert!(err.to_string().contains("CATGA_GRACE_PERIOD_MS"));
+    /// let err = Config::from_lookup(|k| (k == "CATGA_REQUEST_TIMEOUT_MS").then(|| "0".to_owned())).unwrap_err();
+    /// assert!(err.to_string().contains("zero"));
     /// ```
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let mut c = Config::default();
@@ -82,10 +87,10 @@ impl Config {
         c.redis_url = set("CATGA_REDIS_URL");
         let millis = |key: &str| -> Result<Option<Duration>> {
             set(key)
-                .map(|v| {
-                    v.parse::<u64>()
-                        .map(Duration::from_millis)
-                        .map_err(|_| Error::Config(format!("{key}={v:?} is not a whole number of milliseconds")))
+                .map(|v| match v.parse::<u64>() {
+                    Ok(0) => Err(Error::Config(format!("{key}=0: a zero limit would fail every message"))),
+                    Ok(ms) => Ok(Duration::from_millis(ms)),
+                    Err(_) => Err(Error::Config(format!("{key}={v:?} is not a whole number of milliseconds"))),
                 })
                 .transpose()
         };

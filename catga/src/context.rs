@@ -153,7 +153,16 @@ impl Context {
         self.app.instance_id()
     }
 
-    /// The instance handling this message.
+    /// The value of type `T` shared through
+    /// [`Builder::with_state`](crate::Builder::with_state); the error names
+    /// the missing type.
+    pub fn state<T: Send + Sync + 'static>(&self) -> std::result::Result<&T, crate::HandlerError> {
+        self.app.state::<T>()
+    }
+
+    /// The instance handling this message. Holding a `Context` (or this
+    /// handle) beyond the handling keeps the instance alive and subscribed
+    /// until [`App::shutdown`].
     pub fn app(&self) -> &App {
         &self.app
     }

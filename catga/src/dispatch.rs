@@ -25,7 +25,7 @@ use tracing::instrument::Instrumented;
 
 use crate::app::InFlight;
 use crate::codec::Codec;
-use crate::context::Context;
+use crate::context::{Context, Metadata};
 use crate::error::HandlerError;
 use crate::message::{Command, Event, Message};
 use crate::middleware::{Handling, Next, Terminal};
@@ -49,8 +49,8 @@ pub struct Delivery<M> {
 }
 
 impl<M> Delivery<M> {
-    pub(crate) fn new(message: M, ctx: Context, record: &'static HandlerRecord) -> Self {
-        let in_flight = ctx.app().in_flight_guard();
+    pub(crate) fn new(message: M, record: &'static HandlerRecord, in_flight: InFlight, meta: Metadata) -> Self {
+        let ctx = Context::new(in_flight.app(), meta, record.subject);
         Delivery { message, ctx, record, in_flight }
     }
 }
@@ -106,7 +106,8 @@ where
     E: Into<HandlerError> + 'static,
 {
     let Delivery { message, ctx, record, in_flight } = delivery;
-    if let Err(invalid) = message.validate() {
+    let validated = catch_unwind(AssertUnwindSafe(|| message.validate())).unwrap_or_else(|p| Err(panicked(record, p)));
+    if let Err(invalid) = validated {
         return Prepared::Boxed(Box::pin(std::future::ready(Err(invalid))));
     }
     let meta = ctx.metadata();
@@ -121,11 +122,20 @@ where
     let app = ctx.app();
     let timeout = record.timeout_ms.map(Duration::from_millis).or(app.config().handler_timeout);
     let chained = (!app.middleware().is_empty()).then(|| ctx.clone());
-    let guarded =
-        Guarded { future: handler(message, ctx), record, deadline: timeout.map(Deadline::new), _in_flight: in_flight };
+    let guarded = Guarded {
+        future: handler(message, ctx),
+        record,
+        deadline: timeout.map(Deadline::new),
+        _in_flight: Some(in_flight),
+    };
     match chained {
         None => Prepared::Direct(guarded.instrument(span)),
-        Some(ctx) => Prepared::Boxed(Box::pin(with_middleware(record, ctx, guarded).instrument(span))),
+        Some(ctx) => {
+            // A panicking middleware is caught like a panicking handler.
+            let chain = with_middleware(record, ctx, guarded);
+            let caught = Guarded { future: chain, record, deadline: None, _in_flight: None };
+            Prepared::Boxed(Box::pin(caught.instrument(span)))
+        }
     }
 }
 
@@ -174,7 +184,7 @@ pin_project! {
         future: F,
         record: &'static HandlerRecord,
         deadline: Option<Deadline>,
-        _in_flight: InFlight,
+        _in_flight: Option<InFlight>,
     }
 }
 
@@ -191,14 +201,7 @@ where
         let future = this.future;
         match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
             Ok(Poll::Ready(result)) => Poll::Ready(result.map_err(Into::into)),
-            Err(panic) => {
-                let what = panic_message(&*panic);
-                tracing::error!(subject = record.subject, handler = record.name, panic = what, "handler panicked");
-                Poll::Ready(Err(HandlerError::new(
-                    HandlerError::PANIC,
-                    format!("handler `{}` at {}:{} panicked: {what}", record.name, record.file, record.line),
-                )))
-            }
+            Err(panic) => Poll::Ready(Err(panicked(record, panic))),
             Ok(Poll::Pending) => match this.deadline {
                 None => Poll::Pending,
                 Some(deadline) => deadline.poll_expired(cx).map(|()| {
@@ -256,14 +259,21 @@ impl Deadline {
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    if let Some(s) = panic.downcast_ref::<&'static str>() {
+/// The `panic` error for a panic in a handler, its validation hook or a
+/// middleware; logged here, returned to the caller.
+fn panicked(record: &'static HandlerRecord, panic: Box<dyn Any + Send>) -> HandlerError {
+    let what = if let Some(s) = panic.downcast_ref::<&'static str>() {
         s
     } else if let Some(s) = panic.downcast_ref::<String>() {
-        s
+        s.as_str()
     } else {
         "a non-string panic payload"
-    }
+    };
+    tracing::error!(subject = record.subject, handler = record.name, panic = what, "handler panicked");
+    HandlerError::new(
+        HandlerError::PANIC,
+        format!("handling by `{}` at {}:{} panicked: {what}", record.name, record.file, record.line),
+    )
 }
 
 /// Decode a payload as `M` with its codec; the error names the subject and

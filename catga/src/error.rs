@@ -125,7 +125,8 @@ impl Error {
 ///
 /// Any `std::error::Error` converts into it with code [`HandlerError::INTERNAL`],
 /// so `?` works on every error in a handler; give a specific code with
-/// [`HandlerError::new`].
+/// [`HandlerError::new`]. A failed `ctx.send(..).await?` passes the
+/// downstream handler's error on unchanged.
 ///
 /// ```
 /// use catga::HandlerError;
@@ -188,7 +189,24 @@ impl fmt::Debug for HandlerError {
 // `HandlerError` deliberately does not implement `std::error::Error`, so that
 // every error type converts into it with `?` (the same trick as `anyhow`).
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
+    /// A Catga [`Error`] keeps its meaning: a downstream handler's error
+    /// passes through unchanged (so `ctx.send(..).await?` propagates its
+    /// code), the others get a code naming what failed (`no_handler`,
+    /// `timeout`, `codec`, `shutdown`, `transport`, `config`). Any other error
+    /// becomes [`INTERNAL`](Self::INTERNAL) with its message and causes.
     fn from(error: E) -> Self {
+        if let Some(catga) = (&error as &dyn std::any::Any).downcast_ref::<Error>() {
+            let code = match catga {
+                Error::Handler { error, .. } => return error.clone(),
+                Error::NoHandler { .. } => "no_handler",
+                Error::Timeout { .. } => "timeout",
+                Error::Codec { .. } => "codec",
+                Error::Shutdown { .. } => "shutdown",
+                Error::Transport { .. } => "transport",
+                Error::Config(_) | Error::DuplicateHandler { .. } => "config",
+            };
+            return HandlerError::new(code, catga.to_string());
+        }
         let mut message = error.to_string();
         let mut source = error.source();
         while let Some(cause) = source {

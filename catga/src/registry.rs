@@ -7,7 +7,8 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::context::Context;
+use crate::app::InFlight;
+use crate::context::Metadata;
 use crate::dispatch::{BoxFuture, Delivery, RawReply};
 use crate::error::{Error, HandlerError};
 use crate::message::{Command, Event};
@@ -116,7 +117,10 @@ pub fn handlers() -> Vec<&'static HandlerRecord> {
 pub fn validate(handlers: &[&'static HandlerRecord], service: &str) -> Result<(), Error> {
     let mut seen: HashMap<(HandlerKind, &str, Option<&str>), &HandlerRecord> = HashMap::new();
     for &h in handlers {
-        let key = (h.kind, h.subject, h.queue_group(service));
+        // Commands: one handler per subject, whatever its queue group (two
+        // groups would both run every command over NATS).
+        let queue = if h.kind == HandlerKind::Command { None } else { h.queue_group(service) };
+        let key = (h.kind, h.subject, queue);
         // Broadcast event handlers may be many: each gets every event.
         if key.0 == HandlerKind::Event && key.2.is_none() {
             continue;
@@ -150,7 +154,13 @@ pub trait Entry: Send + Sync + 'static {
     /// For the typed fast path: downcast to `CommandEntry<C>`/`EventEntry<E>`.
     fn as_any(&self) -> &dyn Any;
     /// Decode `payload` with the message's codec, handle it, encode the reply.
-    fn call_raw(&self, payload: &[u8], ctx: Context, record: &'static HandlerRecord) -> RawFuture;
+    fn call_raw(
+        &self,
+        payload: &[u8],
+        record: &'static HandlerRecord,
+        in_flight: InFlight,
+        meta: Metadata,
+    ) -> RawFuture;
 }
 
 /// A generated command thunk: runs one delivery through the pipeline.
@@ -175,11 +185,17 @@ impl<C: Command> Entry for CommandEntry<C> {
         self
     }
 
-    fn call_raw(&self, payload: &[u8], ctx: Context, record: &'static HandlerRecord) -> RawFuture {
-        let thunk = self.thunk;
-        let message = crate::dispatch::decode::<C>(payload);
+    fn call_raw(
+        &self,
+        payload: &[u8],
+        record: &'static HandlerRecord,
+        in_flight: InFlight,
+        meta: Metadata,
+    ) -> RawFuture {
+        let handling = crate::dispatch::decode::<C>(payload)
+            .map(|message| (self.thunk)(Delivery::new(message, record, in_flight, meta)));
         Box::pin(async move {
-            let reply = thunk(Delivery::new(message?, ctx, record)).await?;
+            let reply = handling?.await?;
             crate::dispatch::encode_reply::<C>(&reply)
         })
     }
@@ -203,9 +219,15 @@ impl<E: Event> Entry for EventEntry<E> {
         self
     }
 
-    fn call_raw(&self, payload: &[u8], ctx: Context, record: &'static HandlerRecord) -> RawFuture {
-        let delivered =
-            crate::dispatch::decode::<E>(payload).map(|message| (self.thunk)(Delivery::new(message, ctx, record)));
+    fn call_raw(
+        &self,
+        payload: &[u8],
+        record: &'static HandlerRecord,
+        in_flight: InFlight,
+        meta: Metadata,
+    ) -> RawFuture {
+        let delivered = crate::dispatch::decode::<E>(payload)
+            .map(|message| (self.thunk)(Delivery::new(message, record, in_flight, meta)));
         Box::pin(std::future::ready(delivered.map(|()| RawReply::default())))
     }
 }

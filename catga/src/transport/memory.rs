@@ -25,8 +25,8 @@ use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
 
 use crate::Codec;
-use crate::app::{App, AppInner};
-use crate::context::{Context, Metadata};
+use crate::app::{AppInner, InFlight};
+use crate::context::Metadata;
 use crate::dispatch::{BoxFuture, Deadline, Delivery};
 use crate::error::HandlerError;
 use crate::error::{Error, Result};
@@ -86,16 +86,25 @@ struct Member {
     record: &'static HandlerRecord,
 }
 
+/// A handling admitted by a live, non-draining instance.
+type Target = (InFlight, &'static HandlerRecord);
+
+impl Member {
+    fn admit(&self) -> Option<Target> {
+        Some((InFlight::admit(self.app.upgrade()?)?, self.record))
+    }
+}
+
 impl Group {
-    /// The next live member, round robin.
-    fn pick(&self) -> Option<(Arc<AppInner>, &'static HandlerRecord)> {
+    /// The next live member that admits the handling, round robin.
+    fn pick(&self) -> Option<Target> {
         let n = self.members.len();
         for _ in 0..n {
             // One member (the common in-process case): no shared counter, no division.
             let i = if n == 1 { 0 } else { self.cursor.fetch_add(1, Ordering::Relaxed) % n };
             let m = &self.members[i];
-            if let Some(app) = m.app.upgrade() {
-                return Some((app, m.record));
+            if let Some(target) = m.admit() {
+                return Some(target);
             }
         }
         None
@@ -119,6 +128,15 @@ impl MemoryBus {
         let _writer = self.inner.write.lock().unwrap_or_else(|e| e.into_inner());
         let mut routes = Routes::clone(&self.inner.routes.load());
         change(&mut routes);
+        // Instances dropped without `shutdown` leave dead members: prune them.
+        for s in routes.subjects.values_mut() {
+            s.broadcast.retain(|m| m.app.strong_count() > 0);
+            for g in s.commands.iter_mut().chain(s.queues.iter_mut()) {
+                g.members.retain(|m| m.app.strong_count() > 0);
+            }
+            s.commands.retain(|g| !g.members.is_empty());
+            s.queues.retain(|g| !g.members.is_empty());
+        }
         routes.subjects.retain(|_, s| !(s.commands.is_empty() && s.broadcast.is_empty() && s.queues.is_empty()));
         self.inner.routes.store(Arc::new(routes));
     }
@@ -154,20 +172,18 @@ impl MemoryBus {
     }
 
     pub(crate) fn unsubscribe(&self, app: &AppInner) {
-        let gone = |m: &Member| std::ptr::eq(m.app.as_ptr(), app) || m.app.strong_count() == 0;
+        let mine = |m: &Member| std::ptr::eq(m.app.as_ptr(), app);
         self.update(|routes| {
             for s in routes.subjects.values_mut() {
-                s.broadcast.retain(|m| !gone(m));
+                s.broadcast.retain(|m| !mine(m));
                 for g in s.commands.iter_mut().chain(s.queues.iter_mut()) {
-                    g.members.retain(|m| !gone(m));
+                    g.members.retain(|m| !mine(m));
                 }
-                s.commands.retain(|g| !g.members.is_empty());
-                s.queues.retain(|g| !g.members.is_empty());
             }
         });
     }
 
-    fn pick_command(&self, subject: &'static str) -> Option<(Arc<AppInner>, &'static HandlerRecord)> {
+    fn pick_command(&self, subject: &'static str) -> Option<Target> {
         let routes = self.inner.routes.load();
         routes.subjects.get(subject)?.commands.iter().find_map(Group::pick)
     }
@@ -177,13 +193,14 @@ impl MemoryBus {
     pub(crate) fn send<C: Command>(&self, command: C, meta: Metadata, timeout: Duration) -> Pending<C::Reply> {
         let handling = match self.pick_command(C::SUBJECT) {
             None => Handling::Failed(Some(Box::new(Error::NoHandler { subject: C::SUBJECT }))),
-            Some((app, record)) => {
-                let ctx = Context::new(App::from_inner(app), meta, C::SUBJECT);
+            Some((in_flight, record)) => {
                 match record.entry.as_any().downcast_ref::<CommandEntry<C>>() {
-                    Some(entry) => Handling::Typed((entry.thunk)(Delivery::new(command, ctx, record))),
+                    Some(entry) => Handling::Typed((entry.thunk)(Delivery::new(command, record, in_flight, meta))),
                     // Same contract, another Rust type: through the codec.
                     None => match C::Codec::encode(&command) {
-                        Ok(payload) => Handling::Raw(record.entry.call_raw(&payload, ctx, record), decode_reply::<C>),
+                        Ok(payload) => {
+                            Handling::Raw(record.entry.call_raw(&payload, record, in_flight, meta), decode_reply::<C>)
+                        }
                         Err(e) => Handling::Failed(Some(Box::new(codec_error::<C>("encode", C::SUBJECT, e)))),
                     },
                 }
@@ -198,7 +215,7 @@ impl MemoryBus {
             tracing::trace!(subject = E::SUBJECT, "event published with no subscriber");
             return;
         };
-        let broadcast = s.broadcast.iter().filter_map(|m| Some((m.app.upgrade()?, m.record)));
+        let broadcast = s.broadcast.iter().filter_map(Member::admit);
         let targets = broadcast.chain(s.queues.iter().filter_map(Group::pick));
         // Clone for every target but the last, which takes the original.
         let mut pending = None;
@@ -231,11 +248,12 @@ enum Handling<R> {
     Failed(Option<Box<Error>>),
 }
 
-type DecodeReply<R> = fn(&[u8]) -> std::result::Result<R, HandlerError>;
+/// Decoding a reply that the handler produced: a failure is a codec error
+/// (the handler ran), not the handler's.
+type DecodeReply<R> = fn(&[u8]) -> Result<R>;
 
-fn decode_reply<C: Command>(bytes: &[u8]) -> std::result::Result<C::Reply, HandlerError> {
-    C::Codec::decode(bytes)
-        .map_err(|e| HandlerError::invalid(codec_error::<C::Reply>("decode", C::SUBJECT, e).to_string()))
+fn decode_reply<C: Command>(bytes: &[u8]) -> Result<C::Reply> {
+    C::Codec::decode(bytes).map_err(|e| codec_error::<C::Reply>("decode", C::SUBJECT, e))
 }
 
 impl<R> Future for Pending<R> {
@@ -243,15 +261,18 @@ impl<R> Future for Pending<R> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        let subject = this.subject;
+        let handler_error = |error| Error::Handler { subject, error };
         let reply = match &mut this.handling {
             Handling::Failed(error) => return Poll::Ready(Err(*error.take().expect("polled after completion"))),
-            Handling::Typed(handling) => handling.as_mut().poll(cx),
-            Handling::Raw(handling, decode) => handling.as_mut().poll(cx).map(|r| r.and_then(|bytes| decode(&bytes))),
+            Handling::Typed(handling) => handling.as_mut().poll(cx).map(|r| r.map_err(handler_error)),
+            Handling::Raw(handling, decode) => {
+                handling.as_mut().poll(cx).map(|r| r.map_err(handler_error).and_then(|bytes| decode(&bytes)))
+            }
         };
         match reply {
-            Poll::Ready(reply) => Poll::Ready(reply.map_err(|error| Error::Handler { subject: this.subject, error })),
+            Poll::Ready(reply) => Poll::Ready(reply),
             Poll::Pending => {
-                let subject = this.subject;
                 let after = this.timeout;
                 this.deadline.poll_expired(cx).map(|()| Err(Error::Timeout { subject, after }))
             }
@@ -259,20 +280,13 @@ impl<R> Future for Pending<R> {
     }
 }
 
-fn deliver<E: Event>((app, record): (Arc<AppInner>, &'static HandlerRecord), event: E, meta: Metadata) {
-    let ctx = Context::new(App::from_inner(app), meta, E::SUBJECT);
+fn deliver<E: Event>((in_flight, record): Target, event: E, meta: Metadata) {
     match record.entry.as_any().downcast_ref::<EventEntry<E>>() {
-        Some(entry) => (entry.thunk)(Delivery::new(event, ctx, record)),
+        Some(entry) => (entry.thunk)(Delivery::new(event, record, in_flight, meta)),
+        // Same contract, another Rust type: the raw entry decodes the event
+        // and starts its handling; the returned future is already complete.
         None => match E::Codec::encode(&event) {
-            // The raw entry decodes and spawns the handling itself.
-            Ok(payload) => {
-                let started = record.entry.call_raw(&payload, ctx, record);
-                tokio::spawn(async move {
-                    if let Err(error) = started.await {
-                        tracing::error!(subject = E::SUBJECT, handler = record.name, %error, "event not delivered");
-                    }
-                });
-            }
+            Ok(payload) => drop(record.entry.call_raw(&payload, record, in_flight, meta)),
             Err(e) => tracing::error!(subject = E::SUBJECT, error = %e, "could not encode event"),
         },
     }

@@ -49,4 +49,20 @@ async fn done_once(_: Done, _ctx: catga::Context) -> Result<()> {
     std::result::Result::Ok(())
 }
 
+/// Handlers named like the expansion's own bindings.
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "ui.hygiene.{braces}", reply = ())]
+pub struct Braces;
+
+#[catga::command(subject = "ui.hygiene.{braces}")]
+async fn delivery(_: Braces, context: Context) -> Result<()> {
+    let _ = context;
+    std::result::Result::Ok(())
+}
+
+#[catga::event]
+async fn message(_: Done) -> Result<()> {
+    std::result::Result::Ok(())
+}
+
 fn main() {}
