@@ -3,7 +3,8 @@
 //! broadcast events reach every instance, queued events one per group, and a
 //! handler's error reaches the caller typed.
 //!
-//! Run: `cargo run --example quickstart` (no servers needed).
+//! Run: `cargo run --example quickstart` (no servers needed), or over NATS:
+//! `CATGA_NATS_URL=nats://127.0.0.1:4222 cargo run --example quickstart`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -80,9 +81,11 @@ async fn main() -> catga::Result<()> {
     // `catga::Catga::run().await`; here three share the in-memory bus.
     let mut instances = Vec::new();
     for i in 1..=3 {
-        instances.push(Catga::builder().service("orders").instance_id(format!("orders-{i}")).start().await?);
+        let builder = catga::Builder::from_env()?.service("orders").instance_id(format!("orders-{i}"));
+        instances.push(builder.start().await?);
     }
-    let client = Catga::builder().service("client").client_only().start().await?;
+    let client = catga::Builder::from_env()?.service("client").client_only().start().await?;
+    println!("transport: {}", if client.config().nats_url.is_some() { "NATS" } else { "in memory" });
 
     println!("commands (each handled by exactly one instance, round robin):");
     for n in 1..=3 {

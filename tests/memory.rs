@@ -567,10 +567,17 @@ fn the_registry_lists_every_handler_sorted_with_its_location() {
 }
 
 #[tokio::test]
-async fn a_dead_configured_transport_is_a_clear_startup_error() {
-    let err = Catga::builder().nats_url("nats://127.0.0.1:4222").client_only().start().await.unwrap_err();
+async fn a_dead_server_is_a_clear_startup_error() {
+    // A loopback port with nobody listening.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let err = Catga::builder().nats_url(format!("nats://127.0.0.1:{port}")).client_only().start().await.unwrap_err();
     assert!(matches!(err, Error::Config(_)));
-    assert!(err.to_string().contains("nats_url"), "{err}");
+    assert!(err.to_string().contains("cannot connect to NATS") && err.to_string().contains(&port.to_string()), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "fails, does not hang");
+
+    let err = Catga::builder().redis_url("redis://127.0.0.1:1").client_only().start().await.unwrap_err();
+    assert!(err.to_string().contains("no Redis store yet"), "{err}");
 }
 
 // ---------- review fixes: panics outside the handler, codes, decode errors ----------

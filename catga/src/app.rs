@@ -199,12 +199,6 @@ impl Builder {
     /// this build cannot honour.
     pub async fn start(self) -> Result<App> {
         let config = self.config.resolve()?;
-        if let Some(url) = &config.nats_url {
-            return Err(Error::Config(format!(
-                "CATGA_NATS_URL / nats_url is set ({url}), but this version of catga has no NATS transport yet; \
-                 unset it to run on the in-memory transport"
-            )));
-        }
         if let Some(url) = &config.redis_url {
             return Err(Error::Config(format!(
                 "CATGA_REDIS_URL / redis_url is set ({url}), but this version of catga has no Redis store yet; \
@@ -233,7 +227,13 @@ impl Builder {
                  add `use my_handlers as _;`"
             );
         }
-        let transport = Transport::Memory(self.bus.unwrap_or_else(MemoryBus::global));
+        let transport = match (&config.nats_url, self.bus) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config("both a NATS URL and a memory bus are set; choose one transport".into()));
+            }
+            (Some(_), None) => Transport::Nats(crate::transport::nats::Nats::connect(&config).await?),
+            (None, bus) => Transport::Memory(bus.unwrap_or_else(MemoryBus::global)),
+        };
         let inner = Arc::new(AppInner {
             config,
             transport,
@@ -245,12 +245,12 @@ impl Builder {
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
-        inner.transport.subscribe(&inner, &inner.handlers);
+        inner.transport.subscribe(&inner, &inner.handlers).await?;
         tracing::info!(
             service = inner.config.service,
             instance = inner.config.instance_id,
             handlers = inner.handlers.len(),
-            transport = "memory",
+            transport = inner.transport.name(),
             "catga instance started"
         );
         Ok(App { inner })
@@ -389,7 +389,7 @@ impl App {
     /// Publish with explicit metadata.
     pub async fn publish_as<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
         self.check_open()?;
-        self.inner.transport.publish(event, meta)
+        self.inner.transport.publish(event, meta).await
     }
 
     fn check_open(&self) -> Result<()> {
@@ -397,6 +397,12 @@ impl App {
             return Err(Error::Shutdown { instance: self.inner.config.instance_id.clone() });
         }
         Ok(())
+    }
+
+    /// Sends from this instance that were retried after a timeout or "no
+    /// responders" (NATS; always 0 in memory).
+    pub fn retries(&self) -> u64 {
+        self.inner.transport.retries()
     }
 
     /// Handlings running in this instance now.
@@ -414,10 +420,11 @@ impl App {
     /// it takes the whole grace period: spawn it instead.
     pub async fn shutdown(&self) -> ShutdownReport {
         self.inner.draining.store(true, Ordering::SeqCst);
-        self.inner.transport.unsubscribe(&self.inner);
         let started = Instant::now();
         let grace = self.inner.config.grace_period;
-        let drained = tokio::time::timeout(grace, async {
+        self.inner.transport.stop_receiving(&self.inner, grace).await;
+        let left = grace.saturating_sub(started.elapsed());
+        let drained = tokio::time::timeout(left, async {
             loop {
                 let idle = self.inner.idle.notified();
                 if self.inner.in_flight.load(Ordering::SeqCst) == 0 {
@@ -427,6 +434,7 @@ impl App {
             }
         })
         .await;
+        self.inner.transport.flush().await;
         self.inner.closed.store(true, Ordering::Release);
         let report =
             ShutdownReport { abandoned: if drained.is_ok() { 0 } else { self.in_flight() }, waited: started.elapsed() };
@@ -466,7 +474,7 @@ struct Sending<'a, C: Command> {
 
 enum SendState<'a, C: Command> {
     Start { app: &'a App, command: C, meta: Metadata, timeout: Duration },
-    Pending(crate::transport::memory::Pending<C::Reply>),
+    Pending(crate::transport::Sent<C::Reply>),
     Done,
 }
 
@@ -516,6 +524,14 @@ impl InFlight {
             return None; // dropping `admitted` undoes the count
         }
         Some(admitted)
+    }
+
+    /// Count a handling that the transport already delivered to this
+    /// instance (over NATS, a message received while draining is still
+    /// ours to handle: the server will not give it to anyone else).
+    pub(crate) fn count(app: Arc<AppInner>) -> InFlight {
+        app.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(app)
     }
 
     /// The instance that admitted the handling.

@@ -9,6 +9,10 @@
 //! | `CATGA_REQUEST_TIMEOUT_MS`   | default timeout of `send`                  | 5000 |
 //! | `CATGA_HANDLER_TIMEOUT_MS`   | default limit on one handling              | none |
 //! | `CATGA_GRACE_PERIOD_MS`      | how long shutdown waits for in-flight work | 10000 |
+//! | `CATGA_SERVICE_VERSION`      | version reported by the NATS service API   | 0.0.0 |
+//! | `CATGA_SEND_RETRIES`         | NATS: retries after a timeout or "no responders" | 2 |
+//! | `CATGA_MAX_IN_FLIGHT`        | NATS: concurrent handlings per handler     | 256 |
+//! | `CATGA_NATS_PING_INTERVAL_MS`| NATS: how often a silent server is probed  | 5000 |
 
 use std::time::Duration;
 
@@ -33,6 +37,19 @@ pub struct Config {
     pub handler_timeout: Option<Duration>,
     /// How long shutdown waits for in-flight handlings.
     pub grace_period: Duration,
+    /// The service's version (semver), reported by the NATS service API.
+    pub version: String,
+    /// NATS: how many times a send is retried after a timeout or "no
+    /// responders", with exponential backoff and jitter, reusing its
+    /// message id. Each attempt waits up to the request timeout.
+    pub send_retries: u32,
+    /// NATS: concurrent handlings per handler; further messages wait in the
+    /// client's buffer (and beyond it are dropped and logged as a slow
+    /// consumer), so memory stays bounded.
+    pub max_in_flight: usize,
+    /// NATS: ping interval. A server that dies silently (no TCP reset) is
+    /// only noticed after about two missed pings.
+    pub nats_ping_interval: Duration,
 }
 
 impl Default for Config {
@@ -52,6 +69,10 @@ impl Default for Config {
             request_timeout: Duration::from_secs(5),
             handler_timeout: None,
             grace_period: Duration::from_secs(10),
+            version: "0.0.0".to_owned(),
+            send_retries: 2,
+            max_in_flight: 256,
+            nats_ping_interval: Duration::from_secs(5),
         }
     }
 }
@@ -103,17 +124,43 @@ impl Config {
         if let Some(d) = millis("CATGA_GRACE_PERIOD_MS")? {
             c.grace_period = d;
         }
+        if let Some(d) = millis("CATGA_NATS_PING_INTERVAL_MS")? {
+            c.nats_ping_interval = d;
+        }
+        if let Some(v) = set("CATGA_SERVICE_VERSION") {
+            c.version = v;
+        }
+        let number = |key: &str| -> Result<Option<u64>> {
+            set(key)
+                .map(|v| v.parse::<u64>().map_err(|_| Error::Config(format!("{key}={v:?} is not a whole number"))))
+                .transpose()
+        };
+        if let Some(n) = number("CATGA_SEND_RETRIES")? {
+            c.send_retries = n.min(u32::MAX as u64) as u32;
+        }
+        if let Some(n) = number("CATGA_MAX_IN_FLIGHT")? {
+            if n == 0 {
+                return Err(Error::Config("CATGA_MAX_IN_FLIGHT=0 would never handle anything".into()));
+            }
+            c.max_in_flight = n as usize;
+        }
         Ok(c)
     }
 
     /// Fill in what is derived: the instance id.
     pub(crate) fn resolve(mut self) -> Result<Self> {
-        if self.service.is_empty()
-            || self.service.contains(|c: char| c.is_whitespace() || c == '.' || c == '*' || c == '>')
-        {
+        let token = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !token(&self.service) {
             return Err(Error::Config(format!(
-                "service name {:?} must be non-empty and contain no whitespace, '.', '*' or '>' (it names a NATS queue group)",
+                "service name {:?} must be letters, digits, '-' or '_' (it names a NATS queue group and the \
+                 service in $SRV subjects)",
                 self.service
+            )));
+        }
+        if !self.instance_id.is_empty() && !token(&self.instance_id) {
+            return Err(Error::Config(format!(
+                "instance id {:?} must be letters, digits, '-' or '_' (it is a token of $SRV subjects)",
+                self.instance_id
             )));
         }
         if self.instance_id.is_empty() {

@@ -79,6 +79,20 @@ pub enum Error {
         queue_hint: &'static str,
     },
 
+    /// The encoded message is larger than the server accepts.
+    #[error(
+        "message on \"{subject}\" is {size} bytes, over the server's max_payload of {max} bytes; \
+         send less, or raise max_payload in the nats-server configuration"
+    )]
+    PayloadTooLarge {
+        /// The subject of the message.
+        subject: &'static str,
+        /// The encoded size.
+        size: usize,
+        /// The server's limit.
+        max: usize,
+    },
+
     /// The instance is shutting down or was shut down and takes no new work.
     #[error("instance \"{instance}\" is shut down; start a new one to send or publish")]
     Shutdown {
@@ -203,6 +217,7 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
                 Error::Codec { .. } => "codec",
                 Error::Shutdown { .. } => "shutdown",
                 Error::Transport { .. } => "transport",
+                Error::PayloadTooLarge { .. } => "payload_too_large",
                 Error::Config(_) | Error::DuplicateHandler { .. } => "config",
             };
             return HandlerError::new(code, catga.to_string());

@@ -3,13 +3,25 @@
 //!
 //! - [`memory`]: the embedded default — instances in one process share a
 //!   [`MemoryBus`](memory::MemoryBus); values pass without serializing.
+//! - `nats`: instances anywhere, over NATS queue groups (set
+//!   `CATGA_NATS_URL`); payloads go through the message's codec, with the
+//!   wire format of `docs/WIRE.md`, and the NATS service API (`$SRV.*`).
 
 pub mod memory;
+pub(crate) mod nats;
+mod service;
 
+pub use nats::headers;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use crate::app::AppInner;
 use crate::context::Metadata;
+use crate::dispatch::BoxFuture;
 use crate::error::Result;
 use crate::message::{Command, Event};
 use crate::registry::HandlerRecord;
@@ -18,36 +30,86 @@ use crate::registry::HandlerRecord;
 /// is generic over the message type, and the set of transports is closed.
 pub(crate) enum Transport {
     Memory(memory::MemoryBus),
+    Nats(nats::Nats),
 }
 
 impl Transport {
-    pub(crate) fn subscribe(&self, app: &std::sync::Arc<AppInner>, handlers: &[&'static HandlerRecord]) {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
-            Transport::Memory(bus) => bus.subscribe(app, handlers),
+            Transport::Memory(_) => "memory",
+            Transport::Nats(_) => "nats",
         }
     }
 
-    /// Stop routing new messages to this instance.
-    pub(crate) fn unsubscribe(&self, app: &AppInner) {
+    /// Start receiving for these handlers.
+    pub(crate) async fn subscribe(&self, app: &Arc<AppInner>, handlers: &[&'static HandlerRecord]) -> Result<()> {
+        match self {
+            Transport::Memory(bus) => {
+                bus.subscribe(app, handlers);
+                Ok(())
+            }
+            Transport::Nats(nats) => nats.subscribe(app, handlers).await,
+        }
+    }
+
+    /// Stop receiving new messages; over NATS, drain (messages already
+    /// delivered here are still handed to handlers), within `limit`.
+    pub(crate) async fn stop_receiving(&self, app: &AppInner, limit: Duration) {
         match self {
             Transport::Memory(bus) => bus.unsubscribe(app),
+            Transport::Nats(nats) => nats.drain(limit).await,
+        }
+    }
+
+    /// After the last handling: push out what is still buffered.
+    pub(crate) async fn flush(&self) {
+        if let Transport::Nats(nats) = self {
+            nats.flush().await;
         }
     }
 
     /// Route a command and start its handling; the returned future
     /// resolves to the reply.
-    pub(crate) fn send<C: Command>(&self, command: C, meta: Metadata, timeout: Duration) -> memory::Pending<C::Reply> {
+    pub(crate) fn send<C: Command>(&self, command: C, meta: Metadata, timeout: Duration) -> Sent<C::Reply> {
         match self {
-            Transport::Memory(bus) => bus.send(command, meta, timeout),
+            Transport::Memory(bus) => Sent::Memory(bus.send(command, meta, timeout)),
+            Transport::Nats(nats) => Sent::Nats(Box::pin(nats.clone().send::<C>(command, meta, timeout))),
         }
     }
 
-    pub(crate) fn publish<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
+    pub(crate) async fn publish<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
         match self {
             Transport::Memory(bus) => {
                 bus.publish(event, meta);
                 Ok(())
             }
+            Transport::Nats(nats) => nats.publish(event, meta).await,
+        }
+    }
+
+    /// Sends retried so far (NATS only).
+    pub(crate) fn retries(&self) -> u64 {
+        match self {
+            Transport::Memory(_) => 0,
+            Transport::Nats(nats) => nats.retries(),
+        }
+    }
+}
+
+/// A send in progress, on either transport.
+pub(crate) enum Sent<R> {
+    Memory(memory::Pending<R>),
+    /// Network I/O dominates here; one box is noise.
+    Nats(BoxFuture<'static, Result<R>>),
+}
+
+impl<R> Future for Sent<R> {
+    type Output = Result<R>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<R>> {
+        match self.get_mut() {
+            Sent::Memory(pending) => Pin::new(pending).poll(cx),
+            Sent::Nats(future) => future.as_mut().poll(cx),
         }
     }
 }

@@ -1,0 +1,377 @@
+//! The NATS transport: identical instances with no master.
+//!
+//! - A command handler is a *queue* subscription on the command's subject,
+//!   in the handler's queue group: NATS gives each request to exactly one
+//!   member. The reply goes to the request's reply subject, with a status.
+//! - A broadcast event handler is a plain subscription; a queued one a
+//!   queue subscription.
+//! - `send` is a NATS request with a per-attempt timeout, retried with
+//!   exponential backoff and full jitter on timeout and "no responders",
+//!   reusing the message id (receivers deduplicate with it once
+//!   idempotency exists).
+//! - Shutdown drains: every subscription is drained (the server stops
+//!   routing here, messages already delivered are handled), in-flight
+//!   handlings finish, replies and publishes are flushed.
+//!
+//! The wire format is in `docs/WIRE.md`; the service API (`$SRV.*`) in
+//! [`super::service`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use async_nats::{HeaderMap, Subject};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::app::{AppInner, InFlight};
+use crate::codec::Codec;
+use crate::config::Config;
+use crate::context::{MessageId, Metadata};
+use crate::error::{Error, HandlerError, Result};
+use crate::message::{Command, Event};
+use crate::registry::{HandlerKind, HandlerRecord};
+use crate::transport::service::{EndpointStats, Service};
+
+/// Header names of the Catga wire format (see `docs/WIRE.md`).
+pub mod headers {
+    /// The message id (32 hex digits); retries of one send reuse it.
+    pub const MESSAGE_ID: &str = "Catga-Message-Id";
+    /// The conversation id (32 hex digits).
+    pub const CORRELATION_ID: &str = "Catga-Correlation-Id";
+    /// The id of the message whose handler sent this one.
+    pub const CAUSATION_ID: &str = "Catga-Causation-Id";
+    /// W3C trace context: trace id = correlation id, parent id = message id.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// The codec's MIME type.
+    pub const CONTENT_TYPE: &str = "Content-Type";
+    /// On replies: `ok` or `error`.
+    pub const STATUS: &str = "Catga-Status";
+    /// On error replies: the handler's error code (the body is the message).
+    pub const ERROR_CODE: &str = "Catga-Error-Code";
+}
+
+/// A connected NATS transport. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Nats {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    retries: u32,
+    max_in_flight: usize,
+    retried: AtomicU64,
+    /// Tells the subscription tasks to drain.
+    drain: watch::Sender<bool>,
+    /// The subscription tasks; they end once drained.
+    tasks: Mutex<JoinSet<()>>,
+    service: Mutex<Option<Arc<Service>>>,
+}
+
+impl Nats {
+    /// Connect to the configured servers. A server that cannot be reached
+    /// at startup is an error naming it; after that, the client reconnects
+    /// on its own (with backoff) and resubscribes.
+    pub(crate) async fn connect(config: &Config) -> Result<Nats> {
+        let url = config.nats_url.as_deref().unwrap_or_default();
+        let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let instance = config.instance_id.clone();
+        let options = async_nats::ConnectOptions::new()
+            .name(format!("catga:{}:{}", config.service, config.instance_id))
+            .ping_interval(config.nats_ping_interval)
+            .connection_timeout(Duration::from_secs(5))
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempt| {
+                // 0, 50 ms, 100 ms, ... capped at 2 s, with jitter.
+                let base = Duration::from_millis(50).saturating_mul(1 << attempt.min(6) as u32);
+                let capped = base.min(Duration::from_secs(2));
+                if attempt == 0 { Duration::ZERO } else { capped.mul_f64(0.5 + fastrand::f64() / 2.0) }
+            })
+            .event_callback(move |event| {
+                let instance = instance.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => tracing::info!(%instance, "nats: connected"),
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!(%instance, "nats: disconnected, reconnecting")
+                        }
+                        async_nats::Event::SlowConsumer(sid) => tracing::warn!(
+                            %instance,
+                            sid,
+                            "nats: slow consumer, messages dropped by the client; raise max_in_flight or add instances"
+                        ),
+                        other => tracing::info!(%instance, event = %other, "nats: connection event"),
+                    }
+                }
+            });
+        let client = async_nats::connect_with_options(servers.clone(), options).await.map_err(|e| {
+            Error::Config(format!(
+                "cannot connect to NATS at {url:?}: {e}; check CATGA_NATS_URL and that nats-server is running"
+            ))
+        })?;
+        Ok(Nats {
+            inner: Arc::new(Inner {
+                client,
+                retries: config.send_retries,
+                max_in_flight: config.max_in_flight,
+                retried: AtomicU64::new(0),
+                drain: watch::channel(false).0,
+                tasks: Mutex::new(JoinSet::new()),
+                service: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Sends that were retried (after a timeout or "no responders").
+    pub(crate) fn retries(&self) -> u64 {
+        self.inner.retried.load(Ordering::Relaxed)
+    }
+
+    /// Subscribe every handler and answer the service API.
+    pub(crate) async fn subscribe(&self, app: &Arc<AppInner>, handlers: &[&'static HandlerRecord]) -> Result<()> {
+        let config = &app.config;
+        let service = Arc::new(Service::new(config, handlers));
+        for &record in handlers {
+            let client = &self.inner.client;
+            let subscribed = match record.queue_group(&config.service) {
+                Some(queue) => client.queue_subscribe(record.subject, queue.to_owned()).await,
+                None => client.subscribe(record.subject).await,
+            };
+            let subscriber = subscribed
+                .map_err(|e| Error::Transport { subject: record.subject, reason: format!("cannot subscribe: {e}") })?;
+            let stats = service.endpoint(record);
+            let serve = Serve {
+                nats: self.clone(),
+                app: Arc::downgrade(app),
+                record,
+                stats,
+                permits: Arc::new(Semaphore::new(self.inner.max_in_flight)),
+            };
+            let drain = self.inner.drain.subscribe();
+            self.tasks().spawn(serve.run(subscriber, drain));
+        }
+        let answering = service.subscribe(&self.inner.client, self.inner.drain.subscribe()).await?;
+        {
+            let mut tasks = self.tasks();
+            for task in answering {
+                tasks.spawn(task);
+            }
+        }
+        *self.inner.service.lock().unwrap_or_else(|e| e.into_inner()) = Some(service);
+        // Subscriptions are registered with the server before start() returns.
+        self.inner.client.flush().await.map_err(|e| Error::Transport { subject: "", reason: format!("flush: {e}") })?;
+        Ok(())
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, JoinSet<()>> {
+        self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drain every subscription and wait (up to `limit`) until each has
+    /// handed over its last delivered message.
+    pub(crate) async fn drain(&self, limit: Duration) {
+        let _ = self.inner.drain.send(true);
+        let mut tasks = std::mem::take(&mut *self.tasks());
+        if tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+            tracing::warn!("nats: subscriptions did not drain within {limit:?}");
+            tasks.abort_all();
+        }
+    }
+
+    /// Flush replies and publishes still buffered in the client.
+    pub(crate) async fn flush(&self) {
+        if let Err(e) = self.inner.client.flush().await {
+            tracing::warn!(error = %e, "nats: final flush failed");
+        }
+    }
+
+    /// Send a command as a NATS request, with retries.
+    pub(crate) async fn send<C: Command>(self, command: C, meta: Metadata, timeout: Duration) -> Result<C::Reply> {
+        let payload = C::Codec::encode(&command).map_err(|e| codec_error::<C>("encode", C::SUBJECT, e.0))?.into();
+        let headers = request_headers(&meta, C::Codec::CONTENT_TYPE);
+        let mut attempt = 0;
+        loop {
+            let request = async_nats::Request::new()
+                .headers(headers.clone())
+                .payload(Clone::clone(&payload))
+                .timeout(Some(timeout));
+            let failure = match self.inner.client.send_request(C::SUBJECT, request).await {
+                Ok(reply) => return decode_reply::<C>(&reply),
+                Err(e) => e,
+            };
+            use async_nats::RequestErrorKind as Kind;
+            let error = match failure.kind() {
+                Kind::NoResponders => Error::NoHandler { subject: C::SUBJECT },
+                Kind::TimedOut => Error::Timeout { subject: C::SUBJECT, after: timeout },
+                Kind::MaxPayloadExceeded => {
+                    return Err(Error::PayloadTooLarge {
+                        subject: C::SUBJECT,
+                        size: payload.len(),
+                        max: self.inner.client.server_info().max_payload,
+                    });
+                }
+                Kind::InvalidSubject | Kind::Other => {
+                    return Err(Error::Transport { subject: C::SUBJECT, reason: failure.to_string() });
+                }
+            };
+            if attempt >= self.inner.retries {
+                return Err(error);
+            }
+            attempt += 1;
+            self.inner.retried.fetch_add(1, Ordering::Relaxed);
+            let pause = backoff(attempt);
+            tracing::debug!(subject = C::SUBJECT, attempt, ?pause, message_id = %meta.message_id, %error, "retrying send");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Publish an event; returns once the client has it.
+    pub(crate) async fn publish<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
+        let payload = E::Codec::encode(&event).map_err(|e| codec_error::<E>("encode", E::SUBJECT, e.0))?;
+        let size = payload.len();
+        let headers = request_headers(&meta, E::Codec::CONTENT_TYPE);
+        self.inner.client.publish_with_headers(E::SUBJECT, headers, payload.into()).await.map_err(|e| match e.kind() {
+            async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                Error::PayloadTooLarge { subject: E::SUBJECT, size, max: self.inner.client.server_info().max_payload }
+            }
+            _ => Error::Transport { subject: E::SUBJECT, reason: e.to_string() },
+        })
+    }
+}
+
+/// Resolves once shutdown asks the subscriptions to drain.
+pub(crate) async fn drained(signal: &mut watch::Receiver<bool>) {
+    // An error means the transport is gone: that is a drain too.
+    let _ = signal.wait_for(|drain| *drain).await;
+}
+
+/// 50 ms × 2^(attempt-1), capped at 1 s, with full jitter.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = Duration::from_millis(50).saturating_mul(1 << (attempt - 1).min(5)).min(Duration::from_secs(1));
+    ceiling.mul_f64(fastrand::f64())
+}
+
+fn codec_error<T>(action: &'static str, subject: &'static str, reason: String) -> Error {
+    Error::Codec { action, type_name: std::any::type_name::<T>(), subject, reason }
+}
+
+fn request_headers(meta: &Metadata, content_type: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(headers::MESSAGE_ID, meta.message_id.to_string());
+    h.insert(headers::CORRELATION_ID, meta.correlation_id.to_string());
+    if let Some(cause) = meta.causation_id {
+        h.insert(headers::CAUSATION_ID, cause.to_string());
+    }
+    h.insert(headers::TRACEPARENT, format!("00-{}-{:016x}-01", meta.correlation_id, meta.message_id.as_u128() as u64));
+    h.insert(headers::CONTENT_TYPE, content_type);
+    h
+}
+
+/// The ids of a received message; a message without them (a plain NATS
+/// client) starts a conversation.
+fn metadata_of(message: &async_nats::Message) -> Metadata {
+    let id = |name: &str| -> Option<MessageId> { message.headers.as_ref()?.get(name)?.as_str().parse().ok() };
+    let message_id = id(headers::MESSAGE_ID).unwrap_or_default();
+    let trace_id = || {
+        let tp = message.headers.as_ref()?.get(headers::TRACEPARENT)?.as_str().to_owned();
+        tp.split('-').nth(1)?.parse::<MessageId>().ok()
+    };
+    Metadata {
+        message_id,
+        correlation_id: id(headers::CORRELATION_ID).or_else(trace_id).unwrap_or(message_id),
+        causation_id: id(headers::CAUSATION_ID),
+    }
+}
+
+fn decode_reply<C: Command>(reply: &async_nats::Message) -> Result<C::Reply> {
+    let header = |name: &str| reply.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+    if header(headers::STATUS).as_deref() == Some("error") {
+        let code = header(headers::ERROR_CODE).unwrap_or_else(|| HandlerError::INTERNAL.to_owned());
+        let message = String::from_utf8_lossy(&reply.payload).into_owned();
+        return Err(Error::Handler { subject: C::SUBJECT, error: HandlerError::new(code, message) });
+    }
+    C::Codec::decode(&reply.payload).map_err(|e| codec_error::<C::Reply>("decode", C::SUBJECT, e.0))
+}
+
+/// One subscription's loop: receive, admit (bounded), handle, reply.
+struct Serve {
+    nats: Nats,
+    app: Weak<AppInner>,
+    record: &'static HandlerRecord,
+    stats: Arc<EndpointStats>,
+    permits: Arc<Semaphore>,
+}
+
+impl Serve {
+    async fn run(self, mut subscriber: async_nats::Subscriber, mut drain: watch::Receiver<bool>) {
+        use futures_util::StreamExt;
+        let mut draining = false;
+        loop {
+            // Back-pressure: take no message until a handling slot is free;
+            // meanwhile the client buffers, then reports a slow consumer.
+            let Ok(permit) = self.permits.clone().acquire_owned().await else { return };
+            let next = tokio::select! {
+                message = subscriber.next() => message,
+                _ = drained(&mut drain), if !draining => {
+                    draining = true;
+                    if let Err(e) = subscriber.drain().await {
+                        tracing::warn!(subject = self.record.subject, error = %e, "nats: drain failed");
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some(message) = next else { return }; // drained (or connection closed)
+            let Some(app) = self.app.upgrade() else { return }; // every handle dropped
+            let in_flight = InFlight::count(app);
+            let (nats, record, stats) = (self.nats.clone(), self.record, self.stats.clone());
+            tokio::spawn(async move {
+                handle(nats, record, stats, in_flight, message).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn handle(
+    nats: Nats,
+    record: &'static HandlerRecord,
+    stats: Arc<EndpointStats>,
+    in_flight: InFlight,
+    message: async_nats::Message,
+) {
+    let meta = metadata_of(&message);
+    let started = Instant::now();
+    let outcome = record.entry.call_raw(&message.payload, record, in_flight, meta).await;
+    if record.kind == HandlerKind::Event {
+        if let Err(error) = outcome {
+            tracing::error!(subject = record.subject, handler = record.name, %error, "event not handled");
+        }
+        return;
+    }
+    stats.record(started.elapsed(), outcome.as_ref().err());
+    let Some(reply_to) = message.reply else {
+        tracing::debug!(subject = record.subject, "command without a reply subject (published, not requested)");
+        return;
+    };
+    send_reply(&nats, reply_to, outcome).await;
+}
+
+async fn send_reply(nats: &Nats, reply_to: Subject, outcome: std::result::Result<Vec<u8>, HandlerError>) {
+    let mut h = HeaderMap::new();
+    let body = match outcome {
+        Ok(body) => {
+            h.insert(headers::STATUS, "ok");
+            body
+        }
+        Err(error) => {
+            h.insert(headers::STATUS, "error");
+            h.insert(headers::ERROR_CODE, error.code());
+            error.message().as_bytes().to_vec()
+        }
+    };
+    if let Err(e) = nats.inner.client.publish_with_headers(reply_to.clone(), h, body.into()).await {
+        tracing::warn!(reply_to = %reply_to, error = %e, "nats: could not send reply");
+    }
+}
