@@ -2,92 +2,27 @@
 //! handlers logged at startup, graceful stop on SIGTERM, and a clear exit
 //! on bad configuration. Processes are stopped by the pid the test started.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use catga_suite::ServiceProcess;
 
 const SERVICE: &str = env!("CARGO_BIN_EXE_catga-test-service");
 
-/// A started service; killed on drop if the test did not stop it.
-struct Service {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
+struct Service;
 
 impl Service {
-    fn start(env: &[(&str, &str)]) -> Service {
-        let mut cmd = Command::new(SERVICE);
-        cmd.env_clear().env("RUST_LOG", "info").stderr(Stdio::piped()).stdout(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start catga-test-service");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Service { child, lines, seen: Vec::new() }
-    }
-
-    /// Wait (bounded) for a log line containing `text`.
-    fn wait_for(&mut self, text: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(text) {
-                        return line;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!("no log line with {text:?} within 20 s; saw:\n{}", self.seen.join("\n"));
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
-        assert!(status.success());
-    }
-
-    /// Wait (bounded) for the process to exit.
-    fn exit_code(&mut self) -> Option<i32> {
-        for _ in 0..200 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("process {} did not exit within 10 s", self.child.id());
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    fn start(env: &[(&str, &str)]) -> ServiceProcess {
+        ServiceProcess::start(SERVICE, env)
     }
 }
 
 #[test]
 fn run_reads_the_environment_logs_handlers_and_stops_gracefully_on_sigterm() {
     let mut svc = Service::start(&[("CATGA_SERVICE", "svc"), ("CATGA_INSTANCE_ID", "svc-7")]);
-    let found = svc.wait_for("handler found");
+    let found = svc.wait_for("subject=\"svc.whoami\"");
     assert!(found.contains("subject=\"svc.whoami\"") || found.contains("subject=svc.whoami"), "{found}");
     assert!(found.contains("handler=catga_test_service::whoami"), "{found}");
     assert!(found.contains("message_type=\"catga_test_service::WhoAmI\""), "{found}");
     let started = svc.wait_for("catga instance started");
-    assert!(started.contains("svc-7") && started.contains("handlers=1"), "{started}");
+    assert!(started.contains("svc-7") && started.contains("handlers=5"), "{started}");
     svc.signal("TERM");
     svc.wait_for("signal received, shutting down");
     svc.wait_for("catga instance stopped");

@@ -434,7 +434,7 @@ impl App {
             }
         })
         .await;
-        self.inner.transport.flush().await;
+        self.inner.transport.close().await;
         self.inner.closed.store(true, Ordering::Release);
         let report =
             ShutdownReport { abandoned: if drained.is_ok() { 0 } else { self.in_flight() }, waited: started.elapsed() };

@@ -1,2 +1,191 @@
-//! Shared helpers for Catga's integration tests, examples and benchmarks.
-//! (The root package exists to hold `examples/`, `tests/` and `benches/`.)
+//! Shared helpers for Catga's integration tests, examples and benchmarks
+//! (the root package exists to hold `examples/`, `tests/` and `benches/`).
+//!
+//! Real servers and real processes: [`NatsServer`] starts `nats-server` on
+//! free 127.0.0.1 ports (one server or a cluster); [`ServiceProcess`] starts
+//! the `catga-test-service` binary as a separate OS process. Both are
+//! stopped by the pid this code started — never by name — when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Send a signal (`TERM`, `INT`, `KILL`, `STOP`, `CONT`) to a pid we started.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// One `nats-server` process on 127.0.0.1.
+pub struct NatsServer {
+    child: Option<Child>,
+    /// The client port.
+    pub port: u16,
+}
+
+impl NatsServer {
+    /// A single server on a free port.
+    pub fn start() -> NatsServer {
+        Self::spawn(free_port(), &[])
+    }
+
+    /// A cluster of `n` servers, routed to each other; returns once a
+    /// message published on the first reaches a subscriber on the last.
+    pub fn cluster(n: usize) -> Vec<NatsServer> {
+        let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes = cluster_ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let servers: Vec<NatsServer> = cluster_ports
+            .iter()
+            .map(|cp| {
+                let cluster = format!("nats://127.0.0.1:{cp}");
+                Self::spawn(free_port(), &["--cluster_name", "catga-test", "--cluster", &cluster, "--routes", &routes])
+            })
+            .collect();
+        servers
+    }
+
+    fn spawn(port: u16, extra: &[&str]) -> NatsServer {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server (is it installed? ./scripts/test.sh installs it)");
+        let server = NatsServer { child: Some(child), port };
+        assert!(wait_for_port(port, Duration::from_secs(10)), "nats-server did not listen on {port} within 10 s");
+        server
+    }
+
+    /// `nats://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running")
+    }
+
+    /// Kill -9 the server and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `catga-test-service` binary, run as a separate OS process with the
+/// given `CATGA_*` environment; its stderr log lines are collected.
+pub struct ServiceProcess {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl ServiceProcess {
+    /// Start the service (`binary` is `env!("CARGO_BIN_EXE_catga-test-service")`).
+    pub fn start(binary: &str, env: &[(&str, &str)]) -> ServiceProcess {
+        let mut cmd = Command::new(binary);
+        cmd.env_clear().env("RUST_LOG", "info").stderr(Stdio::piped()).stdout(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start catga-test-service");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        ServiceProcess { child, lines, seen: Vec::new() }
+    }
+
+    /// Start the service and wait until it serves.
+    pub fn started(binary: &str, env: &[(&str, &str)]) -> ServiceProcess {
+        let mut service = Self::start(binary, env);
+        service.wait_for("catga instance started");
+        service
+    }
+
+    /// Wait (up to 20 s) for a log line containing `text`.
+    pub fn wait_for(&mut self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(text) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no log line with {text:?} within 20 s; saw:\n{}", self.seen.join("\n"));
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal by pid (`TERM`, `INT`, ...).
+    pub fn signal(&self, name: &str) {
+        signal(self.pid(), name);
+    }
+
+    /// Kill -9 and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Wait (up to 20 s) for the process to exit; its exit code.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("process {} did not exit within 20 s", self.child.id());
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.kill();
+        }
+    }
+}

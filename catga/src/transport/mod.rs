@@ -61,10 +61,10 @@ impl Transport {
         }
     }
 
-    /// After the last handling: push out what is still buffered.
-    pub(crate) async fn flush(&self) {
+    /// After the last handling: push out what is still buffered and close.
+    pub(crate) async fn close(&self) {
         if let Transport::Nats(nats) = self {
-            nats.flush().await;
+            nats.close().await;
         }
     }
 

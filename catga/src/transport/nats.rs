@@ -179,10 +179,24 @@ impl Nats {
         }
     }
 
-    /// Flush replies and publishes still buffered in the client.
-    pub(crate) async fn flush(&self) {
-        if let Err(e) = self.inner.client.flush().await {
+    /// Flush replies and publishes still buffered in the client, then close
+    /// the connection cleanly (a process that exits with unread data on
+    /// its socket resets the connection, and the kernel may drop the last
+    /// replies still queued to send).
+    pub(crate) async fn close(&self) {
+        let client = &self.inner.client;
+        if let Err(e) = client.flush().await {
             tracing::warn!(error = %e, "nats: final flush failed");
+        }
+        if client.drain().await.is_ok() {
+            let closed = async {
+                while client.connection_state() == async_nats::connection::State::Connected {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(2), closed).await.is_err() {
+                tracing::warn!("nats: connection did not close within 2 s");
+            }
         }
     }
 
@@ -324,11 +338,15 @@ impl Serve {
             };
             let Some(message) = next else { return }; // drained (or connection closed)
             let Some(app) = self.app.upgrade() else { return }; // every handle dropped
+            // Two counts: the handling's own (inside the pipeline), and this
+            // one, held until the reply is handed to the client — so a drain
+            // never flushes and exits between a handler's end and its reply.
+            let replying = InFlight::count(app.clone());
             let in_flight = InFlight::count(app);
             let (nats, record, stats) = (self.nats.clone(), self.record, self.stats.clone());
             tokio::spawn(async move {
                 handle(nats, record, stats, in_flight, message).await;
-                drop(permit);
+                drop((replying, permit));
             });
         }
     }
