@@ -355,3 +355,43 @@ async fn three_node_cluster_an_instance_whose_node_dies_reconnects_and_serves_ag
     assert_eq!(failures, 0, "the other instance served while c-a reconnected");
     drop((a, b));
 }
+
+// ---------- back-pressure: bounded handlings per handler ----------
+
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "bp.slow", reply = ())]
+struct Slow;
+
+static CONCURRENT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[catga::command(queue = "bp")]
+async fn slow(_: Slow) -> Result<(), HandlerError> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let now = CONCURRENT.fetch_add(1, SeqCst) + 1;
+    PEAK.fetch_max(now, SeqCst);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    CONCURRENT.fetch_sub(1, SeqCst);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlings_per_handler_are_bounded_and_the_rest_wait() {
+    let nats = NatsServer::start();
+    let server = Catga::builder()
+        .nats_url(nats.url())
+        .service("bp")
+        .max_in_flight(4)
+        .handlers_where(|h| h.subject == "bp.slow")
+        .start()
+        .await
+        .unwrap();
+    let client = client(&nats.url()).await;
+    let sends: Vec<_> = (0..60).map(|_| client.send_with(Slow, SendOptions::timeout(Duration::from_secs(5)))).collect();
+    let replies = futures_util::future::join_all(sends).await;
+    assert!(replies.iter().all(Result::is_ok), "{replies:?}");
+    let peak = PEAK.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=4).contains(&peak), "at most 4 handlings at once, saw {peak}");
+    assert_eq!(client.retries(), 0);
+    server.shutdown().await;
+}

@@ -150,6 +150,31 @@ impl Builder {
         self
     }
 
+    /// The version the NATS service API reports (semver).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.config.version = version.into();
+        self
+    }
+
+    /// NATS: retries of a send after a timeout or "no responders" (0 = none).
+    pub fn send_retries(mut self, retries: u32) -> Self {
+        self.config.send_retries = retries;
+        self
+    }
+
+    /// NATS: concurrent handlings per handler (at least 1).
+    pub fn max_in_flight(mut self, limit: usize) -> Self {
+        self.config.max_in_flight = limit.max(1);
+        self
+    }
+
+    /// NATS: how often the server is pinged; a server that dies without
+    /// closing the connection is noticed only after about two intervals.
+    pub fn nats_ping_interval(mut self, interval: Duration) -> Self {
+        self.config.nats_ping_interval = interval;
+        self
+    }
+
     /// Add a middleware around every handling (first added is outermost).
     pub fn middleware(mut self, middleware: impl Middleware) -> Self {
         self.middleware.push(Arc::new(middleware));

@@ -67,6 +67,8 @@ struct Inner {
     /// The subscription tasks; they end once drained.
     tasks: Mutex<JoinSet<()>>,
     service: Mutex<Option<Arc<Service>>>,
+    /// Becomes true when the connection has closed after a client drain.
+    closed: watch::Receiver<bool>,
 }
 
 impl Nats {
@@ -77,6 +79,7 @@ impl Nats {
         let url = config.nats_url.as_deref().unwrap_or_default();
         let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
         let instance = config.instance_id.clone();
+        let (closed_tx, closed) = watch::channel(false);
         let options = async_nats::ConnectOptions::new()
             .name(format!("catga:{}:{}", config.service, config.instance_id))
             .ping_interval(config.nats_ping_interval)
@@ -88,10 +91,15 @@ impl Nats {
                 let capped = base.min(Duration::from_secs(2));
                 if attempt == 0 { Duration::ZERO } else { capped.mul_f64(0.5 + fastrand::f64() / 2.0) }
             })
-            .event_callback(move |event| {
+            .event_callback(move |event: async_nats::Event| {
                 let instance = instance.clone();
+                let closed_tx = closed_tx.clone();
                 async move {
                     match event {
+                        async_nats::Event::Closed => {
+                            tracing::info!(%instance, "nats: connection closed");
+                            let _ = closed_tx.send(true);
+                        }
                         async_nats::Event::Connected => tracing::info!(%instance, "nats: connected"),
                         async_nats::Event::Disconnected => {
                             tracing::warn!(%instance, "nats: disconnected, reconnecting")
@@ -119,6 +127,7 @@ impl Nats {
                 drain: watch::channel(false).0,
                 tasks: Mutex::new(JoinSet::new()),
                 service: Mutex::new(None),
+                closed,
             }),
         })
     }
@@ -189,12 +198,8 @@ impl Nats {
             tracing::warn!(error = %e, "nats: final flush failed");
         }
         if client.drain().await.is_ok() {
-            let closed = async {
-                while client.connection_state() == async_nats::connection::State::Connected {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            };
-            if tokio::time::timeout(Duration::from_secs(2), closed).await.is_err() {
+            let mut closed = self.inner.closed.clone();
+            if tokio::time::timeout(Duration::from_secs(2), drained(&mut closed)).await.is_err() {
                 tracing::warn!("nats: connection did not close within 2 s");
             }
         }
