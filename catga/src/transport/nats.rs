@@ -37,15 +37,16 @@ use crate::transport::service::{EndpointStats, Service};
 pub mod headers {
     /// The message id (32 hex digits); retries of one send reuse it.
     pub const MESSAGE_ID: &str = "Catga-Message-Id";
-    /// The conversation id (32 hex digits).
+    /// The conversation id (32 hex digits). Catga sends it as the trace id
+    /// of `traceparent`; this header, when a sender sets it, takes precedence.
     pub const CORRELATION_ID: &str = "Catga-Correlation-Id";
     /// The id of the message whose handler sent this one.
     pub const CAUSATION_ID: &str = "Catga-Causation-Id";
     /// W3C trace context: trace id = correlation id, parent id = message id.
     pub const TRACEPARENT: &str = "traceparent";
-    /// The codec's MIME type.
+    /// The codec's MIME type; absent means `application/json`.
     pub const CONTENT_TYPE: &str = "Content-Type";
-    /// On replies: `ok` or `error`.
+    /// On error replies: `error` (a reply without it is a success).
     pub const STATUS: &str = "Catga-Status";
     /// On error replies: the handler's error code (the body is the message).
     pub const ERROR_CODE: &str = "Catga-Error-Code";
@@ -275,16 +276,26 @@ fn codec_error<T>(action: &'static str, subject: &'static str, reason: String) -
     Error::Codec { action, type_name: std::any::type_name::<T>(), subject, reason }
 }
 
+/// The headers of a request or event: kept to what a receiver needs,
+/// because every header costs parsing on the server and both clients.
+/// The correlation id travels as the W3C trace id; the content type only
+/// when it is not JSON (the default).
 fn request_headers(meta: &Metadata, content_type: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(headers::MESSAGE_ID, meta.message_id.to_string());
-    h.insert(headers::CORRELATION_ID, meta.correlation_id.to_string());
+    h.insert(headers::TRACEPARENT, traceparent(meta));
     if let Some(cause) = meta.causation_id {
         h.insert(headers::CAUSATION_ID, cause.to_string());
     }
-    h.insert(headers::TRACEPARENT, format!("00-{}-{:016x}-01", meta.correlation_id, meta.message_id.as_u128() as u64));
-    h.insert(headers::CONTENT_TYPE, content_type);
+    if content_type != crate::codec::Json::CONTENT_TYPE {
+        h.insert(headers::CONTENT_TYPE, content_type);
+    }
     h
+}
+
+/// `00-{trace id = correlation id}-{parent id = low 64 bits of the message id}-01`.
+fn traceparent(meta: &Metadata) -> String {
+    format!("00-{}-{:016x}-01", meta.correlation_id, meta.message_id.as_u128() as u64)
 }
 
 /// The ids of a received message; a message without them (a plain NATS
@@ -382,19 +393,21 @@ async fn handle(
 }
 
 async fn send_reply(nats: &Nats, reply_to: Subject, outcome: std::result::Result<Vec<u8>, HandlerError>) {
-    let mut h = HeaderMap::new();
-    let body = match outcome {
-        Ok(body) => {
-            h.insert(headers::STATUS, "ok");
-            body
-        }
+    // A success is the bare payload (no headers to parse); an error carries
+    // its status and code in headers and its message as the body.
+    let sent = match outcome {
+        Ok(body) => nats.inner.client.publish(reply_to.clone(), body.into()).await,
         Err(error) => {
+            let mut h = HeaderMap::new();
             h.insert(headers::STATUS, "error");
             h.insert(headers::ERROR_CODE, error.code());
-            error.message().as_bytes().to_vec()
+            nats.inner
+                .client
+                .publish_with_headers(reply_to.clone(), h, error.message().as_bytes().to_vec().into())
+                .await
         }
     };
-    if let Err(e) = nats.inner.client.publish_with_headers(reply_to.clone(), h, body.into()).await {
+    if let Err(e) = sent {
         tracing::warn!(reply_to = %reply_to, error = %e, "nats: could not send reply");
     }
 }
