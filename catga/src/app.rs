@@ -132,7 +132,8 @@ impl Builder {
         self
     }
 
-    /// Default timeout of `send`.
+    /// Default timeout of `send` (over NATS: of each attempt; see
+    /// [`send_retries`](Builder::send_retries)).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.config.request_timeout = timeout;
         self
@@ -269,6 +270,7 @@ impl Builder {
             idle: Notify::new(),
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            stopped: tokio::sync::OnceCell::new(),
         });
         inner.transport.subscribe(&inner, &inner.handlers).await?;
         tracing::info!(
@@ -293,6 +295,7 @@ pub(crate) struct AppInner {
     draining: AtomicBool,
     idle: Notify,
     closed: AtomicBool,
+    stopped: tokio::sync::OnceCell<ShutdownReport>,
 }
 
 /// A running instance: send commands, publish events, shut down. Cheap to
@@ -444,6 +447,11 @@ impl App {
     /// of this instance's own handlers, it waits for that handler too, so
     /// it takes the whole grace period: spawn it instead.
     pub async fn shutdown(&self) -> ShutdownReport {
+        // Concurrent and repeated calls share the one shutdown and its report.
+        *self.inner.stopped.get_or_init(|| self.stop()).await
+    }
+
+    async fn stop(&self) -> ShutdownReport {
         self.inner.draining.store(true, Ordering::SeqCst);
         let started = Instant::now();
         let grace = self.inner.config.grace_period;
@@ -532,9 +540,10 @@ impl<C: Command> Future for Sending<'_, C> {
     }
 }
 
-/// One handling admitted by an instance: counts as in flight while alive.
+/// One handling admitted by an instance: counts as in flight while alive
+/// (and holds the transport's handling slot, if it has one).
 #[doc(hidden)]
-pub struct InFlight(Arc<AppInner>);
+pub struct InFlight(Arc<AppInner>, Option<tokio::sync::OwnedSemaphorePermit>);
 
 impl InFlight {
     /// Admit one handling unless the instance is draining. Counting first
@@ -544,7 +553,7 @@ impl InFlight {
     /// in flight and waits for it.
     pub(crate) fn admit(app: Arc<AppInner>) -> Option<InFlight> {
         app.in_flight.fetch_add(1, Ordering::SeqCst);
-        let admitted = InFlight(app);
+        let admitted = InFlight(app, None);
         if admitted.0.draining.load(Ordering::SeqCst) {
             return None; // dropping `admitted` undoes the count
         }
@@ -556,7 +565,13 @@ impl InFlight {
     /// ours to handle: the server will not give it to anyone else).
     pub(crate) fn count(app: Arc<AppInner>) -> InFlight {
         app.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(app)
+        InFlight(app, None)
+    }
+
+    /// Keep a handling slot until the handling ends.
+    pub(crate) fn holding(mut self, permit: tokio::sync::OwnedSemaphorePermit) -> InFlight {
+        self.1 = Some(permit);
+        self
     }
 
     /// The instance that admitted the handling.

@@ -31,7 +31,8 @@ pub struct Config {
     pub nats_url: Option<String>,
     /// Redis URL (or cluster node list); `None` keeps state in memory.
     pub redis_url: Option<String>,
-    /// Default timeout of [`App::send`](crate::App::send).
+    /// Default timeout of [`App::send`](crate::App::send); over NATS, of
+    /// each attempt (a send makes up to `1 + send_retries` attempts).
     pub request_timeout: Duration,
     /// Default limit on one handling (a handler's `timeout` overrides it).
     pub handler_timeout: Option<Duration>,
@@ -44,8 +45,9 @@ pub struct Config {
     /// message id. Each attempt waits up to the request timeout.
     pub send_retries: u32,
     /// NATS: concurrent handlings per handler; further messages wait in the
-    /// client's buffer (and beyond it are dropped and logged as a slow
-    /// consumer), so memory stays bounded.
+    /// subscription's buffer (4 × this, at least 1024 messages) and beyond
+    /// it are dropped by the client and logged as a slow consumer, so
+    /// memory stays bounded.
     pub max_in_flight: usize,
     /// NATS: ping interval. A server that dies silently (no TCP reset) is
     /// only noticed after about two missed pings.

@@ -47,8 +47,9 @@ impl NatsServer {
         Self::spawn(free_port(), &[])
     }
 
-    /// A cluster of `n` servers, routed to each other; returns once a
-    /// message published on the first reaches a subscriber on the last.
+    /// A cluster of `n` servers routed to each other. Returns once every
+    /// client port listens; the routes may still be forming, so a test waits
+    /// for traffic to cross before relying on it.
     pub fn cluster(n: usize) -> Vec<NatsServer> {
         let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let routes = cluster_ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
@@ -63,15 +64,21 @@ impl NatsServer {
     }
 
     fn spawn(port: u16, extra: &[&str]) -> NatsServer {
-        let child = Command::new("nats-server")
+        let mut child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start nats-server (is it installed? ./scripts/test.sh installs it)");
+        let listening = wait_for_port(port, Duration::from_secs(10));
+        // Our child must be the one listening (not another test's server
+        // that took the port between `free_port` and the start).
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("nats-server on port {port} exited at start ({status}); was the port taken?");
+        }
         let server = NatsServer { child: Some(child), port };
-        assert!(wait_for_port(port, Duration::from_secs(10)), "nats-server did not listen on {port} within 10 s");
+        assert!(listening, "nats-server did not listen on {port} within 10 s");
         server
     }
 

@@ -11,7 +11,11 @@
 //!   idempotency exists).
 //! - Shutdown drains: every subscription is drained (the server stops
 //!   routing here, messages already delivered are handled), in-flight
-//!   handlings finish, replies and publishes are flushed.
+//!   handlings finish, replies and publishes are flushed. One gap is not
+//!   ours to close: async-nats 0.51 forgets a draining subscription before
+//!   the server has confirmed the UNSUB, so a message in transit at that
+//!   instant is dropped by the client; the sender's retry (same message id)
+//!   delivers it elsewhere.
 //!
 //! The wire format is in `docs/WIRE.md`; the service API (`$SRV.*`) in
 //! [`super::service`].
@@ -86,11 +90,14 @@ impl Nats {
             .ping_interval(config.nats_ping_interval)
             .connection_timeout(Duration::from_secs(5))
             .max_reconnects(None)
+            // What a subscription buffers beyond the handlings in flight;
+            // past it the client drops messages and reports a slow consumer.
+            .subscription_capacity((config.max_in_flight * 4).max(1024))
             .reconnect_delay_callback(|attempt| {
-                // 0, 50 ms, 100 ms, ... capped at 2 s, with jitter.
-                let base = Duration::from_millis(50).saturating_mul(1 << attempt.min(6) as u32);
-                let capped = base.min(Duration::from_secs(2));
-                if attempt == 0 { Duration::ZERO } else { capped.mul_f64(0.5 + fastrand::f64() / 2.0) }
+                // Attempt 1, 2, 3, ...: 50 ms, 100 ms, 200 ms, ... capped at
+                // 2 s, each scaled by a random 0.5..1 (jitter).
+                let base = Duration::from_millis(50).saturating_mul(1 << attempt.saturating_sub(1).min(6) as u32);
+                base.min(Duration::from_secs(2)).mul_f64(0.5 + fastrand::f64() / 2.0)
             })
             .event_callback(move |event: async_nats::Event| {
                 let instance = instance.clone();
@@ -152,7 +159,7 @@ impl Nats {
                 .map_err(|e| Error::Transport { subject: record.subject, reason: format!("cannot subscribe: {e}") })?;
             let stats = service.endpoint(record);
             let serve = Serve {
-                nats: self.clone(),
+                client: self.inner.client.clone(),
                 app: Arc::downgrade(app),
                 record,
                 stats,
@@ -169,9 +176,24 @@ impl Nats {
             }
         }
         *self.inner.service.lock().unwrap_or_else(|e| e.into_inner()) = Some(service);
-        // Subscriptions are registered with the server before start() returns.
-        self.inner.client.flush().await.map_err(|e| Error::Transport { subject: "", reason: format!("flush: {e}") })?;
-        Ok(())
+        self.round_trip().await
+    }
+
+    /// Wait until the server has processed everything sent so far (so the
+    /// subscriptions are live when `start()` returns): publish to a private
+    /// inbox and wait for it to come back — the server handles one
+    /// connection's operations in order.
+    async fn round_trip(&self) -> Result<()> {
+        use futures_util::StreamExt;
+        let client = &self.inner.client;
+        let failed = |reason: String| Error::Transport { subject: "_INBOX", reason };
+        let inbox = client.new_inbox();
+        let mut echo = client.subscribe(inbox.clone()).await.map_err(|e| failed(e.to_string()))?;
+        client.publish(inbox, "".into()).await.map_err(|e| failed(e.to_string()))?;
+        match tokio::time::timeout(Duration::from_secs(10), echo.next()).await {
+            Ok(Some(_)) => Ok(()),
+            _ => Err(failed("the server did not confirm the subscriptions within 10 s".into())),
+        }
     }
 
     fn tasks(&self) -> std::sync::MutexGuard<'_, JoinSet<()>> {
@@ -195,8 +217,10 @@ impl Nats {
     /// replies still queued to send).
     pub(crate) async fn close(&self) {
         let client = &self.inner.client;
-        if let Err(e) = client.flush().await {
-            tracing::warn!(error = %e, "nats: final flush failed");
+        match tokio::time::timeout(Duration::from_secs(2), client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "nats: final flush failed"),
+            Err(_) => tracing::warn!("nats: final flush did not finish within 2 s (disconnected?)"),
         }
         if client.drain().await.is_ok() {
             let mut closed = self.inner.closed.clone();
@@ -211,6 +235,7 @@ impl Nats {
         let payload = C::Codec::encode(&command).map_err(|e| codec_error::<C>("encode", C::SUBJECT, e.0))?.into();
         let headers = request_headers(&meta, C::Codec::CONTENT_TYPE);
         let mut attempt = 0;
+        let started = Instant::now();
         loop {
             let request = async_nats::Request::new()
                 .headers(headers.clone())
@@ -223,7 +248,7 @@ impl Nats {
             use async_nats::RequestErrorKind as Kind;
             let error = match failure.kind() {
                 Kind::NoResponders => Error::NoHandler { subject: C::SUBJECT },
-                Kind::TimedOut => Error::Timeout { subject: C::SUBJECT, after: timeout },
+                Kind::TimedOut => Error::Timeout { subject: C::SUBJECT, after: started.elapsed() },
                 Kind::MaxPayloadExceeded => {
                     return Err(Error::PayloadTooLarge {
                         subject: C::SUBJECT,
@@ -325,8 +350,12 @@ fn decode_reply<C: Command>(reply: &async_nats::Message) -> Result<C::Reply> {
 }
 
 /// One subscription's loop: receive, admit (bounded), handle, reply.
+///
+/// It holds the client and a weak reference to the instance, never the
+/// transport itself: the transport owns these tasks, and dropping the last
+/// `App` handle drops the transport, which aborts them and unsubscribes.
 struct Serve {
-    nats: Nats,
+    client: async_nats::Client,
     app: Weak<AppInner>,
     record: &'static HandlerRecord,
     stats: Arc<EndpointStats>,
@@ -338,9 +367,21 @@ impl Serve {
         use futures_util::StreamExt;
         let mut draining = false;
         loop {
-            // Back-pressure: take no message until a handling slot is free;
-            // meanwhile the client buffers, then reports a slow consumer.
-            let Ok(permit) = self.permits.clone().acquire_owned().await else { return };
+            // Back-pressure: take no message until a handling slot is free
+            // (meanwhile the client buffers, then reports a slow consumer);
+            // a drain request is seen even while every slot is busy.
+            let permit = tokio::select! {
+                permit = self.permits.clone().acquire_owned() => permit,
+                _ = drained(&mut drain), if !draining => {
+                    draining = true;
+                    if let Err(e) = subscriber.drain().await {
+                        tracing::warn!(subject = self.record.subject, error = %e, "nats: drain failed");
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Ok(permit) = permit else { return };
             let next = tokio::select! {
                 message = subscriber.next() => message,
                 _ = drained(&mut drain), if !draining => {
@@ -354,22 +395,23 @@ impl Serve {
             };
             let Some(message) = next else { return }; // drained (or connection closed)
             let Some(app) = self.app.upgrade() else { return }; // every handle dropped
-            // Two counts: the handling's own (inside the pipeline), and this
-            // one, held until the reply is handed to the client — so a drain
-            // never flushes and exits between a handler's end and its reply.
+            // Two counts: the handling's own (it also holds the slot, so an
+            // event handler spawned by the pipeline keeps it until it ends),
+            // and this one, held until the reply is handed to the client —
+            // so a drain never closes between a handler's end and its reply.
             let replying = InFlight::count(app.clone());
-            let in_flight = InFlight::count(app);
-            let (nats, record, stats) = (self.nats.clone(), self.record, self.stats.clone());
+            let in_flight = InFlight::count(app).holding(permit);
+            let (client, record, stats) = (self.client.clone(), self.record, self.stats.clone());
             tokio::spawn(async move {
-                handle(nats, record, stats, in_flight, message).await;
-                drop((replying, permit));
+                handle(&client, record, stats, in_flight, message).await;
+                drop(replying);
             });
         }
     }
 }
 
 async fn handle(
-    nats: Nats,
+    client: &async_nats::Client,
     record: &'static HandlerRecord,
     stats: Arc<EndpointStats>,
     in_flight: InFlight,
@@ -389,22 +431,38 @@ async fn handle(
         tracing::debug!(subject = record.subject, "command without a reply subject (published, not requested)");
         return;
     };
-    send_reply(&nats, reply_to, outcome).await;
+    send_reply(client, record, reply_to, outcome).await;
 }
 
-async fn send_reply(nats: &Nats, reply_to: Subject, outcome: std::result::Result<Vec<u8>, HandlerError>) {
+async fn send_reply(
+    client: &async_nats::Client,
+    record: &'static HandlerRecord,
+    reply_to: Subject,
+    outcome: std::result::Result<Vec<u8>, HandlerError>,
+) {
+    // A reply the server would refuse becomes an error reply, not silence.
+    let max = client.server_info().max_payload;
+    let outcome = outcome.and_then(|body| {
+        if body.len() <= max {
+            return Ok(body);
+        }
+        Err(HandlerError::new(
+            "payload_too_large",
+            format!("the reply of `{}` is {} bytes, over the server's max_payload of {max}", record.name, body.len()),
+        ))
+    });
     // A success is the bare payload (no headers to parse); an error carries
     // its status and code in headers and its message as the body.
     let sent = match outcome {
-        Ok(body) => nats.inner.client.publish(reply_to.clone(), body.into()).await,
+        Ok(body) => client.publish(reply_to.clone(), body.into()).await,
         Err(error) => {
             let mut h = HeaderMap::new();
             h.insert(headers::STATUS, "error");
-            h.insert(headers::ERROR_CODE, error.code());
-            nats.inner
-                .client
-                .publish_with_headers(reply_to.clone(), h, error.message().as_bytes().to_vec().into())
-                .await
+            // A header value cannot hold a line break.
+            h.insert(headers::ERROR_CODE, error.code().replace(['\r', '\n'], " "));
+            let mut message = error.message().as_bytes().to_vec();
+            message.truncate(max.saturating_sub(256));
+            client.publish_with_headers(reply_to.clone(), h, message.into()).await
         }
     };
     if let Err(e) = sent {
