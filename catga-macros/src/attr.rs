@@ -78,6 +78,16 @@ pub(crate) fn string_value(meta: &ParseNestedMeta, example: &str) -> syn::Result
     }
 }
 
+/// Read `key = true|false`; anything else is an error showing the form.
+pub(crate) fn bool_value(meta: &ParseNestedMeta, example: &str) -> syn::Result<bool> {
+    let key = meta.path.to_token_stream().to_string();
+    let expr: Expr = meta.value()?.parse()?;
+    match expr {
+        Expr::Lit(ExprLit { lit: Lit::Bool(b), .. }) => Ok(b.value),
+        other => Err(syn::Error::new_spanned(other, format!("`{key}` takes `true` or `false`, like `{example}`"))),
+    }
+}
+
 /// The error for a key the macro does not know, listing the allowed keys.
 pub(crate) fn unknown_key(meta: &ParseNestedMeta, what: &str, allowed: &[&str]) -> syn::Error {
     let key = meta.path.to_token_stream().to_string().replace(' ', "");

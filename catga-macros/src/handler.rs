@@ -9,7 +9,7 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{FnArg, GenericArgument, ItemFn, LitStr, Path, PathArguments, ReturnType, Type};
 
-use crate::attr::{Attr, Errors, skip_value, string_value, unknown_key};
+use crate::attr::{Attr, Errors, bool_value, skip_value, string_value, unknown_key};
 use crate::subject::{check_publish_subject, check_queue, parse_millis};
 
 #[derive(Clone, Copy, PartialEq)]
@@ -27,12 +27,13 @@ impl Kind {
     }
 }
 
-const KEYS: &[&str] = &["subject", "queue", "timeout", "crate"];
+const KEYS: &[&str] = &["subject", "queue", "timeout", "idempotent", "crate"];
 
 struct Args {
     subject: Option<LitStr>,
     queue: Option<LitStr>,
     timeout_ms: Option<u64>,
+    idempotent: Option<bool>,
     krate: Path,
 }
 
@@ -70,6 +71,7 @@ fn parse_args(kind: Kind, args: TokenStream, errors: &mut Errors) -> Args {
     let mut subject = Attr::new("subject");
     let mut queue = Attr::new("queue");
     let mut timeout = Attr::new("timeout");
+    let mut idempotent = Attr::new("idempotent");
     let mut krate = Attr::new("crate");
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("subject") {
@@ -100,6 +102,15 @@ fn parse_args(kind: Kind, args: TokenStream, errors: &mut Errors) -> Args {
                 },
                 Err(e) => errors.push(e),
             }
+        } else if meta.path.is_ident("idempotent") {
+            // `idempotent` alone means true; `idempotent = false` opts out of
+            // a service-wide default.
+            let value =
+                if meta.input.peek(syn::Token![=]) { bool_value(&meta, "idempotent = false") } else { Ok(true) };
+            match value {
+                Ok(on) => idempotent.set(&meta.path, on, errors),
+                Err(e) => errors.push(e),
+            }
         } else if meta.path.is_ident("crate") {
             match meta.value().and_then(|v| v.parse::<Path>()) {
                 Ok(path) => krate.set(&meta.path, path, errors),
@@ -118,6 +129,7 @@ fn parse_args(kind: Kind, args: TokenStream, errors: &mut Errors) -> Args {
         subject: subject.get(),
         queue: queue.get(),
         timeout_ms: timeout.get(),
+        idempotent: idempotent.get(),
         krate: krate.get().unwrap_or_else(|| syn::parse_quote!(::catga)),
     }
 }
@@ -243,6 +255,7 @@ fn registration(kind: Kind, args: &Args, func: &ItemFn, sig: &Signature) -> Toke
     let dispatch_call = quote_spanned!(name.span()=> #private::#dispatch(__catga_delivery, #call));
     let queue = option(args.queue.as_ref());
     let timeout_ms = option(args.timeout_ms.as_ref());
+    let idempotent = option(args.idempotent.as_ref());
     let line = quote_spanned!(name.span()=> ::core::line!());
 
     quote! {
@@ -273,6 +286,7 @@ fn registration(kind: Kind, args: &Args, func: &ItemFn, sig: &Signature) -> Toke
                     message_type: ::core::any::type_name::<#message>,
                     reply_type: #reply_type,
                     timeout_ms: #timeout_ms,
+                    idempotent: #idempotent,
                     file: ::core::file!(),
                     line: #line,
                     entry: &__CATGA_ENTRY,

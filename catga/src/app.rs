@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::message::{Command, Event};
 use crate::middleware::Middleware;
 use crate::registry::{self, HandlerRecord};
+use crate::store::Store;
 use crate::transport::Transport;
 use crate::transport::memory::MemoryBus;
 
@@ -78,6 +79,7 @@ type HandlerFilter = Box<dyn Fn(&HandlerRecord) -> bool + Send + Sync>;
 pub struct Builder {
     config: Config,
     bus: Option<MemoryBus>,
+    store: Option<Store>,
     middleware: Vec<Arc<dyn Middleware>>,
     filter: Option<HandlerFilter>,
     state: State,
@@ -89,7 +91,7 @@ type State = HashMap<TypeId, Arc<dyn Any + Send + Sync>>;
 
 impl Builder {
     fn new(config: Config) -> Self {
-        Builder { config, bus: None, middleware: Vec::new(), filter: None, state: State::new() }
+        Builder { config, bus: None, store: None, middleware: Vec::new(), filter: None, state: State::new() }
     }
 
     /// Settings from the `CATGA_*` environment variables (see [`Config`]).
@@ -129,6 +131,26 @@ impl Builder {
     /// Run on this in-memory bus (default: [`MemoryBus::global`]).
     pub fn memory_bus(mut self, bus: MemoryBus) -> Self {
         self.bus = Some(bus);
+        self
+    }
+
+    /// Keep shared state in this store (default: Redis when a Redis URL is
+    /// set, else [`Store::global_memory`]).
+    pub fn store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Make handlers that do not say `idempotent = ..` idempotent (see
+    /// [`Config::idempotent_by_default`]).
+    pub fn idempotent_by_default(mut self, on: bool) -> Self {
+        self.config.idempotent_by_default = on;
+        self
+    }
+
+    /// How long recorded replies answer copies (see [`Config::idempotency_ttl`]).
+    pub fn idempotency_ttl(mut self, ttl: Duration) -> Self {
+        self.config.idempotency_ttl = ttl;
         self
     }
 
@@ -225,12 +247,16 @@ impl Builder {
     /// this build cannot honour.
     pub async fn start(self) -> Result<App> {
         let config = self.config.resolve()?;
-        if let Some(url) = &config.redis_url {
-            return Err(Error::Config(format!(
-                "CATGA_REDIS_URL / redis_url is set ({url}), but this version of catga has no Redis store yet; \
-                 unset it to keep state in memory"
-            )));
-        }
+        let store = match (self.store, &config.redis_url) {
+            (Some(store), _) => store,
+            (None, Some(url)) => {
+                return Err(Error::Config(format!(
+                    "CATGA_REDIS_URL / redis_url is set ({url}), but this version of catga has no Redis store yet; \
+                     unset it to keep state in memory"
+                )));
+            }
+            (None, None) => Store::global_memory(),
+        };
         let mut handlers = registry::handlers();
         if let Some(keep) = &self.filter {
             handlers.retain(|h| keep(h));
@@ -263,6 +289,7 @@ impl Builder {
         let inner = Arc::new(AppInner {
             config,
             transport,
+            store,
             middleware: self.middleware,
             state: self.state,
             handlers,
@@ -278,6 +305,7 @@ impl Builder {
             instance = inner.config.instance_id,
             handlers = inner.handlers.len(),
             transport = inner.transport.name(),
+            store = inner.store.name(),
             "catga instance started"
         );
         Ok(App { inner })
@@ -287,6 +315,7 @@ impl Builder {
 pub(crate) struct AppInner {
     pub(crate) config: Config,
     transport: Transport,
+    store: Store,
     middleware: Vec<Arc<dyn Middleware>>,
     state: State,
     handlers: Vec<&'static HandlerRecord>,
@@ -351,6 +380,11 @@ impl App {
     /// The settings this instance runs with.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The store this instance shares state through.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
     }
 
     /// The handlers this instance subscribed, sorted.

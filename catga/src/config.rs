@@ -13,6 +13,8 @@
 //! | `CATGA_SEND_RETRIES`         | NATS: retries after a timeout or "no responders" | 2 |
 //! | `CATGA_MAX_IN_FLIGHT`        | NATS: concurrent handlings per handler     | 256 |
 //! | `CATGA_NATS_PING_INTERVAL_MS`| NATS: how often a silent server is probed  | 5000 |
+//! | `CATGA_IDEMPOTENT`           | handlers without `idempotent = ..` record results by message id (`true`/`false`) | false |
+//! | `CATGA_IDEMPOTENCY_TTL_MS`   | how long a recorded result answers copies  | 86400000 (24 h) |
 
 use std::time::Duration;
 
@@ -52,6 +54,16 @@ pub struct Config {
     /// NATS: ping interval. A server that dies silently (no TCP reset) is
     /// only noticed after about two missed pings.
     pub nats_ping_interval: Duration,
+    /// Whether handlers that do not say `idempotent = ..` are idempotent:
+    /// their first handling of a message id records its reply in the store,
+    /// later copies get that reply without running the handler.
+    pub idempotent_by_default: bool,
+    /// How long a recorded reply answers copies of its message. It must
+    /// cover every way a copy can arrive: the sender's whole retry window
+    /// (`send_retries` × request timeout plus backoff) and, for durable
+    /// messages, redelivery (max deliver × ack wait). Copies arriving later
+    /// run the handler again.
+    pub idempotency_ttl: Duration,
 }
 
 impl Default for Config {
@@ -75,6 +87,8 @@ impl Default for Config {
             send_retries: 2,
             max_in_flight: 256,
             nats_ping_interval: Duration::from_secs(5),
+            idempotent_by_default: false,
+            idempotency_ttl: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -128,6 +142,16 @@ impl Config {
         }
         if let Some(d) = millis("CATGA_NATS_PING_INTERVAL_MS")? {
             c.nats_ping_interval = d;
+        }
+        if let Some(d) = millis("CATGA_IDEMPOTENCY_TTL_MS")? {
+            c.idempotency_ttl = d;
+        }
+        if let Some(v) = set("CATGA_IDEMPOTENT") {
+            c.idempotent_by_default = match v.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => return Err(Error::Config(format!("CATGA_IDEMPOTENT={v:?} is not true or false"))),
+            };
         }
         if let Some(v) = set("CATGA_SERVICE_VERSION") {
             c.version = v;

@@ -160,6 +160,12 @@ impl Context {
         self.app.state::<T>()
     }
 
+    /// The store shared by every instance (for your own records, e.g. an
+    /// effects ledger keyed by [`message_id`](Context::message_id)).
+    pub fn store(&self) -> &crate::store::Store {
+        self.app.store()
+    }
+
     /// The instance handling this message. Holding a `Context` (or this
     /// handle) beyond the handling keeps the instance alive and subscribed
     /// until [`App::shutdown`].

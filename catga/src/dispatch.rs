@@ -5,7 +5,7 @@
 //! timeout and turning a panic into an error reply — is here, once.
 //!
 //! Order of stages for one handling:
-//! `validate → span → middleware… → handler timeout → catch panic → handler`.
+//! `validate → span → idempotency → middleware… → handler timeout → catch panic → handler`.
 //!
 //! The futures here are written by hand (with `pin-project-lite` for safe
 //! pinning) rather than as nested `async fn`s: nested state machines store
@@ -27,6 +27,7 @@ use crate::app::InFlight;
 use crate::codec::Codec;
 use crate::context::{Context, Metadata};
 use crate::error::HandlerError;
+use crate::idempotency::{self, Recorder};
 use crate::message::{Command, Event, Message};
 use crate::middleware::{Handling, Next, Terminal};
 use crate::registry::HandlerRecord;
@@ -67,7 +68,8 @@ where
     Fut: Future<Output = Result<C::Reply, E>> + Send + 'static,
     E: Into<HandlerError> + 'static,
 {
-    match prepare(delivery, handler) {
+    let recorder = Recorder { encode: C::Codec::encode::<C::Reply>, decode: C::Codec::decode::<C::Reply> };
+    match prepare(delivery, handler, recorder) {
         Prepared::Direct(handling) => Box::pin(handling),
         Prepared::Boxed(handling) => handling,
     }
@@ -84,20 +86,20 @@ where
     E: Into<HandlerError> + 'static,
 {
     let record = delivery.record;
-    match prepare(delivery, handler) {
+    match prepare(delivery, handler, idempotency::unit_recorder()) {
         Prepared::Direct(handling) => drop(tokio::spawn(Logged { handling, record })),
         Prepared::Boxed(handling) => drop(tokio::spawn(Logged { handling, record })),
     }
 }
 
 /// A handling ready to be awaited: the common case is one concrete future;
-/// a failed validation or a middleware chain is boxed.
+/// a failed validation, idempotency or a middleware chain is boxed.
 enum Prepared<Fut, R> {
     Direct(Instrumented<Guarded<Fut>>),
     Boxed(BoxFuture<'static, Result<R, HandlerError>>),
 }
 
-fn prepare<M, F, Fut, R, E>(delivery: Delivery<M>, handler: F) -> Prepared<Fut, R>
+fn prepare<M, F, Fut, R, E>(delivery: Delivery<M>, handler: F, recorder: Recorder<R>) -> Prepared<Fut, R>
 where
     M: Message,
     F: FnOnce(M, Context) -> Fut,
@@ -122,21 +124,34 @@ where
     let app = ctx.app();
     let timeout = record.timeout_ms.map(Duration::from_millis).or(app.config().handler_timeout);
     let chained = (!app.middleware().is_empty()).then(|| ctx.clone());
+    let once = idempotency::applies(record, &ctx).then(|| ctx.clone());
     let guarded = Guarded {
         future: handler(message, ctx),
         record,
         deadline: timeout.map(Deadline::new),
         _in_flight: Some(in_flight),
     };
-    match chained {
-        None => Prepared::Direct(guarded.instrument(span)),
-        Some(ctx) => {
-            // A panicking middleware is caught like a panicking handler.
-            let chain = with_middleware(record, ctx, guarded);
-            let caught = Guarded { future: chain, record, deadline: None, _in_flight: None };
-            Prepared::Boxed(Box::pin(caught.instrument(span)))
+    match (once, chained) {
+        (None, None) => Prepared::Direct(guarded.instrument(span)),
+        (None, Some(chain_ctx)) => Prepared::Boxed(Box::pin(caught(record, chain_ctx, guarded).instrument(span))),
+        (Some(ctx), None) => {
+            Prepared::Boxed(Box::pin(idempotency::once(record, ctx, timeout, recorder, guarded).instrument(span)))
+        }
+        (Some(ctx), Some(chain_ctx)) => {
+            let chain = caught(record, chain_ctx, guarded);
+            Prepared::Boxed(Box::pin(idempotency::once(record, ctx, timeout, recorder, chain).instrument(span)))
         }
     }
+}
+
+/// The middleware chain around the guarded handler; a panicking middleware
+/// is caught like a panicking handler.
+fn caught<R: Send + 'static>(
+    record: &'static HandlerRecord,
+    ctx: Context,
+    guarded: impl Future<Output = Result<R, HandlerError>> + Send + 'static,
+) -> Guarded<impl Future<Output = Result<R, HandlerError>> + Send + 'static> {
+    Guarded { future: with_middleware(record, ctx, guarded), record, deadline: None, _in_flight: None }
 }
 
 /// The middleware chain around the guarded handler.

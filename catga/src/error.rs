@@ -100,6 +100,11 @@ pub enum Error {
         instance: String,
     },
 
+    /// The store (Redis or in memory) refused or failed an operation: a
+    /// version conflict, a fenced write, an unreachable server.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+
     /// The transport failed (connection lost, server refused, ...).
     #[error("transport error on \"{subject}\": {reason}")]
     Transport {
@@ -218,6 +223,7 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
                 Error::Shutdown { .. } => "shutdown",
                 Error::Transport { .. } => "transport",
                 Error::PayloadTooLarge { .. } => "payload_too_large",
+                Error::Store(_) => "store",
                 Error::Config(_) | Error::DuplicateHandler { .. } => "config",
             };
             return HandlerError::new(code, catga.to_string());

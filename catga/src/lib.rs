@@ -69,6 +69,7 @@
 //! - [`dispatch`]: the pipeline one handling goes through.
 //! - [`middleware`]: your own stages around every handling.
 //! - [`transport`]: how messages move between instances.
+//! - [`store`]: state shared by every instance (idempotency, records, leases).
 //! - [`app`]: [`Catga::run`], [`Catga::builder`], the [`App`] handle.
 //! - [`config`]: the `CATGA_*` environment.
 //!
@@ -90,9 +91,11 @@ pub mod config;
 pub mod context;
 pub mod dispatch;
 pub mod error;
+pub mod idempotency;
 pub mod message;
 pub mod middleware;
 pub mod registry;
+pub mod store;
 pub mod transport;
 
 pub use app::{App, Builder, Catga, SendOptions, ShutdownReport};

@@ -41,6 +41,10 @@ pub struct HandlerRecord {
     pub reply_type: fn() -> &'static str,
     /// A handler timeout in milliseconds from the attribute, if any.
     pub timeout_ms: Option<u64>,
+    /// `idempotent` from the attribute: `Some(true)` records results by
+    /// message id, `Some(false)` opts out of the service default, `None`
+    /// follows [`Config::idempotent_by_default`](crate::Config::idempotent_by_default).
+    pub idempotent: Option<bool>,
     /// Source file of the handler.
     pub file: &'static str,
     /// Source line of the handler.

@@ -10,7 +10,7 @@ struct Ping;
 #[catga(subject = "ui.pong", reply = ())]
 struct Pong;
 
-#[catga::command(queue = 42, timeout = "soon")]
+#[catga::command(queue = 42, timeout = "soon", idempotent = "yes")]
 async fn pong(_: Pong) -> Result<(), HandlerError> {
     Ok(())
 }

@@ -1,0 +1,229 @@
+//! The in-memory store: one map behind one lock, with the same meaning as
+//! the Redis store — versions, claims, leases and fencing tokens, expiry.
+//! Instances in one process share it (see [`MemoryStore::global`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::{Claim, Expect, Key, Lease, StoreError, Versioned};
+
+/// The embedded store. Cheap to clone; clones share the data.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    map: Arc<Mutex<Map>>,
+}
+
+#[derive(Default)]
+struct Map {
+    entries: HashMap<Key, Entry>,
+    /// Writes since the last sweep of expired entries.
+    writes: usize,
+}
+
+struct Entry {
+    value: Value,
+    expires: Option<Instant>,
+}
+
+enum Value {
+    Record(Versioned),
+    Counter(i64),
+    Claimed {
+        owner: String,
+    },
+    Done(Vec<u8>),
+    Leased {
+        owner: String,
+        token: u64,
+    },
+    /// A lease's latest token; never expires, so tokens only grow.
+    Fence(u64),
+}
+
+/// Sweep expired entries every this many writes (keeps memory bounded
+/// when idempotency records are written and never read again).
+const SWEEP_EVERY: usize = 4096;
+
+impl MemoryStore {
+    /// The one store of this process that instances share by default.
+    pub fn global() -> MemoryStore {
+        static GLOBAL: OnceLock<MemoryStore> = OnceLock::new();
+        GLOBAL.get_or_init(MemoryStore::default).clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Map> {
+        // No code runs user logic under this lock; a poisoned lock still
+        // holds consistent data.
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn get(&self, key: &Key) -> Option<Versioned> {
+        match self.lock().live(key) {
+            Some(Value::Record(v)) => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    pub(super) fn put(
+        &self,
+        key: &Key,
+        expect: Expect,
+        value: &[u8],
+        fence: Option<&Lease>,
+    ) -> Result<u64, StoreError> {
+        let mut map = self.lock();
+        if let Some(lease) = fence {
+            let current = map.fence(&lease.key);
+            if current != lease.token {
+                return Err(StoreError::Fenced {
+                    key: key.stored(),
+                    lease: lease.key.stored(),
+                    token: lease.token,
+                    current,
+                });
+            }
+        }
+        let found = match map.live(key) {
+            Some(Value::Record(v)) => Some(v.version),
+            _ => None,
+        };
+        check(key, expect, found)?;
+        let version = found.unwrap_or(0) + 1;
+        map.set(key, Value::Record(Versioned { version, value: value.to_vec() }), None);
+        Ok(version)
+    }
+
+    pub(super) fn delete(&self, key: &Key, expect: Expect) -> Result<bool, StoreError> {
+        let mut map = self.lock();
+        let found = match map.live(key) {
+            Some(Value::Record(v)) => Some(v.version),
+            _ => None,
+        };
+        check(key, expect, found)?;
+        Ok(map.entries.remove(key).is_some())
+    }
+
+    pub(super) fn incr(&self, key: &Key, by: i64) -> i64 {
+        let mut map = self.lock();
+        let now = match map.live(key) {
+            Some(Value::Counter(n)) => n.saturating_add(by),
+            _ => by,
+        };
+        map.set(key, Value::Counter(now), None);
+        now
+    }
+
+    pub(super) fn claim(&self, key: &Key, owner: &str, running_ttl: Duration) -> Claim {
+        let mut map = self.lock();
+        match map.live(key) {
+            Some(Value::Claimed { owner }) => Claim::Running { owner: owner.clone() },
+            Some(Value::Done(result)) => Claim::Done(result.clone()),
+            _ => {
+                map.set(key, Value::Claimed { owner: owner.to_owned() }, Some(running_ttl));
+                Claim::Won
+            }
+        }
+    }
+
+    pub(super) fn complete(&self, key: &Key, owner: &str, result: &[u8], ttl: Duration) -> bool {
+        let mut map = self.lock();
+        if !matches!(map.live(key), Some(Value::Claimed { owner: o }) if o == owner) {
+            return false;
+        }
+        map.set(key, Value::Done(result.to_vec()), Some(ttl));
+        true
+    }
+
+    pub(super) fn release(&self, key: &Key, owner: &str) -> bool {
+        let mut map = self.lock();
+        if !matches!(map.live(key), Some(Value::Claimed { owner: o }) if o == owner) {
+            return false;
+        }
+        map.entries.remove(key);
+        true
+    }
+
+    pub(super) fn acquire_lease(&self, key: &Key, owner: &str, ttl: Duration) -> Option<Lease> {
+        let mut map = self.lock();
+        let token = match map.live(key) {
+            Some(Value::Leased { owner: held, token }) if held == owner => *token,
+            Some(Value::Leased { .. }) => return None,
+            _ => {
+                let token = map.fence(key) + 1;
+                map.set(&fence_key(key), Value::Fence(token), None);
+                token
+            }
+        };
+        map.set(key, Value::Leased { owner: owner.to_owned(), token }, Some(ttl));
+        Some(Lease { key: key.clone(), owner: owner.to_owned(), token })
+    }
+
+    pub(super) fn renew_lease(&self, lease: &Lease, ttl: Duration) -> bool {
+        let mut map = self.lock();
+        if !map.holds(lease) {
+            return false;
+        }
+        map.set(&lease.key, Value::Leased { owner: lease.owner.clone(), token: lease.token }, Some(ttl));
+        true
+    }
+
+    pub(super) fn release_lease(&self, lease: &Lease) -> bool {
+        let mut map = self.lock();
+        if !map.holds(lease) {
+            return false;
+        }
+        map.entries.remove(&lease.key);
+        true
+    }
+}
+
+impl Map {
+    /// The value under `key`, unless it has expired.
+    fn live(&mut self, key: &Key) -> Option<&Value> {
+        let expired = self.entries.get(key)?.expires.is_some_and(|at| at <= Instant::now());
+        if expired {
+            self.entries.remove(key);
+            return None;
+        }
+        self.entries.get(key).map(|e| &e.value)
+    }
+
+    fn set(&mut self, key: &Key, value: Value, ttl: Option<Duration>) {
+        self.writes += 1;
+        if self.writes >= SWEEP_EVERY {
+            self.writes = 0;
+            let now = Instant::now();
+            self.entries.retain(|_, e| e.expires.is_none_or(|at| at > now));
+        }
+        let expires = ttl.map(|ttl| Instant::now() + ttl);
+        self.entries.insert(key.clone(), Entry { value, expires });
+    }
+
+    /// The latest token granted for the lease `key` (0: never granted).
+    fn fence(&mut self, key: &Key) -> u64 {
+        match self.live(&fence_key(key)) {
+            Some(Value::Fence(token)) => *token,
+            _ => 0,
+        }
+    }
+
+    fn holds(&mut self, lease: &Lease) -> bool {
+        matches!(self.live(&lease.key), Some(Value::Leased { owner, token }) if *owner == lease.owner && *token == lease.token)
+    }
+}
+
+/// Where a lease's latest token is kept: next to it, in its scope.
+pub(super) fn fence_key(lease: &Key) -> Key {
+    Key { scope: lease.scope.clone(), name: format!("{}:fence", lease.name) }
+}
+
+/// The compare of compare-and-set.
+pub(super) fn check(key: &Key, expect: Expect, found: Option<u64>) -> Result<(), StoreError> {
+    let ok = match expect {
+        Expect::Any => true,
+        Expect::Absent => found.is_none(),
+        Expect::Version(v) => found == Some(v),
+    };
+    if ok { Ok(()) } else { Err(StoreError::Conflict { key: key.stored(), expected: expect, found }) }
+}

@@ -1,0 +1,314 @@
+//! The store: state that every instance of a service shares — idempotency
+//! records, versioned records (a saga's state), leases with fencing tokens,
+//! and counters.
+//!
+//! Two implementations with one meaning:
+//! - [`memory`]: the embedded default, for instances in one process;
+//! - `redis`: a Redis server or a Redis Cluster (set `CATGA_REDIS_URL`).
+//!
+//! Keys are `(scope, name)` pairs ([`Key`]). Everything one operation
+//! touches lives in one scope, and on Redis a scope is a hash tag
+//! (`catga:{scope}:name`), so every multi-key operation stays in one
+//! Cluster slot. Atomic updates are Lua scripts on Redis and one lock in
+//! memory; nothing reads, decides, then writes across round trips.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> catga::Result<()> {
+//! use std::time::Duration;
+//! use catga::store::{Expect, Key, Store};
+//!
+//! let store = Store::memory();
+//! let key = Key::new("order-7", "state");
+//! let v1 = store.put(&key, Expect::Absent, b"charged").await?;
+//! // A writer holding an old version loses: compare-and-set.
+//! assert!(store.put(&key, Expect::Absent, b"again").await.is_err());
+//! let v2 = store.put(&key, Expect::Version(v1), b"reserved").await?;
+//! assert_eq!(store.get(&key).await?.unwrap().version, v2);
+//!
+//! // Leases fence writers: a write under a superseded lease is refused.
+//! let lease_key = Key::new("order-7", "lease");
+//! let a = store.acquire_lease(&lease_key, "instance-a", Duration::from_millis(10)).await?.unwrap();
+//! tokio::time::sleep(Duration::from_millis(20)).await; // a stalls; its lease expires
+//! let b = store.acquire_lease(&lease_key, "instance-b", Duration::from_secs(5)).await?.unwrap();
+//! assert!(b.token > a.token);
+//! assert!(store.put_fenced(&key, Expect::Version(v2), b"from a", &a).await.is_err());
+//! store.put_fenced(&key, Expect::Version(v2), b"from b", &b).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod memory;
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::Result;
+
+pub use memory::MemoryStore;
+
+/// Where an instance keeps shared state. Cheap to clone; clones share it.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+/// An enum, not a trait object: the set of stores is closed, and the
+/// methods stay plain `async fn`s.
+#[derive(Clone)]
+enum Backend {
+    Memory(MemoryStore),
+}
+
+/// A key: a scope and a name. Everything in one scope can be updated
+/// together atomically (on Redis Cluster: one hash slot).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    scope: String,
+    name: String,
+}
+
+impl Key {
+    /// A key `name` in `scope`. Neither may contain `{` or `}` (they would
+    /// break the Redis hash tag); they are replaced by `_`.
+    pub fn new(scope: impl Into<String>, name: impl Into<String>) -> Self {
+        let clean = |s: String| if s.contains(['{', '}']) { s.replace(['{', '}'], "_") } else { s };
+        Key { scope: clean(scope.into()), name: clean(name.into()) }
+    }
+
+    /// The scope.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// The name within the scope.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The key as stored: `catga:{scope}:name` (the braces are a Redis hash tag).
+    pub fn stored(&self) -> String {
+        format!("catga:{{{}}}:{}", self.scope, self.name)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "catga:{{{}}}:{}", self.scope, self.name)
+    }
+}
+
+/// A record's value and version. Versions start at 1 and grow by one per write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The version of this value.
+    pub version: u64,
+    /// The value.
+    pub value: Vec<u8>,
+}
+
+/// What a write expects to find: the compare of compare-and-set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// No record yet (create).
+    Absent,
+    /// The record at exactly this version.
+    Version(u64),
+    /// Anything (an unconditional write).
+    Any,
+}
+
+/// The state of an idempotency record after a [`Store::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This caller owns the work now: do it, then [`Store::complete`] or
+    /// [`Store::release`].
+    Won,
+    /// Someone else is doing it right now.
+    Running {
+        /// Who claimed it.
+        owner: String,
+    },
+    /// It was done; here is the recorded result.
+    Done(Vec<u8>),
+}
+
+/// A held lease. `token` is its fencing token: it grows with every grant of
+/// the lease, so a write carrying a smaller one comes from a holder that was
+/// superseded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// What is leased.
+    pub key: Key,
+    /// Who holds it.
+    pub owner: String,
+    /// The fencing token of this grant.
+    pub token: u64,
+}
+
+/// What went wrong in the store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A compare-and-set found another version.
+    #[error(
+        "version conflict on {key}: expected {expected:?}, found {found:?}; another writer got there first — \
+         read the record again and retry"
+    )]
+    Conflict {
+        /// The record.
+        key: String,
+        /// What the write expected.
+        expected: Expect,
+        /// The version found (`None`: no record).
+        found: Option<u64>,
+    },
+    /// A fenced write carried a token that is no longer the latest grant.
+    #[error(
+        "write to {key} refused: lease {lease} was granted again (token {current}) after this holder's token \
+         {token}; this instance lost the lease and must stop working on it"
+    )]
+    Fenced {
+        /// The record.
+        key: String,
+        /// The lease.
+        lease: String,
+        /// The writer's token.
+        token: u64,
+        /// The latest token granted.
+        current: u64,
+    },
+    /// The lease and the record are in different scopes (so the store could
+    /// not check them atomically on Redis Cluster).
+    #[error("lease {lease} cannot fence a write to {key}: they are in different scopes; keep them in one scope")]
+    ScopeMismatch {
+        /// The record.
+        key: String,
+        /// The lease.
+        lease: String,
+    },
+    /// The store could not be reached or refused the operation.
+    #[error("store unavailable during {op} on {key}: {reason}")]
+    Unavailable {
+        /// The operation.
+        op: &'static str,
+        /// The key involved.
+        key: String,
+        /// What the store or connection said.
+        reason: String,
+    },
+}
+
+impl Store {
+    /// A fresh in-memory store (shared by whoever clones it).
+    pub fn memory() -> Store {
+        Store { backend: Backend::Memory(MemoryStore::default()) }
+    }
+
+    /// The process-wide in-memory store that instances without a Redis URL
+    /// share (like [`MemoryBus::global`](crate::transport::memory::MemoryBus::global)).
+    pub fn global_memory() -> Store {
+        Store { backend: Backend::Memory(MemoryStore::global()) }
+    }
+
+    /// Which store this is: `memory` or `redis`.
+    pub fn name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Memory(_) => "memory",
+        }
+    }
+
+    /// Read a record.
+    pub async fn get(&self, key: &Key) -> Result<Option<Versioned>> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.get(key)),
+        }
+    }
+
+    /// Write a record if it is as `expect` says; returns the new version.
+    pub async fn put(&self, key: &Key, expect: Expect, value: &[u8]) -> Result<u64> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.put(key, expect, value, None)?),
+        }
+    }
+
+    /// [`put`](Store::put), and only while `lease` is the latest grant of its
+    /// lease (its token is current). The lease must be in the key's scope.
+    pub async fn put_fenced(&self, key: &Key, expect: Expect, value: &[u8], lease: &Lease) -> Result<u64> {
+        same_scope(key, lease)?;
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.put(key, expect, value, Some(lease))?),
+        }
+    }
+
+    /// Delete a record if it is as `expect` says; whether there was one.
+    pub async fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.delete(key, expect)?),
+        }
+    }
+
+    /// Add `by` to a counter (created at 0); its new value.
+    pub async fn incr(&self, key: &Key, by: i64) -> Result<i64> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.incr(key, by)),
+        }
+    }
+
+    /// Claim the work named by `key` for `owner`, atomically: exactly one
+    /// concurrent caller wins. The claim lapses after `running_ttl` (so a
+    /// crashed owner does not block the work forever).
+    pub async fn claim(&self, key: &Key, owner: &str, running_ttl: Duration) -> Result<Claim> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.claim(key, owner, running_ttl)),
+        }
+    }
+
+    /// Record the result of claimed work, kept for `ttl`. False if `owner`
+    /// no longer held the claim (it lapsed and someone else took it).
+    pub async fn complete(&self, key: &Key, owner: &str, result: &[u8], ttl: Duration) -> Result<bool> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.complete(key, owner, result, ttl)),
+        }
+    }
+
+    /// Give up a claim so the work can be claimed again (it failed).
+    pub async fn release(&self, key: &Key, owner: &str) -> Result<bool> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.release(key, owner)),
+        }
+    }
+
+    /// Take the lease on `key` for `ttl`, unless someone else holds it.
+    /// Taking a lease you already hold extends it and keeps its token.
+    pub async fn acquire_lease(&self, key: &Key, owner: &str, ttl: Duration) -> Result<Option<Lease>> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.acquire_lease(key, owner, ttl)),
+        }
+    }
+
+    /// Extend a held lease; false if it was lost (expired and taken, or released).
+    pub async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.renew_lease(lease, ttl)),
+        }
+    }
+
+    /// Give a lease up; false if it was no longer held.
+    pub async fn release_lease(&self, lease: &Lease) -> Result<bool> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.release_lease(lease)),
+        }
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("backend", &self.name()).finish()
+    }
+}
+
+fn same_scope(key: &Key, lease: &Lease) -> std::result::Result<(), StoreError> {
+    if key.scope != lease.key.scope {
+        return Err(StoreError::ScopeMismatch { key: key.stored(), lease: lease.key.stored() });
+    }
+    Ok(())
+}
