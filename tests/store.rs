@@ -11,6 +11,7 @@ use catga::store::{Claim, Expect, Key, Store, StoreError};
 pub async fn contract(store: &Store, tag: &str) {
     records(store, tag).await;
     counters(store, tag).await;
+    sets(store, tag).await;
     claims(store, tag).await;
     leases(store, tag).await;
     concurrent_claims_have_one_winner(store, tag).await;
@@ -58,6 +59,18 @@ async fn counters(store: &Store, tag: &str) {
     assert_eq!(store.incr(&key, 1).await.unwrap(), 1);
     assert_eq!(store.incr(&key, 5).await.unwrap(), 6);
     assert_eq!(store.incr(&key, -2).await.unwrap(), 4);
+}
+
+async fn sets(store: &Store, tag: &str) {
+    let key = Key::new(format!("{tag}-set"), "index");
+    assert_eq!(store.set_members(&key).await.unwrap(), Vec::<String>::new());
+    assert!(store.set_add(&key, "b").await.unwrap());
+    assert!(store.set_add(&key, "a").await.unwrap());
+    assert!(!store.set_add(&key, "a").await.unwrap(), "already there");
+    assert_eq!(store.set_members(&key).await.unwrap(), ["a", "b"]);
+    assert!(store.set_remove(&key, "a").await.unwrap());
+    assert!(!store.set_remove(&key, "a").await.unwrap());
+    assert_eq!(store.set_members(&key).await.unwrap(), ["b"]);
 }
 
 async fn claims(store: &Store, tag: &str) {

@@ -29,6 +29,7 @@ struct Entry {
 enum Value {
     Record(Versioned),
     Counter(i64),
+    Set(std::collections::BTreeSet<String>),
     Claimed {
         owner: String,
     },
@@ -112,6 +113,29 @@ impl MemoryStore {
         };
         map.set(key, Value::Counter(now), None);
         now
+    }
+
+    pub(super) fn set_add(&self, key: &Key, member: &str) -> bool {
+        let mut map = self.lock();
+        if let Some(Entry { value: Value::Set(set), .. }) = map.entries.get_mut(key) {
+            return set.insert(member.to_owned());
+        }
+        map.set(key, Value::Set([member.to_owned()].into()), None);
+        true
+    }
+
+    pub(super) fn set_remove(&self, key: &Key, member: &str) -> bool {
+        match self.lock().entries.get_mut(key) {
+            Some(Entry { value: Value::Set(set), .. }) => set.remove(member),
+            _ => false,
+        }
+    }
+
+    pub(super) fn set_members(&self, key: &Key) -> Vec<String> {
+        match self.lock().live(key) {
+            Some(Value::Set(set)) => set.iter().cloned().collect(),
+            _ => Vec::new(),
+        }
     }
 
     pub(super) fn claim(&self, key: &Key, owner: &str, running_ttl: Duration) -> Claim {

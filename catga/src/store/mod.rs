@@ -253,6 +253,28 @@ impl Store {
         }
     }
 
+    /// Add `member` to the set at `key`; whether it was new. (Sets index
+    /// things to find later, e.g. the sagas a recovery sweep looks at.)
+    pub async fn set_add(&self, key: &Key, member: &str) -> Result<bool> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.set_add(key, member)),
+        }
+    }
+
+    /// Remove `member` from the set at `key`; whether it was there.
+    pub async fn set_remove(&self, key: &Key, member: &str) -> Result<bool> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.set_remove(key, member)),
+        }
+    }
+
+    /// The members of the set at `key`, sorted.
+    pub async fn set_members(&self, key: &Key) -> Result<Vec<String>> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.set_members(key)),
+        }
+    }
+
     /// Claim the work named by `key` for `owner`, atomically: exactly one
     /// concurrent caller wins. The claim lapses after `running_ttl` (so a
     /// crashed owner does not block the work forever).
