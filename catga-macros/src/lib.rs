@@ -5,12 +5,13 @@
 //!
 //! Layout: [`attr`] parses arguments, [`subject`] holds the NATS subject
 //! rules, [`contract`] derives message contracts, [`handler`] expands
-//! handler attributes. Set `CATGA_MACROS_DEBUG=1` while building to print
+//! handler attributes, [`saga`] checks and expands `#[saga]`. Set `CATGA_MACROS_DEBUG=1` while building to print
 //! every expansion to stderr.
 
 mod attr;
 mod contract;
 mod handler;
+mod saga;
 mod subject;
 
 use proc_macro::TokenStream;
@@ -45,6 +46,21 @@ pub fn command(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn event(args: TokenStream, item: TokenStream) -> TokenStream {
     handler::expand(handler::Kind::Event, args.into(), item.into()).into()
+}
+
+/// Declare a saga on the `impl` block that holds all its steps and
+/// compensations.
+///
+/// `#[saga(name = "...", data = Type)]` (both optional: the name defaults to
+/// the type's, the data type to the first step's `&mut Data`). Steps are
+/// marked `#[step(compensate = f)]` (compensatable), `#[step(pivot)]`, or
+/// `#[step]` (retriable); keys `retry = n` and `timeout = "5s"` apply to any
+/// step. Steps are `async fn step(data: &mut Data, ctx: &SagaContext) ->
+/// Result<(), StepError>`, compensations `async fn undo(data: &Data, ctx:
+/// &SagaContext) -> Result<(), StepError>`.
+#[proc_macro_attribute]
+pub fn saga(args: TokenStream, item: TokenStream) -> TokenStream {
+    saga::expand(args.into(), item.into()).into()
 }
 
 /// Print an expansion when `CATGA_MACROS_DEBUG` is set.

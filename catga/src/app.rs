@@ -104,6 +104,18 @@ impl Builder {
         Self::new(config)
     }
 
+    /// Change any setting of the [`Config`] directly.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let b = catga::Catga::builder().configure(|c| c.saga_lease_ttl = Duration::from_secs(2));
+    /// # drop(b);
+    /// ```
+    pub fn configure(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
     /// The service name (also the default queue group of its commands).
     pub fn service(mut self, name: impl Into<String>) -> Self {
         self.config.service = name.into();
@@ -262,6 +274,8 @@ impl Builder {
             handlers.retain(|h| keep(h));
         }
         registry::validate(&handlers, &config.service)?;
+        let sagas = crate::saga::sagas();
+        crate::saga::validate(&sagas)?;
         for h in &handlers {
             tracing::info!(
                 kind = ?h.kind,
@@ -298,8 +312,14 @@ impl Builder {
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             stopped: tokio::sync::OnceCell::new(),
+            running_sagas: crate::saga::Running::default(),
         });
         inner.transport.subscribe(&inner, &inner.handlers).await?;
+        // Every instance that knows a saga type helps recover it (clients too:
+        // the sweep only takes sagas whose runner's lease expired).
+        if !sagas.is_empty() {
+            tokio::spawn(crate::saga::sweep(Arc::downgrade(&inner), sagas, inner.config.saga_sweep_interval));
+        }
         tracing::info!(
             service = inner.config.service,
             instance = inner.config.instance_id,
@@ -325,6 +345,7 @@ pub(crate) struct AppInner {
     idle: Notify,
     closed: AtomicBool,
     stopped: tokio::sync::OnceCell<ShutdownReport>,
+    running_sagas: crate::saga::Running,
 }
 
 /// A running instance: send commands, publish events, shut down. Cheap to
@@ -459,6 +480,56 @@ impl App {
             return Err(Error::Shutdown { instance: self.inner.config.instance_id.clone() });
         }
         Ok(())
+    }
+
+    /// Start saga `id` of type `S` with `data`, run it here, and return its
+    /// outcome. Idempotent on the id: if saga `id` exists, nothing starts;
+    /// its outcome is returned (awaited while another instance runs it, up
+    /// to [`Config::saga_wait`]). See [`crate::saga`].
+    pub async fn start_saga<S: crate::saga::Saga>(&self, id: &str, data: S::Data) -> Result<crate::saga::SagaOutcome> {
+        self.check_open()?;
+        crate::saga::start::<S>(self, id, data).await
+    }
+
+    /// Where saga `id` of type `S` is, if it exists.
+    pub async fn saga_status<S: crate::saga::Saga>(&self, id: &str) -> Result<Option<crate::saga::SagaInfo>> {
+        crate::saga::status(S::definition().name, self, id).await
+    }
+
+    /// The sagas of type `S` still known to the recovery index whose
+    /// status `keep` accepts — running, compensating, or failed (finished
+    /// sagas leave the index; query those by id).
+    ///
+    /// ```
+    /// # use catga::saga::{Saga, SagaStatus};
+    /// # async fn f<S: Saga>(app: &catga::App) -> catga::Result<()> {
+    /// let stuck = app.sagas::<S>(|s| s == SagaStatus::Failed).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn sagas<S: crate::saga::Saga>(
+        &self,
+        keep: impl Fn(crate::saga::SagaStatus) -> bool,
+    ) -> Result<Vec<crate::saga::SagaInfo>> {
+        crate::saga::list(S::definition().name, self, keep).await
+    }
+
+    /// Whether shutdown has begun.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn upgrade(inner: &std::sync::Weak<AppInner>) -> Option<App> {
+        inner.upgrade().map(|inner| App { inner })
+    }
+
+    pub(crate) fn running_sagas(&self) -> &crate::saga::Running {
+        &self.inner.running_sagas
+    }
+
+    /// Mark a saga as running here; it counts as in flight (shutdown waits
+    /// for its current step) until the guard drops.
+    pub(crate) fn running_saga(&self, saga: &'static str, id: &str) -> (crate::saga::RunningGuard<'_>, InFlight) {
+        (self.inner.running_sagas.enter(saga, id), InFlight::count(self.inner.clone()))
     }
 
     /// Sends from this instance that were retried after a timeout or "no

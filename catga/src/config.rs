@@ -15,6 +15,8 @@
 //! | `CATGA_NATS_PING_INTERVAL_MS`| NATS: how often a silent server is probed  | 5000 |
 //! | `CATGA_IDEMPOTENT`           | handlers without `idempotent = ..` record results by message id (`true`/`false`) | false |
 //! | `CATGA_IDEMPOTENCY_TTL_MS`   | how long a recorded result answers copies  | 86400000 (24 h) |
+//! | `CATGA_SAGA_LEASE_MS`        | lease of the instance running a saga; a dead runner's sagas are taken over after it | 5000 |
+//! | `CATGA_SAGA_SWEEP_MS`        | how often each instance looks for sagas to take over | 1000 |
 
 use std::time::Duration;
 
@@ -64,6 +66,17 @@ pub struct Config {
     /// messages, redelivery (max deliver × ack wait). Copies arriving later
     /// run the handler again.
     pub idempotency_ttl: Duration,
+    /// The lease an instance holds on a saga it runs (renewed every third
+    /// of it). A saga whose runner died is taken over after the lease
+    /// expires and the next sweep runs: within about lease + sweep interval.
+    pub saga_lease_ttl: Duration,
+    /// How often every instance sweeps for sagas whose lease expired.
+    pub saga_sweep_interval: Duration,
+    /// How long `start_saga` waits for a saga with the same id that another
+    /// instance is running.
+    pub saga_wait: Duration,
+    /// Retries of a failing compensation before the saga is `Failed`.
+    pub saga_compensation_retries: u32,
 }
 
 impl Default for Config {
@@ -89,6 +102,10 @@ impl Default for Config {
             nats_ping_interval: Duration::from_secs(5),
             idempotent_by_default: false,
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
+            saga_lease_ttl: Duration::from_secs(5),
+            saga_sweep_interval: Duration::from_secs(1),
+            saga_wait: Duration::from_secs(60),
+            saga_compensation_retries: 5,
         }
     }
 }
@@ -142,6 +159,12 @@ impl Config {
         }
         if let Some(d) = millis("CATGA_NATS_PING_INTERVAL_MS")? {
             c.nats_ping_interval = d;
+        }
+        if let Some(d) = millis("CATGA_SAGA_LEASE_MS")? {
+            c.saga_lease_ttl = d;
+        }
+        if let Some(d) = millis("CATGA_SAGA_SWEEP_MS")? {
+            c.saga_sweep_interval = d;
         }
         if let Some(d) = millis("CATGA_IDEMPOTENCY_TTL_MS")? {
             c.idempotency_ttl = d;

@@ -105,6 +105,17 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 
+    /// A saga could not be started, continued or read.
+    #[error("saga \"{saga}\" id \"{id}\": {reason}")]
+    Saga {
+        /// The saga's name.
+        saga: &'static str,
+        /// The saga's id.
+        id: String,
+        /// What went wrong and what to do.
+        reason: String,
+    },
+
     /// The transport failed (connection lost, server refused, ...).
     #[error("transport error on \"{subject}\": {reason}")]
     Transport {
@@ -224,6 +235,7 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
                 Error::Transport { .. } => "transport",
                 Error::PayloadTooLarge { .. } => "payload_too_large",
                 Error::Store(_) => "store",
+                Error::Saga { .. } => "saga",
                 Error::Config(_) | Error::DuplicateHandler { .. } => "config",
             };
             return HandlerError::new(code, catga.to_string());

@@ -69,6 +69,7 @@
 //! - [`dispatch`]: the pipeline one handling goes through.
 //! - [`middleware`]: your own stages around every handling.
 //! - [`transport`]: how messages move between instances.
+//! - [`saga`]: multi-step workflows with compensations.
 //! - [`store`]: state shared by every instance (idempotency, records, leases).
 //! - [`app`]: [`Catga::run`], [`Catga::builder`], the [`App`] handle.
 //! - [`config`]: the `CATGA_*` environment.
@@ -95,6 +96,7 @@ pub mod idempotency;
 pub mod message;
 pub mod middleware;
 pub mod registry;
+pub mod saga;
 pub mod store;
 pub mod transport;
 
@@ -107,7 +109,7 @@ pub use error::{Error, HandlerError, Result};
 pub use message::{Command, Event, Message, Validate};
 
 /// Attribute macros for handlers, derives for contracts.
-pub use catga_macros::{Command, Event, command, event};
+pub use catga_macros::{Command, Event, command, event, saga};
 
 /// Everything a handler or contract file needs.
 pub mod prelude {
@@ -120,7 +122,29 @@ pub mod prelude {
 pub mod __private {
     pub use crate::dispatch::{BoxFuture, Delivery, handle_command, handle_event};
     pub use crate::registry::{CommandEntry, EventEntry, HandlerKind, HandlerRecord};
+    pub use crate::saga::{SagaDef, Step as SagaStep, StepKind as SagaStepKind};
     pub use inventory;
+
+    /// A step's or compensation's future, boxed as the table stores it. Its
+    /// `Send` bound is where a step holding a non-`Send` value across an
+    /// `.await` is reported.
+    pub fn saga_step<'a, E: Into<crate::HandlerError>>(
+        step: impl ::core::future::Future<Output = Result<(), E>> + Send + 'a,
+    ) -> BoxFuture<'a, Result<(), crate::HandlerError>> {
+        Box::pin(async move { step.await.map_err(Into::into) })
+    }
+
+    /// Compile-time check that saga data can be persisted.
+    pub fn assert_saga_data<D: SagaData>() {}
+
+    /// Saga data: persisted as JSON between steps.
+    #[diagnostic::on_unimplemented(
+        message = "saga data `{Self}` cannot be persisted",
+        label = "saga data must be `Serialize + DeserializeOwned + Send + Sync + 'static`",
+        note = "derive it: #[derive(Serialize, Deserialize)]"
+    )]
+    pub trait SagaData: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {}
+    impl<D: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> SagaData for D {}
 
     /// Whether two subjects are equal, in a const context.
     pub const fn same_subject(a: &str, b: &str) -> bool {

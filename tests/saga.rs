@@ -1,0 +1,348 @@
+//! Sagas in memory: the step rules, reverse compensation, `Failed`,
+//! idempotent start, status and listing, takeover of a saga whose runner
+//! died, and fencing between two instances racing to recover one saga.
+//! (The same across processes over NATS and Redis is in `tests/saga_chaos.rs`.)
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use catga::prelude::*;
+use catga::saga::{Direction, SagaContext, SagaOutcome, SagaStatus, StepError};
+use catga::store::{Expect, Key, Store};
+use catga::transport::memory::MemoryBus;
+
+/// What every step and compensation did: (saga id, "step" or "undo step").
+static LEDGER: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+fn effects(id: &str) -> Vec<String> {
+    LEDGER.lock().unwrap().iter().filter(|(i, _)| i == id).map(|(_, e)| e.clone()).collect()
+}
+
+fn record(ctx: &SagaContext, what: &str) {
+    LEDGER.lock().unwrap().push((ctx.saga_id().to_owned(), what.to_owned()));
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Plan {
+    /// The step that fails (every attempt).
+    fail_step: Option<String>,
+    /// The compensation that fails (every attempt).
+    fail_undo: Option<String>,
+    /// Steps that fail their first attempt only.
+    flaky: Vec<String>,
+    /// Sleep in this step (ms) — to stop a runner mid-step.
+    slow_step: Option<(String, u64)>,
+    done: Vec<String>,
+}
+
+fn step(plan: &mut Plan, ctx: &SagaContext) -> Result<(), StepError> {
+    let name = ctx.step();
+    if plan.fail_step.as_deref() == Some(name) || (plan.flaky.iter().any(|s| s == name) && ctx.attempt() == 1) {
+        return Err(StepError::new("step_failed", format!("{name} failed on purpose")));
+    }
+    record(ctx, name);
+    plan.done.push(name.to_owned());
+    Ok(())
+}
+
+fn undo(plan: &Plan, ctx: &SagaContext) -> Result<(), StepError> {
+    assert_eq!(ctx.direction(), Direction::Compensate);
+    let name = ctx.step();
+    if plan.fail_undo.as_deref() == Some(name) {
+        return Err(StepError::new("undo_failed", format!("undo {name} failed on purpose")));
+    }
+    record(ctx, &format!("undo {name}"));
+    Ok(())
+}
+
+async fn slow(plan: &Plan, ctx: &SagaContext) {
+    if let Some((step, ms)) = &plan.slow_step
+        && step == ctx.step()
+    {
+        tokio::time::sleep(Duration::from_millis(*ms)).await;
+    }
+}
+
+struct Order;
+
+#[catga::saga(name = "t-order")]
+impl Order {
+    #[step(compensate = refund)]
+    async fn charge(plan: &mut Plan, ctx: &SagaContext) -> Result<(), StepError> {
+        slow(plan, ctx).await;
+        step(plan, ctx)
+    }
+
+    #[step(compensate = release)]
+    async fn reserve(plan: &mut Plan, ctx: &SagaContext) -> Result<(), StepError> {
+        slow(plan, ctx).await;
+        step(plan, ctx)
+    }
+
+    #[step(pivot)]
+    async fn create(plan: &mut Plan, ctx: &SagaContext) -> Result<(), StepError> {
+        step(plan, ctx)
+    }
+
+    #[step(retry = 2)]
+    async fn notify(plan: &mut Plan, ctx: &SagaContext) -> Result<(), StepError> {
+        step(plan, ctx)
+    }
+
+    async fn refund(plan: &Plan, ctx: &SagaContext) -> Result<(), StepError> {
+        undo(plan, ctx)
+    }
+
+    async fn release(plan: &Plan, ctx: &SagaContext) -> Result<(), StepError> {
+        undo(plan, ctx)
+    }
+}
+
+async fn instance(store: &Store, name: &str) -> App {
+    Catga::builder()
+        .service("sagas")
+        .instance_id(name)
+        .memory_bus(MemoryBus::new())
+        .store(store.clone())
+        .client_only()
+        .start()
+        .await
+        .unwrap()
+}
+
+fn fast(b: catga::Builder) -> catga::Builder {
+    b
+}
+
+#[tokio::test]
+async fn the_happy_path_runs_every_step_once_in_order() {
+    let store = Store::memory();
+    let app = instance(&store, "happy").await;
+    let outcome = app.start_saga::<Order>("happy-1", Plan::default()).await.unwrap();
+    assert_eq!(outcome, SagaOutcome::Completed);
+    assert_eq!(effects("happy-1"), ["charge", "reserve", "create", "notify"]);
+    let info = app.saga_status::<Order>("happy-1").await.unwrap().unwrap();
+    assert_eq!(info.status, SagaStatus::Completed);
+    assert_eq!(info.history.len(), 4);
+    assert_eq!(info.data["done"], serde_json::json!(["charge", "reserve", "create", "notify"]));
+    let _ = fast;
+}
+
+#[tokio::test]
+async fn a_failing_step_compensates_exactly_the_completed_steps_in_reverse() {
+    let store = Store::memory();
+    let app = instance(&store, "fail").await;
+    let cases: [(&str, &[&str]); 3] = [
+        ("charge", &[]),
+        ("reserve", &["charge", "undo charge"]),
+        ("create", &["charge", "reserve", "undo reserve", "undo charge"]),
+    ];
+    for (failing, expected) in cases {
+        let id = format!("fail-{failing}");
+        let plan = Plan { fail_step: Some(failing.into()), ..Plan::default() };
+        let outcome = app.start_saga::<Order>(&id, plan).await.unwrap();
+        let SagaOutcome::Compensated { error } = outcome else { panic!("{failing}: {outcome:?}") };
+        assert!(error.contains(&format!("step `{failing}` failed")), "{error}");
+        assert_eq!(effects(&id), expected, "failing at {failing}");
+        let info = app.saga_status::<Order>(&id).await.unwrap().unwrap();
+        assert_eq!(info.status, SagaStatus::Compensated);
+    }
+}
+
+#[tokio::test]
+async fn a_step_after_the_pivot_is_retried_and_past_its_bound_the_saga_is_failed_not_compensated() {
+    let store = Store::memory();
+    let app = instance(&store, "retry").await;
+    let flaky = Plan { flaky: vec!["notify".into(), "charge".into()], ..Plan::default() };
+    // `charge` has no retries: its one failure compensates (nothing done yet).
+    let outcome = app.start_saga::<Order>("retry-1", flaky).await.unwrap();
+    assert!(matches!(outcome, SagaOutcome::Compensated { .. }), "{outcome:?}");
+
+    let flaky = Plan { flaky: vec!["notify".into()], ..Plan::default() };
+    assert_eq!(app.start_saga::<Order>("retry-2", flaky).await.unwrap(), SagaOutcome::Completed);
+    let info = app.saga_status::<Order>("retry-2").await.unwrap().unwrap();
+    assert_eq!(info.history.last().unwrap().attempts, 2, "notify succeeded on its second attempt");
+
+    let broken = Plan { fail_step: Some("notify".into()), ..Plan::default() };
+    let outcome = app.start_saga::<Order>("retry-3", broken).await.unwrap();
+    let SagaOutcome::Failed { error } = outcome else { panic!("{outcome:?}") };
+    assert!(error.contains("step `notify` failed after 3 attempts"), "{error}");
+    assert_eq!(effects("retry-3"), ["charge", "reserve", "create"], "nothing is undone past the pivot");
+}
+
+#[tokio::test]
+async fn a_failing_compensation_ends_failed_with_its_cause_and_stays_listed() {
+    let store = Store::memory();
+    let app = Catga::builder()
+        .service("sagas")
+        .memory_bus(MemoryBus::new())
+        .store(store.clone())
+        .client_only()
+        .configure(|c| c.saga_compensation_retries = 1)
+        .start()
+        .await
+        .unwrap();
+    let plan = Plan { fail_step: Some("create".into()), fail_undo: Some("charge".into()), ..Plan::default() };
+    let outcome = app.start_saga::<Order>("undo-fails", plan).await.unwrap();
+    let SagaOutcome::Failed { error } = outcome else { panic!("{outcome:?}") };
+    assert!(error.contains("compensation `refund` of step `charge` failed"), "{error}");
+    assert!(error.contains("step `create` failed"), "the original cause is kept: {error}");
+    assert_eq!(effects("undo-fails"), ["charge", "reserve", "undo reserve"]);
+    let failed = app.sagas::<Order>(|s| s == SagaStatus::Failed).await.unwrap();
+    assert!(failed.iter().any(|s| s.id == "undo-fails"), "failed sagas are listed: {failed:?}");
+    let info = app.saga_status::<Order>("undo-fails").await.unwrap().unwrap();
+    assert_eq!(info.history.last().unwrap().direction, Direction::Compensate);
+    assert_eq!(info.history.last().unwrap().attempts, 2);
+}
+
+#[tokio::test]
+async fn starting_an_existing_saga_returns_its_outcome_and_runs_nothing_twice() {
+    let store = Store::memory();
+    let (a, b) = (instance(&store, "a").await, instance(&store, "b").await);
+    let plan = Plan { slow_step: Some(("charge".into(), 100)), ..Plan::default() };
+    let (first, second) =
+        tokio::join!(a.start_saga::<Order>("twice", plan.clone()), b.start_saga::<Order>("twice", plan.clone()));
+    assert_eq!(first.unwrap(), SagaOutcome::Completed);
+    assert_eq!(second.unwrap(), SagaOutcome::Completed);
+    assert_eq!(a.start_saga::<Order>("twice", plan).await.unwrap(), SagaOutcome::Completed);
+    assert_eq!(effects("twice"), ["charge", "reserve", "create", "notify"]);
+    assert!(a.saga_status::<Order>("missing").await.unwrap().is_none());
+    let bad = a.start_saga::<Order>("", Plan::default()).await.unwrap_err();
+    assert!(bad.to_string().contains("a saga id is 1 to 200 characters"), "{bad}");
+}
+
+#[tokio::test]
+async fn a_saga_whose_runner_died_is_taken_over_by_another_instance_and_finished() {
+    let store = Store::memory();
+    // A runner that "died" after charging: state written, lease left to expire.
+    let scope = "saga:t-order:orphan";
+    let state = serde_json::json!({
+        "saga": "t-order", "id": "orphan", "status": "running", "next": 1, "attempts": 0,
+        "data": { "fail_step": null, "fail_undo": null, "flaky": [], "slow_step": null, "done": ["charge"] },
+        "history": [{ "step": "charge", "direction": "forward", "error": null, "attempts": 1 }],
+        "error": null
+    });
+    let lease =
+        store.acquire_lease(&Key::new(scope, "lease"), "dead-instance#1", Duration::from_millis(200)).await.unwrap();
+    store
+        .put_fenced(&Key::new(scope, "state"), Expect::Absent, &serde_json::to_vec(&state).unwrap(), &lease.unwrap())
+        .await
+        .unwrap();
+    store.set_add(&Key::new("saga-index:t-order", "active"), "orphan").await.unwrap();
+    LEDGER.lock().unwrap().push(("orphan".into(), "charge".into()));
+
+    let survivor = Catga::builder()
+        .service("sagas")
+        .instance_id("survivor")
+        .memory_bus(MemoryBus::new())
+        .store(store.clone())
+        .client_only()
+        .configure(|c| c.saga_sweep_interval = Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let info = loop {
+        let info = survivor.saga_status::<Order>("orphan").await.unwrap().unwrap();
+        if info.status.is_finished() || std::time::Instant::now() > deadline {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(info.status, SagaStatus::Completed, "{info:?}");
+    assert_eq!(effects("orphan"), ["charge", "reserve", "create", "notify"], "charge was not run again");
+    assert!(survivor.sagas::<Order>(|_| true).await.unwrap().iter().all(|s| s.id != "orphan"), "left the index");
+}
+
+#[tokio::test]
+async fn two_instances_racing_to_recover_one_saga_exactly_one_wins() {
+    let store = Store::memory();
+    let scope = "saga:t-order:contested";
+    let state = serde_json::json!({
+        "saga": "t-order", "id": "contested", "status": "running", "next": 0, "attempts": 0,
+        "data": { "fail_step": null, "fail_undo": null, "flaky": [], "slow_step": ["charge", 200], "done": [] },
+        "history": [], "error": null
+    });
+    store.put(&Key::new(scope, "state"), Expect::Absent, &serde_json::to_vec(&state).unwrap()).await.unwrap();
+    store.set_add(&Key::new("saga-index:t-order", "active"), "contested").await.unwrap();
+    let mut apps = Vec::new();
+    for i in 0..4 {
+        apps.push(
+            Catga::builder()
+                .service("sagas")
+                .instance_id(format!("racer-{i}"))
+                .memory_bus(MemoryBus::new())
+                .store(store.clone())
+                .client_only()
+                .configure(|c| c.saga_sweep_interval = Duration::from_millis(20))
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = apps[0].saga_status::<Order>("contested").await.unwrap().unwrap();
+        if info.status.is_finished() || std::time::Instant::now() > deadline {
+            assert_eq!(info.status, SagaStatus::Completed);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(effects("contested"), ["charge", "reserve", "create", "notify"], "each step ran once");
+}
+
+// ---------- steps send commands with deterministic ids ----------
+
+static SEEN_IDS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "t.saga.pay", reply = ())]
+struct Pay;
+
+#[catga::command]
+async fn pay(_: Pay, ctx: Context) -> Result<(), HandlerError> {
+    SEEN_IDS.lock().unwrap().push(ctx.message_id().to_string());
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Empty {}
+
+struct Paying;
+
+#[catga::saga(name = "t-paying")]
+impl Paying {
+    #[step(retry = 1)]
+    async fn pay_twice(_: &mut Empty, ctx: &SagaContext) -> Result<(), StepError> {
+        ctx.send(Pay).await?;
+        ctx.send(Pay).await?;
+        if ctx.attempt() == 1 {
+            return Err(StepError::new("again", "fail the first attempt after sending"));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_re_run_step_sends_with_the_same_message_ids() {
+    let app = Catga::builder()
+        .memory_bus(MemoryBus::new())
+        .store(Store::memory())
+        .handlers_where(|h| h.subject == "t.saga.pay")
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(app.start_saga::<Paying>("p-1", Empty {}).await.unwrap(), SagaOutcome::Completed);
+    let ids = SEEN_IDS.lock().unwrap().clone();
+    assert_eq!(ids.len(), 4);
+    assert_ne!(ids[0], ids[1], "two sends in one step have two ids");
+    assert_eq!(ids[0..2], ids[2..4], "the re-run sent the same ids");
+}
+
+#[test]
+fn the_registry_lists_sagas_and_refuses_none_here() {
+    let all = catga::saga::sagas();
+    assert!(all.iter().any(|s| s.name == "t-order"));
+    catga::saga::validate(&all).unwrap();
+}
