@@ -458,7 +458,7 @@ pub(crate) async fn start<S: Saga>(app: &App, id: &str, data: S::Data) -> Result
                 history: Vec::new(),
                 error: None,
             };
-            match store.put_fenced(&state_key, Expect::Absent, &encode(&state)?, &lease).await {
+            match store.put_fenced(&state_key, Expect::Absent, &encode(def.name, &state)?, &lease).await {
                 Ok(version) => return run(def, app, lease, state, version).await,
                 Err(Error::Store(StoreError::Conflict { .. })) => {
                     let _ = store.release_lease(&lease).await;
@@ -512,9 +512,9 @@ fn owner(app: &App) -> String {
     format!("{}#{:08x}", app.instance_id(), fastrand::u32(..))
 }
 
-fn encode<D: Serialize>(state: &State<D>) -> Result<Vec<u8>> {
+fn encode<D: Serialize>(saga: &'static str, state: &State<D>) -> Result<Vec<u8>> {
     serde_json::to_vec(state).map_err(|e| Error::Saga {
-        saga: "?",
+        saga,
         id: state.id.clone(),
         reason: format!("its data does not serialize as JSON: {e}"),
     })
@@ -655,7 +655,7 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
         self.version = self
             .app
             .store()
-            .put_fenced(&key, Expect::Version(self.version), &encode(&self.state)?, &self.lease)
+            .put_fenced(&key, Expect::Version(self.version), &encode(self.def.name, &self.state)?, &self.lease)
             .await?;
         Ok(())
     }
@@ -687,7 +687,7 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             self.state.attempts += 1;
             self.persist().await?;
             let ctx = self.context(step.name, index, Direction::Forward);
-            let mut data = clone_data(&self.state.data)?;
+            let mut data = clone_data(self.def.name, &self.state.id, &self.state.data)?;
             let attempt = with_timeout(step.timeout_ms, (step.run)(&mut data, &ctx));
             match attempt
                 .instrument(tracing::info_span!("catga.saga.step", step = step.name, attempt = ctx.attempt))
@@ -810,10 +810,10 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
 
 /// A step changes a copy of the data, kept only when the step succeeds (a
 /// failed attempt leaves no half-changed data behind).
-fn clone_data<D: Serialize + DeserializeOwned>(data: &D) -> Result<D> {
+fn clone_data<D: Serialize + DeserializeOwned>(saga: &'static str, id: &str, data: &D) -> Result<D> {
     serde_json::to_value(data).and_then(serde_json::from_value).map_err(|e| Error::Saga {
-        saga: "?",
-        id: String::new(),
+        saga,
+        id: id.to_owned(),
         reason: format!("its data does not round-trip through JSON: {e}"),
     })
 }
