@@ -210,6 +210,20 @@ fn check<'a>(
         return None;
     }
 
+    let mut names = std::collections::HashSet::new();
+    for (ident, _) in parsed {
+        if !names.insert(ident.to_string()) {
+            errors.at(
+                ident,
+                format!(
+                    "duplicate step `{ident}`: a step's name identifies it in the saga's persisted history; rename one"
+                ),
+            );
+        }
+    }
+    if !errors.is_empty() {
+        return None;
+    }
     let mut steps = Vec::new();
     let mut pivot: Option<&syn::Ident> = None;
     let mut first_retriable: Option<&syn::Ident> = None;
@@ -217,7 +231,7 @@ fn check<'a>(
     let mut compensations = HashMap::new();
     for (ident, step_args) in parsed {
         let func = fns[&ident.to_string()];
-        check_fn(func, "step", "&mut", errors);
+        check_fn(func, "step", "&mut ", errors);
         let kind = match (&step_args.compensate, &step_args.pivot) {
             (Some(_), Some(p)) => {
                 errors.at(p, "a pivot has no compensation: it is the point of no return; drop `compensate` or `pivot`");
@@ -323,7 +337,7 @@ fn check<'a>(
 fn check_fn(func: &ImplItemFn, what: &str, data_ref: &str, errors: &mut Errors) {
     let sig = &func.sig;
     let name = &sig.ident;
-    let expected = format!("`async fn {name}(data: {data_ref} Data, ctx: &SagaContext) -> Result<(), StepError>`");
+    let expected = format!("`async fn {name}(data: {data_ref}Data, ctx: &SagaContext) -> Result<(), StepError>`");
     if sig.asyncness.is_none() {
         errors.at(sig.fn_token, format!("a saga {what} must be an `async fn`: {expected}"));
     }
@@ -342,10 +356,10 @@ fn check_fn(func: &ImplItemFn, what: &str, data_ref: &str, errors: &mut Errors) 
         errors.span(span, format!("a saga {what} takes the data and the context ({} given): {expected}", typed.len()));
         return;
     }
-    let mutable = data_ref == "&mut";
+    let mutable = data_ref.starts_with("&mut");
     match typed[0] {
         Type::Reference(TypeReference { mutability, .. }) if mutability.is_some() == mutable => {}
-        other => errors.at(other, format!("a saga {what} takes the data as `{data_ref} Data`: {expected}")),
+        other => errors.at(other, format!("a saga {what} takes the data as `{data_ref}Data`: {expected}")),
     }
     if !matches!(typed[1], Type::Reference(TypeReference { mutability: None, .. })) {
         errors.at(typed[1], format!("a saga {what} takes the context as `&SagaContext`: {expected}"));

@@ -65,4 +65,41 @@ async fn message(_: Done) -> Result<()> {
     std::result::Result::Ok(())
 }
 
+/// A saga with every step kind and key, its data named like generated items.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Data {
+    n: u32,
+}
+
+pub struct Flow;
+
+#[catga::saga(name = "ui.hygiene-flow", data = Data)]
+impl Flow {
+    #[step(compensate = undo_first, retry = 2, timeout = "5s")]
+    async fn first(data: &mut Data, _ctx: &catga::saga::SagaContext) -> Result<()> {
+        data.n += 1;
+        std::result::Result::Ok(())
+    }
+
+    #[step(pivot)]
+    async fn pivot(_data: &mut Data, ctx: &catga::saga::SagaContext) -> Result<()> {
+        ctx.send(Braces).await?;
+        std::result::Result::Ok(())
+    }
+
+    #[step]
+    async fn last(_data: &mut Data, _ctx: &catga::saga::SagaContext) -> std::result::Result<(), std::io::Error> {
+        std::result::Result::Ok(())
+    }
+
+    async fn undo_first(_data: &Data, _ctx: &catga::saga::SagaContext) -> Result<()> {
+        std::result::Result::Ok(())
+    }
+
+    /// Other functions may live in the block too.
+    pub fn helper() -> u32 {
+        7
+    }
+}
+
 fn main() {}
