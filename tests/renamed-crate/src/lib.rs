@@ -27,6 +27,30 @@ pub async fn pinged(_: Pinged) -> Result<(), HandlerError> {
     Ok(())
 }
 
+/// Saga data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Visits {
+    /// Steps run.
+    pub n: u32,
+}
+
+/// A saga under the renamed crate.
+pub struct Visit;
+
+#[cg::saga(crate = cg, name = "renamed-visit")]
+impl Visit {
+    #[step(compensate = unvisit)]
+    async fn visit(data: &mut Visits, ctx: &cg::saga::SagaContext) -> Result<(), cg::saga::StepError> {
+        ctx.send(Ping).await?;
+        data.n += 1;
+        Ok(())
+    }
+
+    async fn unvisit(_: &Visits, _: &cg::saga::SagaContext) -> Result<(), cg::saga::StepError> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[tokio::test(flavor = "current_thread")]
@@ -34,6 +58,8 @@ mod tests {
         let app = cg::Catga::builder().start().await.unwrap();
         assert_eq!(app.send(super::Ping).await.unwrap(), "pong");
         assert_eq!(app.handlers().len(), 2);
+        let outcome = app.start_saga::<super::Visit>("v-1", super::Visits { n: 0 }).await.unwrap();
+        assert_eq!(outcome, cg::saga::SagaOutcome::Completed);
         app.shutdown().await;
     }
 }
