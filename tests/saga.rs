@@ -254,6 +254,70 @@ async fn a_saga_whose_runner_died_is_taken_over_by_another_instance_and_finished
     assert!(survivor.sagas::<Order>(|_| true).await.unwrap().iter().all(|s| s.id != "orphan"), "left the index");
 }
 
+/// Plant a saga whose runner died while running step `next` (its
+/// `attempts` started, none reported back), for a sweep to find.
+async fn orphan(store: &Store, id: &str, next: usize, attempts: u32, done: &[&str]) {
+    let scope = format!("saga:t-order:{id}");
+    let history: Vec<_> = done
+        .iter()
+        .map(|s| serde_json::json!({ "step": s, "direction": "forward", "error": null, "attempts": 1 }))
+        .collect();
+    let state = serde_json::json!({
+        "saga": "t-order", "id": id, "status": "running", "next": next, "attempts": attempts,
+        "data": { "fail_step": null, "fail_undo": null, "flaky": [], "slow_step": null, "done": done },
+        "history": history, "error": null
+    });
+    store.put(&Key::new(&scope, "state"), Expect::Absent, &serde_json::to_vec(&state).unwrap()).await.unwrap();
+    store.set_add(&Key::new("saga-index:t-order", "active"), id).await.unwrap();
+    for d in done {
+        LEDGER.lock().unwrap().push((id.to_owned(), d.to_string()));
+    }
+}
+
+async fn sweeper(store: &Store) -> App {
+    Catga::builder()
+        .service("sagas")
+        .memory_bus(MemoryBus::new())
+        .store(store.clone())
+        .client_only()
+        .configure(|c| c.saga_sweep_interval = Duration::from_millis(30))
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn finished(app: &App, id: &str) -> catga::saga::SagaInfo {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = app.saga_status::<Order>(id).await.unwrap().unwrap();
+        if info.status.is_finished() {
+            return info;
+        }
+        assert!(std::time::Instant::now() < deadline, "saga {id} did not finish: {info:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_step_whose_runner_died_mid_step_is_run_again_not_compensated() {
+    let store = Store::memory();
+    // Died once inside `reserve` (compensatable, no retries): a crash is
+    // not a failure, so it runs again.
+    orphan(&store, "mid-step", 1, 1, &["charge"]).await;
+    // Died inside `reserve` four times: past the crash budget it counts as
+    // a failure and `charge` is compensated.
+    orphan(&store, "crash-loop", 1, 4, &["charge"]).await;
+    let app = sweeper(&store).await;
+    let info = finished(&app, "mid-step").await;
+    assert_eq!(info.status, SagaStatus::Completed);
+    assert_eq!(info.history[1].attempts, 2, "the re-run is attempt 2: {info:?}");
+    assert_eq!(effects("mid-step"), ["charge", "reserve", "create", "notify"]);
+    let info = finished(&app, "crash-loop").await;
+    assert_eq!(info.status, SagaStatus::Compensated, "{info:?}");
+    assert!(info.error.as_deref().unwrap().contains("died 4 times"), "{info:?}");
+    assert_eq!(effects("crash-loop"), ["charge", "undo charge"]);
+}
+
 #[tokio::test]
 async fn two_instances_racing_to_recover_one_saga_exactly_one_wins() {
     let store = Store::memory();

@@ -276,12 +276,31 @@ struct State<D> {
     /// Running: the next step to run. Compensating: steps `[0, next)` are
     /// still to undo, from `next - 1` down.
     next: usize,
-    /// Attempts of the step (or compensation) at `next` so far.
+    /// Attempts of the step (or compensation) at `next` started so far,
+    /// over every instance that ran it.
     attempts: u32,
+    /// Those of them that returned an error.
+    #[serde(default)]
+    failures: u32,
+    /// The last error of the step at `next`.
+    #[serde(default)]
+    last_error: Option<String>,
     data: D,
     history: Vec<HistoryEntry>,
     error: Option<String>,
 }
+
+impl<D> State<D> {
+    fn reset_attempts(&mut self) {
+        self.attempts = 0;
+        self.failures = 0;
+        self.last_error = None;
+    }
+}
+
+/// How many times a step is re-run after the instance running it died
+/// mid-step, before that counts as the step failing.
+const CRASH_RERUNS: u32 = 3;
 
 /// What a status query or a listing shows of a saga.
 #[derive(Debug, Clone)]
@@ -454,6 +473,8 @@ pub(crate) async fn start<S: Saga>(app: &App, id: &str, data: S::Data) -> Result
                 status: SagaStatus::Running,
                 next: 0,
                 attempts: 0,
+                failures: 0,
+                last_error: None,
                 data,
                 history: Vec::new(),
                 error: None,
@@ -674,62 +695,31 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
 
     /// Run the next step (with its retries) and record the result.
     async fn forward(&mut self) -> Result<()> {
-        let Some(step) = self.def.steps.get(self.state.next) else {
+        let index = self.state.next;
+        let Some(step) = self.def.steps.get(index) else {
             self.state.status = SagaStatus::Completed;
             return self.persist().await;
         };
-        let index = self.state.next;
-        let mut last_error = None;
-        while self.state.attempts <= step.retry {
-            self.check_draining()?;
-            // Before: count the attempt, so a crash mid-step is visible and
-            // the retry bound holds across instances.
-            self.state.attempts += 1;
-            self.persist().await?;
-            let ctx = self.context(step.name, index, Direction::Forward);
-            let mut data = clone_data(self.def.name, &self.state.id, &self.state.data)?;
-            let attempt = with_timeout(step.timeout_ms, (step.run)(&mut data, &ctx));
-            match attempt
-                .instrument(tracing::info_span!("catga.saga.step", step = step.name, attempt = ctx.attempt))
-                .await
-            {
-                Ok(()) => {
-                    self.state.data = data;
-                    self.state.history.push(HistoryEntry {
-                        step: step.name.to_owned(),
-                        direction: Direction::Forward,
-                        error: None,
-                        attempts: self.state.attempts,
-                    });
-                    self.state.next += 1;
-                    self.state.attempts = 0;
-                    return self.persist().await;
-                }
-                Err(error) => {
-                    tracing::warn!(step = step.name, attempt = ctx.attempt, %error, "saga step failed");
-                    last_error = Some(error);
-                    if self.state.attempts <= step.retry {
-                        tokio::time::sleep(backoff(self.state.attempts)).await;
-                    }
-                }
-            }
-        }
-        let error =
-            last_error.map_or_else(|| "its retries were used up before a takeover".to_owned(), |e| e.to_string());
-        let message = format!("step `{}` failed after {} attempts: {error}", step.name, self.state.attempts);
+        let gave_up = self.attempts(index, Direction::Forward, step.retry).await?;
         self.state.history.push(HistoryEntry {
             step: step.name.to_owned(),
             direction: Direction::Forward,
-            error: Some(error),
+            error: gave_up.clone(),
             attempts: self.state.attempts,
         });
-        self.state.attempts = 0;
-        self.state.error = Some(message);
-        self.state.status = match step.kind {
-            // Past the pivot there is no going back: an operator decides.
-            StepKind::Retriable => SagaStatus::Failed,
-            StepKind::Compensatable | StepKind::Pivot => SagaStatus::Compensating,
-        };
+        match gave_up {
+            None => self.state.next += 1,
+            Some(error) => {
+                self.state.error =
+                    Some(format!("step `{}` failed after {} attempts: {error}", step.name, self.state.attempts));
+                self.state.status = match step.kind {
+                    // Past the pivot there is no going back: an operator decides.
+                    StepKind::Retriable => SagaStatus::Failed,
+                    StepKind::Compensatable | StepKind::Pivot => SagaStatus::Compensating,
+                };
+            }
+        }
+        self.state.reset_attempts();
         self.persist().await
     }
 
@@ -740,58 +730,80 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             return self.persist().await;
         };
         let step = &self.def.steps[index];
-        let Some((name, undo)) = step.compensation else {
+        let Some((name, _)) = step.compensation else {
             self.state.next = index;
             return self.persist().await;
         };
-        let retries = self.app.config().saga_compensation_retries;
-        let mut last_error = None;
-        while self.state.attempts <= retries {
+        let gave_up = self.attempts(index, Direction::Compensate, self.app.config().saga_compensation_retries).await?;
+        self.state.history.push(HistoryEntry {
+            step: step.name.to_owned(),
+            direction: Direction::Compensate,
+            error: gave_up.clone(),
+            attempts: self.state.attempts,
+        });
+        match gave_up {
+            None => self.state.next = index,
+            Some(error) => {
+                let cause = self.state.error.take().unwrap_or_default();
+                self.state.error = Some(format!(
+                    "compensation `{name}` of step `{}` failed: {error} (compensating because: {cause})",
+                    step.name
+                ));
+                self.state.status = SagaStatus::Failed;
+            }
+        }
+        self.state.reset_attempts();
+        self.persist().await
+    }
+
+    /// Run step `index` (or its compensation) until it succeeds — `None` —
+    /// or has failed `retries + 1` times — `Some(last error)`. Each attempt
+    /// is persisted before it starts. An attempt that never reported back
+    /// (its instance died) is run again, up to [`CRASH_RERUNS`] times: a
+    /// step that kills every instance that runs it must not kill them all.
+    async fn attempts(&mut self, index: usize, direction: Direction, retries: u32) -> Result<Option<String>> {
+        let step = &self.def.steps[index];
+        loop {
+            if self.state.failures > retries {
+                return Ok(Some(self.state.last_error.clone().unwrap_or_default()));
+            }
+            let crashed = self.state.attempts - self.state.failures;
+            if crashed > CRASH_RERUNS {
+                return Ok(Some(format!("the instances running it died {crashed} times before it finished")));
+            }
             self.check_draining()?;
             self.state.attempts += 1;
             self.persist().await?;
-            let ctx = self.context(step.name, index, Direction::Compensate);
-            let attempt = with_timeout(step.timeout_ms, undo(&self.state.data, &ctx));
-            match attempt
-                .instrument(tracing::info_span!("catga.saga.compensate", step = step.name, compensation = name))
-                .await
-            {
-                Ok(()) => {
-                    self.state.history.push(HistoryEntry {
-                        step: step.name.to_owned(),
-                        direction: Direction::Compensate,
-                        error: None,
-                        attempts: self.state.attempts,
-                    });
-                    self.state.next = index;
-                    self.state.attempts = 0;
-                    return self.persist().await;
+            let ctx = self.context(step.name, index, direction);
+            let span = tracing::info_span!("catga.saga.step", step = step.name, ?direction, attempt = ctx.attempt);
+            let result = match (direction, step.compensation) {
+                (Direction::Forward, _) => {
+                    // The step changes a copy, kept only if it succeeds: a
+                    // failed attempt leaves no half-changed data behind.
+                    let mut data = clone_data(self.def.name, &self.state.id, &self.state.data)?;
+                    let result = with_timeout(step.timeout_ms, (step.run)(&mut data, &ctx)).instrument(span).await;
+                    if result.is_ok() {
+                        self.state.data = data;
+                    }
+                    result
                 }
+                (Direction::Compensate, Some((_, undo))) => {
+                    with_timeout(step.timeout_ms, undo(&self.state.data, &ctx)).instrument(span).await
+                }
+                (Direction::Compensate, None) => return Ok(None),
+            };
+            match result {
+                Ok(()) => return Ok(None),
                 Err(error) => {
-                    tracing::warn!(step = step.name, compensation = name, %error, "saga compensation failed");
-                    last_error = Some(error);
-                    if self.state.attempts <= retries {
-                        tokio::time::sleep(backoff(self.state.attempts)).await;
+                    tracing::warn!(step = step.name, ?direction, attempt = ctx.attempt, %error, "saga step failed");
+                    self.state.failures += 1;
+                    self.state.last_error = Some(error.to_string());
+                    if self.state.failures <= retries {
+                        tokio::time::sleep(backoff(self.state.failures)).await;
                     }
                 }
             }
         }
-        let error =
-            last_error.map_or_else(|| "its retries were used up before a takeover".to_owned(), |e| e.to_string());
-        let cause = self.state.error.take().unwrap_or_default();
-        self.state.history.push(HistoryEntry {
-            step: step.name.to_owned(),
-            direction: Direction::Compensate,
-            error: Some(error.clone()),
-            attempts: self.state.attempts,
-        });
-        self.state.attempts = 0;
-        self.state.error = Some(format!(
-            "compensation `{name}` of step `{}` failed: {error} (compensating because: {cause})",
-            step.name
-        ));
-        self.state.status = SagaStatus::Failed;
-        self.persist().await
     }
 
     fn context(&self, step: &'static str, step_index: usize, direction: Direction) -> SagaContext {
