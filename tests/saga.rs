@@ -410,3 +410,14 @@ fn the_registry_lists_sagas_and_refuses_none_here() {
     assert!(all.iter().any(|s| s.name == "t-order"));
     catga::saga::validate(&all).unwrap();
 }
+
+#[tokio::test]
+async fn submit_returns_once_the_saga_is_durable_and_runs_it_in_the_background() {
+    let store = Store::memory();
+    let app = instance(&store, "submitter").await;
+    assert!(app.submit_saga::<Order>("sub-1", Plan::default()).await.unwrap(), "created");
+    assert!(app.saga_status::<Order>("sub-1").await.unwrap().is_some(), "durable before submit returned");
+    assert!(!app.submit_saga::<Order>("sub-1", Plan::default()).await.unwrap(), "exists: nothing new starts");
+    assert_eq!(finished(&app, "sub-1").await.status, SagaStatus::Completed);
+    assert_eq!(effects("sub-1"), ["charge", "reserve", "create", "notify"]);
+}

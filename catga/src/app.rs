@@ -491,6 +491,15 @@ impl App {
         crate::saga::start::<S>(self, id, data).await
     }
 
+    /// Create saga `id` of type `S` durably and run it in the background
+    /// here; returns once its first state is in the store, so losing this
+    /// instance afterwards loses nothing (the recovery sweep continues it).
+    /// `Ok(false)` if saga `id` exists already: nothing new starts.
+    pub async fn submit_saga<S: crate::saga::Saga>(&self, id: &str, data: S::Data) -> Result<bool> {
+        self.check_open()?;
+        crate::saga::submit::<S>(self, id, data).await
+    }
+
     /// Where saga `id` of type `S` is, if it exists.
     pub async fn saga_status<S: crate::saga::Saga>(&self, id: &str) -> Result<Option<crate::saga::SagaInfo>> {
         crate::saga::status(S::definition().name, self, id).await

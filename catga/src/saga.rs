@@ -458,40 +458,69 @@ async fn unindex(app: &App, saga: &str, id: &str, status: SagaStatus) -> Result<
 /// is awaited instead.
 pub(crate) async fn start<S: Saga>(app: &App, id: &str, data: S::Data) -> Result<SagaOutcome> {
     let def = S::definition();
+    match create(def, app, id, data).await? {
+        Some((lease, state, version)) => run(def, app, lease, state, version).await,
+        None => wait_for_outcome(def.name, app, id).await,
+    }
+}
+
+/// Create saga `id` durably and run it in the background; returns once its
+/// state is in the store (`true`), or at once if it exists (`false`).
+pub(crate) async fn submit<S: Saga>(app: &App, id: &str, data: S::Data) -> Result<bool> {
+    let def = S::definition();
+    let Some((lease, state, version)) = create(def, app, id, data).await? else { return Ok(false) };
+    let app = app.clone();
+    tokio::spawn(async move {
+        let id = state.id.clone();
+        if let Err(e) = run(def, &app, lease, state, version).await {
+            tracing::warn!(saga = def.name, id, error = %e, "saga stopped; the recovery sweep continues it");
+        }
+    });
+    Ok(true)
+}
+
+/// Write a new saga's first state under a fresh lease; `None` if saga `id`
+/// exists (or is being created by another instance right now).
+async fn create<D: Serialize>(
+    def: &'static SagaDef<D>,
+    app: &App,
+    id: &str,
+    data: D,
+) -> Result<Option<(Lease, State<D>, u64)>> {
     check_id(def.name, id)?;
     let store = app.store();
     let (state_key, lease_key) = state_key(def.name, id);
     // Index first: the sweep finds every saga that may exist (a stale
     // entry is dropped by the sweep when it finds the saga finished).
     store.set_add(&index_key(def.name), id).await?;
-    if store.get(&state_key).await?.is_none() {
-        let owner = owner(app);
-        if let Some(lease) = store.acquire_lease(&lease_key, &owner, app.config().saga_lease_ttl).await? {
-            let state = State {
-                saga: def.name.to_owned(),
-                id: id.to_owned(),
-                status: SagaStatus::Running,
-                next: 0,
-                attempts: 0,
-                failures: 0,
-                last_error: None,
-                data,
-                history: Vec::new(),
-                error: None,
-            };
-            match store.put_fenced(&state_key, Expect::Absent, &encode(def.name, &state)?, &lease).await {
-                Ok(version) => return run(def, app, lease, state, version).await,
-                Err(Error::Store(StoreError::Conflict { .. })) => {
-                    let _ = store.release_lease(&lease).await;
-                }
-                Err(e) => {
-                    let _ = store.release_lease(&lease).await;
-                    return Err(e);
-                }
+    if store.get(&state_key).await?.is_some() {
+        return Ok(None);
+    }
+    let Some(lease) = store.acquire_lease(&lease_key, &owner(app), app.config().saga_lease_ttl).await? else {
+        return Ok(None);
+    };
+    let state = State {
+        saga: def.name.to_owned(),
+        id: id.to_owned(),
+        status: SagaStatus::Running,
+        next: 0,
+        attempts: 0,
+        failures: 0,
+        last_error: None,
+        data,
+        history: Vec::new(),
+        error: None,
+    };
+    match store.put_fenced(&state_key, Expect::Absent, &encode(def.name, &state)?, &lease).await {
+        Ok(version) => Ok(Some((lease, state, version))),
+        Err(e) => {
+            let _ = store.release_lease(&lease).await;
+            match e {
+                Error::Store(StoreError::Conflict { .. }) => Ok(None),
+                e => Err(e),
             }
         }
     }
-    wait_for_outcome(def.name, app, id).await
 }
 
 /// Poll the store until saga `id` finishes (someone else runs it).

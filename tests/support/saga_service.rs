@@ -1,0 +1,135 @@
+//! A service for the saga crash tests: `Catga::run()` with one saga whose
+//! steps apply their effects through an idempotent command, and which kills
+//! its own process with SIGKILL at a planned point — a real kill -9 at an
+//! exact place in the saga, which a test's external kill could not hit.
+//!
+//! - `saga.start` starts a saga here (in the background) and answers at once.
+//! - `saga.effect` is the effect: it adds one to the ledger entry
+//!   `ledger:{saga id}` / `{step}:{direction}` in the store. It is
+//!   idempotent, and steps send it with their deterministic message ids, so
+//!   a step re-run after a takeover does not apply its effect twice.
+
+use catga::prelude::*;
+use catga::saga::{Direction, SagaContext, StepError};
+use catga::store::Key;
+
+/// Where to die: on the first attempt of `step`, at `point`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Crash {
+    pub step: String,
+    /// `start` (after the previous state write, before the effect),
+    /// `after_effect` (effect applied, state not yet written), or the same
+    /// two for a compensation: `undo_start`, `undo_after_effect`.
+    pub point: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Plan {
+    pub crash: Option<Crash>,
+    /// This step fails every attempt (so the saga compensates).
+    pub fail_step: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "saga.start", reply = ())]
+pub struct StartOrder {
+    pub id: String,
+    pub plan: Plan,
+}
+
+#[catga::command(queue = "saga-svc")]
+async fn start_order(cmd: StartOrder, ctx: Context) -> Result<(), HandlerError> {
+    ctx.app().submit_saga::<ChaosOrder>(&cmd.id, cmd.plan).await?;
+    Ok(())
+}
+
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "saga.effect", reply = i64)]
+pub struct Effect {
+    pub saga_id: String,
+    pub what: String,
+}
+
+/// The effect is keyed by its message id (a set add), so it is applied
+/// once per message id even if the handler dies halfway; a step that
+/// re-ran with a *new* id would show up as a second member.
+#[catga::command(queue = "saga-svc", idempotent)]
+async fn effect(cmd: Effect, ctx: Context) -> Result<i64, HandlerError> {
+    let key = Key::new(format!("ledger:{}", cmd.saga_id), cmd.what);
+    ctx.store().set_add(&key, &ctx.message_id().to_string()).await?;
+    Ok(ctx.store().set_members(&key).await?.len() as i64)
+}
+
+fn die_if(plan: &Plan, ctx: &SagaContext, point: &str) {
+    let Some(crash) = &plan.crash else { return };
+    let point = match ctx.direction() {
+        Direction::Forward => point.to_owned(),
+        Direction::Compensate => format!("undo_{point}"),
+    };
+    if crash.step == ctx.step() && crash.point == point && ctx.attempt() == 1 {
+        eprintln!("CRASHPOINT {} {} {point}", ctx.saga_id(), ctx.step());
+        // A real SIGKILL: no destructor, no flush, no lease release.
+        let _ = std::process::Command::new("kill").arg("-KILL").arg(std::process::id().to_string()).status();
+        std::process::abort();
+    }
+}
+
+async fn apply(plan: &Plan, ctx: &SagaContext) -> Result<(), StepError> {
+    die_if(plan, ctx, "start");
+    if ctx.direction() == Direction::Forward && plan.fail_step.as_deref() == Some(ctx.step()) {
+        return Err(StepError::new("planned", format!("step {} fails on purpose", ctx.step())));
+    }
+    let what = match ctx.direction() {
+        Direction::Forward => format!("{}:forward", ctx.step()),
+        Direction::Compensate => format!("{}:compensate", ctx.step()),
+    };
+    ctx.send(Effect { saga_id: ctx.saga_id().to_owned(), what }).await?;
+    die_if(plan, ctx, "after_effect");
+    Ok(())
+}
+
+pub struct ChaosOrder;
+
+#[catga::saga(name = "chaos-order")]
+impl ChaosOrder {
+    #[step(compensate = refund)]
+    async fn charge(plan: &mut Plan, ctx: &SagaContext) -> Result<(), StepError> {
+        apply(plan, ctx).await
+    }
+
+    #[step(compensate = release)]
+    async fn reserve(plan: &mut Plan, ctx: &SagaContext) -> Result<(), StepError> {
+        apply(plan, ctx).await
+    }
+
+    #[step(pivot)]
+    async fn create(plan: &mut Plan, ctx: &SagaContext) -> Result<(), StepError> {
+        apply(plan, ctx).await
+    }
+
+    #[step(retry = 5)]
+    async fn notify(plan: &mut Plan, ctx: &SagaContext) -> Result<(), StepError> {
+        apply(plan, ctx).await
+    }
+
+    async fn refund(plan: &Plan, ctx: &SagaContext) -> Result<(), StepError> {
+        apply(plan, ctx).await
+    }
+
+    async fn release(plan: &Plan, ctx: &SagaContext) -> Result<(), StepError> {
+        apply(plan, ctx).await
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    if let Err(e) = Catga::run().await {
+        eprintln!("catga-saga-service: {e}");
+        std::process::exit(2);
+    }
+}
