@@ -104,7 +104,7 @@ async fn instance(store: &Store, name: &str) -> App {
         .instance_id(name)
         .memory_bus(MemoryBus::new())
         .store(store.clone())
-        .client_only()
+        .handlers_where(|_| false)
         .start()
         .await
         .unwrap()
@@ -177,7 +177,7 @@ async fn a_failing_compensation_ends_failed_with_its_cause_and_stays_listed() {
         .service("sagas")
         .memory_bus(MemoryBus::new())
         .store(store.clone())
-        .client_only()
+        .handlers_where(|_| false)
         .configure(|c| c.saga_compensation_retries = 1)
         .start()
         .await
@@ -236,7 +236,7 @@ async fn a_saga_whose_runner_died_is_taken_over_by_another_instance_and_finished
         .instance_id("survivor")
         .memory_bus(MemoryBus::new())
         .store(store.clone())
-        .client_only()
+        .handlers_where(|_| false)
         .configure(|c| c.saga_sweep_interval = Duration::from_millis(50))
         .start()
         .await
@@ -279,7 +279,7 @@ async fn sweeper(store: &Store) -> App {
         .service("sagas")
         .memory_bus(MemoryBus::new())
         .store(store.clone())
-        .client_only()
+        .handlers_where(|_| false)
         .configure(|c| c.saga_sweep_interval = Duration::from_millis(30))
         .start()
         .await
@@ -337,7 +337,7 @@ async fn two_instances_racing_to_recover_one_saga_exactly_one_wins() {
                 .instance_id(format!("racer-{i}"))
                 .memory_bus(MemoryBus::new())
                 .store(store.clone())
-                .client_only()
+                .handlers_where(|_| false)
                 .configure(|c| c.saga_sweep_interval = Duration::from_millis(20))
                 .start()
                 .await

@@ -82,6 +82,7 @@ pub struct Builder {
     store: Option<Store>,
     middleware: Vec<Arc<dyn Middleware>>,
     filter: Option<HandlerFilter>,
+    recover_sagas: bool,
     state: State,
 }
 
@@ -91,7 +92,15 @@ type State = HashMap<TypeId, Arc<dyn Any + Send + Sync>>;
 
 impl Builder {
     fn new(config: Config) -> Self {
-        Builder { config, bus: None, store: None, middleware: Vec::new(), filter: None, state: State::new() }
+        Builder {
+            config,
+            bus: None,
+            store: None,
+            middleware: Vec::new(),
+            filter: None,
+            recover_sagas: true,
+            state: State::new(),
+        }
     }
 
     /// Settings from the `CATGA_*` environment variables (see [`Config`]).
@@ -248,8 +257,10 @@ impl Builder {
         self
     }
 
-    /// Subscribe no handlers: a client that only sends and publishes.
-    pub fn client_only(self) -> Self {
+    /// Subscribe no handlers and recover no sagas: a client that only
+    /// sends, publishes, and starts or queries sagas.
+    pub fn client_only(mut self) -> Self {
+        self.recover_sagas = false;
         self.handlers_where(|_| false)
     }
 
@@ -315,9 +326,9 @@ impl Builder {
             running_sagas: crate::saga::Running::default(),
         });
         inner.transport.subscribe(&inner, &inner.handlers).await?;
-        // Every instance that knows a saga type helps recover it (clients too:
-        // the sweep only takes sagas whose runner's lease expired).
-        if !sagas.is_empty() {
+        // Every instance that links a saga type helps recover it (but not a
+        // client: `client_only`).
+        if !sagas.is_empty() && self.recover_sagas {
             tokio::spawn(crate::saga::sweep(Arc::downgrade(&inner), sagas, inner.config.saga_sweep_interval));
         }
         tracing::info!(
@@ -503,6 +514,12 @@ impl App {
     /// Where saga `id` of type `S` is, if it exists.
     pub async fn saga_status<S: crate::saga::Saga>(&self, id: &str) -> Result<Option<crate::saga::SagaInfo>> {
         crate::saga::status(S::definition().name, self, id).await
+    }
+
+    /// [`saga_status`](App::saga_status) by the saga's name, for an
+    /// operator tool or a client that does not link the saga's type.
+    pub async fn saga_status_by_name(&self, saga: &str, id: &str) -> Result<Option<crate::saga::SagaInfo>> {
+        crate::saga::status(saga, self, id).await
     }
 
     /// The sagas of type `S` still known to the recovery index whose

@@ -109,7 +109,7 @@ pub enum Error {
     #[error("saga \"{saga}\" id \"{id}\": {reason}")]
     Saga {
         /// The saga's name.
-        saga: &'static str,
+        saga: String,
         /// The saga's id.
         id: String,
         /// What went wrong and what to do.

@@ -524,7 +524,7 @@ async fn create<D: Serialize>(
 }
 
 /// Poll the store until saga `id` finishes (someone else runs it).
-async fn wait_for_outcome(saga: &'static str, app: &App, id: &str) -> Result<SagaOutcome> {
+async fn wait_for_outcome(saga: &str, app: &App, id: &str) -> Result<SagaOutcome> {
     let limit = app.config().saga_wait;
     let started = Instant::now();
     let mut pause = Duration::from_millis(5);
@@ -534,7 +534,7 @@ async fn wait_for_outcome(saga: &'static str, app: &App, id: &str) -> Result<Sag
         }
         if started.elapsed() >= limit {
             return Err(Error::Saga {
-                saga,
+                saga: saga.to_owned(),
                 id: id.to_owned(),
                 reason: format!(
                     "it exists and is running elsewhere, and did not finish within {limit:?}; \
@@ -547,10 +547,10 @@ async fn wait_for_outcome(saga: &'static str, app: &App, id: &str) -> Result<Sag
     }
 }
 
-fn check_id(saga: &'static str, id: &str) -> Result<()> {
+fn check_id(saga: &str, id: &str) -> Result<()> {
     if id.is_empty() || id.len() > 200 || id.contains(['{', '}']) {
         return Err(Error::Saga {
-            saga,
+            saga: saga.to_owned(),
             id: id.to_owned(),
             reason: "a saga id is 1 to 200 characters without `{` or `}`".into(),
         });
@@ -564,18 +564,18 @@ fn owner(app: &App) -> String {
 
 fn encode<D: Serialize>(saga: &'static str, state: &State<D>) -> Result<Vec<u8>> {
     serde_json::to_vec(state).map_err(|e| Error::Saga {
-        saga,
+        saga: saga.to_owned(),
         id: state.id.clone(),
         reason: format!("its data does not serialize as JSON: {e}"),
     })
 }
 
 /// The status of saga `id` of the named saga type, if it exists.
-pub(crate) async fn status(saga: &'static str, app: &App, id: &str) -> Result<Option<SagaInfo>> {
+pub(crate) async fn status(saga: &str, app: &App, id: &str) -> Result<Option<SagaInfo>> {
     let (state_key, _) = state_key(saga, id);
     let Some(stored) = app.store().get(&state_key).await? else { return Ok(None) };
     let state: State<serde_json::Value> = serde_json::from_slice(&stored.value).map_err(|e| Error::Saga {
-        saga,
+        saga: saga.to_owned(),
         id: id.to_owned(),
         reason: format!("its stored state is not readable: {e}"),
     })?;
@@ -599,7 +599,7 @@ pub(crate) async fn status(saga: &'static str, app: &App, id: &str) -> Result<Op
 
 /// Every saga of the named type that is running, compensating or failed
 /// (finished sagas leave the indexes) and that `keep` accepts.
-pub(crate) async fn list(saga: &'static str, app: &App, keep: impl Fn(SagaStatus) -> bool) -> Result<Vec<SagaInfo>> {
+pub(crate) async fn list(saga: &str, app: &App, keep: impl Fn(SagaStatus) -> bool) -> Result<Vec<SagaInfo>> {
     let mut out = Vec::new();
     let mut ids = app.store().set_members(&index_key(saga)).await?;
     ids.extend(app.store().set_members(&failed_key(saga)).await?);
@@ -624,7 +624,7 @@ where
         return Ok(None);
     };
     let state: State<D> = serde_json::from_slice(&stored.value).map_err(|e| Error::Saga {
-        saga: def.name,
+        saga: def.name.to_owned(),
         id: id.to_owned(),
         reason: format!("its stored state does not decode as `{}`: {e}", (def.data_type)()),
     })?;
@@ -642,7 +642,7 @@ where
         return Ok(None);
     };
     let state: State<D> = serde_json::from_slice(&stored.value).map_err(|e| Error::Saga {
-        saga: def.name,
+        saga: def.name.to_owned(),
         id: id.to_owned(),
         reason: format!("its stored state does not decode: {e}"),
     })?;
@@ -714,7 +714,7 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
     fn check_draining(&self) -> Result<()> {
         if self.app.is_draining() {
             return Err(Error::Saga {
-                saga: self.def.name,
+                saga: self.def.name.to_owned(),
                 id: self.state.id.clone(),
                 reason: "the instance is shutting down; another instance continues it after the lease expires".into(),
             });
@@ -853,7 +853,7 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
 /// failed attempt leaves no half-changed data behind).
 fn clone_data<D: Serialize + DeserializeOwned>(saga: &'static str, id: &str, data: &D) -> Result<D> {
     serde_json::to_value(data).and_then(serde_json::from_value).map_err(|e| Error::Saga {
-        saga,
+        saga: saga.to_owned(),
         id: id.to_owned(),
         reason: format!("its data does not round-trip through JSON: {e}"),
     })
