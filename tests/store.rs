@@ -1,11 +1,20 @@
 //! The store's meaning, checked the same way on every implementation:
 //! records with compare-and-set, counters, idempotency claims, leases and
-//! fencing tokens, expiry.
+//! fencing tokens, expiry — by one [`contract`] run against the memory store,
+//! one `redis-server`, and a Redis Cluster of 3 primaries and 3 replicas.
+//! Then what only Redis has: a dead or unreachable server, a killed primary
+//! and a manual failover under a steady load (the gaps are printed, not
+//! asserted), and idempotent handlers sharing a cluster.
 
-use std::time::Duration;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use catga::Error;
+use catga::prelude::*;
 use catga::store::{Claim, Expect, Key, Store, StoreError};
+use catga::transport::memory::MemoryBus;
+use catga::{Error, Metadata, SendOptions};
+use catga_suite::{RedisCluster, RedisServer, free_port};
 
 /// Every store must pass this. `tag` keeps runs on one server apart.
 pub async fn contract(store: &Store, tag: &str) {
@@ -181,4 +190,313 @@ async fn concurrent_cas_has_one_winner(store: &Store, tag: &str) {
 #[tokio::test]
 async fn memory_store_keeps_the_contract() {
     contract(&Store::memory(), "mem").await;
+}
+
+// ---------- Redis: one server ----------
+
+/// `Error::Store(Unavailable)`'s parts, or a panic naming what came instead.
+fn unavailable(e: Error) -> (String, String) {
+    match e {
+        Error::Store(StoreError::Unavailable { op, key, reason }) => (format!("{op} on {key}"), reason),
+        other => panic!("expected an Unavailable store error, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn redis_store_keeps_the_contract() {
+    let server = RedisServer::start();
+    let store = Store::connect(&server.url()).await.unwrap();
+    assert_eq!(store.name(), "redis");
+    contract(&store, "redis").await;
+}
+
+#[tokio::test]
+async fn connecting_to_a_closed_port_is_a_clear_error() {
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let err = Store::connect(&url).await.unwrap_err();
+    println!("connect to a closed port failed after {:?}: {err}", started.elapsed());
+    let (what, reason) = unavailable(err);
+    assert_eq!(what, format!("connect on {url}"));
+    assert!(reason.contains("check that redis-server runs"), "{reason}");
+
+    // A malformed URL is a configuration error naming it, without its password.
+    let err = Store::connect("http://:secret@127.0.0.1:1").await.unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+    assert!(err.to_string().contains("http://:***@127.0.0.1:1") && !err.to_string().contains("secret"), "{err}");
+
+    // An instance with an unreachable Redis does not start.
+    let err = catga::Catga::builder().client_only().redis_url(&url).start().await.unwrap_err();
+    assert!(err.to_string().contains(&url), "{err}");
+}
+
+#[tokio::test]
+async fn a_dead_server_is_an_unavailable_error_and_a_restarted_one_is_used_again() {
+    let mut server = RedisServer::start();
+    let store = Store::connect(&server.url()).await.unwrap();
+    let key = Key::new("dead", "rec");
+    store.put(&key, Expect::Absent, b"before").await.unwrap();
+
+    server.kill();
+    for op in ["get", "put", "claim"] {
+        let started = Instant::now();
+        let result = match op {
+            "get" => store.get(&key).await.map(drop),
+            "put" => store.put(&key, Expect::Any, b"x").await.map(drop),
+            _ => store.claim(&key, "a", Duration::from_secs(5)).await.map(drop),
+        };
+        let (what, reason) = unavailable(result.unwrap_err());
+        println!("{op} on a dead server failed after {:?}: {what}: {reason}", started.elapsed());
+        assert_eq!(what, format!("{op} on {key}"));
+        assert!(reason.contains(&server.url()), "the error names the server: {reason}");
+    }
+
+    // The connection manager reconnects once the server is back (empty: no persistence).
+    server.restart();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(20);
+    loop {
+        match store.get(&key).await {
+            Ok(found) => {
+                assert_eq!(found, None, "a restarted server without persistence is empty");
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                println!("not yet reconnected: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no reconnection within 20 s: {e}"),
+        }
+    }
+    println!("reconnected {:?} after the restart", started.elapsed());
+    store.put(&key, Expect::Absent, b"after").await.unwrap();
+}
+
+// ---------- Redis Cluster: 3 primaries, 3 replicas ----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_keeps_the_contract_and_rides_through_a_manual_failover() {
+    let cluster = RedisCluster::start();
+    let store = Store::connect(&cluster.url()).await.unwrap();
+    contract(&store, "cluster").await;
+
+    // Everything of one scope is in one slot: the record, the lease and its fence.
+    let lease = Key::new("cluster-saga", "lease");
+    let slot = cluster.slot_of(&lease.stored());
+    for name in ["lease:fence", "state", "idem:x"] {
+        assert_eq!(cluster.slot_of(&Key::new("cluster-saga", name).stored()), slot, "{name}");
+    }
+
+    // A coordinated failover under load: the replica takes over the slot.
+    let scope = "steady-manual";
+    let primary = cluster.primary_for_slot(cluster.slot_of(&Key::new(scope, "rec").stored()));
+    let replica = cluster.replica_of(primary);
+    let seen = steady_loop(&store, scope, move || {
+        cluster.failover(replica);
+        cluster // keep it running until the loop ends
+    })
+    .await;
+    println!("manual CLUSTER FAILOVER of node {primary} to node {replica}: {seen}");
+    seen.assert_resumed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_resumes_after_a_primary_is_killed() {
+    let cluster = RedisCluster::start();
+    let store = Store::connect(&cluster.url()).await.unwrap();
+    let scope = "steady-kill";
+    let primary = cluster.primary_for_slot(cluster.slot_of(&Key::new(scope, "rec").stored()));
+    let replica = cluster.replica_of(primary);
+    let pid = cluster.pid(primary).unwrap();
+    let mut cluster = cluster;
+    let seen = steady_loop(&store, scope, move || {
+        cluster.kill(primary);
+        cluster // keep the rest running until the loop ends
+    })
+    .await;
+    println!("kill -9 of primary node {primary} (pid {pid}; replica node {replica}): {seen}");
+    seen.assert_resumed();
+}
+
+/// What a steady loop of claims and compare-and-set writes saw around a
+/// disruption.
+struct Steady {
+    /// Iterations (one claim and one put each) that succeeded.
+    ok: usize,
+    /// Iterations that failed (store unavailable).
+    errors: usize,
+    /// Compare-and-set conflicts: a retried write, or writes lost with the
+    /// old primary (Redis replicates asynchronously).
+    conflicts: usize,
+    first_error: Option<String>,
+    /// From the disruption to the first success after it (`None`: none).
+    resumed_after: Option<Duration>,
+    /// The longest time without a success, from the disruption on.
+    gap: Duration,
+    /// Acknowledged versions of the record that were gone afterwards.
+    lost_versions: u64,
+    /// How long the disruption itself took (the kill, or the failover call
+    /// and its wait for the promotion).
+    disruption: Duration,
+}
+
+impl fmt::Display for Steady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ok, {} failed, {} conflicts; resumed {:?} after the disruption began; longest gap {:?}; \
+             {} acknowledged versions lost; disruption took {:?}; first error: {}",
+            self.ok,
+            self.errors,
+            self.conflicts,
+            self.resumed_after,
+            self.gap,
+            self.lost_versions,
+            self.disruption,
+            self.first_error.as_deref().unwrap_or("none")
+        )
+    }
+}
+
+impl Steady {
+    fn assert_resumed(&self) {
+        let resumed = self.resumed_after.unwrap_or_else(|| panic!("operations never resumed: {self}"));
+        // Only catches a hang: the figures above are the measurement.
+        assert!(resumed < Duration::from_secs(15), "resumed only after {resumed:?}: {self}");
+    }
+}
+
+/// Claims and compare-and-set writes in `scope`, one after another; after
+/// 300 iterations `disrupt` runs (on a blocking thread); the loop goes on
+/// until 3000 iterations or 20 s after the disruption, whichever is first.
+async fn steady_loop<T: Send + 'static>(
+    store: &Store,
+    scope: &str,
+    disrupt: impl FnOnce() -> T + Send + 'static,
+) -> Steady {
+    let rec = Key::new(scope, "rec");
+    let mut version = store.put(&rec, Expect::Absent, b"0").await.unwrap();
+    let mut acked = version;
+    let mut seen = Steady {
+        ok: 0,
+        errors: 0,
+        conflicts: 0,
+        first_error: None,
+        resumed_after: None,
+        gap: Duration::ZERO,
+        lost_versions: 0,
+        disruption: Duration::ZERO,
+    };
+    let mut disrupt = Some(disrupt);
+    let mut disruption: Option<(Instant, tokio::task::JoinHandle<(T, Duration)>)> = None;
+    let mut last_ok = Instant::now();
+    let hard_stop = Instant::now() + Duration::from_secs(60);
+    for i in 0.. {
+        if let Some(disrupt) = disrupt.take_if(|_| i == 300) {
+            let began = Instant::now();
+            let handle = tokio::task::spawn_blocking(move || {
+                let kept = disrupt();
+                (kept, began.elapsed())
+            });
+            disruption = Some((began, handle));
+            last_ok = began;
+        }
+        if let Some((began, _)) = &disruption
+            && (i >= 3000 || began.elapsed() > Duration::from_secs(20))
+        {
+            break;
+        }
+        assert!(Instant::now() < hard_stop, "the loop ran past 60 s: {seen}");
+        let claim = store.claim(&Key::new(scope, format!("claim-{i}")), "loop", Duration::from_secs(60)).await;
+        let put = match claim {
+            Ok(Claim::Won) => store.put(&rec, Expect::Version(version), format!("{i}").as_bytes()).await,
+            Ok(other) => panic!("a fresh claim key was {other:?}"),
+            Err(e) => Err(e),
+        };
+        match put {
+            Ok(v) => {
+                version = v;
+                acked = acked.max(v);
+                seen.ok += 1;
+                if let Some((began, _)) = &disruption {
+                    seen.resumed_after.get_or_insert(began.elapsed());
+                    seen.gap = seen.gap.max(last_ok.elapsed());
+                }
+                last_ok = Instant::now();
+            }
+            Err(Error::Store(StoreError::Conflict { found, .. })) => {
+                seen.conflicts += 1;
+                version = found.unwrap_or(0);
+            }
+            Err(e) => {
+                seen.errors += 1;
+                seen.first_error.get_or_insert_with(|| e.to_string());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    if let Some((_, handle)) = disruption {
+        let (_kept, took) = handle.await.expect("the disruption panicked");
+        seen.disruption = took;
+    }
+    if let Ok(Some(now)) = store.get(&rec).await {
+        seen.lost_versions = acked.saturating_sub(now.version);
+    }
+    seen
+}
+
+// ---------- idempotency on the cluster ----------
+
+static CLUSTER_CHARGES: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "t.store.cluster.charge", reply = String)]
+struct ClusterCharge {
+    cents: u64,
+}
+
+#[catga::command(idempotent)]
+async fn cluster_charge(cmd: ClusterCharge, ctx: Context) -> Result<String, HandlerError> {
+    let n = CLUSTER_CHARGES.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    Ok(format!("charged {} by {} (run {n})", cmd.cents, ctx.instance_id()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_handler_runs_once_for_a_hundred_copies_across_instances_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let bus = MemoryBus::new();
+    let mut apps = Vec::new();
+    for i in 0..3 {
+        let app = Catga::builder()
+            .service("store-idem")
+            .instance_id(format!("store-idem-{i}"))
+            .memory_bus(bus.clone())
+            .redis_url(cluster.url())
+            .handlers_where(|h| h.subject == "t.store.cluster.charge")
+            .start()
+            .await
+            .unwrap();
+        assert_eq!(app.store().name(), "redis");
+        apps.push(app);
+    }
+    let meta = Metadata::root();
+    let sends = (0..100).map(|i| {
+        let app = apps[i % 3].clone();
+        tokio::spawn(async move { app.send_as(ClusterCharge { cents: 700 }, meta, SendOptions::default()).await })
+    });
+    let mut replies = Vec::new();
+    for s in sends {
+        replies.push(s.await.unwrap().unwrap());
+    }
+    assert_eq!(CLUSTER_CHARGES.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert!(replies.iter().all(|r| *r == replies[0]), "every copy got the first reply: {replies:?}");
+    // A later copy is answered from the record; a new message id runs again.
+    let late = apps[2].send_as(ClusterCharge { cents: 700 }, meta, SendOptions::default()).await.unwrap();
+    assert_eq!(late, replies[0]);
+    apps[0].send(ClusterCharge { cents: 700 }).await.unwrap();
+    assert_eq!(CLUSTER_CHARGES.load(Ordering::SeqCst), 2);
+    for app in apps {
+        app.shutdown().await;
+    }
 }

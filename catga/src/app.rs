@@ -272,12 +272,7 @@ impl Builder {
         let config = self.config.resolve()?;
         let store = match (self.store, &config.redis_url) {
             (Some(store), _) => store,
-            (None, Some(url)) => {
-                return Err(Error::Config(format!(
-                    "CATGA_REDIS_URL / redis_url is set ({url}), but this version of catga has no Redis store yet; \
-                     unset it to keep state in memory"
-                )));
-            }
+            (None, Some(url)) => Store::connect(url).await?,
             (None, None) => Store::global_memory(),
         };
         let mut handlers = registry::handlers();

@@ -2,9 +2,15 @@
 //! (the root package exists to hold `examples/`, `tests/` and `benches/`).
 //!
 //! Real servers and real processes: [`NatsServer`] starts `nats-server` on
-//! free 127.0.0.1 ports (one server or a cluster); [`ServiceProcess`] starts
-//! the `catga-test-service` binary as a separate OS process. Both are
-//! stopped by the pid this code started — never by name — when dropped.
+//! free 127.0.0.1 ports (one server or a cluster); [`RedisServer`] and
+//! [`RedisCluster`] start `redis-server` the same way (see [`redis`]);
+//! [`ServiceProcess`] starts the `catga-test-service` binary as a separate
+//! OS process. All are stopped by the pid this code started — never by
+//! name — when dropped.
+
+pub mod redis;
+
+pub use redis::{RedisCluster, RedisServer};
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

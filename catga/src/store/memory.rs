@@ -141,7 +141,7 @@ impl MemoryStore {
     pub(super) fn claim(&self, key: &Key, owner: &str, running_ttl: Duration) -> Claim {
         let mut map = self.lock();
         match map.live(key) {
-            Some(Value::Claimed { owner }) => Claim::Running { owner: owner.clone() },
+            Some(Value::Claimed { owner: held }) if held != owner => Claim::Running { owner: held.clone() },
             Some(Value::Done(result)) => Claim::Done(result.clone()),
             _ => {
                 map.set(key, Value::Claimed { owner: owner.to_owned() }, Some(running_ttl));
@@ -220,7 +220,8 @@ impl Map {
             let now = Instant::now();
             self.entries.retain(|_, e| e.expires.is_none_or(|at| at > now));
         }
-        let expires = ttl.map(|ttl| Instant::now() + ttl);
+        // A TTL too long to represent never expires (no overflow panic).
+        let expires = ttl.and_then(|ttl| Instant::now().checked_add(ttl));
         self.entries.insert(key.clone(), Entry { value, expires });
     }
 

@@ -4,7 +4,8 @@
 //!
 //! Two implementations with one meaning:
 //! - [`memory`]: the embedded default, for instances in one process;
-//! - `redis`: a Redis server or a Redis Cluster (set `CATGA_REDIS_URL`).
+//! - [`redis`](self::redis): a Redis server or a Redis Cluster (set
+//!   `CATGA_REDIS_URL`, or connect with [`Store::connect`]).
 //!
 //! Keys are `(scope, name)` pairs ([`Key`]). Everything one operation
 //! touches lives in one scope, and on Redis a scope is a hash tag
@@ -37,13 +38,15 @@
 //! ```
 
 pub mod memory;
+pub mod redis;
 
 use std::fmt;
 use std::time::Duration;
 
 use crate::error::Result;
 
-pub use memory::MemoryStore;
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
 
 /// Where an instance keeps shared state. Cheap to clone; clones share it.
 #[derive(Clone)]
@@ -56,6 +59,7 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Memory(MemoryStore),
+    Redis(RedisStore),
 }
 
 /// A key: a scope and a name. Everything in one scope can be updated
@@ -209,10 +213,29 @@ impl Store {
         Store { backend: Backend::Memory(MemoryStore::global()) }
     }
 
+    /// A store on Redis: `url` is one server (`redis://127.0.0.1:6379`) or
+    /// a comma-separated list of Redis Cluster nodes. Answers once the server
+    /// answered a `PING`; an unreachable server is an
+    /// [`Unavailable`](StoreError::Unavailable) error naming the URL (without
+    /// its password), a malformed URL a configuration error. See
+    /// [`redis`](self::redis) for the key layout and the timeouts.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // Nothing listens on port 1: a clear error, within seconds.
+    /// let err = catga::store::Store::connect("redis://127.0.0.1:1").await.unwrap_err();
+    /// assert!(err.to_string().contains("redis://127.0.0.1:1"), "{err}");
+    /// # }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Store> {
+        Ok(Store { backend: Backend::Redis(RedisStore::connect(url).await?) })
+    }
+
     /// Which store this is: `memory` or `redis`.
     pub fn name(&self) -> &'static str {
         match &self.backend {
             Backend::Memory(_) => "memory",
+            Backend::Redis(_) => "redis",
         }
     }
 
@@ -220,6 +243,7 @@ impl Store {
     pub async fn get(&self, key: &Key) -> Result<Option<Versioned>> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.get(key)),
+            Backend::Redis(r) => Ok(r.get(key).await?),
         }
     }
 
@@ -227,6 +251,7 @@ impl Store {
     pub async fn put(&self, key: &Key, expect: Expect, value: &[u8]) -> Result<u64> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.put(key, expect, value, None)?),
+            Backend::Redis(r) => Ok(r.put(key, expect, value, None).await?),
         }
     }
 
@@ -236,6 +261,7 @@ impl Store {
         same_scope(key, lease)?;
         match &self.backend {
             Backend::Memory(m) => Ok(m.put(key, expect, value, Some(lease))?),
+            Backend::Redis(r) => Ok(r.put(key, expect, value, Some(lease)).await?),
         }
     }
 
@@ -243,6 +269,7 @@ impl Store {
     pub async fn delete(&self, key: &Key, expect: Expect) -> Result<bool> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.delete(key, expect)?),
+            Backend::Redis(r) => Ok(r.delete(key, expect).await?),
         }
     }
 
@@ -250,6 +277,7 @@ impl Store {
     pub async fn incr(&self, key: &Key, by: i64) -> Result<i64> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.incr(key, by)),
+            Backend::Redis(r) => Ok(r.incr(key, by).await?),
         }
     }
 
@@ -277,10 +305,13 @@ impl Store {
 
     /// Claim the work named by `key` for `owner`, atomically: exactly one
     /// concurrent caller wins. The claim lapses after `running_ttl` (so a
-    /// crashed owner does not block the work forever).
+    /// crashed owner does not block the work forever). Claiming again as the
+    /// owner of the running claim wins again and restarts its TTL (so a
+    /// claim retried after a lost answer is not mistaken for someone else's).
     pub async fn claim(&self, key: &Key, owner: &str, running_ttl: Duration) -> Result<Claim> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.claim(key, owner, running_ttl)),
+            Backend::Redis(r) => Ok(r.claim(key, owner, running_ttl).await?),
         }
     }
 
@@ -289,6 +320,7 @@ impl Store {
     pub async fn complete(&self, key: &Key, owner: &str, result: &[u8], ttl: Duration) -> Result<bool> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.complete(key, owner, result, ttl)),
+            Backend::Redis(r) => Ok(r.complete(key, owner, result, ttl).await?),
         }
     }
 
@@ -296,6 +328,7 @@ impl Store {
     pub async fn release(&self, key: &Key, owner: &str) -> Result<bool> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.release(key, owner)),
+            Backend::Redis(r) => Ok(r.release(key, owner).await?),
         }
     }
 
@@ -304,6 +337,7 @@ impl Store {
     pub async fn acquire_lease(&self, key: &Key, owner: &str, ttl: Duration) -> Result<Option<Lease>> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.acquire_lease(key, owner, ttl)),
+            Backend::Redis(r) => Ok(r.acquire_lease(key, owner, ttl).await?),
         }
     }
 
@@ -311,6 +345,7 @@ impl Store {
     pub async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.renew_lease(lease, ttl)),
+            Backend::Redis(r) => Ok(r.renew_lease(lease, ttl).await?),
         }
     }
 
@@ -318,6 +353,7 @@ impl Store {
     pub async fn release_lease(&self, lease: &Lease) -> Result<bool> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.release_lease(lease)),
+            Backend::Redis(r) => Ok(r.release_lease(lease).await?),
         }
     }
 }

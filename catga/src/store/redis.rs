@@ -1,0 +1,591 @@
+//! The Redis store: one Redis server, or a Redis Cluster, with the meaning
+//! of the [in-memory store](super::memory).
+//!
+//! **Connections.** One URL (`redis://127.0.0.1:6379`) is a standalone
+//! server, reached through a [`ConnectionManager`] that reconnects by itself.
+//! A comma-separated node list is a Redis Cluster, reached through the
+//! async cluster client, which follows `MOVED`/`ASK` redirections and picks
+//! up a promoted replica after a failover. Both are multiplexed: one
+//! connection per node serves every concurrent operation. Every operation is
+//! bounded (connection timeout 1 s, response timeout 2 s, and an overall
+//! limit of [`OP_TIMEOUT`]), so a dead server is an
+//! [`Unavailable`](StoreError::Unavailable) error, never a hang.
+//!
+//! **Layout.** Every key is a Redis hash whose field `k` says what it holds:
+//!
+//! | `k`     | other fields                 | expiry        | memory store          |
+//! |---------|------------------------------|---------------|-----------------------|
+//! | `rec`   | `v` version, `d` data        | none          | `Record`              |
+//! | `ctr`   | `n` value                    | none          | `Counter`             |
+//! | `run`   | `o` owner                    | claim TTL     | `Claimed`             |
+//! | `done`  | `r` recorded result          | result TTL    | `Done`                |
+//! | `lease` | `o` owner, `t` token         | lease TTL     | `Leased`              |
+//! | `fence` | `t` latest token             | none          | `Fence`               |
+//!
+//! A lease `catga:{scope}:name` keeps its latest token in
+//! `catga:{scope}:name:fence`, next to it in the same scope (and so the same
+//! Cluster slot). Values are bytes (Lua strings are binary-safe); numbers
+//! are written by `HINCRBY` and read back as decimal strings, so they stay
+//! exact 64-bit integers (a Lua number is a double).
+//!
+//! **Atomicity.** Every operation is one Lua script ([`Script`]: `EVALSHA`,
+//! with `SCRIPT LOAD` and a retry on `NOSCRIPT`) whose keys are all in one
+//! scope, so on a Cluster they hash to one slot. No `WATCH`/`MULTI`: those
+//! need a connection of one's own, and these connections are shared.
+//!
+//! **Retries.** The cluster client retries an operation whose connection
+//! broke or that met a failover. If a script ran but its answer was lost, the
+//! retry runs it again: a claim then finds the caller's own claim and wins
+//! again (claims are re-entrant for their owner); a compare-and-set write
+//! reports a conflict with its own new version.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::ClusterClientBuilder;
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, Script, ScriptInvocation, Value};
+
+use super::{Claim, Expect, Key, Lease, StoreError, Versioned, memory::fence_key};
+use crate::error::Error;
+
+/// The most one store operation may take, retries and reconnection
+/// included; past it, the operation fails as unavailable.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// The most [`RedisStore::connect`] waits for the server (or the cluster's
+/// slot map) to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// One TCP connection attempt to one node.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
+/// One answer from one node. A script does a handful of hash operations on
+/// one key, so two seconds means the node is gone, not busy.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A Cluster request including its redirections and retries: long enough to
+/// ride through a replica's promotion (cluster-node-timeout plus election).
+const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A store on a Redis server or a Redis Cluster. Cheap to clone; clones
+/// share the connections.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: Conn,
+    /// The URL or node list, without passwords: for error messages.
+    target: String,
+}
+
+/// The two kinds of connection behind one code path: both are multiplexed
+/// and cheap to clone, and both run the same scripts.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl RedisStore {
+    /// Connect to `url`: one `redis://host:port` URL for a standalone
+    /// server, or a comma-separated list of Cluster nodes (any reachable
+    /// subset of them; the client discovers the rest). Answers once the
+    /// server answered a `PING`.
+    pub async fn connect(url: &str) -> Result<RedisStore, Error> {
+        let target = redact(url);
+        let nodes: Vec<&str> = url.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+        let unreachable = |what: String| {
+            Error::Store(StoreError::Unavailable {
+                op: "connect",
+                key: target.clone(),
+                reason: format!(
+                    "{what}; check that redis-server runs and listens there, that the URL is right \
+                     (redis://host:port, or a comma-separated node list for a Redis Cluster), and that no \
+                     firewall is in the way"
+                ),
+            })
+        };
+        let conn = match nodes.as_slice() {
+            [] => return Err(Error::Config("the Redis URL is empty; set redis://host:port or unset it".into())),
+            [one] => {
+                let client = ::redis::Client::open(*one).map_err(|e| {
+                    Error::Config(format!("Redis URL {target} is not valid ({e}); expected redis://host:port"))
+                })?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(3)
+                    .set_max_delay(Duration::from_secs(1));
+                match tokio::time::timeout(CONNECT_TIMEOUT, ConnectionManager::new_with_config(client, config)).await {
+                    Ok(Ok(c)) => Conn::Single(c),
+                    Ok(Err(e)) => return Err(unreachable(format!("could not connect: {e}"))),
+                    Err(_) => return Err(unreachable(format!("no connection within {CONNECT_TIMEOUT:?}"))),
+                }
+            }
+            many => {
+                let client = ClusterClientBuilder::new(many.to_vec())
+                    .connection_timeout(CONNECTION_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .overall_response_timeout(Some(CLUSTER_REQUEST_TIMEOUT))
+                    .retries(10)
+                    .min_retry_wait(20)
+                    .max_retry_wait(500)
+                    .build()
+                    .map_err(|e| {
+                        Error::Config(format!(
+                            "Redis Cluster node list {target} is not valid ({e}); expected \
+                             redis://host1:port1,redis://host2:port2,..."
+                        ))
+                    })?;
+                match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_connection()).await {
+                    Ok(Ok(c)) => Conn::Cluster(c),
+                    Ok(Err(e)) => return Err(unreachable(format!("could not connect to the cluster: {e}"))),
+                    Err(_) => {
+                        return Err(unreachable(format!("no cluster slot map within {CONNECT_TIMEOUT:?}")));
+                    }
+                }
+            }
+        };
+        let mut probe = conn.clone();
+        match tokio::time::timeout(CONNECT_TIMEOUT, ::redis::cmd("PING").query_async::<String>(&mut probe)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(unreachable(format!("PING failed: {e}"))),
+            Err(_) => return Err(unreachable(format!("no answer to PING within {CONNECT_TIMEOUT:?}"))),
+        }
+        Ok(RedisStore { conn, target })
+    }
+
+    /// Whether this is a Redis Cluster (a node list) rather than one server.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// Run a prepared script, bounded by [`OP_TIMEOUT`]; failures become
+    /// [`StoreError::Unavailable`].
+    async fn eval<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        key: &Key,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(OP_TIMEOUT, invocation.invoke_async(&mut conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.unavailable(op, key, &e)),
+            Err(_) => Err(StoreError::Unavailable {
+                op,
+                key: key.stored(),
+                reason: format!("no answer from Redis at {} within {OP_TIMEOUT:?}", self.target),
+            }),
+        }
+    }
+
+    fn unavailable(&self, op: &'static str, key: &Key, e: &RedisError) -> StoreError {
+        StoreError::Unavailable { op, key: key.stored(), reason: format!("Redis at {}: {e}", self.target) }
+    }
+
+    pub(super) async fn get(&self, key: &Key) -> Result<Option<Versioned>, StoreError> {
+        let mut inv = SCRIPTS.get.prepare_invoke();
+        inv.key(key.stored());
+        let found: Option<(String, Vec<u8>)> = self.eval("get", key, &inv).await?;
+        found.map(|(v, value)| Ok(Versioned { version: number(&v, "get", key)?, value })).transpose()
+    }
+
+    pub(super) async fn put(
+        &self,
+        key: &Key,
+        expect: Expect,
+        value: &[u8],
+        fence: Option<&Lease>,
+    ) -> Result<u64, StoreError> {
+        let op = if fence.is_some() { "put_fenced" } else { "put" };
+        let mut inv = SCRIPTS.put.prepare_invoke();
+        inv.key(key.stored()).arg(expect_arg(expect)).arg(value);
+        if let Some(lease) = fence {
+            inv.key(fence_key(&lease.key).stored()).arg(lease.token);
+        }
+        let reply: Vec<String> = self.eval(op, key, &inv).await?;
+        match reply_parts(&reply) {
+            ("ok", Some(v)) => number(v, op, key),
+            ("conflict", found) => Err(StoreError::Conflict {
+                key: key.stored(),
+                expected: expect,
+                found: found.map(|v| number(v, op, key)).transpose()?,
+            }),
+            ("fenced", Some(current)) => {
+                let lease = fence.map(|l| (l.key.stored(), l.token)).unwrap_or_default();
+                Err(StoreError::Fenced {
+                    key: key.stored(),
+                    lease: lease.0,
+                    token: lease.1,
+                    current: number(current, op, key)?,
+                })
+            }
+            _ => Err(unexpected(op, key, &reply)),
+        }
+    }
+
+    pub(super) async fn delete(&self, key: &Key, expect: Expect) -> Result<bool, StoreError> {
+        let mut inv = SCRIPTS.delete.prepare_invoke();
+        inv.key(key.stored()).arg(expect_arg(expect));
+        let reply: Vec<String> = self.eval("delete", key, &inv).await?;
+        match reply_parts(&reply) {
+            ("ok", Some(n)) => Ok(n != "0"),
+            ("conflict", found) => Err(StoreError::Conflict {
+                key: key.stored(),
+                expected: expect,
+                found: found.map(|v| number(v, "delete", key)).transpose()?,
+            }),
+            _ => Err(unexpected("delete", key, &reply)),
+        }
+    }
+
+    pub(super) async fn incr(&self, key: &Key, by: i64) -> Result<i64, StoreError> {
+        // Where the counter stops when `by` would overflow it (the memory
+        // store saturates too).
+        let bound = if by < 0 { i64::MIN } else { i64::MAX };
+        let mut inv = SCRIPTS.incr.prepare_invoke();
+        inv.key(key.stored()).arg(by).arg(bound);
+        let now: String = self.eval("incr", key, &inv).await?;
+        now.parse().map_err(|_| unexpected("incr", key, &[now]))
+    }
+
+    pub(super) async fn claim(&self, key: &Key, owner: &str, running_ttl: Duration) -> Result<Claim, StoreError> {
+        let mut inv = SCRIPTS.claim.prepare_invoke();
+        inv.key(key.stored()).arg(owner).arg(millis(running_ttl));
+        let reply: Vec<Vec<u8>> = self.eval("claim", key, &inv).await?;
+        match reply.as_slice() {
+            [status] if status == b"won" => Ok(Claim::Won),
+            [status, owner] if status == b"running" => {
+                Ok(Claim::Running { owner: String::from_utf8_lossy(owner).into_owned() })
+            }
+            [status, result] if status == b"done" => Ok(Claim::Done(result.clone())),
+            _ => Err(StoreError::Unavailable {
+                op: "claim",
+                key: key.stored(),
+                reason: format!("unexpected reply from Redis at {} ({} parts)", self.target, reply.len()),
+            }),
+        }
+    }
+
+    pub(super) async fn complete(
+        &self,
+        key: &Key,
+        owner: &str,
+        result: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut inv = SCRIPTS.complete.prepare_invoke();
+        inv.key(key.stored()).arg(owner).arg(result).arg(millis(ttl));
+        self.eval("complete", key, &inv).await
+    }
+
+    pub(super) async fn release(&self, key: &Key, owner: &str) -> Result<bool, StoreError> {
+        let mut inv = SCRIPTS.release.prepare_invoke();
+        inv.key(key.stored()).arg(owner);
+        self.eval("release", key, &inv).await
+    }
+
+    pub(super) async fn acquire_lease(
+        &self,
+        key: &Key,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let mut inv = SCRIPTS.acquire_lease.prepare_invoke();
+        inv.key(key.stored()).key(fence_key(key).stored()).arg(owner).arg(millis(ttl));
+        let token: Option<String> = self.eval("acquire_lease", key, &inv).await?;
+        token
+            .map(|t| Ok(Lease { key: key.clone(), owner: owner.to_owned(), token: number(&t, "acquire_lease", key)? }))
+            .transpose()
+    }
+
+    pub(super) async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
+        let mut inv = SCRIPTS.renew_lease.prepare_invoke();
+        inv.key(lease.key.stored()).arg(&lease.owner).arg(lease.token).arg(millis(ttl));
+        self.eval("renew_lease", &lease.key, &inv).await
+    }
+
+    pub(super) async fn release_lease(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let mut inv = SCRIPTS.release_lease.prepare_invoke();
+        inv.key(lease.key.stored()).arg(&lease.owner).arg(lease.token);
+        self.eval("release_lease", &lease.key, &inv).await
+    }
+}
+
+/// The expectation as a script argument: `absent`, `any` or the version.
+fn expect_arg(expect: Expect) -> String {
+    match expect {
+        Expect::Absent => "absent".to_owned(),
+        Expect::Any => "any".to_owned(),
+        Expect::Version(v) => v.to_string(),
+    }
+}
+
+/// A TTL in whole milliseconds for `PEXPIRE`, rounded up (so a sub-millisecond
+/// TTL does not delete at once) and capped where Redis still accepts it.
+fn millis(ttl: Duration) -> u64 {
+    let ms = ttl.as_nanos().div_ceil(1_000_000);
+    ms.min(i64::MAX as u128 / 4) as u64
+}
+
+/// `{status}` or `{status, value}`.
+fn reply_parts(reply: &[String]) -> (&str, Option<&str>) {
+    match reply {
+        [status] => (status.as_str(), None),
+        [status, value] => (status.as_str(), Some(value.as_str())),
+        _ => ("", None),
+    }
+}
+
+fn number(text: &str, op: &'static str, key: &Key) -> Result<u64, StoreError> {
+    text.parse().map_err(|_| unexpected(op, key, &[text.to_owned()]))
+}
+
+fn unexpected(op: &'static str, key: &Key, reply: &[String]) -> StoreError {
+    StoreError::Unavailable {
+        op,
+        key: key.stored(),
+        reason: format!("unexpected reply from Redis: {reply:?}; is another program writing catga:* keys?"),
+    }
+}
+
+/// The URL without the password (`redis://user:secret@host` →
+/// `redis://user:***@host`), fit for error messages and logs.
+fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|node| {
+            let node = node.trim();
+            let rest = node.find("://").map_or(0, |i| i + 3);
+            match node[rest..].rfind('@').map(|at| rest + at) {
+                Some(at) => {
+                    let user = &node[rest..at];
+                    let user = user.split_once(':').map_or("", |(name, _)| name);
+                    format!("{}{user}:***{}", &node[..rest], &node[at..])
+                }
+                None => node.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Helpers every script starts with.
+const PRELUDE: &str = r#"
+-- What a key holds: its `k` field, or nil (no key, or not one of ours).
+local function kind(key)
+  if redis.call('TYPE', key).ok ~= 'hash' then return nil end
+  return redis.call('HGET', key, 'k')
+end
+-- A record's version (a decimal string), or false.
+local function version(key)
+  if kind(key) ~= 'rec' then return false end
+  return redis.call('HGET', key, 'v')
+end
+-- The compare of compare-and-set: 'absent', 'any' or a version.
+local function expected(expect, found)
+  if expect == 'any' then return true end
+  if expect == 'absent' then return not found end
+  return found == expect
+end
+-- A lease's latest token ('0': never granted).
+local function fence(key)
+  if kind(key) ~= 'fence' then return '0' end
+  return redis.call('HGET', key, 't')
+end
+-- Whether `owner` holds the lease `key` with `token`.
+local function holds(key, owner, token)
+  return kind(key) == 'lease' and redis.call('HGET', key, 'o') == owner and redis.call('HGET', key, 't') == token
+end
+-- Whether `owner` holds the running claim `key`.
+local function claimed(key, owner)
+  return kind(key) == 'run' and redis.call('HGET', key, 'o') == owner
+end
+"#;
+
+/// KEYS: record. Returns {version, data} or nil.
+const GET: &str = r#"
+if kind(KEYS[1]) ~= 'rec' then return false end
+return redis.call('HMGET', KEYS[1], 'v', 'd')
+"#;
+
+/// KEYS: record [, fence]. ARGV: expect, data [, token].
+/// Returns {'ok', version} | {'conflict' [, found]} | {'fenced', current}.
+const PUT: &str = r#"
+if KEYS[2] then
+  local current = fence(KEYS[2])
+  if current ~= ARGV[3] then return {'fenced', current} end
+end
+local found = version(KEYS[1])
+if not expected(ARGV[1], found) then
+  if found then return {'conflict', found} end
+  return {'conflict'}
+end
+if found then
+  redis.call('HSET', KEYS[1], 'd', ARGV[2])
+else
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'k', 'rec', 'v', '0', 'd', ARGV[2])
+end
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+return {'ok', redis.call('HGET', KEYS[1], 'v')}
+"#;
+
+/// KEYS: record. ARGV: expect. Returns {'ok', '1' | '0'} | {'conflict' [, found]}.
+const DELETE: &str = r#"
+local found = version(KEYS[1])
+if not expected(ARGV[1], found) then
+  if found then return {'conflict', found} end
+  return {'conflict'}
+end
+return {'ok', tostring(redis.call('DEL', KEYS[1]))}
+"#;
+
+/// KEYS: counter. ARGV: by, bound on overflow. Returns the new value (decimal).
+const INCR: &str = r#"
+if kind(KEYS[1]) ~= 'ctr' then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'k', 'ctr', 'n', '0')
+end
+local r = redis.pcall('HINCRBY', KEYS[1], 'n', ARGV[1])
+if type(r) == 'table' and r.err then redis.call('HSET', KEYS[1], 'n', ARGV[2]) end
+return redis.call('HGET', KEYS[1], 'n')
+"#;
+
+/// KEYS: claim. ARGV: owner, ttl ms. Returns {'won'} | {'running', owner} | {'done', result}.
+const CLAIM: &str = r#"
+local k = kind(KEYS[1])
+if k == 'done' then return {'done', redis.call('HGET', KEYS[1], 'r')} end
+if k == 'run' then
+  local owner = redis.call('HGET', KEYS[1], 'o')
+  if owner ~= ARGV[1] then return {'running', owner} end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'k', 'run', 'o', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {'won'}
+"#;
+
+/// KEYS: claim. ARGV: owner, result, ttl ms. Returns 1 | 0.
+const COMPLETE: &str = r#"
+if not claimed(KEYS[1], ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'k', 'done', 'r', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"#;
+
+/// KEYS: claim. ARGV: owner. Returns 1 | 0.
+const RELEASE: &str = r#"
+if not claimed(KEYS[1], ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"#;
+
+/// KEYS: lease, fence. ARGV: owner, ttl ms. Returns the token, or nil when
+/// someone else holds the lease.
+const ACQUIRE_LEASE: &str = r#"
+local token
+if kind(KEYS[1]) == 'lease' then
+  if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return false end
+  token = redis.call('HGET', KEYS[1], 't')
+else
+  if kind(KEYS[2]) ~= 'fence' then
+    redis.call('DEL', KEYS[2])
+    redis.call('HSET', KEYS[2], 'k', 'fence', 't', '0')
+  end
+  redis.call('HINCRBY', KEYS[2], 't', 1)
+  token = redis.call('HGET', KEYS[2], 't')
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'k', 'lease', 'o', ARGV[1], 't', token)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return token
+"#;
+
+/// KEYS: lease. ARGV: owner, token, ttl ms. Returns 1 | 0.
+const RENEW_LEASE: &str = r#"
+if not holds(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"#;
+
+/// KEYS: lease. ARGV: owner, token. Returns 1 | 0.
+const RELEASE_LEASE: &str = r#"
+if not holds(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"#;
+
+struct Scripts {
+    get: Script,
+    put: Script,
+    delete: Script,
+    incr: Script,
+    claim: Script,
+    complete: Script,
+    release: Script,
+    acquire_lease: Script,
+    renew_lease: Script,
+    release_lease: Script,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
+    let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+    Scripts {
+        get: script(GET),
+        put: script(PUT),
+        delete: script(DELETE),
+        incr: script(INCR),
+        claim: script(CLAIM),
+        complete: script(COMPLETE),
+        release: script(RELEASE),
+        acquire_lease: script(ACQUIRE_LEASE),
+        renew_lease: script(RENEW_LEASE),
+        release_lease: script(RELEASE_LEASE),
+    }
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact("redis://:secret@h:1"), "redis://:***@h:1");
+        assert_eq!(redact("redis://app:secret@h:1, redis://h2:2"), "redis://app:***@h:1,redis://h2:2");
+    }
+
+    #[test]
+    fn ttls_round_up_and_stay_in_range() {
+        assert_eq!(millis(Duration::from_micros(1)), 1);
+        assert_eq!(millis(Duration::from_millis(1500)), 1500);
+        assert!(millis(Duration::MAX) < i64::MAX as u64);
+    }
+}
