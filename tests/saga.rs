@@ -304,9 +304,9 @@ async fn a_step_whose_runner_died_mid_step_is_run_again_not_compensated() {
     // Died once inside `reserve` (compensatable, no retries): a crash is
     // not a failure, so it runs again.
     orphan(&store, "mid-step", 1, 1, &["charge"]).await;
-    // Died inside `reserve` four times: past the crash budget it counts as
-    // a failure and `charge` is compensated.
-    orphan(&store, "crash-loop", 1, 4, &["charge"]).await;
+    // Died inside `reserve` six times: past the crash budget (5 re-runs) it
+    // counts as a failure and `charge` is compensated.
+    orphan(&store, "crash-loop", 1, 6, &["charge"]).await;
     let app = sweeper(&store).await;
     let info = finished(&app, "mid-step").await;
     assert_eq!(info.status, SagaStatus::Completed);
@@ -314,7 +314,7 @@ async fn a_step_whose_runner_died_mid_step_is_run_again_not_compensated() {
     assert_eq!(effects("mid-step"), ["charge", "reserve", "create", "notify"]);
     let info = finished(&app, "crash-loop").await;
     assert_eq!(info.status, SagaStatus::Compensated, "{info:?}");
-    assert!(info.error.as_deref().unwrap().contains("died 4 times"), "{info:?}");
+    assert!(info.error.as_deref().unwrap().contains("died 6 times"), "{info:?}");
     assert_eq!(effects("crash-loop"), ["charge", "undo charge"]);
 }
 

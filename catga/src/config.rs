@@ -17,6 +17,7 @@
 //! | `CATGA_IDEMPOTENCY_TTL_MS`   | how long a recorded result answers copies  | 86400000 (24 h) |
 //! | `CATGA_SAGA_LEASE_MS`        | lease of the instance running a saga; a dead runner's sagas are taken over after it | 5000 |
 //! | `CATGA_SAGA_SWEEP_MS`        | how often each instance looks for sagas to take over | 1000 |
+//! | `CATGA_SAGA_CRASH_RERUNS`    | re-runs of a step whose instance died mid-step before it counts as failed | 5 |
 
 use std::time::Duration;
 
@@ -77,6 +78,10 @@ pub struct Config {
     pub saga_wait: Duration,
     /// Retries of a failing compensation before the saga is `Failed`.
     pub saga_compensation_retries: u32,
+    /// How often a step (or compensation) whose instance died mid-way is
+    /// run again before that counts as the step failing — so a step that
+    /// crashes every instance running it cannot take the whole service down.
+    pub saga_crash_reruns: u32,
 }
 
 impl Default for Config {
@@ -106,6 +111,7 @@ impl Default for Config {
             saga_sweep_interval: Duration::from_secs(1),
             saga_wait: Duration::from_secs(60),
             saga_compensation_retries: 5,
+            saga_crash_reruns: 5,
         }
     }
 }
@@ -186,6 +192,9 @@ impl Config {
         };
         if let Some(n) = number("CATGA_SEND_RETRIES")? {
             c.send_retries = n.min(u32::MAX as u64) as u32;
+        }
+        if let Some(n) = number("CATGA_SAGA_CRASH_RERUNS")? {
+            c.saga_crash_reruns = n.min(u32::MAX as u64) as u32;
         }
         if let Some(n) = number("CATGA_MAX_IN_FLIGHT")? {
             if n == 0 {

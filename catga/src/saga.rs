@@ -298,10 +298,6 @@ impl<D> State<D> {
     }
 }
 
-/// How many times a step is re-run after the instance running it died
-/// mid-step, before that counts as the step failing.
-const CRASH_RERUNS: u32 = 3;
-
 /// What a status query or a listing shows of a saga.
 #[derive(Debug, Clone)]
 pub struct SagaInfo {
@@ -788,8 +784,9 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
     /// Run step `index` (or its compensation) until it succeeds — `None` —
     /// or has failed `retries + 1` times — `Some(last error)`. Each attempt
     /// is persisted before it starts. An attempt that never reported back
-    /// (its instance died) is run again, up to [`CRASH_RERUNS`] times: a
-    /// step that kills every instance that runs it must not kill them all.
+    /// (its instance died) is run again, up to
+    /// [`Config::saga_crash_reruns`](crate::Config::saga_crash_reruns) times:
+    /// a step that kills every instance that runs it must not kill them all.
     async fn attempts(&mut self, index: usize, direction: Direction, retries: u32) -> Result<Option<String>> {
         let step = &self.def.steps[index];
         loop {
@@ -797,7 +794,7 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
                 return Ok(Some(self.state.last_error.clone().unwrap_or_default()));
             }
             let crashed = self.state.attempts - self.state.failures;
-            if crashed > CRASH_RERUNS {
+            if crashed > self.app.config().saga_crash_reruns {
                 return Ok(Some(format!("the instances running it died {crashed} times before it finished")));
             }
             self.check_draining()?;

@@ -176,6 +176,18 @@ impl ServiceProcess {
         signal(self.pid(), name);
     }
 
+    /// Whether the process has exited (without waiting).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
+    /// Log lines seen so far (collected by `wait_for` and `drain_lines`).
+    pub fn drain_lines(&mut self) -> Vec<String> {
+        let fresh: Vec<String> = self.lines.try_iter().collect();
+        self.seen.extend(fresh.iter().cloned());
+        fresh
+    }
+
     /// Kill -9 and reap.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

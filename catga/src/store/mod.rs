@@ -286,6 +286,7 @@ impl Store {
     pub async fn set_add(&self, key: &Key, member: &str) -> Result<bool> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.set_add(key, member)),
+            Backend::Redis(r) => Ok(r.set_add(key, member).await?),
         }
     }
 
@@ -293,6 +294,7 @@ impl Store {
     pub async fn set_remove(&self, key: &Key, member: &str) -> Result<bool> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.set_remove(key, member)),
+            Backend::Redis(r) => Ok(r.set_remove(key, member).await?),
         }
     }
 
@@ -300,6 +302,7 @@ impl Store {
     pub async fn set_members(&self, key: &Key) -> Result<Vec<String>> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.set_members(key)),
+            Backend::Redis(r) => Ok(r.set_members(key).await?),
         }
     }
 

@@ -275,6 +275,39 @@ impl RedisStore {
         now.parse().map_err(|_| unexpected("incr", key, &[now]))
     }
 
+    /// Sets are native Redis sets: SADD, SREM and SMEMBERS are single-key
+    /// and atomic, so they need no script.
+    pub(super) async fn set_add(&self, key: &Key, member: &str) -> Result<bool, StoreError> {
+        let added: i64 = self.command("set_add", key, redis::cmd("SADD").arg(key.stored()).arg(member)).await?;
+        Ok(added == 1)
+    }
+
+    pub(super) async fn set_remove(&self, key: &Key, member: &str) -> Result<bool, StoreError> {
+        let removed: i64 = self.command("set_remove", key, redis::cmd("SREM").arg(key.stored()).arg(member)).await?;
+        Ok(removed == 1)
+    }
+
+    pub(super) async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError> {
+        let mut members: Vec<String> =
+            self.command("set_members", key, redis::cmd("SMEMBERS").arg(key.stored())).await?;
+        members.sort();
+        Ok(members)
+    }
+
+    /// Run one plain command, bounded by [`OP_TIMEOUT`] like the scripts.
+    async fn command<T: FromRedisValue>(&self, op: &'static str, key: &Key, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(OP_TIMEOUT, cmd.query_async(&mut conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.unavailable(op, key, &e)),
+            Err(_) => Err(StoreError::Unavailable {
+                op,
+                key: key.stored(),
+                reason: format!("no answer from Redis at {} within {OP_TIMEOUT:?}", self.target),
+            }),
+        }
+    }
+
     pub(super) async fn claim(&self, key: &Key, owner: &str, running_ttl: Duration) -> Result<Claim, StoreError> {
         let mut inv = SCRIPTS.claim.prepare_invoke();
         inv.key(key.stored()).arg(owner).arg(millis(running_ttl));
