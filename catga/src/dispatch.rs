@@ -46,12 +46,25 @@ pub struct Delivery<M> {
     ctx: Context,
     record: &'static HandlerRecord,
     in_flight: InFlight,
+    /// Events only: where the outcome goes when somebody waits for it (a
+    /// durable delivery acknowledges or redelivers by it); otherwise the
+    /// error is logged.
+    done: Option<Done>,
 }
+
+/// Receives the outcome of an event handling that runs on its own task.
+pub(crate) type Done = tokio::sync::oneshot::Sender<Result<(), HandlerError>>;
 
 impl<M> Delivery<M> {
     pub(crate) fn new(message: M, record: &'static HandlerRecord, in_flight: InFlight, meta: Metadata) -> Self {
         let ctx = Context::new(in_flight.app(), meta, record.subject);
-        Delivery { message, ctx, record, in_flight }
+        Delivery { message, ctx, record, in_flight, done: None }
+    }
+
+    /// Report the handling's outcome to `done` instead of logging it.
+    pub(crate) fn reporting_to(mut self, done: Done) -> Self {
+        self.done = Some(done);
+        self
     }
 }
 
@@ -76,17 +89,17 @@ where
 /// Start an event handler through the pipeline on its own task; errors are
 /// logged (there is no caller to return them to). One allocation: the task.
 #[doc(hidden)]
-pub fn handle_event<M, F, Fut, E>(delivery: Delivery<M>, handler: F)
+pub fn handle_event<M, F, Fut, E>(mut delivery: Delivery<M>, handler: F)
 where
     M: Event,
     F: FnOnce(M, Context) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Into<HandlerError> + 'static,
 {
-    let record = delivery.record;
+    let (record, done) = (delivery.record, delivery.done.take());
     match prepare(delivery, handler) {
-        Prepared::Direct(handling) => drop(tokio::spawn(Logged { handling, record })),
-        Prepared::Boxed(handling) => drop(tokio::spawn(Logged { handling, record })),
+        Prepared::Direct(handling) => drop(tokio::spawn(Logged { handling, record, done })),
+        Prepared::Boxed(handling) => drop(tokio::spawn(Logged { handling, record, done })),
     }
 }
 
@@ -105,7 +118,7 @@ where
     R: Send + 'static,
     E: Into<HandlerError> + 'static,
 {
-    let Delivery { message, ctx, record, in_flight } = delivery;
+    let Delivery { message, ctx, record, in_flight, done: _ } = delivery;
     let validated = catch_unwind(AssertUnwindSafe(|| message.validate())).unwrap_or_else(|p| Err(panicked(record, p)));
     if let Err(invalid) = validated {
         return Prepared::Boxed(Box::pin(std::future::ready(Err(invalid))));
@@ -216,11 +229,13 @@ where
 }
 
 pin_project! {
-    /// An event handling on its own task: its error is logged.
+    /// An event handling on its own task: its error is logged, or its
+    /// outcome reported to whoever waits for it.
     struct Logged<F> {
         #[pin]
         handling: F,
         record: &'static HandlerRecord,
+        done: Option<Done>,
     }
 }
 
@@ -230,6 +245,10 @@ impl<F: Future<Output = Result<(), HandlerError>>> Future for Logged<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
         let this = self.project();
         this.handling.poll(cx).map(|result| {
+            if let Some(done) = this.done.take() {
+                let _ = done.send(result);
+                return;
+            }
             if let Err(error) = result {
                 let record = *this.record;
                 tracing::error!(subject = record.subject, handler = record.name, %error, "event handler failed");
