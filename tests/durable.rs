@@ -117,7 +117,8 @@ async fn kill_9_mid_handling_redelivers_to_another_instance_and_each_effect_is_r
     // Four handlings per instance, so the batch spreads over all three; a
     // short ack_wait so the killed instance's messages come back soon.
     let settings = [("CATGA_MAX_IN_FLIGHT", "4"), ("CATGA_ACK_WAIT_MS", "2000")];
-    let mut svcs: Vec<_> = ["k-1", "k-2", "k-3"].iter().map(|id| service(&nats.url(), id, &ledger, &settings)).collect();
+    let mut svcs: Vec<_> =
+        ["k-1", "k-2", "k-3"].iter().map(|id| service(&nats.url(), id, &ledger, &settings)).collect();
     // The request timeout must exceed ack_wait to outlive a crashed handler.
     let client = client(&nats.url(), Duration::from_secs(30)).await;
 
@@ -329,4 +330,3 @@ async fn durable_delivery_in_memory_is_the_same_as_without() {
     assert!(matches!(app.dead_letters("dur.nobody").await, Err(Error::Config(_))));
     app.shutdown().await;
 }
-

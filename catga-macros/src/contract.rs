@@ -164,7 +164,11 @@ fn generate(kind: Kind, input: &DeriveInput, c: &Contract) -> TokenStream {
             }
         }
     });
-    let durable = c.durable.then(|| quote!(const DURABLE: bool = true;));
+    let durable = c.durable.then(|| {
+        quote!(
+            const DURABLE: bool = true;
+        )
+    });
     let message = quote! {
         #[automatically_derived]
         impl #impl_generics #krate::Message for #ident #ty_generics #where_clause {

@@ -89,13 +89,14 @@ where
 /// Start an event handler through the pipeline on its own task; errors are
 /// logged (there is no caller to return them to). One allocation: the task.
 #[doc(hidden)]
-pub fn handle_event<M, F, Fut, E>(mut delivery: Delivery<M>, handler: F)
+pub fn handle_event<M, F, Fut, E>(delivery: Delivery<M>, handler: F)
 where
     M: Event,
     F: FnOnce(M, Context) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Into<HandlerError> + 'static,
 {
+    let mut delivery = delivery;
     let (record, done) = (delivery.record, delivery.done.take());
     match prepare(delivery, handler) {
         Prepared::Direct(handling) => drop(tokio::spawn(Logged { handling, record, done })),

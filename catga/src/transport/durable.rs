@@ -197,9 +197,10 @@ async fn ensure_dead_letter_stream(js: &jetstream::Context) -> Result<()> {
         discard: DiscardPolicy::Old,
         ..Default::default()
     };
-    js.create_or_update_stream(config).await.map(drop).map_err(|e| {
-        js_error("catga.dlq", format!("cannot create or update the dead-letter stream {DLQ_STREAM}: {e}"))
-    })
+    js.create_or_update_stream(config)
+        .await
+        .map(drop)
+        .map_err(|e| js_error("catga.dlq", format!("cannot create or update the dead-letter stream {DLQ_STREAM}: {e}")))
 }
 
 /// Publish into JetStream and wait for the server to have stored it,
@@ -289,7 +290,8 @@ impl Replies {
                 while let Some(message) = subscriber.next().await {
                     let Some(replies) = weak.upgrade() else { return };
                     let token = message.subject.rsplit('.').next().and_then(|t| t.parse::<u64>().ok());
-                    let waiter = token.and_then(|t| replies.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&t));
+                    let waiter =
+                        token.and_then(|t| replies.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&t));
                     match waiter {
                         Some(waiter) => drop(waiter.send(message)),
                         None => tracing::debug!(subject = %message.subject, "durable reply for nobody (timed out?)"),
@@ -467,11 +469,7 @@ impl DurableServe {
 
     /// Await the handling, telling the server every `ack_wait / 3` that it
     /// is still in progress (so a long handler is not redelivered).
-    async fn keep_alive<T>(
-        &self,
-        message: &jetstream::Message,
-        handling: impl std::future::Future<Output = T>,
-    ) -> T {
+    async fn keep_alive<T>(&self, message: &jetstream::Message, handling: impl std::future::Future<Output = T>) -> T {
         let period = (self.settings.ack_wait / 3).max(Duration::from_millis(10));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -505,7 +503,8 @@ impl DurableServe {
         h.insert(headers::DELIVERY_COUNT, delivered.to_string());
         let subject = format!("{DLQ_PREFIX}{}", record.subject);
         let failed = |e: &dyn std::fmt::Display| js_error(record.subject, format!("dead-lettering to {subject}: {e}"));
-        let ack = self.js.publish_with_headers(subject.clone(), h, message.payload.clone()).await.map_err(|e| failed(&e))?;
+        let ack =
+            self.js.publish_with_headers(subject.clone(), h, message.payload.clone()).await.map_err(|e| failed(&e))?;
         ack.await.map(drop).map_err(|e| failed(&e))
     }
 }
@@ -634,7 +633,7 @@ pub(crate) async fn replay(js: &jetstream::Context, sequence: u64) -> Result<()>
     ];
     let mut h = HeaderMap::new();
     for (name, values) in letter.headers.iter() {
-        if dropped.iter().any(|d| d.eq_ignore_ascii_case(&name.to_string())) {
+        if dropped.iter().any(|d| d.eq_ignore_ascii_case(name.as_ref())) {
             continue;
         }
         for value in values {
