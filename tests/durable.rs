@@ -330,3 +330,103 @@ async fn durable_delivery_in_memory_is_the_same_as_without() {
     assert!(matches!(app.dead_letters("dur.nobody").await, Err(Error::Config(_))));
     app.shutdown().await;
 }
+
+// ---------- a broadcast durable event handler: every instance, once ----------
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[catga(subject = "dur.bcast", durable)]
+struct Broadcasted {
+    n: u64,
+}
+
+static BROADCASTS: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());
+
+#[catga::event]
+async fn on_broadcast(ev: Broadcasted, ctx: Context) -> Result<(), HandlerError> {
+    BROADCASTS.lock().unwrap().push((ctx.instance_id().to_owned(), ev.n));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_durable_event_reaches_every_running_instance_once() {
+    let nats = NatsServer::start_jetstream();
+    let mut apps = Vec::new();
+    for id in ["b-1", "b-2"] {
+        let app = Catga::builder()
+            .nats_url(nats.url())
+            .service("bcast")
+            .instance_id(id)
+            .handlers_where(|h| h.subject == "dur.bcast")
+            .start()
+            .await
+            .unwrap();
+        apps.push(app);
+    }
+    for n in 0..5 {
+        apps[0].publish(Broadcasted { n }).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while BROADCASTS.lock().unwrap().len() < 10 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // nothing more arrives
+    let mut seen = BROADCASTS.lock().unwrap().clone();
+    seen.sort();
+    let expected: Vec<_> = ["b-1", "b-2"].iter().flat_map(|id| (0..5).map(move |n| (id.to_string(), n))).collect();
+    assert_eq!(seen, expected);
+    for app in apps {
+        app.shutdown().await;
+    }
+}
+
+// ---------- a durable event whose handler fails, and a malformed one ----------
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[catga(subject = "dur.failing", durable)]
+struct Failing {
+    n: u64,
+}
+
+static FAILING_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[catga::event(queue = "failing")]
+async fn on_failing(_: Failing) -> Result<(), HandlerError> {
+    FAILING_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    Err(HandlerError::new("ledger_down", "cannot record\nthe event"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_durable_event_and_a_malformed_one_are_dead_lettered() {
+    let nats = NatsServer::start_jetstream();
+    let app = Catga::builder()
+        .nats_url(nats.url())
+        .service("failing")
+        .max_deliver(2)
+        .ack_wait(Duration::from_secs(1))
+        .handlers_where(|h| h.subject == "dur.failing")
+        .start()
+        .await
+        .unwrap();
+    app.publish(Failing { n: 1 }).await.unwrap();
+    // A plain NATS client publishes garbage into the stream: no retry helps.
+    let raw = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    raw.publish("dur.failing", "{oops".into()).await.unwrap().await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let letters = loop {
+        let letters = app.dead_letters("dur.failing").await.unwrap();
+        if letters.len() >= 2 || Instant::now() > deadline {
+            break letters;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let failed = letters.iter().find(|l| l.code == "ledger_down").expect("the handler's failure");
+    assert_eq!((failed.reason.as_str(), failed.deliveries), ("cannot record the event", 2));
+    assert!(failed.handler.ends_with("::on_failing"), "{}", failed.handler);
+    let malformed = letters.iter().find(|l| l.code == "invalid").expect("the malformed event");
+    assert_eq!((malformed.deliveries, malformed.payload.as_slice()), (1, &b"{oops"[..]));
+    assert!(malformed.reason.contains("malformed payload for \"dur.failing\""), "{}", malformed.reason);
+    assert_eq!(FAILING_CALLS.load(std::sync::atomic::Ordering::SeqCst), 2, "the malformed one never reached it");
+    app.shutdown().await;
+}
