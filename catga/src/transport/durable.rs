@@ -178,14 +178,16 @@ pub(crate) async fn consumer_for(
         },
     };
     let consumer_name = consumer_config.durable_name.clone().or(consumer_config.name.clone()).unwrap_or_default();
-    js.create_consumer_on_stream(consumer_config, &stream).await.map_err(|e| {
+    let consumer = js.create_consumer_on_stream(consumer_config, &stream).await.map_err(|e| {
         let hint = if command {
             "; a durable command's stream takes one consumer: every handler of it must use the same queue group"
         } else {
             ""
         };
         js_error(subject, format!("cannot create the JetStream consumer {consumer_name} on stream {stream}: {e}{hint}"))
-    })
+    })?;
+    tracing::info!(subject, stream, consumer = consumer_name, handler = record.name, "durable consumer ready");
+    Ok(consumer)
 }
 
 async fn ensure_dead_letter_stream(js: &jetstream::Context) -> Result<()> {

@@ -78,8 +78,12 @@ pub(crate) struct Nats {
 
 struct Inner {
     client: async_nats::Client,
-    /// JetStream, for durable contracts (see [`durable`]).
+    /// JetStream, for durable contracts (see [`durable`]): publishing,
+    /// whose acknowledgement waits up to the request timeout...
     js: async_nats::jetstream::Context,
+    /// ...and managing streams and consumers, which gets at least 5 s
+    /// whatever the request timeout (a busy server's API is slower).
+    js_admin: async_nats::jetstream::Context,
     durable: Settings,
     /// The reply inbox of durable commands, subscribed on first use.
     replies: tokio::sync::OnceCell<Arc<Replies>>,
@@ -148,6 +152,9 @@ impl Nats {
         Ok(Nats {
             inner: Arc::new(Inner {
                 js: async_nats::jetstream::ContextBuilder::new().timeout(config.request_timeout).build(client.clone()),
+                js_admin: async_nats::jetstream::ContextBuilder::new()
+                    .timeout(config.request_timeout.max(Duration::from_secs(5)))
+                    .build(client.clone()),
                 client,
                 durable: Settings::of(config),
                 replies: tokio::sync::OnceCell::new(),
@@ -174,10 +181,10 @@ impl Nats {
         for &record in handlers {
             let client = &self.inner.client;
             if record.durable() {
-                let consumer = durable::consumer_for(&self.inner.js, record, config, self.inner.durable).await?;
+                let consumer = durable::consumer_for(&self.inner.js_admin, record, config, self.inner.durable).await?;
                 let serve = DurableServe {
                     client: client.clone(),
-                    js: self.inner.js.clone(),
+                    js: self.inner.js_admin.clone(),
                     app: Arc::downgrade(app),
                     record,
                     stats: service.endpoint(record),
@@ -335,12 +342,12 @@ impl Nats {
 
     /// Every dead letter of `subject` (see [`durable::dead_letters`]).
     pub(crate) async fn dead_letters(&self, subject: &str) -> Result<Vec<DeadLetter>> {
-        durable::dead_letters(&self.inner.js, subject).await
+        durable::dead_letters(&self.inner.js_admin, subject).await
     }
 
     /// Publish a dead letter again and delete it (see [`durable::replay`]).
     pub(crate) async fn replay_dead_letter(&self, sequence: u64) -> Result<()> {
-        durable::replay(&self.inner.js, sequence).await
+        durable::replay(&self.inner.js_admin, sequence).await
     }
 
     /// Publish an event; returns once the client has it (a durable event:
