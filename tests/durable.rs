@@ -430,3 +430,43 @@ async fn a_failing_durable_event_and_a_malformed_one_are_dead_lettered() {
     assert_eq!(FAILING_CALLS.load(std::sync::atomic::Ordering::SeqCst), 2, "the malformed one never reached it");
     app.shutdown().await;
 }
+
+// ---------- a publish whose acknowledgement is late is retried and stored once ----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_publish_retried_after_a_lost_ack_is_stored_once() {
+    let nats = NatsServer::start_jetstream();
+    let ledger = Ledger::new();
+    // An instance creates the stream and its groups' consumers, then stops:
+    // what is published now stays in the stream, countable.
+    let mut first = service(&nats.url(), "r-1", &ledger, &[]);
+    first.signal("TERM");
+    assert_eq!(first.exit_code(), Some(0));
+    let client = Catga::builder()
+        .nats_url(nats.url())
+        .service("tester")
+        .request_timeout(Duration::from_millis(300))
+        .send_retries(8)
+        .client_only()
+        .start()
+        .await
+        .unwrap();
+
+    // The server freezes: the first attempt's acknowledgement times out.
+    catga_suite::signal(nats.pid(), "STOP");
+    let publish = {
+        let client = client.clone();
+        tokio::spawn(async move { client.publish(Noted { n: 42 }).await })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    catga_suite::signal(nats.pid(), "CONT");
+    let published = tokio::time::timeout(Duration::from_secs(20), publish).await.expect("bounded").unwrap();
+    published.unwrap();
+    println!("publish retried {} times while the server was stopped", client.retries());
+    assert!(client.retries() >= 1, "the frozen server made the first attempt time out");
+
+    let raw = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut stream = raw.get_stream("CATGA_dur_noted").await.unwrap();
+    let stored = stream.info().await.unwrap().state.messages;
+    assert_eq!(stored, 1, "every attempt carried the same Nats-Msg-Id: stored once");
+}
