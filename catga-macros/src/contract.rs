@@ -1,6 +1,6 @@
 //! `#[derive(Command)]` and `#[derive(Event)]` with `#[catga(...)]`: the
 //! message contract — subject (checked as a NATS subject), reply type,
-//! codec, validation hook.
+//! codec, validation hook, durability.
 
 use proc_macro2::{Span, TokenStream};
 use quote::quote;
@@ -25,8 +25,8 @@ impl Kind {
 
     fn keys(self) -> &'static [&'static str] {
         match self {
-            Kind::Command => &["subject", "reply", "codec", "validate", "crate"],
-            Kind::Event => &["subject", "codec", "validate", "crate"],
+            Kind::Command => &["subject", "reply", "codec", "validate", "durable", "crate"],
+            Kind::Event => &["subject", "codec", "validate", "durable", "crate"],
         }
     }
 
@@ -43,6 +43,7 @@ struct Contract {
     reply: Option<Type>,
     codec: Option<Type>,
     validate: bool,
+    durable: bool,
     krate: Path,
 }
 
@@ -67,6 +68,7 @@ fn parse(kind: Kind, input: &DeriveInput, errors: &mut Errors) -> Contract {
     let mut reply = Attr::new("reply");
     let mut codec = Attr::new("codec");
     let mut validate = Attr::new("validate");
+    let mut durable = Attr::new("durable");
     let mut krate = Attr::new("crate");
     let mut found = false;
     let mut subject_given = false;
@@ -95,6 +97,17 @@ fn parse(kind: Kind, input: &DeriveInput, errors: &mut Errors) -> Contract {
                     skip_value(&meta);
                 }
                 validate.set(key, (), errors);
+            } else if key.is_ident("durable") {
+                // One form only: the bare flag. `durable = true` would invite
+                // `durable = false`, which says nothing the absence does not.
+                if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                    errors.push(meta.error(
+                        "`durable` is a flag: write `durable` (no value) to deliver this message through JetStream, \
+                         or leave it out for at-most-once core NATS",
+                    ));
+                    skip_value(&meta);
+                }
+                durable.set(key, (), errors);
             } else if key.is_ident("crate") {
                 krate.set(key, meta.value()?.parse::<Path>()?, errors);
             } else {
@@ -131,6 +144,7 @@ fn parse(kind: Kind, input: &DeriveInput, errors: &mut Errors) -> Contract {
         reply: reply.get(),
         codec: codec.get(),
         validate: validate.get().is_some(),
+        durable: durable.get().is_some(),
         krate: krate.get().unwrap_or_else(|| syn::parse_quote!(::catga)),
     }
 }
@@ -150,11 +164,17 @@ fn generate(kind: Kind, input: &DeriveInput, c: &Contract) -> TokenStream {
             }
         }
     });
+    let durable = c.durable.then(|| {
+        quote!(
+            const DURABLE: bool = true;
+        )
+    });
     let message = quote! {
         #[automatically_derived]
         impl #impl_generics #krate::Message for #ident #ty_generics #where_clause {
             const SUBJECT: &'static str = #subject;
             type Codec = #codec;
+            #durable
             #validate
         }
     };

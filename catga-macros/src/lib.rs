@@ -17,14 +17,14 @@ mod subject;
 use proc_macro::TokenStream;
 
 /// Declare a command contract: `#[catga(subject = "...", reply = Type)]`,
-/// optionally `codec = Type`, `validate`, `crate = path`.
+/// optionally `codec = Type`, `validate`, `durable`, `crate = path`.
 #[proc_macro_derive(Command, attributes(catga))]
 pub fn derive_command(input: TokenStream) -> TokenStream {
     contract::expand(contract::Kind::Command, input.into()).into()
 }
 
 /// Declare an event contract: `#[catga(subject = "...")]`, optionally
-/// `codec = Type`, `validate`, `crate = path`.
+/// `codec = Type`, `validate`, `durable`, `crate = path`.
 #[proc_macro_derive(Event, attributes(catga))]
 pub fn derive_event(input: TokenStream) -> TokenStream {
     contract::expand(contract::Kind::Event, input.into()).into()

@@ -37,10 +37,30 @@ impl Catga {
     /// }
     /// ```
     pub async fn run() -> Result<()> {
+        Builder::from_env()?.run().await
+    }
+
+    /// Explicit settings: start from the defaults, not the environment.
+    pub fn builder() -> Builder {
+        Builder::new(Config::default())
+    }
+}
+
+impl Builder {
+    /// [`start`](Builder::start) this instance, run until ctrl-c or SIGTERM,
+    /// then shut down gracefully — [`Catga::run`] with these settings.
+    ///
+    /// ```no_run
+    /// #[tokio::main]
+    /// async fn main() -> catga::Result<()> {
+    ///     catga::Catga::builder().service("orders").run().await
+    /// }
+    /// ```
+    pub async fn run(self) -> Result<()> {
         // Listen before subscribing, so a signal that arrives right after
         // startup is a graceful stop and not the default "terminate now".
         let mut signals = Signals::listen();
-        let app = Builder::from_env()?.start().await?;
+        let app = self.start().await?;
         signals.recv().await;
         tracing::info!(instance = app.instance_id(), "signal received, shutting down");
         tokio::select! {
@@ -50,11 +70,6 @@ impl Catga {
             }
         }
         Ok(())
-    }
-
-    /// Explicit settings: start from the defaults, not the environment.
-    pub fn builder() -> Builder {
-        Builder::new(Config::default())
     }
 }
 
@@ -216,6 +231,48 @@ impl Builder {
     /// closing the connection is noticed only after about two intervals.
     pub fn nats_ping_interval(mut self, interval: Duration) -> Self {
         self.config.nats_ping_interval = interval;
+        self
+    }
+
+    /// Durable handlers (NATS JetStream): how long a delivered message may
+    /// stay unacknowledged before it is redelivered (default 30 s). A
+    /// running handler keeps extending it, so this is about crashed
+    /// instances: a caller survives one only if its request timeout is
+    /// longer.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let builder = catga::Catga::builder().ack_wait(Duration::from_secs(10));
+    /// # drop(builder);
+    /// ```
+    pub fn ack_wait(mut self, wait: Duration) -> Self {
+        self.config.ack_wait = wait;
+        self
+    }
+
+    /// Durable handlers: deliveries of one message, the first included
+    /// (default 5, at least 1); when the last fails, the message is moved
+    /// to the dead-letter stream (see [`App::dead_letters`]).
+    ///
+    /// ```
+    /// let builder = catga::Catga::builder().max_deliver(3);
+    /// # drop(builder);
+    /// ```
+    pub fn max_deliver(mut self, deliveries: u32) -> Self {
+        self.config.max_deliver = deliveries.max(1);
+        self
+    }
+
+    /// Durable events: how long their stream keeps an event (default 7
+    /// days).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let builder = catga::Catga::builder().event_max_age(Duration::from_secs(24 * 3600));
+    /// # drop(builder);
+    /// ```
+    pub fn event_max_age(mut self, age: Duration) -> Self {
+        self.config.event_max_age = age;
         self
     }
 
@@ -479,6 +536,23 @@ impl App {
     pub async fn publish_as<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
         self.check_open()?;
         self.inner.transport.publish(event, meta).await
+    }
+
+    /// The dead letters of a durable subject, oldest first: messages whose
+    /// last delivery failed (after `max_deliver` attempts, or at once for
+    /// an `invalid` message), with the reason, code, handler and delivery
+    /// count. NATS JetStream only; in memory this is an [`Error::Config`].
+    pub async fn dead_letters(&self, subject: &str) -> Result<Vec<crate::transport::DeadLetter>> {
+        self.inner.transport.dead_letters(subject).await
+    }
+
+    /// Publish dead letter `sequence` (from [`dead_letters`](App::dead_letters))
+    /// again to its original subject — same payload and Catga headers, a
+    /// fresh JetStream deduplication id — and delete it from the dead-letter
+    /// stream. A replayed command has no caller waiting: its reply is
+    /// dropped.
+    pub async fn replay_dead_letter(&self, sequence: u64) -> Result<()> {
+        self.inner.transport.replay_dead_letter(sequence).await
     }
 
     fn check_open(&self) -> Result<()> {

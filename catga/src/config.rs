@@ -18,6 +18,13 @@
 //! | `CATGA_SAGA_LEASE_MS`        | lease of the instance running a saga; a dead runner's sagas are taken over after it | 5000 |
 //! | `CATGA_SAGA_SWEEP_MS`        | how often each instance looks for sagas to take over | 1000 |
 //! | `CATGA_SAGA_CRASH_RERUNS`    | re-runs of a step whose instance died mid-step before it counts as failed | 5 |
+//! | `CATGA_ACK_WAIT_MS`          | durable: how long a pulled message may go unacknowledged before it is redelivered | 30000 |
+//! | `CATGA_MAX_DELIVER`          | durable: deliveries of one message before it is dead-lettered | 5 |
+//! | `CATGA_EVENT_MAX_AGE_MS`     | durable: how long a durable event stream keeps events | 604800000 (7 days) |
+//!
+//! The durable settings apply to handlers of `#[catga(durable)]` contracts
+//! over NATS (JetStream); every instance of a handler should use the same
+//! values, since the last one to start sets them on the shared consumer.
 
 use std::time::Duration;
 
@@ -82,6 +89,18 @@ pub struct Config {
     /// run again before that counts as the step failing — so a step that
     /// crashes every instance running it cannot take the whole service down.
     pub saga_crash_reruns: u32,
+    /// Durable (JetStream) handlers: how long a delivered message may stay
+    /// unacknowledged before the server redelivers it (a running handler
+    /// extends it every `ack_wait / 3`). A caller that must survive a
+    /// crashed handler needs a request timeout above this.
+    pub ack_wait: Duration,
+    /// Durable handlers: deliveries of one message (the first included);
+    /// when the last one fails, the message goes to the dead-letter stream.
+    pub max_deliver: u32,
+    /// Durable events: how long their stream keeps an event (acknowledged
+    /// or not), so a queue group that is down for less than this misses
+    /// nothing.
+    pub event_max_age: Duration,
 }
 
 impl Default for Config {
@@ -112,6 +131,9 @@ impl Default for Config {
             saga_wait: Duration::from_secs(60),
             saga_compensation_retries: 5,
             saga_crash_reruns: 5,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            event_max_age: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -133,6 +155,8 @@ impl Config {
     /// assert!(err.to_string().contains("CATGA_GRACE_PERIOD_MS"));
     /// let err = Config::from_lookup(|k| (k == "CATGA_REQUEST_TIMEOUT_MS").then(|| "0".to_owned())).unwrap_err();
     /// assert!(err.to_string().contains("zero"));
+    /// let c = Config::from_lookup(|k| (k == "CATGA_MAX_DELIVER").then(|| "3".to_owned())).unwrap();
+    /// assert_eq!(c.max_deliver, 3);
     /// ```
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let mut c = Config::default();
@@ -182,6 +206,12 @@ impl Config {
                 _ => return Err(Error::Config(format!("CATGA_IDEMPOTENT={v:?} is not true or false"))),
             };
         }
+        if let Some(d) = millis("CATGA_ACK_WAIT_MS")? {
+            c.ack_wait = d;
+        }
+        if let Some(d) = millis("CATGA_EVENT_MAX_AGE_MS")? {
+            c.event_max_age = d;
+        }
         if let Some(v) = set("CATGA_SERVICE_VERSION") {
             c.version = v;
         }
@@ -201,6 +231,12 @@ impl Config {
                 return Err(Error::Config("CATGA_MAX_IN_FLIGHT=0 would never handle anything".into()));
             }
             c.max_in_flight = n as usize;
+        }
+        if let Some(n) = number("CATGA_MAX_DELIVER")? {
+            if n == 0 {
+                return Err(Error::Config("CATGA_MAX_DELIVER=0 would never deliver a durable message".into()));
+            }
+            c.max_deliver = n.min(i32::MAX as u64) as u32;
         }
         Ok(c)
     }

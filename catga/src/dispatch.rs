@@ -47,12 +47,25 @@ pub struct Delivery<M> {
     ctx: Context,
     record: &'static HandlerRecord,
     in_flight: InFlight,
+    /// Events only: where the outcome goes when somebody waits for it (a
+    /// durable delivery acknowledges or redelivers by it); otherwise the
+    /// error is logged.
+    done: Option<Done>,
 }
+
+/// Receives the outcome of an event handling that runs on its own task.
+pub(crate) type Done = tokio::sync::oneshot::Sender<Result<(), HandlerError>>;
 
 impl<M> Delivery<M> {
     pub(crate) fn new(message: M, record: &'static HandlerRecord, in_flight: InFlight, meta: Metadata) -> Self {
         let ctx = Context::new(in_flight.app(), meta, record.subject);
-        Delivery { message, ctx, record, in_flight }
+        Delivery { message, ctx, record, in_flight, done: None }
+    }
+
+    /// Report the handling's outcome to `done` instead of logging it.
+    pub(crate) fn reporting_to(mut self, done: Done) -> Self {
+        self.done = Some(done);
+        self
     }
 }
 
@@ -85,10 +98,11 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Into<HandlerError> + 'static,
 {
-    let record = delivery.record;
+    let mut delivery = delivery;
+    let (record, done) = (delivery.record, delivery.done.take());
     match prepare(delivery, handler, idempotency::unit_recorder()) {
-        Prepared::Direct(handling) => drop(tokio::spawn(Logged { handling, record })),
-        Prepared::Boxed(handling) => drop(tokio::spawn(Logged { handling, record })),
+        Prepared::Direct(handling) => drop(tokio::spawn(Logged { handling, record, done })),
+        Prepared::Boxed(handling) => drop(tokio::spawn(Logged { handling, record, done })),
     }
 }
 
@@ -107,7 +121,7 @@ where
     R: Send + 'static,
     E: Into<HandlerError> + 'static,
 {
-    let Delivery { message, ctx, record, in_flight } = delivery;
+    let Delivery { message, ctx, record, in_flight, done: _ } = delivery;
     let validated = catch_unwind(AssertUnwindSafe(|| message.validate())).unwrap_or_else(|p| Err(panicked(record, p)));
     if let Err(invalid) = validated {
         return Prepared::Boxed(Box::pin(std::future::ready(Err(invalid))));
@@ -231,11 +245,13 @@ where
 }
 
 pin_project! {
-    /// An event handling on its own task: its error is logged.
+    /// An event handling on its own task: its error is logged, or its
+    /// outcome reported to whoever waits for it.
     struct Logged<F> {
         #[pin]
         handling: F,
         record: &'static HandlerRecord,
+        done: Option<Done>,
     }
 }
 
@@ -245,6 +261,10 @@ impl<F: Future<Output = Result<(), HandlerError>>> Future for Logged<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
         let this = self.project();
         this.handling.poll(cx).map(|result| {
+            if let Some(done) = this.done.take() {
+                let _ = done.send(result);
+                return;
+            }
             if let Err(error) = result {
                 let record = *this.record;
                 tracing::error!(subject = record.subject, handler = record.name, %error, "event handler failed");

@@ -107,6 +107,7 @@ pub use context::{Context, MessageId, Metadata};
 pub use dispatch::BoxFuture;
 pub use error::{Error, HandlerError, Result};
 pub use message::{Command, Event, Message, Validate};
+pub use transport::DeadLetter;
 
 /// Attribute macros for handlers, derives for contracts.
 pub use catga_macros::{Command, Event, command, event, saga};

@@ -18,6 +18,25 @@ pub trait Message: Serialize + DeserializeOwned + Send + 'static {
     /// The codec that puts this message on the wire (JSON unless the
     /// contract says `#[catga(codec = ...)]`).
     type Codec: Codec;
+    /// Whether the message is delivered durably: set by `#[catga(durable)]`.
+    ///
+    /// Over NATS a durable message is published into a JetStream stream
+    /// and acknowledged once stored; handlers pull it, and it is redelivered
+    /// until a handler succeeds (or dead-lettered after `max_deliver`
+    /// attempts) — at-least-once instead of core NATS's at-most-once. The
+    /// sender must know, which is why it is part of the contract. In memory
+    /// it changes nothing: there is no other process to survive.
+    ///
+    /// ```
+    /// use catga::prelude::*;
+    ///
+    /// #[derive(Debug, Serialize, Deserialize, Command)]
+    /// #[catga(subject = "doc.payments.capture", reply = (), durable)]
+    /// pub struct Capture { pub payment_id: String }
+    ///
+    /// assert!(<Capture as catga::Message>::DURABLE);
+    /// ```
+    const DURABLE: bool = false;
     /// Runs before every handling; an error here is returned to the caller
     /// with code [`HandlerError::INVALID`] and the handler is not called.
     /// The derive calls [`Validate::validate`] when the contract says

@@ -71,6 +71,12 @@ impl HandlerRecord {
         format!("{}:{} ({}::{})", self.file, self.line, self.module, self.name)
     }
 
+    /// Whether its message is durable (`#[catga(durable)]`): over NATS the
+    /// handler pulls from a JetStream consumer instead of subscribing.
+    pub fn durable(&self) -> bool {
+        self.entry.durable()
+    }
+
     /// The queue group this handler joins in a service called `service`:
     /// `None` means broadcast (events only).
     pub fn queue_group<'a>(&'a self, service: &'a str) -> Option<&'a str> {
@@ -157,7 +163,10 @@ pub(crate) type RawFuture = BoxFuture<'static, Result<RawReply, HandlerError>>;
 pub trait Entry: Send + Sync + 'static {
     /// For the typed fast path: downcast to `CommandEntry<C>`/`EventEntry<E>`.
     fn as_any(&self) -> &dyn Any;
+    /// The message's [`Message::DURABLE`](crate::Message::DURABLE).
+    fn durable(&self) -> bool;
     /// Decode `payload` with the message's codec, handle it, encode the reply.
+    /// For an event the future resolves once the handler is started.
     fn call_raw(
         &self,
         payload: &[u8],
@@ -165,6 +174,17 @@ pub trait Entry: Send + Sync + 'static {
         in_flight: InFlight,
         meta: Metadata,
     ) -> RawFuture;
+    /// Like [`call_raw`](Entry::call_raw), but an event's future resolves
+    /// with the handler's outcome (a durable delivery acknowledges by it).
+    fn call_to_end(
+        &self,
+        payload: &[u8],
+        record: &'static HandlerRecord,
+        in_flight: InFlight,
+        meta: Metadata,
+    ) -> RawFuture {
+        self.call_raw(payload, record, in_flight, meta)
+    }
 }
 
 /// A generated command thunk: runs one delivery through the pipeline.
@@ -187,6 +207,10 @@ impl<C: Command> CommandEntry<C> {
 impl<C: Command> Entry for CommandEntry<C> {
     fn as_any(&self) -> &dyn Any {
         self
+    }
+
+    fn durable(&self) -> bool {
+        C::DURABLE
     }
 
     fn call_raw(
@@ -221,6 +245,32 @@ impl<E: Event> EventEntry<E> {
 impl<E: Event> Entry for EventEntry<E> {
     fn as_any(&self) -> &dyn Any {
         self
+    }
+
+    fn durable(&self) -> bool {
+        E::DURABLE
+    }
+
+    fn call_to_end(
+        &self,
+        payload: &[u8],
+        record: &'static HandlerRecord,
+        in_flight: InFlight,
+        meta: Metadata,
+    ) -> RawFuture {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let started = crate::dispatch::decode::<E>(payload)
+            .map(|message| (self.thunk)(Delivery::new(message, record, in_flight, meta).reporting_to(done)));
+        Box::pin(async move {
+            started?;
+            match outcome.await {
+                Ok(result) => result.map(|()| RawReply::default()),
+                Err(_) => Err(HandlerError::new(
+                    HandlerError::INTERNAL,
+                    format!("the handling by `{}` ended without an outcome (its task was cancelled)", record.name),
+                )),
+            }
+        })
     }
 
     fn call_raw(

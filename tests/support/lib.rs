@@ -45,12 +45,23 @@ pub struct NatsServer {
     child: Option<Child>,
     /// The client port.
     pub port: u16,
+    /// JetStream's store directory, removed on drop.
+    store: Option<std::path::PathBuf>,
 }
 
 impl NatsServer {
     /// A single server on a free port.
     pub fn start() -> NatsServer {
         Self::spawn(free_port(), &[])
+    }
+
+    /// A single server with JetStream enabled (`-js`), storing in a fresh
+    /// temporary directory that is removed when the server is dropped.
+    pub fn start_jetstream() -> NatsServer {
+        let store = temp_dir("catga-js");
+        let mut server = Self::spawn(free_port(), &["-js", "-sd", store.to_str().expect("utf-8 temp path")]);
+        server.store = Some(store);
+        server
     }
 
     /// A cluster of `n` servers routed to each other. Returns once every
@@ -83,7 +94,7 @@ impl NatsServer {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("nats-server on port {port} exited at start ({status}); was the port taken?");
         }
-        let server = NatsServer { child: Some(child), port };
+        let server = NatsServer { child: Some(child), port, store: None };
         assert!(listening, "nats-server did not listen on {port} within 10 s");
         server
     }
@@ -110,7 +121,18 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(store) = self.store.take() {
+            let _ = std::fs::remove_dir_all(store);
+        }
     }
+}
+
+/// A fresh, empty directory under the system temp dir (the caller removes it).
+pub fn temp_dir(prefix: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create a temp dir");
+    dir
 }
 
 /// The `catga-test-service` binary, run as a separate OS process with the

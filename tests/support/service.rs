@@ -1,4 +1,5 @@
-//! A small service for the process-level tests: `Catga::run()` with a few
+//! A small service for the process-level tests: `Catga::run()` (through
+//! `Builder::run`, to pick the core or the durable handlers) with a few
 //! handlers, configured only by `CATGA_*` variables, logging to stderr.
 //! Tests start it as a separate OS process and stop it by its pid. Its
 //! contracts are copied (same subjects and shapes) in the tests, as another
@@ -78,6 +79,78 @@ async fn on_ping(ev: Ping, ctx: Context) -> Result<(), HandlerError> {
     Ok(())
 }
 
+// ---------- durable (JetStream) contracts and handlers: tests/durable.rs ----------
+//
+// Effects are recorded by appending one line to the ledger file named by
+// `CATGA_TEST_LEDGER` (one `write` of a whole line, so concurrent appends
+// from several processes do not interleave).
+
+fn record_effect(line: &str) -> Result<(), HandlerError> {
+    use std::io::Write;
+    let path = std::env::var("CATGA_TEST_LEDGER")
+        .map_err(|_| HandlerError::new("no_ledger", "CATGA_TEST_LEDGER is not set"))?;
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    file.write_all(format!("{line}\n").as_bytes())?;
+    Ok(())
+}
+
+/// Durable work: sleeps `sleep_ms`, then records `<message id>` in the
+/// ledger; answers (instance id, n).
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "dur.work", reply = (String, u64), durable)]
+pub struct DurableWork {
+    pub n: u64,
+    pub sleep_ms: u64,
+}
+
+#[catga::command(queue = "dur")]
+async fn durable_work(cmd: DurableWork, ctx: Context) -> Result<(String, u64), HandlerError> {
+    tokio::time::sleep(Duration::from_millis(cmd.sleep_ms)).await;
+    record_effect(&ctx.message_id().to_string())?;
+    Ok((ctx.instance_id().to_owned(), cmd.n))
+}
+
+/// Durable: fails with `code` until the file `<ledger>.heal` exists, then
+/// records `healed <message id>` and answers "healed"; with `ok`, answers
+/// "fine" at once.
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "dur.flaky", reply = String, durable)]
+pub struct Flaky {
+    pub ok: bool,
+    pub code: String,
+}
+
+#[catga::command(queue = "dur")]
+async fn flaky(cmd: Flaky, ctx: Context) -> Result<String, HandlerError> {
+    if cmd.ok {
+        return Ok("fine".into());
+    }
+    let healed = std::env::var("CATGA_TEST_LEDGER").map(|l| std::path::Path::new(&format!("{l}.heal")).exists());
+    if healed != Ok(true) {
+        return Err(HandlerError::new(cmd.code, "failed on purpose"));
+    }
+    record_effect(&format!("healed {}", ctx.message_id()))?;
+    Ok("healed".into())
+}
+
+/// A durable event, handled once per queue group: `dur-audit` and
+/// `dur-billing` each record `<group> <n> <instance id>`.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[catga(subject = "dur.noted", durable)]
+pub struct Noted {
+    pub n: u64,
+}
+
+#[catga::event(queue = "dur-audit")]
+async fn audit_noted(ev: Noted, ctx: Context) -> Result<(), HandlerError> {
+    record_effect(&format!("dur-audit {} {}", ev.n, ctx.instance_id()))
+}
+
+#[catga::event(queue = "dur-billing")]
+async fn bill_noted(ev: Noted, ctx: Context) -> Result<(), HandlerError> {
+    record_effect(&format!("dur-billing {} {}", ev.n, ctx.instance_id()))
+}
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
@@ -85,7 +158,12 @@ async fn main() {
         .with_ansi(false)
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .init();
-    if let Err(e) = Catga::run().await {
+    // The durable handlers need JetStream (`nats-server -js`): they run
+    // instead of the others when CATGA_TEST_DURABLE is set, so the core
+    // tests keep running on a plain server.
+    let durable = std::env::var_os("CATGA_TEST_DURABLE").is_some();
+    let run = async move { catga::Builder::from_env()?.handlers_where(move |h| h.durable() == durable).run().await };
+    if let Err(e) = run.await {
         eprintln!("catga-test-service: {e}");
         std::process::exit(2);
     }

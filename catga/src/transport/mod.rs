@@ -6,11 +6,15 @@
 //! - `nats`: instances anywhere, over NATS queue groups (set
 //!   `CATGA_NATS_URL`); payloads go through the message's codec, with the
 //!   wire format of `docs/WIRE.md`, and the NATS service API (`$SRV.*`).
+//!   Messages of `#[catga(durable)]` contracts go through JetStream
+//!   instead (stored, acknowledged, redelivered, dead-lettered).
 
+mod durable;
 pub mod memory;
 pub(crate) mod nats;
 mod service;
 
+pub use durable::{DLQ_PREFIX, DLQ_STREAM, DeadLetter, stream_name};
 pub use nats::headers;
 
 use std::future::Future;
@@ -87,6 +91,22 @@ impl Transport {
         }
     }
 
+    /// Dead letters of `subject` (NATS JetStream only).
+    pub(crate) async fn dead_letters(&self, subject: &str) -> Result<Vec<durable::DeadLetter>> {
+        match self {
+            Transport::Memory(_) => Err(no_dead_letters()),
+            Transport::Nats(nats) => nats.dead_letters(subject).await,
+        }
+    }
+
+    /// Re-publish a dead letter and delete it (NATS JetStream only).
+    pub(crate) async fn replay_dead_letter(&self, sequence: u64) -> Result<()> {
+        match self {
+            Transport::Memory(_) => Err(no_dead_letters()),
+            Transport::Nats(nats) => nats.replay_dead_letter(sequence).await,
+        }
+    }
+
     /// Sends retried so far (NATS only).
     pub(crate) fn retries(&self) -> u64 {
         match self {
@@ -94,6 +114,14 @@ impl Transport {
             Transport::Nats(nats) => nats.retries(),
         }
     }
+}
+
+fn no_dead_letters() -> crate::Error {
+    crate::Error::Config(
+        "dead letters exist only on NATS JetStream (durable contracts over CATGA_NATS_URL); in memory a failed \
+         handling returns its error to the caller and is not kept"
+            .into(),
+    )
 }
 
 /// A send in progress, on either transport.

@@ -35,6 +35,7 @@ use crate::context::{MessageId, Metadata};
 use crate::error::{Error, HandlerError, Result};
 use crate::message::{Command, Event};
 use crate::registry::{HandlerKind, HandlerRecord};
+use crate::transport::durable::{self, DeadLetter, DurableServe, Replies, Settings};
 use crate::transport::service::{EndpointStats, Service};
 
 /// Header names of the Catga wire format (see `docs/WIRE.md`).
@@ -54,6 +55,19 @@ pub mod headers {
     pub const STATUS: &str = "Catga-Status";
     /// On error replies: the handler's error code (the body is the message).
     pub const ERROR_CODE: &str = "Catga-Error-Code";
+    /// On durable commands: the subject the reply goes to (the sender's
+    /// reply inbox), since a JetStream message has no reply subject of its own.
+    pub const REPLY_TO: &str = "Catga-Reply-To";
+    /// On dead letters: the last error's message.
+    pub const DLQ_REASON: &str = "Catga-Dlq-Reason";
+    /// On dead letters: the last error's code.
+    pub const DLQ_CODE: &str = "Catga-Dlq-Code";
+    /// On dead letters: the handler that failed (`module::function`).
+    pub const DLQ_HANDLER: &str = "Catga-Dlq-Handler";
+    /// On dead letters: the subject the message was sent on.
+    pub const ORIGINAL_SUBJECT: &str = "Catga-Original-Subject";
+    /// On dead letters: how many times it was delivered.
+    pub const DELIVERY_COUNT: &str = "Catga-Delivery-Count";
 }
 
 /// A connected NATS transport. Cheap to clone.
@@ -64,6 +78,15 @@ pub(crate) struct Nats {
 
 struct Inner {
     client: async_nats::Client,
+    /// JetStream, for durable contracts (see [`durable`]): publishing,
+    /// whose acknowledgement waits up to the request timeout...
+    js: async_nats::jetstream::Context,
+    /// ...and managing streams and consumers, which gets at least 5 s
+    /// whatever the request timeout (a busy server's API is slower).
+    js_admin: async_nats::jetstream::Context,
+    durable: Settings,
+    /// The reply inbox of durable commands, subscribed on first use.
+    replies: tokio::sync::OnceCell<Arc<Replies>>,
     retries: u32,
     max_in_flight: usize,
     retried: AtomicU64,
@@ -128,7 +151,13 @@ impl Nats {
         })?;
         Ok(Nats {
             inner: Arc::new(Inner {
+                js: async_nats::jetstream::ContextBuilder::new().timeout(config.request_timeout).build(client.clone()),
+                js_admin: async_nats::jetstream::ContextBuilder::new()
+                    .timeout(config.request_timeout.max(Duration::from_secs(5)))
+                    .build(client.clone()),
                 client,
+                durable: Settings::of(config),
+                replies: tokio::sync::OnceCell::new(),
                 retries: config.send_retries,
                 max_in_flight: config.max_in_flight,
                 retried: AtomicU64::new(0),
@@ -151,6 +180,21 @@ impl Nats {
         let service = Arc::new(Service::new(config, handlers));
         for &record in handlers {
             let client = &self.inner.client;
+            if record.durable() {
+                let consumer = durable::consumer_for(&self.inner.js_admin, record, config, self.inner.durable).await?;
+                let serve = DurableServe {
+                    client: client.clone(),
+                    js: self.inner.js_admin.clone(),
+                    app: Arc::downgrade(app),
+                    record,
+                    stats: service.endpoint(record),
+                    settings: self.inner.durable,
+                    consumer,
+                };
+                let drain = self.inner.drain.subscribe();
+                self.tasks().spawn(serve.run(drain));
+                continue;
+            }
             let subscribed = match record.queue_group(&config.service) {
                 Some(queue) => client.queue_subscribe(record.subject, queue.to_owned()).await,
                 None => client.subscribe(record.subject).await,
@@ -232,6 +276,9 @@ impl Nats {
 
     /// Send a command as a NATS request, with retries.
     pub(crate) async fn send<C: Command>(self, command: C, meta: Metadata, timeout: Duration) -> Result<C::Reply> {
+        if C::DURABLE {
+            return self.send_durable(command, meta, timeout).await;
+        }
         let payload = C::Codec::encode(&command).map_err(|e| codec_error::<C>("encode", C::SUBJECT, e.0))?.into();
         let headers = request_headers(&meta, C::Codec::CONTENT_TYPE);
         let mut attempt = 0;
@@ -271,11 +318,50 @@ impl Nats {
         }
     }
 
-    /// Publish an event; returns once the client has it.
+    /// A durable command: stored in its stream (acknowledged by the
+    /// server), then the reply awaited on this connection's reply inbox
+    /// for up to `timeout`.
+    async fn send_durable<C: Command>(self, command: C, meta: Metadata, timeout: Duration) -> Result<C::Reply> {
+        let payload = C::Codec::encode(&command).map_err(|e| codec_error::<C>("encode", C::SUBJECT, e.0))?;
+        let inner = &self.inner;
+        let replies = inner.replies.get_or_try_init(|| Replies::subscribe(&inner.client)).await?;
+        let mut waiting = replies.wait();
+        let mut headers = durable::with_msg_id(request_headers(&meta, C::Codec::CONTENT_TYPE), meta.message_id);
+        headers.insert(headers::REPLY_TO, waiting.reply_to.as_str());
+        let started = Instant::now();
+        durable::publish_stored(&inner.js, C::SUBJECT, headers, payload, inner.retries, &inner.retried).await?;
+        match tokio::time::timeout(timeout, &mut waiting.reply).await {
+            Ok(Ok(reply)) => decode_reply::<C>(&reply),
+            Ok(Err(_)) => Err(Error::Transport {
+                subject: C::SUBJECT,
+                reason: "the durable reply inbox closed (connection closed?)".into(),
+            }),
+            Err(_) => Err(Error::Timeout { subject: C::SUBJECT, after: started.elapsed() }),
+        }
+    }
+
+    /// Every dead letter of `subject` (see [`durable::dead_letters`]).
+    pub(crate) async fn dead_letters(&self, subject: &str) -> Result<Vec<DeadLetter>> {
+        durable::dead_letters(&self.inner.js_admin, subject).await
+    }
+
+    /// Publish a dead letter again and delete it (see [`durable::replay`]).
+    pub(crate) async fn replay_dead_letter(&self, sequence: u64) -> Result<()> {
+        durable::replay(&self.inner.js_admin, sequence).await
+    }
+
+    /// Publish an event; returns once the client has it (a durable event:
+    /// once the server has stored it).
     pub(crate) async fn publish<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
         let payload = E::Codec::encode(&event).map_err(|e| codec_error::<E>("encode", E::SUBJECT, e.0))?;
         let size = payload.len();
         let headers = request_headers(&meta, E::Codec::CONTENT_TYPE);
+        if E::DURABLE {
+            let inner = &self.inner;
+            let headers = durable::with_msg_id(headers, meta.message_id);
+            return durable::publish_stored(&inner.js, E::SUBJECT, headers, payload, inner.retries, &inner.retried)
+                .await;
+        }
         self.inner.client.publish_with_headers(E::SUBJECT, headers, payload.into()).await.map_err(|e| match e.kind() {
             async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
                 Error::PayloadTooLarge { subject: E::SUBJECT, size, max: self.inner.client.server_info().max_payload }
@@ -292,7 +378,7 @@ pub(crate) async fn drained(signal: &mut watch::Receiver<bool>) {
 }
 
 /// 50 ms × 2^(attempt-1), capped at 1 s, with full jitter.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let ceiling = Duration::from_millis(50).saturating_mul(1 << (attempt - 1).min(5)).min(Duration::from_secs(1));
     ceiling.mul_f64(fastrand::f64())
 }
@@ -325,7 +411,7 @@ fn traceparent(meta: &Metadata) -> String {
 
 /// The ids of a received message; a message without them (a plain NATS
 /// client) starts a conversation.
-fn metadata_of(message: &async_nats::Message) -> Metadata {
+pub(crate) fn metadata_of(message: &async_nats::Message) -> Metadata {
     let id = |name: &str| -> Option<MessageId> { message.headers.as_ref()?.get(name)?.as_str().parse().ok() };
     let message_id = id(headers::MESSAGE_ID).unwrap_or_default();
     let trace_id = || {
@@ -434,7 +520,7 @@ async fn handle(
     send_reply(client, record, reply_to, outcome).await;
 }
 
-async fn send_reply(
+pub(crate) async fn send_reply(
     client: &async_nats::Client,
     record: &'static HandlerRecord,
     reply_to: Subject,
