@@ -329,7 +329,10 @@ impl Builder {
         let config = self.config.resolve()?;
         let store = match (self.store, &config.redis_url) {
             (Some(store), _) => store,
-            (None, Some(url)) => Store::connect(url).await?,
+            (None, Some(url)) => match config.redis_replica_acks {
+                Some(acks) => Store::connect(url).await?.with_replica_acks(acks),
+                None => Store::connect(url).await?,
+            },
             (None, None) => Store::global_memory(),
         };
         let mut handlers = registry::handlers();

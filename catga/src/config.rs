@@ -17,6 +17,7 @@
 //! | `CATGA_IDEMPOTENCY_TTL_MS`   | how long a recorded result answers copies  | 86400000 (24 h) |
 //! | `CATGA_SAGA_LEASE_MS`        | lease of the instance running a saga; a dead runner's sagas are taken over after it | 5000 |
 //! | `CATGA_SAGA_SWEEP_MS`        | how often each instance looks for sagas to take over | 1000 |
+//! | `CATGA_REDIS_REPLICA_ACKS`   | replicas that must confirm each Redis write | 1 on a Cluster, 0 on one server |
 //! | `CATGA_SAGA_CRASH_RERUNS`    | re-runs of a step whose instance died mid-step before it counts as failed | 5 |
 //! | `CATGA_ACK_WAIT_MS`          | durable: how long a pulled message may go unacknowledged before it is redelivered | 30000 |
 //! | `CATGA_MAX_DELIVER`          | durable: deliveries of one message before it is dead-lettered | 5 |
@@ -89,6 +90,16 @@ pub struct Config {
     /// run again before that counts as the step failing — so a step that
     /// crashes every instance running it cannot take the whole service down.
     pub saga_crash_reruns: u32,
+    /// How often a step that meets a transient error (no handler, timeout,
+    /// transport, store, in progress, shutdown) is tried again before that
+    /// counts as one of its failures. With the backoff (up to 2 s between
+    /// tries) the default rides out an outage of about 30 s.
+    pub saga_transient_retries: u32,
+    /// Redis: replicas that must confirm each write (`WAIT`) before it is
+    /// acknowledged. `None`: 1 on a Redis Cluster (a write is on two nodes
+    /// before anyone relies on it; a shard with no live replica refuses
+    /// writes until one is back), 0 on a single server.
+    pub redis_replica_acks: Option<u32>,
     /// Durable (JetStream) handlers: how long a delivered message may stay
     /// unacknowledged before the server redelivers it (a running handler
     /// extends it every `ack_wait / 3`). A caller that must survive a
@@ -131,6 +142,8 @@ impl Default for Config {
             saga_wait: Duration::from_secs(60),
             saga_compensation_retries: 5,
             saga_crash_reruns: 5,
+            saga_transient_retries: 20,
+            redis_replica_acks: None,
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
             event_max_age: Duration::from_secs(7 * 24 * 3600),
@@ -222,6 +235,9 @@ impl Config {
         };
         if let Some(n) = number("CATGA_SEND_RETRIES")? {
             c.send_retries = n.min(u32::MAX as u64) as u32;
+        }
+        if let Some(n) = number("CATGA_REDIS_REPLICA_ACKS")? {
+            c.redis_replica_acks = Some(n.min(u32::MAX as u64) as u32);
         }
         if let Some(n) = number("CATGA_SAGA_CRASH_RERUNS")? {
             c.saga_crash_reruns = n.min(u32::MAX as u64) as u32;

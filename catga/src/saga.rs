@@ -282,6 +282,9 @@ struct State<D> {
     /// Those of them that returned an error.
     #[serde(default)]
     failures: u32,
+    /// Those of them that returned a transient error (not counted in `failures`).
+    #[serde(default)]
+    transient: u32,
     /// The last error of the step at `next`.
     #[serde(default)]
     last_error: Option<String>,
@@ -294,6 +297,7 @@ impl<D> State<D> {
     fn reset_attempts(&mut self) {
         self.attempts = 0;
         self.failures = 0;
+        self.transient = 0;
         self.last_error = None;
     }
 }
@@ -502,6 +506,7 @@ async fn create<D: Serialize>(
         next: 0,
         attempts: 0,
         failures: 0,
+        transient: 0,
         last_error: None,
         data,
         history: Vec::new(),
@@ -793,7 +798,7 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             if self.state.failures > retries {
                 return Ok(Some(self.state.last_error.clone().unwrap_or_default()));
             }
-            let crashed = self.state.attempts - self.state.failures;
+            let crashed = self.state.attempts - self.state.failures - self.state.transient;
             if crashed > self.app.config().saga_crash_reruns {
                 return Ok(Some(format!("the instances running it died {crashed} times before it finished")));
             }
@@ -820,6 +825,16 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             };
             match result {
                 Ok(()) => return Ok(None),
+                Err(error)
+                    if is_transient(&error) && self.state.transient < self.app.config().saga_transient_retries =>
+                {
+                    // The infrastructure failed, not the step: try again
+                    // without using up the step's own retries.
+                    self.state.transient += 1;
+                    tracing::warn!(step = step.name, ?direction, attempt = ctx.attempt, %error, "saga step hit a transient error; retrying");
+                    self.state.last_error = Some(error.to_string());
+                    tokio::time::sleep(backoff(self.state.transient)).await;
+                }
                 Err(error) => {
                     tracing::warn!(step = step.name, ?direction, attempt = ctx.attempt, %error, "saga step failed");
                     self.state.failures += 1;
@@ -844,6 +859,26 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             sends: AtomicU32::new(0),
         }
     }
+}
+
+/// Errors of the infrastructure rather than of the step's own logic: no
+/// handler reachable, a timeout (the caller's or the handler's), the
+/// transport or the store failing, a copy still in progress, an instance
+/// shutting down. A step that meets one
+/// is retried (up to [`Config::saga_transient_retries`](crate::Config::saga_transient_retries)
+/// times) without using up its own retries, so an outage of a few seconds
+/// does not turn into a compensation.
+fn is_transient(error: &StepError) -> bool {
+    matches!(
+        error.code(),
+        "no_handler"
+            | "timeout"
+            | "transport"
+            | "store"
+            | "shutdown"
+            | crate::idempotency::IN_PROGRESS
+            | HandlerError::HANDLER_TIMEOUT
+    )
 }
 
 /// A step changes a copy of the data, kept only when the step succeeds (a

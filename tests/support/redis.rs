@@ -236,7 +236,30 @@ pub struct NodeInfo {
 struct Node {
     child: Option<Child>,
     port: u16,
-    _dir: TempDir,
+    bus: u16,
+    dir: TempDir,
+}
+
+/// Start one cluster node in `dir` (its `nodes.conf` lives there, so a
+/// restarted node rejoins with its identity).
+fn spawn_node(dir: &TempDir, port: u16, bus: u16) -> Child {
+    let conf = dir.0.join("nodes.conf");
+    let mut child = spawn_server(
+        &dir.0,
+        port,
+        &[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            conf.to_str().expect("utf-8 temp dir"),
+            "--cluster-node-timeout",
+            "1000",
+            "--cluster-port",
+            &bus.to_string(),
+        ],
+    );
+    wait_for_ping(&mut child, port, &dir.0);
+    child
 }
 
 /// A Redis Cluster of 3 primaries and 3 replicas on 127.0.0.1.
@@ -253,23 +276,8 @@ impl RedisCluster {
         for i in 0..6 {
             let dir = TempDir::new(&format!("redis-cluster-{i}"));
             let (port, bus) = (free_port(), free_port());
-            let conf = dir.0.join("nodes.conf");
-            let mut child = spawn_server(
-                &dir.0,
-                port,
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    conf.to_str().expect("utf-8 temp dir"),
-                    "--cluster-node-timeout",
-                    "1000",
-                    "--cluster-port",
-                    &bus.to_string(),
-                ],
-            );
-            wait_for_ping(&mut child, port, &dir.0);
-            nodes.push(Node { child: Some(child), port, _dir: dir });
+            let child = spawn_node(&dir, port, bus);
+            nodes.push(Node { child: Some(child), port, bus, dir });
         }
         let cluster = RedisCluster { nodes };
         cluster.create();
@@ -356,6 +364,15 @@ impl RedisCluster {
         if let Some(mut child) = self.nodes[i].child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Start a killed node again on its ports, with its `nodes.conf`: it
+    /// rejoins (a killed primary comes back as a replica of its successor).
+    pub fn restart(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if node.child.is_none() {
+            node.child = Some(spawn_node(&node.dir, node.port, node.bus));
         }
     }
 

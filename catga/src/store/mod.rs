@@ -231,6 +231,16 @@ impl Store {
         Ok(Store { backend: Backend::Redis(RedisStore::connect(url).await?) })
     }
 
+    /// Redis: how many replicas must confirm a write before it counts as
+    /// done (`WAIT`); see [`Config::redis_replica_acks`](crate::Config::redis_replica_acks).
+    /// No effect on the memory store.
+    pub fn with_replica_acks(mut self, acks: u32) -> Store {
+        if let Backend::Redis(r) = &mut self.backend {
+            r.set_replica_acks(acks);
+        }
+        self
+    }
+
     /// Which store this is: `memory` or `redis`.
     pub fn name(&self) -> &'static str {
         match &self.backend {

@@ -39,12 +39,14 @@
 //! again (claims are re-entrant for their owner); a compare-and-set write
 //! reports a conflict with its own new version.
 
+use std::future::Future;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClientBuilder;
 use ::redis::cluster_async::ClusterConnection;
+use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use ::redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, Script, ScriptInvocation, Value};
 
 use super::{Claim, Expect, Key, Lease, StoreError, Versioned, memory::fence_key};
@@ -56,6 +58,9 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// The most [`RedisStore::connect`] waits for the server (or the cluster's
 /// slot map) to answer.
+/// How long a write waits for its replicas to confirm it.
+const REPLICA_WAIT: Duration = Duration::from_millis(100);
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// One TCP connection attempt to one node.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
@@ -73,6 +78,8 @@ pub struct RedisStore {
     conn: Conn,
     /// The URL or node list, without passwords: for error messages.
     target: String,
+    /// Replicas that must confirm a write before it is acknowledged.
+    replica_acks: u32,
 }
 
 /// The two kinds of connection behind one code path: both are multiplexed
@@ -177,7 +184,9 @@ impl RedisStore {
             Ok(Err(e)) => return Err(unreachable(format!("PING failed: {e}"))),
             Err(_) => return Err(unreachable(format!("no answer to PING within {CONNECT_TIMEOUT:?}"))),
         }
-        Ok(RedisStore { conn, target })
+        // A cluster's shards have replicas; a single server usually has none.
+        let replica_acks = u32::from(matches!(conn, Conn::Cluster(_)));
+        Ok(RedisStore { conn, target, replica_acks })
     }
 
     /// Whether this is a Redis Cluster (a node list) rather than one server.
@@ -194,15 +203,89 @@ impl RedisStore {
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(OP_TIMEOUT, invocation.invoke_async(&mut conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(self.unavailable(op, key, &e)),
-            Err(_) => Err(StoreError::Unavailable {
-                op,
-                key: key.stored(),
-                reason: format!("no answer from Redis at {} within {OP_TIMEOUT:?}", self.target),
-            }),
+        self.bounded(op, key, invocation.invoke_async(&mut conn)).await
+    }
+
+    /// Run one plain command, bounded like the scripts.
+    async fn command<T: FromRedisValue>(&self, op: &'static str, key: &Key, cmd: &Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.bounded(op, key, cmd.query_async(&mut conn)).await
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        key: &Key,
+        request: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        let value = match tokio::time::timeout(OP_TIMEOUT, request).await {
+            Ok(Ok(value)) => value,
+            Ok(Err(e)) => return Err(self.unavailable(op, key, &e)),
+            Err(_) => {
+                return Err(StoreError::Unavailable {
+                    op,
+                    key: key.stored(),
+                    reason: format!("no answer from Redis at {} within {OP_TIMEOUT:?}", self.target),
+                });
+            }
+        };
+        if !matches!(op, "get" | "set_members") {
+            self.replicated(op, key).await?;
         }
+        Ok(value)
+    }
+
+    /// After a write: wait (up to [`REPLICA_WAIT`]) until `replica_acks`
+    /// replicas have everything written so far to `key`'s primary. Redis
+    /// replicates asynchronously, so without this a kill -9 of a primary
+    /// right after a write can take an acknowledged write with it.
+    ///
+    /// A write no replica confirmed is an `Unavailable` error, never an
+    /// acknowledgement: its primary may have died with it (the WAIT then
+    /// reaches whichever node took over), or the shard has no live replica
+    /// (until one is back, its writes are refused). Writes here are
+    /// retried by their callers; every write but `incr` is safe to retry.
+    async fn replicated(&self, op: &'static str, key: &Key) -> Result<(), StoreError> {
+        if self.replica_acks == 0 {
+            return Ok(());
+        }
+        let mut wait = ::redis::cmd("WAIT");
+        wait.arg(self.replica_acks).arg(REPLICA_WAIT.as_millis() as u64);
+        let confirmed = match &self.conn {
+            Conn::Cluster(conn) => {
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_slot(
+                    Slot::for_key(key.stored()),
+                    SlotAddr::Master,
+                )));
+                let mut conn = conn.clone();
+                tokio::time::timeout(OP_TIMEOUT, conn.route_command(wait, route)).await
+            }
+            Conn::Single(conn) => {
+                let mut conn = conn.clone();
+                tokio::time::timeout(OP_TIMEOUT, wait.query_async(&mut conn)).await
+            }
+        };
+        let reason = match confirmed {
+            Ok(Ok(Value::Int(n))) if n >= i64::from(self.replica_acks) => return Ok(()),
+            Ok(Ok(n)) => format!("{n:?} of {} replicas confirmed it within {REPLICA_WAIT:?}", self.replica_acks),
+            Ok(Err(e)) => format!("its primary failed before a replica confirmed it ({e})"),
+            Err(_) => format!("no replication confirmation within {OP_TIMEOUT:?}"),
+        };
+        Err(StoreError::Unavailable {
+            op,
+            key: key.stored(),
+            reason: format!(
+                "Redis at {}: the write was sent but {reason}, so it may not survive a failover; it may or may not \
+                 have been applied — retry",
+                self.target
+            ),
+        })
+    }
+
+    /// Require `acks` replicas to confirm every write (see
+    /// [`Config::redis_replica_acks`](crate::Config::redis_replica_acks)).
+    pub(super) fn set_replica_acks(&mut self, acks: u32) {
+        self.replica_acks = acks;
     }
 
     fn unavailable(&self, op: &'static str, key: &Key, e: &RedisError) -> StoreError {
@@ -278,34 +361,20 @@ impl RedisStore {
     /// Sets are native Redis sets: SADD, SREM and SMEMBERS are single-key
     /// and atomic, so they need no script.
     pub(super) async fn set_add(&self, key: &Key, member: &str) -> Result<bool, StoreError> {
-        let added: i64 = self.command("set_add", key, redis::cmd("SADD").arg(key.stored()).arg(member)).await?;
+        let added: i64 = self.command("set_add", key, ::redis::cmd("SADD").arg(key.stored()).arg(member)).await?;
         Ok(added == 1)
     }
 
     pub(super) async fn set_remove(&self, key: &Key, member: &str) -> Result<bool, StoreError> {
-        let removed: i64 = self.command("set_remove", key, redis::cmd("SREM").arg(key.stored()).arg(member)).await?;
+        let removed: i64 = self.command("set_remove", key, ::redis::cmd("SREM").arg(key.stored()).arg(member)).await?;
         Ok(removed == 1)
     }
 
     pub(super) async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError> {
         let mut members: Vec<String> =
-            self.command("set_members", key, redis::cmd("SMEMBERS").arg(key.stored())).await?;
+            self.command("set_members", key, ::redis::cmd("SMEMBERS").arg(key.stored())).await?;
         members.sort();
         Ok(members)
-    }
-
-    /// Run one plain command, bounded by [`OP_TIMEOUT`] like the scripts.
-    async fn command<T: FromRedisValue>(&self, op: &'static str, key: &Key, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(OP_TIMEOUT, cmd.query_async(&mut conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(self.unavailable(op, key, &e)),
-            Err(_) => Err(StoreError::Unavailable {
-                op,
-                key: key.stored(),
-                reason: format!("no answer from Redis at {} within {OP_TIMEOUT:?}", self.target),
-            }),
-        }
     }
 
     pub(super) async fn claim(&self, key: &Key, owner: &str, running_ttl: Duration) -> Result<Claim, StoreError> {
