@@ -224,6 +224,15 @@ async fn a_dead_server_is_an_unavailable_error_and_a_restarted_one_is_used_again
     let key = Key::new("dead", "rec");
     store.put(&key, Expect::Absent, b"before").await.unwrap();
 
+    // A server that stops answering (SIGSTOP: the connection stays open)
+    // is an error after the response timeout, not a hang.
+    catga_suite::signal(server.pid(), "STOP");
+    let started = Instant::now();
+    let (what, reason) = unavailable(store.get(&key).await.unwrap_err());
+    println!("get on a stopped server failed after {:?}: {what}: {reason}", started.elapsed());
+    catga_suite::signal(server.pid(), "CONT");
+    wait_for_store(&store, &key).await;
+
     server.kill();
     for op in ["get", "put", "claim"] {
         let started = Instant::now();
@@ -240,23 +249,27 @@ async fn a_dead_server_is_an_unavailable_error_and_a_restarted_one_is_used_again
 
     // The connection manager reconnects once the server is back (empty: no persistence).
     server.restart();
+    let found = wait_for_store(&store, &key).await;
+    assert_eq!(found, None, "a restarted server without persistence is empty");
+    store.put(&key, Expect::Absent, b"after").await.unwrap();
+}
+
+/// Read `key` until the store answers (20 s at most); what it read.
+async fn wait_for_store(store: &Store, key: &Key) -> Option<catga::store::Versioned> {
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(20);
     loop {
-        match store.get(&key).await {
+        match store.get(key).await {
             Ok(found) => {
-                assert_eq!(found, None, "a restarted server without persistence is empty");
-                break;
+                println!("the store answers again after {:?}", started.elapsed());
+                return found;
             }
-            Err(e) if Instant::now() < deadline => {
-                println!("not yet reconnected: {e}");
+            Err(e) if started.elapsed() < Duration::from_secs(20) => {
+                println!("no answer yet: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => panic!("no reconnection within 20 s: {e}"),
+            Err(e) => panic!("the store did not answer again within 20 s: {e}"),
         }
     }
-    println!("reconnected {:?} after the restart", started.elapsed());
-    store.put(&key, Expect::Absent, b"after").await.unwrap();
 }
 
 // ---------- Redis Cluster: 3 primaries, 3 replicas ----------
@@ -316,7 +329,9 @@ struct Steady {
     /// old primary (Redis replicates asynchronously).
     conflicts: usize,
     first_error: Option<String>,
-    /// From the disruption to the first success after it (`None`: none).
+    /// From the start of the disruption to the first success after it took
+    /// effect: after the first failure, or else after the disruption
+    /// finished (`None`: no success after it).
     resumed_after: Option<Duration>,
     /// The longest time without a success, from the disruption on.
     gap: Duration,
@@ -331,7 +346,8 @@ impl fmt::Display for Steady {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} ok, {} failed, {} conflicts; resumed {:?} after the disruption began; longest gap {:?}; \
+            "{} ok, {} failed, {} conflicts; resumed {:?} after the disruption began; longest gap without a \
+             success {:?}; \
              {} acknowledged versions lost; disruption took {:?}; first error: {}",
             self.ok,
             self.errors,
@@ -375,6 +391,7 @@ async fn steady_loop<T: Send + 'static>(
         disruption: Duration::ZERO,
     };
     let mut disrupt = Some(disrupt);
+    let mut errors_before = 0;
     let mut disruption: Option<(Instant, tokio::task::JoinHandle<(T, Duration)>)> = None;
     let mut last_ok = Instant::now();
     let hard_stop = Instant::now() + Duration::from_secs(60);
@@ -386,6 +403,7 @@ async fn steady_loop<T: Send + 'static>(
                 (kept, began.elapsed())
             });
             disruption = Some((began, handle));
+            errors_before = seen.errors;
             last_ok = began;
         }
         if let Some((began, _)) = &disruption
@@ -405,8 +423,10 @@ async fn steady_loop<T: Send + 'static>(
                 version = v;
                 acked = acked.max(v);
                 seen.ok += 1;
-                if let Some((began, _)) = &disruption {
-                    seen.resumed_after.get_or_insert(began.elapsed());
+                if let Some((began, handle)) = &disruption {
+                    if seen.errors > errors_before || handle.is_finished() {
+                        seen.resumed_after.get_or_insert(began.elapsed());
+                    }
                     seen.gap = seen.gap.max(last_ok.elapsed());
                 }
                 last_ok = Instant::now();

@@ -228,7 +228,7 @@ impl Store {
     /// # }
     /// ```
     pub async fn connect(url: &str) -> Result<Store> {
-        Ok(Store { backend: Backend::Redis(RedisStore::connect(url).await?) })
+        Ok(RedisStore::connect(url).await?.into())
     }
 
     /// Which store this is: `memory` or `redis`.
@@ -333,6 +333,12 @@ impl Store {
             Backend::Memory(m) => Ok(m.release_lease(lease)),
             Backend::Redis(r) => Ok(r.release_lease(lease).await?),
         }
+    }
+}
+
+impl From<RedisStore> for Store {
+    fn from(redis: RedisStore) -> Store {
+        Store { backend: Backend::Redis(redis) }
     }
 }
 
