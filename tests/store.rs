@@ -24,6 +24,7 @@ pub async fn contract(store: &Store, tag: &str) {
     leases(store, tag).await;
     concurrent_claims_have_one_winner(store, tag).await;
     concurrent_cas_has_one_winner(store, tag).await;
+    kinds_replace_each_other(store, tag).await;
 }
 
 fn conflict(e: Error) -> StoreError {
@@ -80,6 +81,12 @@ async fn claims(store: &Store, tag: &str) {
     assert!(store.complete(&key, "a", b"reply", ttl).await.unwrap());
     assert_eq!(store.claim(&key, "b", ttl).await.unwrap(), Claim::Done(b"reply".to_vec()));
     assert!(!store.release(&key, "a").await.unwrap(), "a completed claim is not released");
+
+    // The owner claiming again (a retry whose first answer was lost) wins again.
+    let key = Key::new(format!("{tag}-idem"), "retried");
+    assert_eq!(store.claim(&key, "a", ttl).await.unwrap(), Claim::Won);
+    assert_eq!(store.claim(&key, "a", ttl).await.unwrap(), Claim::Won);
+    assert_eq!(store.claim(&key, "b", ttl).await.unwrap(), Claim::Running { owner: "a".into() });
 
     // A released claim can be won again.
     let key = Key::new(format!("{tag}-idem"), "failed");
@@ -139,6 +146,23 @@ async fn leases(store: &Store, tag: &str) {
     let elsewhere = Key::new(format!("{tag}-other"), "state");
     let err = conflict(store.put_fenced(&elsewhere, Expect::Any, b"x", &c).await.unwrap_err());
     assert!(matches!(err, StoreError::ScopeMismatch { .. }), "{err}");
+}
+
+/// A key holds one kind of value; a write of another kind replaces it (and
+/// its expiry), a read of another kind finds nothing.
+async fn kinds_replace_each_other(store: &Store, tag: &str) {
+    let key = Key::new(format!("{tag}-kinds"), "k");
+    assert_eq!(store.incr(&key, 5).await.unwrap(), 5);
+    assert_eq!(store.get(&key).await.unwrap(), None, "a counter is not a record");
+    assert_eq!(store.put(&key, Expect::Absent, b"r").await.unwrap(), 1);
+    assert_eq!(store.incr(&key, 2).await.unwrap(), 2, "a record is not a counter");
+    assert_eq!(store.claim(&key, "a", Duration::from_millis(50)).await.unwrap(), Claim::Won);
+    assert_eq!(store.put(&key, Expect::Absent, b"r").await.unwrap(), 1, "a claim is not a record");
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(store.get(&key).await.unwrap().unwrap().value, b"r", "the claim's expiry went with it");
+    assert_eq!(store.incr(&key, i64::MAX).await.unwrap(), i64::MAX);
+    assert_eq!(store.incr(&key, 1).await.unwrap(), i64::MAX, "counters saturate");
+    assert_eq!(store.incr(&key, i64::MIN).await.unwrap(), -1);
 }
 
 async fn concurrent_claims_have_one_winner(store: &Store, tag: &str) {

@@ -4,7 +4,7 @@
 //!
 //! Two implementations with one meaning:
 //! - [`memory`]: the embedded default, for instances in one process;
-//! - [`redis`](self::redis): a Redis server or a Redis Cluster (set
+//! - [`redis`]: a Redis server or a Redis Cluster (set
 //!   `CATGA_REDIS_URL`, or connect with [`Store::connect`]).
 //!
 //! Keys are `(scope, name)` pairs ([`Key`]). Everything one operation
@@ -218,7 +218,7 @@ impl Store {
     /// answered a `PING`; an unreachable server is an
     /// [`Unavailable`](StoreError::Unavailable) error naming the URL (without
     /// its password), a malformed URL a configuration error. See
-    /// [`redis`](self::redis) for the key layout and the timeouts.
+    /// [`redis`] for the key layout and the timeouts.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {

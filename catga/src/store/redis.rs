@@ -397,10 +397,17 @@ fn redact(url: &str) -> String {
 
 /// Helpers every script starts with.
 const PRELUDE: &str = r#"
--- What a key holds: its `k` field, or nil (no key, or not one of ours).
+-- What a key holds: its `k` field; 'none' when there is no key, '?' when
+-- it is not one of ours.
 local function kind(key)
-  if redis.call('TYPE', key).ok ~= 'hash' then return nil end
-  return redis.call('HGET', key, 'k')
+  local t = redis.call('TYPE', key).ok
+  if t == 'none' then return 'none' end
+  if t ~= 'hash' then return '?' end
+  return redis.call('HGET', key, 'k') or '?'
+end
+-- Make way for a new value: drop whatever the key held (with its TTL).
+local function clear(key, k)
+  if k ~= 'none' then redis.call('DEL', key) end
 end
 -- A record's version (a decimal string), or false.
 local function version(key)
@@ -441,7 +448,8 @@ if KEYS[2] then
   local current = fence(KEYS[2])
   if current ~= ARGV[3] then return {'fenced', current} end
 end
-local found = version(KEYS[1])
+local k = kind(KEYS[1])
+local found = k == 'rec' and redis.call('HGET', KEYS[1], 'v')
 if not expected(ARGV[1], found) then
   if found then return {'conflict', found} end
   return {'conflict'}
@@ -449,7 +457,7 @@ end
 if found then
   redis.call('HSET', KEYS[1], 'd', ARGV[2])
 else
-  redis.call('DEL', KEYS[1])
+  clear(KEYS[1], k)
   redis.call('HSET', KEYS[1], 'k', 'rec', 'v', '0', 'd', ARGV[2])
 end
 redis.call('HINCRBY', KEYS[1], 'v', 1)
@@ -468,8 +476,9 @@ return {'ok', tostring(redis.call('DEL', KEYS[1]))}
 
 /// KEYS: counter. ARGV: by, bound on overflow. Returns the new value (decimal).
 const INCR: &str = r#"
-if kind(KEYS[1]) ~= 'ctr' then
-  redis.call('DEL', KEYS[1])
+local k = kind(KEYS[1])
+if k ~= 'ctr' then
+  clear(KEYS[1], k)
   redis.call('HSET', KEYS[1], 'k', 'ctr', 'n', '0')
 end
 local r = redis.pcall('HINCRBY', KEYS[1], 'n', ARGV[1])
@@ -485,7 +494,7 @@ if k == 'run' then
   local owner = redis.call('HGET', KEYS[1], 'o')
   if owner ~= ARGV[1] then return {'running', owner} end
 end
-redis.call('DEL', KEYS[1])
+clear(KEYS[1], k)
 redis.call('HSET', KEYS[1], 'k', 'run', 'o', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {'won'}
@@ -511,18 +520,20 @@ return 1
 /// someone else holds the lease.
 const ACQUIRE_LEASE: &str = r#"
 local token
-if kind(KEYS[1]) == 'lease' then
+local k = kind(KEYS[1])
+if k == 'lease' then
   if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return false end
   token = redis.call('HGET', KEYS[1], 't')
 else
-  if kind(KEYS[2]) ~= 'fence' then
-    redis.call('DEL', KEYS[2])
+  local f = kind(KEYS[2])
+  if f ~= 'fence' then
+    clear(KEYS[2], f)
     redis.call('HSET', KEYS[2], 'k', 'fence', 't', '0')
   end
   redis.call('HINCRBY', KEYS[2], 't', 1)
   token = redis.call('HGET', KEYS[2], 't')
+  clear(KEYS[1], k)
 end
-redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'k', 'lease', 'o', ARGV[1], 't', token)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return token
