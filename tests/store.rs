@@ -14,7 +14,7 @@ use catga::prelude::*;
 use catga::store::{Claim, Expect, Key, Store, StoreError};
 use catga::transport::memory::MemoryBus;
 use catga::{Error, Metadata, SendOptions};
-use catga_suite::{RedisCluster, RedisServer, free_port};
+use catga_suite::{RedisCluster, RedisServer};
 
 /// Every store must pass this. `tag` keeps runs on one server apart.
 pub async fn contract(store: &Store, tag: &str) {
@@ -223,7 +223,10 @@ async fn redis_store_keeps_the_contract() {
 
 #[tokio::test]
 async fn connecting_to_a_closed_port_is_a_clear_error() {
-    let url = format!("redis://127.0.0.1:{}", free_port());
+    // Port 1: privileged and outside the ephemeral range, so nothing listens
+    // there and no connection can land on itself (a just-freed ephemeral port
+    // can be taken by another test's server in between).
+    let url = "redis://127.0.0.1:1".to_owned();
     let started = Instant::now();
     let err = Store::connect(&url).await.unwrap_err();
     println!("connect to a closed port failed after {:?}: {err}", started.elapsed());

@@ -34,13 +34,15 @@
 //! need a connection of one's own, and these connections are shared.
 //!
 //! **Retries.** The cluster client retries an operation whose connection
-//! broke or that met a failover. If a script ran but its answer was lost, the
+//! broke or that met a failover; while a dead primary's address refuses
+//! connections (or the cluster answers `CLUSTERDOWN`), the store tries
+//! again every 100 ms until the replica has taken over (up to 5 s). If a script ran but its answer was lost, the
 //! retry runs it again: a claim then finds the caller's own claim and wins
 //! again (claims are re-entrant for their owner); a compare-and-set write
 //! reports a conflict with its own new version.
 
 use std::sync::LazyLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClientBuilder;
@@ -65,6 +67,8 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A Cluster request including its redirections and retries: long enough to
 /// ride through a replica's promotion (cluster-node-timeout plus election).
 const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Between tries while a Cluster node refuses connections (a failover).
+const FAILOVER_PAUSE: Duration = Duration::from_millis(100);
 
 /// A store on a Redis server or a Redis Cluster. Cheap to clone; clones
 /// share the connections.
@@ -193,15 +197,34 @@ impl RedisStore {
         key: &Key,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(OP_TIMEOUT, invocation.invoke_async(&mut conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(self.unavailable(op, key, &e)),
-            Err(_) => Err(StoreError::Unavailable {
-                op,
-                key: key.stored(),
-                reason: format!("no answer from Redis at {} within {OP_TIMEOUT:?}", self.target),
-            }),
+        let started = Instant::now();
+        loop {
+            let mut conn = self.conn.clone();
+            let left = OP_TIMEOUT.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, invocation.invoke_async(&mut conn)).await {
+                Ok(Ok(value)) => return Ok(value),
+                // On a Cluster, a refused connection is a primary that died
+                // (and CLUSTERDOWN the cluster noticing it): its replica takes
+                // over within the node timeout plus an election, and the
+                // client's own retries can be spent before that. Neither
+                // error ran the script; wait, within the request limit.
+                Ok(Err(e))
+                    if self.is_cluster()
+                        && (e.is_connection_refusal() || e.is_cluster_error())
+                        && started.elapsed() + FAILOVER_PAUSE < CLUSTER_REQUEST_TIMEOUT =>
+                {
+                    tracing::debug!(op, key = %key, error = %e, "Redis Cluster node refused; waiting for a failover");
+                    tokio::time::sleep(FAILOVER_PAUSE).await;
+                }
+                Ok(Err(e)) => return Err(self.unavailable(op, key, &e)),
+                Err(_) => {
+                    return Err(StoreError::Unavailable {
+                        op,
+                        key: key.stored(),
+                        reason: format!("no answer from Redis at {} within {OP_TIMEOUT:?}", self.target),
+                    });
+                }
+            }
         }
     }
 
