@@ -14,7 +14,7 @@ use catga::prelude::*;
 use catga::store::{Claim, Expect, Key, Store, StoreError};
 use catga::transport::memory::MemoryBus;
 use catga::{Error, Metadata, SendOptions};
-use catga_suite::{RedisCluster, RedisServer, free_port};
+use catga_suite::{RedisCluster, RedisServer};
 
 /// Every store must pass this. `tag` keeps runs on one server apart.
 pub async fn contract(store: &Store, tag: &str) {
@@ -25,6 +25,7 @@ pub async fn contract(store: &Store, tag: &str) {
     leases(store, tag).await;
     concurrent_claims_have_one_winner(store, tag).await;
     concurrent_cas_has_one_winner(store, tag).await;
+    kinds_replace_each_other(store, tag).await;
 }
 
 fn conflict(e: Error) -> StoreError {
@@ -94,6 +95,12 @@ async fn claims(store: &Store, tag: &str) {
     assert_eq!(store.claim(&key, "b", ttl).await.unwrap(), Claim::Done(b"reply".to_vec()));
     assert!(!store.release(&key, "a").await.unwrap(), "a completed claim is not released");
 
+    // The owner claiming again (a retry whose first answer was lost) wins again.
+    let key = Key::new(format!("{tag}-idem"), "retried");
+    assert_eq!(store.claim(&key, "a", ttl).await.unwrap(), Claim::Won);
+    assert_eq!(store.claim(&key, "a", ttl).await.unwrap(), Claim::Won);
+    assert_eq!(store.claim(&key, "b", ttl).await.unwrap(), Claim::Running { owner: "a".into() });
+
     // A released claim can be won again.
     let key = Key::new(format!("{tag}-idem"), "failed");
     assert_eq!(store.claim(&key, "a", ttl).await.unwrap(), Claim::Won);
@@ -154,6 +161,23 @@ async fn leases(store: &Store, tag: &str) {
     assert!(matches!(err, StoreError::ScopeMismatch { .. }), "{err}");
 }
 
+/// A key holds one kind of value; a write of another kind replaces it (and
+/// its expiry), a read of another kind finds nothing.
+async fn kinds_replace_each_other(store: &Store, tag: &str) {
+    let key = Key::new(format!("{tag}-kinds"), "k");
+    assert_eq!(store.incr(&key, 5).await.unwrap(), 5);
+    assert_eq!(store.get(&key).await.unwrap(), None, "a counter is not a record");
+    assert_eq!(store.put(&key, Expect::Absent, b"r").await.unwrap(), 1);
+    assert_eq!(store.incr(&key, 2).await.unwrap(), 2, "a record is not a counter");
+    assert_eq!(store.claim(&key, "a", Duration::from_millis(50)).await.unwrap(), Claim::Won);
+    assert_eq!(store.put(&key, Expect::Absent, b"r").await.unwrap(), 1, "a claim is not a record");
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(store.get(&key).await.unwrap().unwrap().value, b"r", "the claim's expiry went with it");
+    assert_eq!(store.incr(&key, i64::MAX).await.unwrap(), i64::MAX);
+    assert_eq!(store.incr(&key, 1).await.unwrap(), i64::MAX, "counters saturate");
+    assert_eq!(store.incr(&key, i64::MIN).await.unwrap(), -1);
+}
+
 async fn concurrent_claims_have_one_winner(store: &Store, tag: &str) {
     let key = Key::new(format!("{tag}-race"), "msg");
     let tasks: Vec<_> = (0..50)
@@ -212,7 +236,10 @@ async fn redis_store_keeps_the_contract() {
 
 #[tokio::test]
 async fn connecting_to_a_closed_port_is_a_clear_error() {
-    let url = format!("redis://127.0.0.1:{}", free_port());
+    // Port 1: privileged and outside the ephemeral range, so nothing listens
+    // there and no connection can land on itself (a just-freed ephemeral port
+    // can be taken by another test's server in between).
+    let url = "redis://127.0.0.1:1".to_owned();
     let started = Instant::now();
     let err = Store::connect(&url).await.unwrap_err();
     println!("connect to a closed port failed after {:?}: {err}", started.elapsed());
@@ -237,6 +264,15 @@ async fn a_dead_server_is_an_unavailable_error_and_a_restarted_one_is_used_again
     let key = Key::new("dead", "rec");
     store.put(&key, Expect::Absent, b"before").await.unwrap();
 
+    // A server that stops answering (SIGSTOP: the connection stays open)
+    // is an error after the response timeout, not a hang.
+    catga_suite::signal(server.pid(), "STOP");
+    let started = Instant::now();
+    let (what, reason) = unavailable(store.get(&key).await.unwrap_err());
+    println!("get on a stopped server failed after {:?}: {what}: {reason}", started.elapsed());
+    catga_suite::signal(server.pid(), "CONT");
+    wait_for_store(&store, &key).await;
+
     server.kill();
     for op in ["get", "put", "claim"] {
         let started = Instant::now();
@@ -253,23 +289,27 @@ async fn a_dead_server_is_an_unavailable_error_and_a_restarted_one_is_used_again
 
     // The connection manager reconnects once the server is back (empty: no persistence).
     server.restart();
+    let found = wait_for_store(&store, &key).await;
+    assert_eq!(found, None, "a restarted server without persistence is empty");
+    store.put(&key, Expect::Absent, b"after").await.unwrap();
+}
+
+/// Read `key` until the store answers (20 s at most); what it read.
+async fn wait_for_store(store: &Store, key: &Key) -> Option<catga::store::Versioned> {
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(20);
     loop {
-        match store.get(&key).await {
+        match store.get(key).await {
             Ok(found) => {
-                assert_eq!(found, None, "a restarted server without persistence is empty");
-                break;
+                println!("the store answers again after {:?}", started.elapsed());
+                return found;
             }
-            Err(e) if Instant::now() < deadline => {
-                println!("not yet reconnected: {e}");
+            Err(e) if started.elapsed() < Duration::from_secs(20) => {
+                println!("no answer yet: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => panic!("no reconnection within 20 s: {e}"),
+            Err(e) => panic!("the store did not answer again within 20 s: {e}"),
         }
     }
-    println!("reconnected {:?} after the restart", started.elapsed());
-    store.put(&key, Expect::Absent, b"after").await.unwrap();
 }
 
 // ---------- Redis Cluster: 3 primaries, 3 replicas ----------
@@ -329,7 +369,9 @@ struct Steady {
     /// old primary (Redis replicates asynchronously).
     conflicts: usize,
     first_error: Option<String>,
-    /// From the disruption to the first success after it (`None`: none).
+    /// From the start of the disruption to the first success after it took
+    /// effect: after the first failure, or else after the disruption
+    /// finished (`None`: no success after it).
     resumed_after: Option<Duration>,
     /// The longest time without a success, from the disruption on.
     gap: Duration,
@@ -344,7 +386,8 @@ impl fmt::Display for Steady {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} ok, {} failed, {} conflicts; resumed {:?} after the disruption began; longest gap {:?}; \
+            "{} ok, {} failed, {} conflicts; resumed {:?} after the disruption began; longest gap without a \
+             success {:?}; \
              {} acknowledged versions lost; disruption took {:?}; first error: {}",
             self.ok,
             self.errors,
@@ -388,6 +431,7 @@ async fn steady_loop<T: Send + 'static>(
         disruption: Duration::ZERO,
     };
     let mut disrupt = Some(disrupt);
+    let mut errors_before = 0;
     let mut disruption: Option<(Instant, tokio::task::JoinHandle<(T, Duration)>)> = None;
     let mut last_ok = Instant::now();
     let hard_stop = Instant::now() + Duration::from_secs(60);
@@ -399,6 +443,7 @@ async fn steady_loop<T: Send + 'static>(
                 (kept, began.elapsed())
             });
             disruption = Some((began, handle));
+            errors_before = seen.errors;
             last_ok = began;
         }
         if let Some((began, _)) = &disruption
@@ -418,8 +463,10 @@ async fn steady_loop<T: Send + 'static>(
                 version = v;
                 acked = acked.max(v);
                 seen.ok += 1;
-                if let Some((began, _)) = &disruption {
-                    seen.resumed_after.get_or_insert(began.elapsed());
+                if let Some((began, handle)) = &disruption {
+                    if seen.errors > errors_before || handle.is_finished() {
+                        seen.resumed_after.get_or_insert(began.elapsed());
+                    }
                     seen.gap = seen.gap.max(last_ok.elapsed());
                 }
                 last_ok = Instant::now();

@@ -323,8 +323,9 @@ impl Builder {
 
     /// Validate the settings and handlers, subscribe, and return the handle.
     ///
-    /// Fails on a duplicate handler (naming both locations) or a setting
-    /// this build cannot honour.
+    /// Fails on a duplicate handler (naming both locations), a setting
+    /// this build cannot honour, or a Redis store (`redis_url`) that does
+    /// not answer.
     pub async fn start(self) -> Result<App> {
         let config = self.config.resolve()?;
         let store = match (self.store, &config.redis_url) {

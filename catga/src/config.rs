@@ -5,7 +5,7 @@
 //! | `CATGA_SERVICE`              | service name (default command queue group) | the executable's name |
 //! | `CATGA_INSTANCE_ID`          | this instance's id                         | `{service}-{8 random hex}` |
 //! | `CATGA_NATS_URL`             | NATS servers, comma-separated              | unset: in memory |
-//! | `CATGA_REDIS_URL`            | Redis URL or cluster node list             | unset: in memory |
+//! | `CATGA_REDIS_URL`            | the store: a Redis URL, or Redis Cluster nodes comma-separated | unset: in memory |
 //! | `CATGA_REQUEST_TIMEOUT_MS`   | default timeout of `send`                  | 5000 |
 //! | `CATGA_HANDLER_TIMEOUT_MS`   | default limit on one handling              | none |
 //! | `CATGA_GRACE_PERIOD_MS`      | how long shutdown waits for in-flight work | 10000 |
@@ -42,7 +42,9 @@ pub struct Config {
     pub instance_id: String,
     /// NATS server URLs; `None` runs on the in-memory transport.
     pub nats_url: Option<String>,
-    /// Redis URL (or cluster node list); `None` keeps state in memory.
+    /// The store: one Redis URL (`redis://host:port`), or a comma-separated
+    /// list of Redis Cluster nodes; `None` keeps state in memory (shared by
+    /// the instances of one process only). See [`Store::connect`](crate::store::Store::connect).
     pub redis_url: Option<String>,
     /// Default timeout of [`App::send`](crate::App::send); over NATS, of
     /// each attempt (a send makes up to `1 + send_retries` attempts).

@@ -4,7 +4,7 @@
 //!
 //! Two implementations with one meaning:
 //! - [`memory`]: the embedded default, for instances in one process;
-//! - [`redis`](self::redis): a Redis server or a Redis Cluster (set
+//! - [`redis`]: a Redis server or a Redis Cluster (set
 //!   `CATGA_REDIS_URL`, or connect with [`Store::connect`]).
 //!
 //! Keys are `(scope, name)` pairs ([`Key`]). Everything one operation
@@ -218,7 +218,7 @@ impl Store {
     /// answered a `PING`; an unreachable server is an
     /// [`Unavailable`](StoreError::Unavailable) error naming the URL (without
     /// its password), a malformed URL a configuration error. See
-    /// [`redis`](self::redis) for the key layout and the timeouts.
+    /// [`redis`] for the key layout and the timeouts.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -228,7 +228,7 @@ impl Store {
     /// # }
     /// ```
     pub async fn connect(url: &str) -> Result<Store> {
-        Ok(Store { backend: Backend::Redis(RedisStore::connect(url).await?) })
+        Ok(RedisStore::connect(url).await?.into())
     }
 
     /// Redis: how many replicas must confirm a write before it counts as
@@ -368,6 +368,12 @@ impl Store {
             Backend::Memory(m) => Ok(m.release_lease(lease)),
             Backend::Redis(r) => Ok(r.release_lease(lease).await?),
         }
+    }
+}
+
+impl From<RedisStore> for Store {
+    fn from(redis: RedisStore) -> Store {
+        Store { backend: Backend::Redis(redis) }
     }
 }
 

@@ -34,14 +34,16 @@
 //! need a connection of one's own, and these connections are shared.
 //!
 //! **Retries.** The cluster client retries an operation whose connection
-//! broke or that met a failover. If a script ran but its answer was lost, the
+//! broke or that met a failover; while a dead primary's address refuses
+//! connections (or the cluster answers `CLUSTERDOWN`), the store tries
+//! again every 100 ms until the replica has taken over (up to 5 s). If a script ran but its answer was lost, the
 //! retry runs it again: a claim then finds the caller's own claim and wins
 //! again (claims are re-entrant for their owner); a compare-and-set write
 //! reports a conflict with its own new version.
 
 use std::future::Future;
 use std::sync::LazyLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClientBuilder;
@@ -70,6 +72,8 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A Cluster request including its redirections and retries: long enough to
 /// ride through a replica's promotion (cluster-node-timeout plus election).
 const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Between tries while a Cluster node refuses connections (a failover).
+const FAILOVER_PAUSE: Duration = Duration::from_millis(100);
 
 /// A store on a Redis server or a Redis Cluster. Cheap to clone; clones
 /// share the connections.
@@ -202,31 +206,47 @@ impl RedisStore {
         key: &Key,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        self.bounded(op, key, invocation.invoke_async(&mut conn)).await
+        self.bounded(op, key, |mut conn| async move { invocation.invoke_async(&mut conn).await }).await
     }
 
     /// Run one plain command, bounded like the scripts.
     async fn command<T: FromRedisValue>(&self, op: &'static str, key: &Key, cmd: &Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        self.bounded(op, key, cmd.query_async(&mut conn)).await
+        self.bounded(op, key, |mut conn| async move { cmd.query_async(&mut conn).await }).await
     }
 
-    async fn bounded<T>(
-        &self,
-        op: &'static str,
-        key: &Key,
-        request: impl Future<Output = Result<T, RedisError>>,
-    ) -> Result<T, StoreError> {
-        let value = match tokio::time::timeout(OP_TIMEOUT, request).await {
-            Ok(Ok(value)) => value,
-            Ok(Err(e)) => return Err(self.unavailable(op, key, &e)),
-            Err(_) => {
-                return Err(StoreError::Unavailable {
-                    op,
-                    key: key.stored(),
-                    reason: format!("no answer from Redis at {} within {OP_TIMEOUT:?}", self.target),
-                });
+    /// Make a request within [`OP_TIMEOUT`], riding out a Cluster failover,
+    /// then (for a write) wait for its replicas to confirm it.
+    async fn bounded<T, F, Fut>(&self, op: &'static str, key: &Key, mut request: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let started = Instant::now();
+        let value = loop {
+            let left = OP_TIMEOUT.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, request(self.conn.clone())).await {
+                Ok(Ok(value)) => break value,
+                // On a Cluster, a refused connection is a primary that died
+                // (and CLUSTERDOWN the cluster noticing it): its replica takes
+                // over within the node timeout plus an election, and the
+                // client's own retries can be spent before that. Neither
+                // error ran the request; wait, within the request limit.
+                Ok(Err(e))
+                    if self.is_cluster()
+                        && (e.is_connection_refusal() || e.is_cluster_error())
+                        && started.elapsed() + FAILOVER_PAUSE < CLUSTER_REQUEST_TIMEOUT =>
+                {
+                    tracing::debug!(op, key = %key, error = %e, "Redis Cluster node refused; waiting for a failover");
+                    tokio::time::sleep(FAILOVER_PAUSE).await;
+                }
+                Ok(Err(e)) => return Err(self.unavailable(op, key, &e)),
+                Err(_) => {
+                    return Err(StoreError::Unavailable {
+                        op,
+                        key: key.stored(),
+                        reason: format!("no answer from Redis at {} within {OP_TIMEOUT:?}", self.target),
+                    });
+                }
             }
         };
         if !matches!(op, "get" | "set_members") {
@@ -499,10 +519,17 @@ fn redact(url: &str) -> String {
 
 /// Helpers every script starts with.
 const PRELUDE: &str = r#"
--- What a key holds: its `k` field, or nil (no key, or not one of ours).
+-- What a key holds: its `k` field; 'none' when there is no key, '?' when
+-- it is not one of ours.
 local function kind(key)
-  if redis.call('TYPE', key).ok ~= 'hash' then return nil end
-  return redis.call('HGET', key, 'k')
+  local t = redis.call('TYPE', key).ok
+  if t == 'none' then return 'none' end
+  if t ~= 'hash' then return '?' end
+  return redis.call('HGET', key, 'k') or '?'
+end
+-- Make way for a new value: drop whatever the key held (with its TTL).
+local function clear(key, k)
+  if k ~= 'none' then redis.call('DEL', key) end
 end
 -- A record's version (a decimal string), or false.
 local function version(key)
@@ -543,7 +570,8 @@ if KEYS[2] then
   local current = fence(KEYS[2])
   if current ~= ARGV[3] then return {'fenced', current} end
 end
-local found = version(KEYS[1])
+local k = kind(KEYS[1])
+local found = k == 'rec' and redis.call('HGET', KEYS[1], 'v')
 if not expected(ARGV[1], found) then
   if found then return {'conflict', found} end
   return {'conflict'}
@@ -551,7 +579,7 @@ end
 if found then
   redis.call('HSET', KEYS[1], 'd', ARGV[2])
 else
-  redis.call('DEL', KEYS[1])
+  clear(KEYS[1], k)
   redis.call('HSET', KEYS[1], 'k', 'rec', 'v', '0', 'd', ARGV[2])
 end
 redis.call('HINCRBY', KEYS[1], 'v', 1)
@@ -570,8 +598,9 @@ return {'ok', tostring(redis.call('DEL', KEYS[1]))}
 
 /// KEYS: counter. ARGV: by, bound on overflow. Returns the new value (decimal).
 const INCR: &str = r#"
-if kind(KEYS[1]) ~= 'ctr' then
-  redis.call('DEL', KEYS[1])
+local k = kind(KEYS[1])
+if k ~= 'ctr' then
+  clear(KEYS[1], k)
   redis.call('HSET', KEYS[1], 'k', 'ctr', 'n', '0')
 end
 local r = redis.pcall('HINCRBY', KEYS[1], 'n', ARGV[1])
@@ -587,7 +616,7 @@ if k == 'run' then
   local owner = redis.call('HGET', KEYS[1], 'o')
   if owner ~= ARGV[1] then return {'running', owner} end
 end
-redis.call('DEL', KEYS[1])
+clear(KEYS[1], k)
 redis.call('HSET', KEYS[1], 'k', 'run', 'o', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {'won'}
@@ -613,18 +642,20 @@ return 1
 /// someone else holds the lease.
 const ACQUIRE_LEASE: &str = r#"
 local token
-if kind(KEYS[1]) == 'lease' then
+local k = kind(KEYS[1])
+if k == 'lease' then
   if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return false end
   token = redis.call('HGET', KEYS[1], 't')
 else
-  if kind(KEYS[2]) ~= 'fence' then
-    redis.call('DEL', KEYS[2])
+  local f = kind(KEYS[2])
+  if f ~= 'fence' then
+    clear(KEYS[2], f)
     redis.call('HSET', KEYS[2], 'k', 'fence', 't', '0')
   end
   redis.call('HINCRBY', KEYS[2], 't', 1)
   token = redis.call('HGET', KEYS[2], 't')
+  clear(KEYS[1], k)
 end
-redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'k', 'lease', 'o', ARGV[1], 't', token)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return token
