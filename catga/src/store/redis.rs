@@ -61,7 +61,9 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(6);
 /// The most [`RedisStore::connect`] waits for the server (or the cluster's
 /// slot map) to answer.
 /// How long a write waits for its replicas to confirm it.
-const REPLICA_WAIT: Duration = Duration::from_millis(100);
+/// (WAIT returns as soon as they do; the limit only matters when they
+/// cannot, so it is generous for a loaded machine.)
+const REPLICA_WAIT: Duration = Duration::from_secs(1);
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// One TCP connection attempt to one node.
