@@ -1,6 +1,7 @@
 //! Idempotent handlers in memory: one run per message id, whichever
 //! instance each copy reaches; copies get the recorded reply. (The same over
-//! NATS with Redis, across processes, is in `tests/redis.rs`.)
+//! NATS with Redis, across processes, is in `tests/nats.rs` and on a Redis
+//! Cluster in `tests/store.rs`.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

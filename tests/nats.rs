@@ -50,6 +50,12 @@ struct Pong {
     correlation: String,
 }
 
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "svc.charge", reply = (String, i64))]
+struct Charge {
+    cents: u64,
+}
+
 static PONGS: Mutex<Vec<Pong>> = Mutex::new(Vec::new());
 
 #[catga::event]
@@ -437,5 +443,46 @@ async fn dropping_every_handle_of_a_nats_instance_unsubscribes_it() {
     }
     let raw = async_nats::connect(nats.url()).await.unwrap();
     assert!(gather(&raw, "$SRV.PING.gone", Duration::from_millis(300)).await.is_empty(), "no $SRV answers either");
+    client.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_copies_of_one_command_across_three_processes_run_the_handler_once() {
+    let nats = NatsServer::start();
+    let redis = catga_suite::redis::RedisServer::start();
+    let (nats_url, redis_url) = (nats.url(), redis.url());
+    let _instances: Vec<ServiceProcess> = (0..3)
+        .map(|i| {
+            let id = format!("idem-{i}");
+            ServiceProcess::started(
+                SERVICE,
+                &[
+                    ("CATGA_NATS_URL", nats_url.as_str()),
+                    ("CATGA_REDIS_URL", redis_url.as_str()),
+                    ("CATGA_SERVICE", "svc"),
+                    ("CATGA_INSTANCE_ID", id.as_str()),
+                ],
+            )
+        })
+        .collect();
+    let client = client(&nats_url).await;
+    // One message id, 100 concurrent copies: NATS spreads them over the
+    // three processes; the store lets exactly one run the handler.
+    let meta = catga::Metadata::root();
+    let copies: Vec<_> = (0..100)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.send_as(Charge { cents: 500 }, meta, SendOptions::default()).await })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for copy in copies {
+        replies.push(copy.await.unwrap().unwrap());
+    }
+    assert!(replies.iter().all(|r| *r == replies[0]), "every copy got the first reply: {replies:?}");
+    assert_eq!(replies[0].1, 1, "the handler's own count of its runs");
+    let store = catga::store::Store::connect(&redis_url).await.unwrap();
+    let runs = store.incr(&catga::store::Key::new(meta.message_id.to_string(), "runs"), 0).await.unwrap();
+    assert_eq!(runs, 1, "the handler ran once across the three processes");
     client.shutdown().await;
 }

@@ -79,6 +79,21 @@ async fn on_ping(ev: Ping, ctx: Context) -> Result<(), HandlerError> {
     Ok(())
 }
 
+/// Idempotent: counts its runs per message id in the store (Redis when
+/// `CATGA_REDIS_URL` is set) and answers (who charged, that count).
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "svc.charge", reply = (String, i64))]
+pub struct Charge {
+    pub cents: u64,
+}
+
+#[catga::command(queue = "svc", idempotent)]
+async fn charge(cmd: Charge, ctx: Context) -> Result<(String, i64), HandlerError> {
+    let runs = ctx.store().incr(&catga::store::Key::new(ctx.message_id().to_string(), "runs"), 1).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok((format!("{} charged {}", ctx.instance_id(), cmd.cents), runs))
+}
+
 // ---------- durable (JetStream) contracts and handlers: tests/durable.rs ----------
 //
 // Effects are recorded by appending one line to the ledger file named by
