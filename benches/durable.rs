@@ -6,13 +6,11 @@
 //! Run: `cargo bench --bench durable` (about 12 s). Needs `nats-server` on
 //! PATH. Ends with one JSON line: absolute figures and durable/core ratios.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use catga::prelude::*;
 use catga_suite::NatsServer;
-use hdrhistogram::Histogram;
+use catga_suite::load::closed_loop;
 
 const WINDOW: Duration = Duration::from_secs(2);
 
@@ -46,50 +44,6 @@ fn data() -> String {
     data
 }
 
-struct Run {
-    rps: f64,
-    p50_us: u64,
-    p99_us: u64,
-}
-
-/// `concurrency` loops sending back to back for `WINDOW`, after a warm-up.
-async fn measure<F, Fut>(concurrency: usize, request: F) -> Run
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    for _ in 0..200 {
-        request().await;
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let loops: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (request, stop) = (request.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    request().await;
-                    h.record(t.elapsed().as_micros().max(1) as u64).unwrap();
-                }
-                h
-            })
-        })
-        .collect();
-    tokio::time::sleep(WINDOW).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    for l in loops {
-        all.add(l.await.unwrap()).unwrap();
-    }
-    Run {
-        rps: all.len() as f64 / started.elapsed().as_secs_f64(),
-        p50_us: all.value_at_quantile(0.5),
-        p99_us: all.value_at_quantile(0.99),
-    }
-}
-
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let nats = NatsServer::start_jetstream();
@@ -107,7 +61,7 @@ fn main() {
         for concurrency in [1, 16] {
             let core = {
                 let client = client.clone();
-                measure(concurrency, move || {
+                closed_loop(concurrency, WINDOW, move || {
                     let client = client.clone();
                     async move {
                         client.send(Core { data: data() }).await.unwrap();
@@ -117,7 +71,7 @@ fn main() {
             };
             let durable = {
                 let client = client.clone();
-                measure(concurrency, move || {
+                closed_loop(concurrency, WINDOW, move || {
                     let client = client.clone();
                     async move {
                         client.send(Durable { data: data() }).await.unwrap();

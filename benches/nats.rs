@@ -6,14 +6,12 @@
 //! (started here on a free 127.0.0.1 port). Ends with one JSON line per
 //! concurrency and one for publishing.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use catga::prelude::*;
 use catga_suite::NatsServer;
+use catga_suite::load::closed_loop;
 use futures_util::StreamExt;
-use hdrhistogram::Histogram;
 
 const WINDOW: Duration = Duration::from_secs(2);
 
@@ -39,52 +37,6 @@ fn blob() -> Blob {
     let b = Blob { data: "x".repeat(117) };
     assert_eq!(serde_json::to_vec(&b).unwrap().len(), 128);
     b
-}
-
-struct Run {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-}
-
-/// `concurrency` loops sending back to back for `WINDOW`.
-async fn measure<F, Fut>(concurrency: usize, request: F) -> Run
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    // Warm up.
-    for _ in 0..200 {
-        request().await;
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let loops: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (request, stop) = (request.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    request().await;
-                    h.record(t.elapsed().as_micros().max(1) as u64).unwrap();
-                }
-                h
-            })
-        })
-        .collect();
-    tokio::time::sleep(WINDOW).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    for l in loops {
-        all.add(l.await.unwrap()).unwrap();
-    }
-    let secs = started.elapsed().as_secs_f64();
-    Run {
-        rps: all.len() as f64 / secs,
-        p50_us: all.value_at_quantile(0.5) as f64,
-        p99_us: all.value_at_quantile(0.99) as f64,
-    }
 }
 
 fn main() {
@@ -120,7 +72,7 @@ fn main() {
         for concurrency in [1, 16, 128] {
             let raw_run = {
                 let (raw, payload) = (raw.clone(), payload.clone());
-                measure(concurrency, move || {
+                closed_loop(concurrency, WINDOW, move || {
                     let (raw, payload) = (raw.clone(), payload.clone());
                     async move {
                         raw.request("bench.raw", payload).await.unwrap();
@@ -130,7 +82,7 @@ fn main() {
             };
             let catga_run = {
                 let catga = catga.clone();
-                measure(concurrency, move || {
+                closed_loop(concurrency, WINDOW, move || {
                     let catga = catga.clone();
                     async move {
                         catga.send(blob()).await.unwrap();

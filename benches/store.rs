@@ -10,13 +10,13 @@
 //! PATH (started here on a free 127.0.0.1 port). Ends with one JSON line.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use catga::prelude::*;
 use catga::transport::memory::MemoryBus;
 use catga_suite::RedisServer;
-use hdrhistogram::Histogram;
+use catga_suite::load::closed_loop;
 
 const WINDOW: Duration = Duration::from_secs(2);
 
@@ -42,63 +42,6 @@ async fn idem(cmd: Idem) -> Result<u64, HandlerError> {
     Ok(cmd.n + 1)
 }
 
-struct Run {
-    rps: f64,
-    p50_us: u64,
-    p99_us: u64,
-}
-
-impl Run {
-    fn json(&self) -> String {
-        format!("{{\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{}}}", self.rps, self.p50_us, self.p99_us)
-    }
-}
-
-/// `concurrency` loops sending back to back for `WINDOW`.
-async fn measure<F, Fut>(concurrency: usize, request: F) -> Run
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    for _ in 0..200 {
-        request().await; // warm up
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let loops: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (request, stop) = (request.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-                let mut n = 0u32;
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    request().await;
-                    h.record(t.elapsed().as_micros().max(1) as u64).unwrap();
-                    // An in-memory send of a plain command never waits: let
-                    // the runtime's timer (and the other loops) run.
-                    n = n.wrapping_add(1);
-                    if n.is_multiple_of(64) {
-                        tokio::task::yield_now().await;
-                    }
-                }
-                h
-            })
-        })
-        .collect();
-    tokio::time::sleep(WINDOW).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    for l in loops {
-        all.add(l.await.unwrap()).unwrap();
-    }
-    Run {
-        rps: all.len() as f64 / started.elapsed().as_secs_f64(),
-        p50_us: all.value_at_quantile(0.5),
-        p99_us: all.value_at_quantile(0.99),
-    }
-}
-
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let server = RedisServer::start();
@@ -122,7 +65,7 @@ fn main() {
             eprintln!("in flight {concurrency}: plain");
             let plain_run = {
                 let app = app.clone();
-                measure(concurrency, move || {
+                closed_loop(concurrency, WINDOW, move || {
                     let app = app.clone();
                     async move {
                         app.send(Plain { n: 1 }).await.unwrap();
@@ -133,7 +76,7 @@ fn main() {
             eprintln!("in flight {concurrency}: idempotent");
             let idem_run = {
                 let app = app.clone();
-                measure(concurrency, move || {
+                closed_loop(concurrency, WINDOW, move || {
                     let app = app.clone();
                     async move {
                         app.send(Idem { n: 1 }).await.unwrap(); // a fresh message id each time
@@ -144,7 +87,7 @@ fn main() {
             eprintln!("in flight {concurrency}: raw SET NX + SET");
             let raw_run = {
                 let (raw, keys) = (raw.clone(), keys.clone());
-                measure(concurrency, move || {
+                closed_loop(concurrency, WINDOW, move || {
                     let (mut raw, keys) = (raw.clone(), keys.clone());
                     async move {
                         let key = format!("raw:{{{}}}:idem", keys.fetch_add(1, Ordering::Relaxed));

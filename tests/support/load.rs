@@ -1,0 +1,78 @@
+//! The load generator the benchmarks share: `concurrency` closed loops
+//! issue requests back to back for a fixed window, after a warm-up, and
+//! record every latency in an HDR histogram.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// What one closed-loop run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    /// Completed requests per second, over the whole window.
+    pub rps: f64,
+    /// Median latency, µs.
+    pub p50_us: u64,
+    /// 99th percentile latency, µs.
+    pub p99_us: u64,
+}
+
+impl Run {
+    /// `{"rps":..,"p50_us":..,"p99_us":..}`.
+    pub fn json(&self) -> String {
+        format!("{{\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{}}}", self.rps, self.p50_us, self.p99_us)
+    }
+}
+
+/// 200 warm-up requests, then `concurrency` loops for `window`. Every 64
+/// requests a loop yields, so requests that never wait (an in-memory send)
+/// still let the timer and the other loops run.
+pub async fn closed_loop<F, Fut>(concurrency: usize, window: Duration, request: F) -> Run
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    for _ in 0..200 {
+        request().await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let loops: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (request, stop) = (request.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut h = histogram();
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    request().await;
+                    h.record(t.elapsed().as_micros().max(1) as u64).expect("latency within bounds");
+                    n = n.wrapping_add(1);
+                    if n.is_multiple_of(64) {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                h
+            })
+        })
+        .collect();
+    tokio::time::sleep(window).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = histogram();
+    for l in loops {
+        all.add(l.await.expect("a load loop panicked")).expect("same bounds");
+    }
+    Run {
+        rps: all.len() as f64 / started.elapsed().as_secs_f64(),
+        p50_us: all.value_at_quantile(0.5),
+        p99_us: all.value_at_quantile(0.99),
+    }
+}
+
+/// 1 µs to 60 s, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
