@@ -7,6 +7,7 @@
 //! asserted), and idempotent handlers sharing a cluster.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -552,4 +553,114 @@ async fn idempotent_handler_runs_once_for_a_hundred_copies_across_instances_on_a
     for app in apps {
         app.shutdown().await;
     }
+}
+
+// ---------- an idempotent command load through a failover ----------
+
+/// Runs of the handler per message id (in this process: the instances share it).
+static PAY_RUNS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "t.store.failover.pay", reply = u64)]
+struct Pay {
+    n: u64,
+}
+
+#[catga::command(idempotent, timeout = "2s")]
+async fn pay(cmd: Pay, ctx: Context) -> Result<u64, HandlerError> {
+    PAY_RUNS.lock().unwrap().push(ctx.message_id().to_string());
+    Ok(cmd.n)
+}
+
+/// 300 commands, each sent as two copies (a retry), on 3 instances; `disrupt`
+/// runs in the background after the first 100. A send that fails (the store
+/// is failing over) is sent again with the same id, bounded in count and
+/// time. Every command must end answered, its handler run once.
+async fn pay_through(tag: &str, url: &str, disrupt: impl FnOnce() + Send + 'static) {
+    let bus = MemoryBus::new();
+    let mut apps = Vec::new();
+    for i in 0..3 {
+        apps.push(
+            Catga::builder()
+                .service("store-pay")
+                .instance_id(format!("store-pay-{}-{i}", tag.replace(|c: char| !c.is_ascii_alphanumeric(), "-")))
+                .memory_bus(bus.clone())
+                .redis_url(url)
+                .handlers_where(|h| h.subject == "t.store.failover.pay")
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    let mut disrupt = Some(disrupt);
+    let mut disruption = None;
+    let (mut failed_sends, mut longest, mut last_ok) = (0, Duration::ZERO, Instant::now());
+    let mut ids = Vec::new();
+    let hard_stop = Instant::now() + Duration::from_secs(60);
+    for n in 0..300u64 {
+        if n == 100
+            && let Some(disrupt) = disrupt.take()
+        {
+            disruption = Some(tokio::task::spawn_blocking(disrupt));
+            last_ok = Instant::now();
+        }
+        let meta = Metadata::root();
+        ids.push(meta.message_id.to_string());
+        for copy in 0..2 {
+            loop {
+                assert!(Instant::now() < hard_stop, "{tag}: the load ran past 60 s");
+                let app = &apps[(n as usize + copy) % 3];
+                match app.send_as(Pay { n }, meta, SendOptions::timeout(Duration::from_secs(5))).await {
+                    Ok(reply) => {
+                        assert_eq!(reply, n);
+                        longest = longest.max(last_ok.elapsed());
+                        last_ok = Instant::now();
+                        break;
+                    }
+                    Err(_) => {
+                        failed_sends += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(d) = disruption {
+        d.await.unwrap();
+    }
+    let runs = PAY_RUNS.lock().unwrap().clone();
+    let twice: Vec<_> = ids.iter().filter(|id| runs.iter().filter(|r| r == id).count() > 1).collect();
+    println!(
+        "{tag}: 300 idempotent commands × 2 copies answered; {failed_sends} sends retried by the caller; longest gap \
+         between answers {longest:?}; handlers run twice: {}",
+        twice.len()
+    );
+    assert!(twice.is_empty(), "{tag}: handlers ran twice for {twice:?}");
+    for id in &ids {
+        assert!(runs.contains(id), "{tag}: {id} never ran");
+    }
+    for app in apps {
+        app.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_command_load_rides_through_a_primary_kill_and_a_manual_failover_running_each_once() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let primary = cluster.primary_for_slot(0);
+    let cluster = Arc::new(std::sync::Mutex::new(cluster));
+    // Kill -9 a primary; its supervisor restarts it 3 s later (it rejoins
+    // as the replica of its successor).
+    let c = cluster.clone();
+    pay_through("kill -9 of a primary", &url, move || {
+        c.lock().unwrap().kill(primary);
+        std::thread::sleep(Duration::from_secs(3));
+        c.lock().unwrap().restart(primary);
+    })
+    .await;
+    cluster.lock().unwrap().wait_until_healthy(Duration::from_secs(30));
+    // Hand the slots back with a manual failover of the restarted node.
+    let c = cluster.clone();
+    pay_through("manual CLUSTER FAILOVER", &url, move || c.lock().unwrap().failover(primary)).await;
 }

@@ -115,15 +115,30 @@ where
         }
     }
     let outcome = handling.await;
-    let recorded = match &outcome {
-        Ok(reply) => match (recorder.encode)(reply) {
-            Ok(bytes) => store.complete(&key, &owner, &bytes, ctx.app().config().idempotency_ttl).await,
-            Err(e) => {
-                tracing::warn!(key = %key, error = %e, "idempotent: the reply does not encode; not recorded");
-                store.release(&key, &owner).await
+    let claimed_until = started + claim_ttl;
+    let mut pause = Duration::from_millis(50);
+    let recorded = loop {
+        let recorded = match &outcome {
+            Ok(reply) => match (recorder.encode)(reply) {
+                Ok(bytes) => store.complete(&key, &owner, &bytes, ctx.app().config().idempotency_ttl).await,
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "idempotent: the reply does not encode; not recorded");
+                    store.release(&key, &owner).await
+                }
+            },
+            Err(_) => store.release(&key, &owner).await,
+        };
+        // The effect happened; losing its record to a store failover would
+        // let a copy run the handler again. Keep trying while the claim
+        // still holds (a store failover takes seconds).
+        match recorded {
+            Err(e) if Instant::now() + pause < claimed_until => {
+                tracing::debug!(key = %key, error = %e, "idempotent: recording the outcome failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
             }
-        },
-        Err(_) => store.release(&key, &owner).await,
+            recorded => break recorded,
+        }
     };
     match recorded {
         Ok(true) => {}
