@@ -325,7 +325,7 @@ async fn discovery_through_plain_srv_requests_lists_every_instance_and_its_endpo
         let endpoints = info["endpoints"].as_array().unwrap();
         let whoami = endpoints.iter().find(|e| e["subject"] == "svc.whoami").expect("endpoint");
         assert_eq!(whoami["queue_group"], "svc");
-        assert_eq!(endpoints.len(), 4, "one endpoint per command handler: {endpoints:?}");
+        assert_eq!(endpoints.len(), 5, "one endpoint per command handler: {endpoints:?}");
     }
 
     // Stats count requests per instance; the per-id subject answers alone.
