@@ -1,0 +1,308 @@
+//! A 3-step saga over NATS + Redis against the floor of any durable 3-step
+//! workflow, in one run: one nats-server and one redis-server (standalone,
+//! started here on free 127.0.0.1 ports), a responder instance with three
+//! `#[command]` handlers (charge, reserve, create), and a client instance
+//! (`client_only`) that runs `start_saga::<ThreeSteps>` — two compensatable
+//! steps and a pivot, each one `ctx.send` of its command — with a fresh
+//! saga id each time. Three cases, at 1 and 16 in flight, 2 s each after a
+//! warm-up, latencies in an hdrhistogram:
+//!
+//! - **sends**: the same three commands, `app.send` one after another;
+//! - **baseline**: those three sends plus the fewest Redis writes a durable
+//!   3-step workflow needs — one `SET` creating its state and one `SET`
+//!   after each step (4), made with raw redis-rs on a separate connection,
+//!   sequentially in the same iteration;
+//! - **saga**: `start_saga` to `Completed`.
+//!
+//! Run: `cargo bench --bench saga` (about 15 s). Needs `nats-server` and
+//! `redis-server` on PATH. Prints a table, then one JSON line per
+//! concurrency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use catga::prelude::*;
+use catga::saga::{SagaContext, SagaOutcome, StepError};
+use catga_suite::{NatsServer, RedisServer};
+use hdrhistogram::Histogram;
+
+const WINDOW: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[catga(subject = "bench.saga.charge", reply = u64)]
+pub struct Charge {
+    order: u64,
+    cents: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[catga(subject = "bench.saga.reserve", reply = u64)]
+pub struct Reserve {
+    order: u64,
+    sku: String,
+    quantity: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[catga(subject = "bench.saga.create", reply = u64)]
+pub struct Create {
+    order: u64,
+    payment: u64,
+    reservation: u64,
+}
+
+/// Replies with a payment id.
+#[catga::command]
+async fn charge(cmd: Charge) -> Result<u64, HandlerError> {
+    Ok(cmd.order + cmd.cents)
+}
+
+/// Replies with a reservation id.
+#[catga::command]
+async fn reserve(cmd: Reserve) -> Result<u64, HandlerError> {
+    Ok(cmd.order + u64::from(cmd.quantity) + cmd.sku.len() as u64)
+}
+
+/// Replies with the created order's number.
+#[catga::command]
+async fn create(cmd: Create) -> Result<u64, HandlerError> {
+    Ok(cmd.order ^ cmd.payment ^ cmd.reservation)
+}
+
+/// The saga's data: the order and what each step got back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Order {
+    id: u64,
+    cents: u64,
+    sku: String,
+    quantity: u32,
+    payment: Option<u64>,
+    reservation: Option<u64>,
+    created: Option<u64>,
+}
+
+impl Order {
+    fn new(id: u64) -> Order {
+        Order { id, cents: 4_200, sku: "sku-1234".into(), quantity: 2, payment: None, reservation: None, created: None }
+    }
+
+    fn charge(&self) -> Charge {
+        Charge { order: self.id, cents: self.cents }
+    }
+
+    fn reserve(&self) -> Reserve {
+        Reserve { order: self.id, sku: self.sku.clone(), quantity: self.quantity }
+    }
+
+    fn create(&self) -> Create {
+        Create { order: self.id, payment: self.payment.unwrap_or(0), reservation: self.reservation.unwrap_or(0) }
+    }
+}
+
+struct ThreeSteps;
+
+#[catga::saga(name = "bench-three-steps")]
+impl ThreeSteps {
+    #[step(compensate = refund)]
+    async fn charge(order: &mut Order, ctx: &SagaContext) -> Result<(), StepError> {
+        order.payment = Some(ctx.send(order.charge()).await?);
+        Ok(())
+    }
+
+    #[step(compensate = release)]
+    async fn reserve(order: &mut Order, ctx: &SagaContext) -> Result<(), StepError> {
+        order.reservation = Some(ctx.send(order.reserve()).await?);
+        Ok(())
+    }
+
+    #[step(pivot)]
+    async fn create(order: &mut Order, ctx: &SagaContext) -> Result<(), StepError> {
+        order.created = Some(ctx.send(order.create()).await?);
+        Ok(())
+    }
+
+    // Every step succeeds here, so the compensations never run.
+    async fn refund(_order: &Order, _ctx: &SagaContext) -> Result<(), StepError> {
+        Ok(())
+    }
+
+    async fn release(_order: &Order, _ctx: &SagaContext) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+/// The three commands, one after another, as the saga's steps send them.
+async fn three_sends(app: &App, id: u64) -> Order {
+    let mut order = Order::new(id);
+    order.payment = Some(app.send(order.charge()).await.unwrap());
+    order.reservation = Some(app.send(order.reserve()).await.unwrap());
+    order.created = Some(app.send(order.create()).await.unwrap());
+    order
+}
+
+/// One raw `SET` of `value` at `key`.
+async fn set(redis: &mut redis::aio::MultiplexedConnection, key: &str, value: &[u8]) {
+    let _: () = redis::cmd("SET").arg(key).arg(value).query_async(redis).await.unwrap();
+}
+
+struct Run {
+    per_s: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+/// `concurrency` loops running `request` back to back for `WINDOW`, after
+/// a warm-up; `request` gets a number never given before.
+async fn measure<F, Fut>(concurrency: usize, request: F) -> Run
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    for _ in 0..200 {
+        request(next.fetch_add(1, Ordering::Relaxed)).await; // warm up
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let loops: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (request, stop, next) = (request.clone(), stop.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    request(n).await;
+                    h.record(t.elapsed().as_micros().max(1) as u64).unwrap();
+                }
+                h
+            })
+        })
+        .collect();
+    tokio::time::sleep(WINDOW).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for l in loops {
+        all.add(l.await.unwrap()).unwrap();
+    }
+    Run {
+        per_s: all.len() as f64 / started.elapsed().as_secs_f64(),
+        p50_us: all.value_at_quantile(0.5),
+        p99_us: all.value_at_quantile(0.99),
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let nats = NatsServer::start();
+    let redis_server = RedisServer::start();
+    let (nats_url, redis_url) = (nats.url(), redis_server.url());
+    rt.block_on(async move {
+        let _responder = Catga::builder()
+            .service("bench-saga")
+            .nats_url(&nats_url)
+            .redis_url(&redis_url)
+            .handlers_where(|h| h.subject.starts_with("bench.saga."))
+            .start()
+            .await
+            .unwrap();
+        let client = Catga::builder()
+            .service("bench-saga-client")
+            .nats_url(&nats_url)
+            .redis_url(&redis_url)
+            .client_only()
+            .start()
+            .await
+            .unwrap();
+        assert_eq!(client.store().name(), "redis");
+        let raw = redis::Client::open(redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        // Saga ids and baseline keys are unique across cases and runs.
+        let case = Arc::new(AtomicU64::new(0));
+
+        let mut rows = Vec::new();
+        let mut lines = Vec::new();
+        for concurrency in [1, 16] {
+            eprintln!("in flight {concurrency}: three sends");
+            let sends = {
+                let client = client.clone();
+                measure(concurrency, move |n| {
+                    let client = client.clone();
+                    async move {
+                        three_sends(&client, n).await;
+                    }
+                })
+                .await
+            };
+            eprintln!("in flight {concurrency}: three sends + 4 raw SETs");
+            let baseline = {
+                let (client, raw) = (client.clone(), raw.clone());
+                let prefix = case.fetch_add(1, Ordering::Relaxed);
+                measure(concurrency, move |n| {
+                    let (client, mut raw) = (client.clone(), raw.clone());
+                    async move {
+                        let key = format!("raw:{{{prefix}-{n}}}:state");
+                        let mut order = Order::new(n);
+                        set(&mut raw, &key, &serde_json::to_vec(&order).unwrap()).await;
+                        order.payment = Some(client.send(order.charge()).await.unwrap());
+                        set(&mut raw, &key, &serde_json::to_vec(&order).unwrap()).await;
+                        order.reservation = Some(client.send(order.reserve()).await.unwrap());
+                        set(&mut raw, &key, &serde_json::to_vec(&order).unwrap()).await;
+                        order.created = Some(client.send(order.create()).await.unwrap());
+                        set(&mut raw, &key, &serde_json::to_vec(&order).unwrap()).await;
+                    }
+                })
+                .await
+            };
+            eprintln!("in flight {concurrency}: saga");
+            let saga = {
+                let client = client.clone();
+                let prefix = case.fetch_add(1, Ordering::Relaxed);
+                measure(concurrency, move |n| {
+                    let client = client.clone();
+                    async move {
+                        let id = format!("{prefix}-{n}");
+                        let outcome = client.start_saga::<ThreeSteps>(&id, Order::new(n)).await.unwrap();
+                        assert_eq!(outcome, SagaOutcome::Completed);
+                    }
+                })
+                .await
+            };
+            for (name, run) in [("three sends", &sends), ("baseline: sends + 4 SETs", &baseline), ("saga", &saga)] {
+                rows.push(format!(
+                    "| {concurrency:>9} | {name:<24} | {:>9.0} | {:>6} | {:>6} | {:>11.2} |",
+                    run.per_s,
+                    run.p50_us,
+                    run.p99_us,
+                    run.per_s / baseline.per_s
+                ));
+            }
+            lines.push(format!(
+                "{{\"concurrency\":{concurrency},\"saga_per_s\":{:.0},\"baseline_per_s\":{:.0},\"ratio\":{:.2},\
+                 \"saga_p50_us\":{},\"saga_p99_us\":{},\"baseline_p50_us\":{},\"baseline_p99_us\":{},\
+                 \"sends_per_s\":{:.0},\"sends_p50_us\":{},\"sends_p99_us\":{}}}",
+                saga.per_s,
+                baseline.per_s,
+                saga.per_s / baseline.per_s,
+                saga.p50_us,
+                saga.p99_us,
+                baseline.p50_us,
+                baseline.p99_us,
+                sends.per_s,
+                sends.p50_us,
+                sends.p99_us,
+            ));
+        }
+        println!("| in flight | case                     |     per s | p50 µs | p99 µs | vs baseline |");
+        println!("|-----------|--------------------------|-----------|--------|--------|-------------|");
+        for row in rows {
+            println!("{row}");
+        }
+        for line in lines {
+            println!("{line}");
+        }
+        client.shutdown().await;
+    });
+    drop(redis_server);
+    drop(nats);
+}
