@@ -19,13 +19,13 @@
 //! concurrency.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use catga::prelude::*;
 use catga::saga::{SagaContext, SagaOutcome, StepError};
+use catga_suite::load::{Run, closed_loop};
 use catga_suite::{NatsServer, RedisServer};
-use hdrhistogram::Histogram;
 
 const WINDOW: Duration = Duration::from_secs(2);
 
@@ -146,51 +146,14 @@ async fn set(redis: &mut redis::aio::MultiplexedConnection, key: &str, value: &[
     let _: () = redis::cmd("SET").arg(key).arg(value).query_async(redis).await.unwrap();
 }
 
-struct Run {
-    per_s: f64,
-    p50_us: u64,
-    p99_us: u64,
-}
-
-/// `concurrency` loops running `request` back to back for `WINDOW`, after
-/// a warm-up; `request` gets a number never given before.
+/// The shared closed loop, with a number never given before for each request.
 async fn measure<F, Fut>(concurrency: usize, request: F) -> Run
 where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
     let next = Arc::new(AtomicU64::new(0));
-    for _ in 0..200 {
-        request(next.fetch_add(1, Ordering::Relaxed)).await; // warm up
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let loops: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (request, stop, next) = (request.clone(), stop.clone(), next.clone());
-            tokio::spawn(async move {
-                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-                while !stop.load(Ordering::Relaxed) {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    let t = Instant::now();
-                    request(n).await;
-                    h.record(t.elapsed().as_micros().max(1) as u64).unwrap();
-                }
-                h
-            })
-        })
-        .collect();
-    tokio::time::sleep(WINDOW).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    for l in loops {
-        all.add(l.await.unwrap()).unwrap();
-    }
-    Run {
-        per_s: all.len() as f64 / started.elapsed().as_secs_f64(),
-        p50_us: all.value_at_quantile(0.5),
-        p99_us: all.value_at_quantile(0.99),
-    }
+    closed_loop(concurrency, WINDOW, move || request(next.fetch_add(1, Ordering::Relaxed))).await
 }
 
 fn main() {
@@ -271,24 +234,24 @@ fn main() {
             for (name, run) in [("three sends", &sends), ("baseline: sends + 4 SETs", &baseline), ("saga", &saga)] {
                 rows.push(format!(
                     "| {concurrency:>9} | {name:<24} | {:>9.0} | {:>6} | {:>6} | {:>11.2} |",
-                    run.per_s,
+                    run.rps,
                     run.p50_us,
                     run.p99_us,
-                    run.per_s / baseline.per_s
+                    run.rps / baseline.rps
                 ));
             }
             lines.push(format!(
                 "{{\"concurrency\":{concurrency},\"saga_per_s\":{:.0},\"baseline_per_s\":{:.0},\"ratio\":{:.2},\
                  \"saga_p50_us\":{},\"saga_p99_us\":{},\"baseline_p50_us\":{},\"baseline_p99_us\":{},\
                  \"sends_per_s\":{:.0},\"sends_p50_us\":{},\"sends_p99_us\":{}}}",
-                saga.per_s,
-                baseline.per_s,
-                saga.per_s / baseline.per_s,
+                saga.rps,
+                baseline.rps,
+                saga.rps / baseline.rps,
                 saga.p50_us,
                 saga.p99_us,
                 baseline.p50_us,
                 baseline.p99_us,
-                sends.per_s,
+                sends.rps,
                 sends.p50_us,
                 sends.p99_us,
             ));
