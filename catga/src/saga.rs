@@ -493,9 +493,8 @@ async fn create<D: Serialize>(
     // Index first: the sweep finds every saga that may exist (a stale
     // entry is dropped by the sweep when it finds the saga finished).
     store.set_add(&index_key(def.name), id).await?;
-    if store.get(&state_key).await?.is_some() {
-        return Ok(None);
-    }
+    // No read first: the write below expects no state, so an existing saga
+    // is refused there (a new saga, the common case, saves a round trip).
     let Some(lease) = store.acquire_lease(&lease_key, &owner(app), app.config().saga_lease_ttl).await? else {
         return Ok(None);
     };
@@ -738,7 +737,13 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             attempts: self.state.attempts,
         });
         match gave_up {
-            None => self.state.next += 1,
+            None => {
+                self.state.next += 1;
+                // The last step's write also records the end: one round trip less.
+                if self.state.next == self.def.steps.len() {
+                    self.state.status = SagaStatus::Completed;
+                }
+            }
             Some(error) => {
                 self.state.error =
                     Some(format!("step `{}` failed after {} attempts: {error}", step.name, self.state.attempts));
