@@ -2,8 +2,9 @@
 //! instances over a real nats-server, state in a real Redis (one server,
 //! then a Redis Cluster of 3 primaries + 3 replicas). Each saga plans a
 //! SIGKILL of the instance running it at one step boundary; dead instances
-//! are replaced. Every saga must end `Completed` or `Compensated` (as
-//! planned), and the effects ledger must show every step and compensation
+//! are replaced. Every saga must end as planned — `Completed`,
+//! `Compensated`, or `Failed` with its cause when a compensation is made to
+//! fail — and the effects ledger must show every step and compensation
 //! applied exactly once. Loops are bounded in count and time.
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ struct Crash {
 struct Plan {
     crash: Option<Crash>,
     fail_step: Option<String>,
+    fail_undo: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, Command)]
@@ -56,7 +58,7 @@ fn matrix(tag: &str, per_point: usize) -> Vec<Case> {
             for n in 0..per_point {
                 cases.push(Case {
                     id: format!("{tag}-{step}-{point}-{n}"),
-                    plan: Plan { crash: Some(Crash { step: step.into(), point: point.into() }), fail_step: None },
+                    plan: Plan { crash: Some(Crash { step: step.into(), point: point.into() }), ..Plan::default() },
                     expect: SagaStatus::Completed,
                     ledger: forward.clone(),
                 });
@@ -75,6 +77,7 @@ fn matrix(tag: &str, per_point: usize) -> Vec<Case> {
                     plan: Plan {
                         crash: Some(Crash { step: step.into(), point: point.into() }),
                         fail_step: Some("create".into()),
+                        fail_undo: None,
                     },
                     expect: SagaStatus::Compensated,
                     ledger: compensated.clone(),
@@ -82,6 +85,19 @@ fn matrix(tag: &str, per_point: usize) -> Vec<Case> {
             }
         }
     }
+    // `create` fails and so does `charge`'s compensation: the saga ends
+    // `Failed` with the cause, after `reserve` was compensated; a crash in
+    // the middle of compensating `reserve` on the way.
+    cases.push(Case {
+        id: format!("{tag}-failed"),
+        plan: Plan {
+            crash: Some(Crash { step: "reserve".into(), point: "undo_after_effect".into() }),
+            fail_step: Some("create".into()),
+            fail_undo: Some("charge".into()),
+        },
+        expect: SagaStatus::Failed,
+        ledger: ["charge:forward", "reserve:forward", "reserve:compensate"].map(String::from).to_vec(),
+    });
     cases
 }
 
@@ -104,6 +120,8 @@ fn env<'a>(nats: &'a str, redis: &'a str, id: &'a str) -> Vec<(&'a str, &'a str)
         // Every planned crash also kills the other sagas running on that
         // instance, so one saga may be cut off many times here.
         ("CATGA_SAGA_CRASH_RERUNS", "50"),
+        // The test of a failing compensation: give up on it quickly.
+        ("CATGA_SAGA_COMPENSATION_RETRIES", "2"),
     ]
 }
 
@@ -182,6 +200,11 @@ async fn run_matrix(tag: &str, redis_url: &str, per_point: usize, mut during: im
     for case in &cases {
         let info = client.saga_status_by_name("chaos-order", &case.id).await.unwrap().unwrap();
         assert_eq!(info.status, case.expect, "{}: {info:?}", case.id);
+        if case.expect == SagaStatus::Failed {
+            let error = info.error.as_deref().unwrap_or_default();
+            assert!(error.contains("compensation `refund` of step `charge` failed"), "{}: {error}", case.id);
+            assert!(error.contains("step `create` failed"), "the cause is kept: {error}");
+        }
         let mut applied = Vec::new();
         for step in STEPS {
             for direction in ["forward", "compensate"] {

@@ -18,6 +18,7 @@
 //! | `CATGA_SAGA_LEASE_MS`        | lease of the instance running a saga; a dead runner's sagas are taken over after it | 5000 |
 //! | `CATGA_SAGA_SWEEP_MS`        | how often each instance looks for sagas to take over | 1000 |
 //! | `CATGA_REDIS_REPLICA_ACKS`   | replicas that must confirm each Redis write | 1 on a Cluster, 0 on one server |
+//! | `CATGA_SAGA_COMPENSATION_RETRIES` | retries of a failing compensation before the saga is `Failed` | 5 |
 //! | `CATGA_SAGA_CRASH_RERUNS`    | re-runs of a step whose instance died mid-step before it counts as failed | 5 |
 //! | `CATGA_ACK_WAIT_MS`          | durable: how long a pulled message may go unacknowledged before it is redelivered | 30000 |
 //! | `CATGA_MAX_DELIVER`          | durable: deliveries of one message before it is dead-lettered | 5 |
@@ -240,6 +241,9 @@ impl Config {
         }
         if let Some(n) = number("CATGA_REDIS_REPLICA_ACKS")? {
             c.redis_replica_acks = Some(n.min(u32::MAX as u64) as u32);
+        }
+        if let Some(n) = number("CATGA_SAGA_COMPENSATION_RETRIES")? {
+            c.saga_compensation_retries = n.min(u32::MAX as u64) as u32;
         }
         if let Some(n) = number("CATGA_SAGA_CRASH_RERUNS")? {
             c.saga_crash_reruns = n.min(u32::MAX as u64) as u32;

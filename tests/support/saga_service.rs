@@ -28,6 +28,9 @@ pub struct Plan {
     pub crash: Option<Crash>,
     /// This step fails every attempt (so the saga compensates).
     pub fail_step: Option<String>,
+    /// This step's compensation fails every attempt (so the saga ends `Failed`).
+    #[serde(default)]
+    pub fail_undo: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, Command)]
@@ -76,8 +79,12 @@ fn die_if(plan: &Plan, ctx: &SagaContext, point: &str) {
 
 async fn apply(plan: &Plan, ctx: &SagaContext) -> Result<(), StepError> {
     die_if(plan, ctx, "start");
-    if ctx.direction() == Direction::Forward && plan.fail_step.as_deref() == Some(ctx.step()) {
-        return Err(StepError::new("planned", format!("step {} fails on purpose", ctx.step())));
+    let failing = match ctx.direction() {
+        Direction::Forward => &plan.fail_step,
+        Direction::Compensate => &plan.fail_undo,
+    };
+    if failing.as_deref() == Some(ctx.step()) {
+        return Err(StepError::new("planned", format!("{:?} of {} fails on purpose", ctx.direction(), ctx.step())));
     }
     let what = match ctx.direction() {
         Direction::Forward => format!("{}:forward", ctx.step()),
