@@ -658,7 +658,7 @@ where
     let span = tracing::info_span!("catga.saga", saga = def.name, id = %state.id);
     let _running = app.running_saga(def.name, &state.id);
     let renewer = Renewer::start(app, lease.clone());
-    let mut run = Run { def, app, lease, state, version };
+    let mut run = Run { def, app, lease, state, version, attempt_recorded: false };
     let outcome = run.drive().instrument(span).await;
     renewer.stop();
     let store = app.store();
@@ -680,6 +680,8 @@ struct Run<'a, D: 'static> {
     lease: Lease,
     state: State<D>,
     version: u64,
+    /// The stored state already counts the next attempt as started.
+    attempt_recorded: bool,
 }
 
 impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
@@ -736,12 +738,17 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             error: gave_up.clone(),
             attempts: self.state.attempts,
         });
+        let mut next_started = false;
         match gave_up {
             None => {
                 self.state.next += 1;
-                // The last step's write also records the end: one round trip less.
+                // The last step's write also records the end, and any other
+                // step's write also records the next step's first attempt:
+                // one round trip less per step.
                 if self.state.next == self.def.steps.len() {
                     self.state.status = SagaStatus::Completed;
+                } else {
+                    next_started = !self.app.is_draining();
                 }
             }
             Some(error) => {
@@ -755,7 +762,12 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             }
         }
         self.state.reset_attempts();
-        self.persist().await
+        if next_started {
+            self.state.attempts = 1;
+        }
+        self.persist().await?;
+        self.attempt_recorded = next_started;
+        Ok(())
     }
 
     /// Undo the last completed step that has a compensation.
@@ -807,9 +819,13 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             if crashed > self.app.config().saga_crash_reruns {
                 return Ok(Some(format!("the instances running it died {crashed} times before it finished")));
             }
-            self.check_draining()?;
-            self.state.attempts += 1;
-            self.persist().await?;
+            if std::mem::take(&mut self.attempt_recorded) {
+                // The previous step's write already recorded this attempt.
+            } else {
+                self.check_draining()?;
+                self.state.attempts += 1;
+                self.persist().await?;
+            }
             let ctx = self.context(step.name, index, direction);
             let span = tracing::info_span!("catga.saga.step", step = step.name, ?direction, attempt = ctx.attempt);
             let result = match (direction, step.compensation) {
