@@ -1,14 +1,17 @@
 //! Catga in one file, in memory: three identical instances of an "orders"
 //! service share one bus. Commands go to exactly one instance (round robin),
-//! broadcast events reach every instance, queued events one per group, and a
-//! handler's error reaches the caller typed.
+//! broadcast events reach every instance, queued events one per group, a
+//! handler's error reaches the caller typed, and a saga either completes or
+//! compensates what it did.
 //!
-//! Run: `cargo run --example quickstart` (no servers needed), or over NATS:
-//! `CATGA_NATS_URL=nats://127.0.0.1:4222 cargo run --example quickstart`.
+//! Run: `cargo run --example quickstart` (no servers needed), or over NATS
+//! and Redis: `CATGA_NATS_URL=nats://127.0.0.1:4222
+//! CATGA_REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use catga::prelude::*;
+use catga::saga::{SagaContext, SagaOutcome, StepError};
 
 // ---- Contracts (shared by every service that sends or handles them) ----
 
@@ -73,6 +76,50 @@ async fn send_email(ev: OrderCreated, ctx: Context) -> Result<(), HandlerError> 
     Ok(())
 }
 
+// ---- A saga: create the order, then charge it; a declined charge cancels it ----
+
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "orders.cancel", reply = ())]
+pub struct CancelOrder {
+    pub order_id: String,
+}
+
+#[catga::command(queue = "order-workers")]
+async fn cancel_order(cmd: CancelOrder, ctx: Context) -> Result<(), HandlerError> {
+    println!("  [{}] order {} cancelled", ctx.instance_id(), cmd.order_id);
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checkout {
+    pub order_id: String,
+    pub amount_cents: u64,
+}
+
+pub struct CheckoutSaga;
+
+#[catga::saga(name = "checkout")]
+impl CheckoutSaga {
+    #[step(compensate = cancel)]
+    async fn create(c: &mut Checkout, ctx: &SagaContext) -> Result<(), StepError> {
+        ctx.send(CreateOrder { order_id: c.order_id.clone(), amount_cents: c.amount_cents }).await?;
+        Ok(())
+    }
+
+    #[step(pivot)]
+    async fn charge(c: &mut Checkout, _ctx: &SagaContext) -> Result<(), StepError> {
+        if c.amount_cents > 50_000 {
+            return Err(StepError::new("card_declined", format!("{} cents declined", c.amount_cents)));
+        }
+        Ok(())
+    }
+
+    async fn cancel(c: &Checkout, ctx: &SagaContext) -> Result<(), StepError> {
+        ctx.send(CancelOrder { order_id: c.order_id.clone() }).await?;
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> catga::Result<()> {
     tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).init();
@@ -85,7 +132,8 @@ async fn main() -> catga::Result<()> {
         instances.push(builder.start().await?);
     }
     let client = catga::Builder::from_env()?.service("client").client_only().start().await?;
-    println!("transport: {}", if client.config().nats_url.is_some() { "NATS" } else { "in memory" });
+    let transport = if client.config().nats_url.is_some() { "NATS" } else { "in memory" };
+    println!("transport: {transport}, store: {}", client.store().name());
 
     println!("commands (each handled by exactly one instance, round robin):");
     for n in 1..=3 {
@@ -99,12 +147,24 @@ async fn main() -> catga::Result<()> {
     let err = client.send(CreateOrder { order_id: String::new(), amount_cents: 1 }).await.unwrap_err();
     println!("  validation:    code={:?} — {err}", err.code());
 
+    println!("sagas (state in the store; any instance could take one over):");
+    // Ids are unique per run: starting a saga id again returns its outcome.
+    let run = catga::MessageId::new();
+    for (name, amount_cents) in [("small", 2_000), ("large", 90_000)] {
+        let checkout = Checkout { order_id: format!("o-{name}"), amount_cents };
+        match client.start_saga::<CheckoutSaga>(&format!("checkout-{name}-{run}"), checkout).await? {
+            SagaOutcome::Completed => println!("  checkout {name}: completed"),
+            SagaOutcome::Compensated { error } => println!("  checkout {name}: compensated ({error})"),
+            SagaOutcome::Failed { error } => println!("  checkout {name}: FAILED ({error})"),
+        }
+    }
+
     // Graceful shutdown waits for in-flight handlings, spawned events included.
     for app in &instances {
         app.shutdown().await;
     }
     println!(
-        "events: {} audits (3 orders x 3 instances), {} emails (one per order)",
+        "events: {} audits (5 orders x 3 instances), {} emails (one per order)",
         AUDITED.load(Ordering::Relaxed),
         EMAILED.load(Ordering::Relaxed)
     );
