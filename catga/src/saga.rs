@@ -459,7 +459,7 @@ async fn unindex(app: &App, saga: &str, id: &str, status: SagaStatus) -> Result<
 pub(crate) async fn start<S: Saga>(app: &App, id: &str, data: S::Data) -> Result<SagaOutcome> {
     let def = S::definition();
     match create(def, app, id, data).await? {
-        Some((lease, state, version)) => run(def, app, lease, state, version).await,
+        Some((lease, state, version)) => run(def, app, lease, state, version, true).await,
         None => wait_for_outcome(def.name, app, id).await,
     }
 }
@@ -472,7 +472,7 @@ pub(crate) async fn submit<S: Saga>(app: &App, id: &str, data: S::Data) -> Resul
     let app = app.clone();
     tokio::spawn(async move {
         let id = state.id.clone();
-        if let Err(e) = run(def, &app, lease, state, version).await {
+        if let Err(e) = run(def, &app, lease, state, version, true).await {
             tracing::warn!(saga = def.name, id, error = %e, "saga stopped; the recovery sweep continues it");
         }
     });
@@ -503,7 +503,8 @@ async fn create<D: Serialize>(
         id: id.to_owned(),
         status: SagaStatus::Running,
         next: 0,
-        attempts: 0,
+        // The first step's first attempt, recorded with the saga itself.
+        attempts: 1,
         failures: 0,
         transient: 0,
         last_error: None,
@@ -647,18 +648,27 @@ where
         reason: format!("its stored state does not decode: {e}"),
     })?;
     tracing::info!(saga = def.name, id, status = ?state.status, step = state.next, "saga taken over");
-    run(def, app, lease, state, stored.version).await.map(Some)
+    run(def, app, lease, state, stored.version, false).await.map(Some)
 }
 
 /// Run (or continue) a saga while holding its lease, to its end.
-async fn run<D>(def: &'static SagaDef<D>, app: &App, lease: Lease, state: State<D>, version: u64) -> Result<SagaOutcome>
+/// `attempt_recorded`: the stored state already counts the next step's
+/// attempt as started (a new saga's first write records its first step's).
+async fn run<D>(
+    def: &'static SagaDef<D>,
+    app: &App,
+    lease: Lease,
+    state: State<D>,
+    version: u64,
+    attempt_recorded: bool,
+) -> Result<SagaOutcome>
 where
     D: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     let span = tracing::info_span!("catga.saga", saga = def.name, id = %state.id);
     let _running = app.running_saga(def.name, &state.id);
     let renewer = Renewer::start(app, lease.clone());
-    let mut run = Run { def, app, lease, state, version, attempt_recorded: false };
+    let mut run = Run { def, app, lease, state, version, attempt_recorded };
     let outcome = run.drive().instrument(span).await;
     renewer.stop();
     let store = app.store();
