@@ -621,32 +621,34 @@ where
 {
     let store = app.store();
     let (state_key, lease_key) = state_key(def.name, id);
-    let Some(stored) = store.get(&state_key).await? else {
-        return Ok(None);
-    };
-    let state: State<D> = serde_json::from_slice(&stored.value).map_err(|e| Error::Saga {
-        saga: def.name.to_owned(),
-        id: id.to_owned(),
-        reason: format!("its stored state does not decode as `{}`: {e}", (def.data_type)()),
-    })?;
-    if state.status.is_finished() {
-        unindex(app, def.name, id, state.status).await?;
-        return Ok(None);
-    }
+    // The lease first: for a saga another instance is running, that one
+    // refused request is all a sweep costs.
     let Some(lease) = store.acquire_lease(&lease_key, &owner(app), app.config().saga_lease_ttl).await? else {
         return Ok(None);
     };
-    // Read again under the lease: the previous holder may have written
-    // between our read and its lease expiring.
-    let Some(stored) = store.get(&state_key).await? else {
-        let _ = store.release_lease(&lease).await;
-        return Ok(None);
+    let stored = match store.get(&state_key).await {
+        Ok(Some(stored)) => stored,
+        other => {
+            let _ = store.release_lease(&lease).await;
+            return other.map(|_| None);
+        }
     };
-    let state: State<D> = serde_json::from_slice(&stored.value).map_err(|e| Error::Saga {
-        saga: def.name.to_owned(),
-        id: id.to_owned(),
-        reason: format!("its stored state does not decode: {e}"),
-    })?;
+    let state: State<D> = match serde_json::from_slice(&stored.value) {
+        Ok(state) => state,
+        Err(e) => {
+            let _ = store.release_lease(&lease).await;
+            return Err(Error::Saga {
+                saga: def.name.to_owned(),
+                id: id.to_owned(),
+                reason: format!("its stored state does not decode as `{}`: {e}", (def.data_type)()),
+            });
+        }
+    };
+    if state.status.is_finished() {
+        let _ = store.release_lease(&lease).await;
+        unindex(app, def.name, id, state.status).await?;
+        return Ok(None);
+    }
     tracing::info!(saga = def.name, id, status = ?state.status, step = state.next, "saga taken over");
     run(def, app, lease, state, stored.version, false).await.map(Some)
 }
