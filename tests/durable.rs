@@ -107,6 +107,15 @@ async fn durable_command_between_processes_returns_typed_replies_and_errors() {
 
     // The effect of the first command was recorded once, under its id.
     assert_eq!(ledger.lines().len(), 1, "{:?}", ledger.lines());
+
+    // The same message id sent again (a caller's retry, a saga step re-run)
+    // is stored and answered again — not swallowed by JetStream's duplicate
+    // window while the caller waits on a new reply token.
+    let meta = catga::Metadata::root();
+    for _ in 0..2 {
+        let reply = client.send_as(DurableWork { n: 8, sleep_ms: 0 }, meta, SendOptions::default()).await.unwrap();
+        assert_eq!(reply, ("d-1".to_owned(), 8));
+    }
     client.shutdown().await;
 }
 

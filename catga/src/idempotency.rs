@@ -22,7 +22,7 @@
 //! [`Context::message_id`](crate::Context::message_id)).
 //!
 //! Keys: one per message id and receiver, in the message id's scope
-//! (`catga:{<message id>}:idem:<subject>:<queue group or instance>:<handler>`),
+//! (`catga:{<message id>}:idem:<subject>:<queue group or instance>:<module>::<handler>`),
 //! so two queue groups — or two broadcast subscribers — that receive one
 //! event each handle it once.
 
@@ -59,7 +59,10 @@ pub(crate) fn key(record: &HandlerRecord, ctx: &Context) -> Key {
         Some(group) => group,
         None => app.instance_id(), // a broadcast subscriber: every instance handles it once
     };
-    Key::new(ctx.message_id().to_string(), format!("idem:{}:{receiver}:{}", record.subject, record.name))
+    Key::new(
+        ctx.message_id().to_string(),
+        format!("idem:{}:{receiver}:{}::{}", record.subject, record.module, record.name),
+    )
 }
 
 /// Run `handling` unless a copy of this message already ran (or runs) it.
@@ -81,7 +84,16 @@ where
     let started = Instant::now();
     let mut pause = Duration::from_millis(2);
     loop {
-        match store.claim(&key, &owner, claim_ttl).await.map_err(HandlerError::from)? {
+        let claimed = match store.claim(&key, &owner, claim_ttl).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                // The claim may have been written (only its confirmation
+                // failed): give it back, or every copy would wait it out.
+                let _ = store.release(&key, &owner).await;
+                return Err(e.into());
+            }
+        };
+        match claimed {
             Claim::Won => break,
             Claim::Done(recorded) => {
                 tracing::debug!(key = %key, "idempotent: answered with the recorded reply");

@@ -170,7 +170,9 @@ pub(crate) async fn consumer_for(
             ..base
         },
         None => pull::Config {
-            name: Some(name("", &format!("{}-{}", config.instance_id, record.name))),
+            // The module too: two broadcast handlers with one function
+            // name (in two modules) must not share a consumer.
+            name: Some(name("", &format!("{}-{}-{}", config.instance_id, record.module, record.name))),
             description: Some(format!("catga broadcast handler `{}` of instance {}", record.name, config.instance_id)),
             deliver_policy: DeliverPolicy::New,
             inactive_threshold: BROADCAST_INACTIVE,
@@ -503,6 +505,10 @@ impl DurableServe {
         h.insert(headers::DLQ_HANDLER, format!("{}::{}", record.module, record.name));
         h.insert(headers::ORIGINAL_SUBJECT, record.subject);
         h.insert(headers::DELIVERY_COUNT, delivered.to_string());
+        // A fresh deduplication id: the original's would make the dead-letter
+        // stream drop a second letter of the same message (another queue
+        // group's, another instance's) as a duplicate.
+        h.insert(NATS_MSG_ID, MessageId::new().to_string());
         let subject = format!("{DLQ_PREFIX}{}", record.subject);
         let failed = |e: &dyn std::fmt::Display| js_error(record.subject, format!("dead-lettering to {subject}: {e}"));
         let ack =
@@ -650,8 +656,8 @@ pub(crate) async fn replay(js: &jetstream::Context, sequence: u64) -> Result<()>
 }
 
 /// Add the JetStream deduplication id to a durable message's headers.
-pub(crate) fn with_msg_id(mut h: HeaderMap, id: MessageId) -> HeaderMap {
-    h.insert(NATS_MSG_ID, id.to_string());
+pub(crate) fn with_msg_id(mut h: HeaderMap, id: &str) -> HeaderMap {
+    h.insert(NATS_MSG_ID, id);
     h
 }
 

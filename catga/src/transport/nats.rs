@@ -326,7 +326,14 @@ impl Nats {
         let inner = &self.inner;
         let replies = inner.replies.get_or_try_init(|| Replies::subscribe(&inner.client)).await?;
         let mut waiting = replies.wait();
-        let mut headers = durable::with_msg_id(request_headers(&meta, C::Codec::CONTENT_TYPE), meta.message_id);
+        // The JetStream deduplication id is this send's own (kept across
+        // `publish_stored`'s retries of a lost acknowledgement), not the
+        // message id: a caller that sends the same message id again (a
+        // retry, a saga step re-run) waits on a new reply token, so its copy
+        // must be stored and handled; idempotent handlers dedupe by the
+        // message id instead.
+        let dedup = format!("{}.{:016x}", meta.message_id, fastrand::u64(..));
+        let mut headers = durable::with_msg_id(request_headers(&meta, C::Codec::CONTENT_TYPE), &dedup);
         headers.insert(headers::REPLY_TO, waiting.reply_to.as_str());
         let started = Instant::now();
         durable::publish_stored(&inner.js, C::SUBJECT, headers, payload, inner.retries, &inner.retried).await?;
@@ -358,7 +365,9 @@ impl Nats {
         let headers = request_headers(&meta, E::Codec::CONTENT_TYPE);
         if E::DURABLE {
             let inner = &self.inner;
-            let headers = durable::with_msg_id(headers, meta.message_id);
+            // An event has no reply to wait for: a retried publish of one
+            // message id is stored once.
+            let headers = durable::with_msg_id(headers, &meta.message_id.to_string());
             return durable::publish_stored(&inner.js, E::SUBJECT, headers, payload, inner.retries, &inner.retried)
                 .await;
         }
