@@ -121,6 +121,12 @@ impl Settings {
 
     /// Delay before redelivering after the `delivered`-th attempt failed:
     /// 100 ms × 2^(delivered−1), at most `ack_wait`.
+    /// Deliveries after which a message that never finished (crashed,
+    /// handed back, `in_progress`) is dead-lettered without running again.
+    fn unfinished_limit(&self) -> i64 {
+        i64::from(self.max_deliver).saturating_mul(3)
+    }
+
     fn nak_delay(&self, delivered: i64) -> Duration {
         let exponent = (delivered.max(1) - 1).min(16) as u32;
         Duration::from_millis(100).saturating_mul(1 << exponent).min(self.ack_wait)
@@ -159,7 +165,11 @@ pub(crate) async fn consumer_for(
     let base = pull::Config {
         ack_policy: AckPolicy::Explicit,
         ack_wait: settings.ack_wait,
-        max_deliver: settings.max_deliver as i64,
+        // Unlimited on the server: the limit is counted here, so a message
+        // whose last delivery did not finish (its instance died, a shutdown
+        // handed it back, its dead-lettering failed) comes back to be
+        // dead-lettered instead of staying in the stream unseen.
+        max_deliver: -1,
         ..Default::default()
     };
     let consumer_config = match record.queue_group(&config.service) {
@@ -406,8 +416,18 @@ impl DurableServe {
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
         let reply_to = header(&message.message, headers::REPLY_TO).map(Subject::from);
         let started = Instant::now();
-        let handling = record.entry.call_to_end(&message.payload, record, in_flight, meta);
-        let outcome = self.keep_alive(&message, handling).await;
+        let outcome = if delivered > self.settings.unfinished_limit() {
+            // Delivered many times, never finished (e.g. it crashes every
+            // instance that runs it): stop here, without running it again.
+            drop(in_flight);
+            Err(HandlerError::new(
+                "not_finished",
+                format!("{} deliveries did not finish (the instances handling it died or shut down)", delivered - 1),
+            ))
+        } else {
+            let handling = record.entry.call_to_end(&message.payload, record, in_flight, meta);
+            self.keep_alive(&message, handling).await
+        };
         if record.kind == HandlerKind::Command {
             self.stats.record(started.elapsed(), outcome.as_ref().err());
         }
@@ -425,7 +445,15 @@ impl DurableServe {
             }
             Err(error) => error,
         };
-        let last = delivered >= self.settings.max_deliver as i64 || error.code() == HandlerError::INVALID;
+        if error.code() == crate::idempotency::IN_PROGRESS {
+            // Another copy is still running (or its claim has not lapsed):
+            // not a failure of this message; try again later.
+            let _ = message.ack_with(AckKind::Nak(Some(self.settings.ack_wait))).await;
+            return;
+        }
+        let last = delivered >= self.settings.max_deliver as i64
+            || error.code() == HandlerError::INVALID
+            || error.code() == "not_finished";
         if !last {
             let delay = self.settings.nak_delay(delivered);
             tracing::warn!(
@@ -449,7 +477,7 @@ impl DurableServe {
                 subject = record.subject,
                 message_id = %meta.message_id,
                 error = %e,
-                "could not dead-letter a failed durable message; it stays in its stream unacknowledged"
+                "could not dead-letter a failed durable message; it will be delivered again and dead-lettered then"
             );
             let _ = message.ack_with(AckKind::Nak(Some(self.settings.ack_wait))).await;
             return;
