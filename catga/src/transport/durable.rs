@@ -366,6 +366,7 @@ impl DurableServe {
                 }
             };
             let mut slot = Some(first);
+            let mut failed = false;
             loop {
                 let next = tokio::select! {
                     next = batch.next() => next,
@@ -384,7 +385,8 @@ impl DurableServe {
                     None => break, // the batch is complete or expired: pull again
                     Some(Ok(message)) => message,
                     Some(Err(e)) => {
-                        tracing::warn!(subject, error = %e, "jetstream: pull ended with an error; pulling again");
+                        tracing::warn!(subject, error = %e, "jetstream: pull ended with an error; pulling again in 1 s");
+                        failed = true;
                         break;
                     }
                 };
@@ -406,6 +408,14 @@ impl DurableServe {
                     this.handle(message, in_flight).await;
                     drop(acking);
                 });
+            }
+            if failed {
+                // Do not spin on a consumer that keeps failing (e.g. one the
+                // server deleted): wait a second between pulls.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = drained(&mut drain) => return,
+                }
             }
         }
     }
