@@ -65,6 +65,10 @@ pub const DLQ_PREFIX: &str = "catga.dlq.";
 /// publish is stored once.
 const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
+/// How long a running durable handling is kept alive with progress acks;
+/// past it, it is taken as hung and the message is redelivered.
+const PROGRESS_LIMIT: Duration = Duration::from_secs(600);
+
 /// How long one pull request waits on the server for messages.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
@@ -516,10 +520,24 @@ impl DurableServe {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut handling = std::pin::pin!(handling);
+        let started = tokio::time::Instant::now();
+        let mut alive = true;
         loop {
             tokio::select! {
                 outcome = &mut handling => return outcome,
-                _ = tick.tick() => {
+                _ = tick.tick(), if alive => {
+                    if started.elapsed() > PROGRESS_LIMIT {
+                        // A handler this slow is taken as hung: let the
+                        // server redeliver the message after ack_wait.
+                        alive = false;
+                        tracing::warn!(
+                            subject = self.record.subject,
+                            handler = self.record.name,
+                            "durable handling still running after {PROGRESS_LIMIT:?}; no more progress acks, the \
+                             message will be redelivered (give the handler a timeout)"
+                        );
+                        continue;
+                    }
                     if let Err(e) = message.ack_with(AckKind::Progress).await {
                         tracing::debug!(subject = self.record.subject, error = %e, "jetstream: progress ack failed");
                     }
