@@ -78,6 +78,38 @@ pub(crate) fn string_value(meta: &ParseNestedMeta, example: &str) -> syn::Result
     }
 }
 
+/// Read `key = "literal"` and set it, reporting what `check` says of it at
+/// the literal (the value is set even then, so one bad value does not also
+/// break everything that uses it).
+pub(crate) fn set_checked_string(
+    meta: &ParseNestedMeta,
+    example: &str,
+    check: impl FnOnce(&str) -> Result<(), String>,
+    attr: &mut Attr<LitStr>,
+    errors: &mut Errors,
+) {
+    match string_value(meta, example) {
+        Ok(lit) => {
+            if let Err(e) = check(&lit.value()) {
+                errors.at(&lit, e);
+            }
+            attr.set(&meta.path, lit, errors);
+        }
+        Err(e) => errors.push(e),
+    }
+}
+
+/// Read `key = "5s"` (a duration) as milliseconds and set it.
+pub(crate) fn set_millis(meta: &ParseNestedMeta, attr: &mut Attr<u64>, errors: &mut Errors) {
+    match string_value(meta, "\"5s\"") {
+        Ok(lit) => match crate::subject::parse_millis(&lit.value()) {
+            Ok(ms) => attr.set(&meta.path, ms, errors),
+            Err(e) => errors.at(&lit, e),
+        },
+        Err(e) => errors.push(e),
+    }
+}
+
 /// Read `key = true|false`; anything else is an error showing the form.
 pub(crate) fn bool_value(meta: &ParseNestedMeta, example: &str) -> syn::Result<bool> {
     let key = meta.path.to_token_stream().to_string();

@@ -6,7 +6,7 @@ use proc_macro2::{Span, TokenStream};
 use quote::quote;
 use syn::{DeriveInput, LitStr, Path, Type};
 
-use crate::attr::{Attr, Errors, skip_value, string_value, unknown_key};
+use crate::attr::{Attr, Errors, set_checked_string, skip_value, unknown_key};
 use crate::subject::check_publish_subject;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -78,15 +78,7 @@ fn parse(kind: Kind, input: &DeriveInput, errors: &mut Errors) -> Contract {
             let key = &meta.path;
             if key.is_ident("subject") {
                 subject_given = true;
-                match string_value(&meta, "\"orders.create\"") {
-                    Ok(lit) => {
-                        if let Err(e) = check_publish_subject(&lit.value()) {
-                            errors.at(&lit, e);
-                        }
-                        subject.set(key, lit, errors);
-                    }
-                    Err(e) => errors.push(e),
-                }
+                set_checked_string(&meta, "\"orders.create\"", check_publish_subject, &mut subject, errors);
             } else if key.is_ident("reply") && kind == Kind::Command {
                 reply.set(key, meta.value()?.parse::<Type>()?, errors);
             } else if key.is_ident("codec") {

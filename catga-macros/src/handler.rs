@@ -9,8 +9,8 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{FnArg, GenericArgument, ItemFn, LitStr, Path, PathArguments, ReturnType, Type};
 
-use crate::attr::{Attr, Errors, bool_value, skip_value, string_value, unknown_key};
-use crate::subject::{check_publish_subject, check_queue, parse_millis};
+use crate::attr::{Attr, Errors, bool_value, set_checked_string, set_millis, skip_value, unknown_key};
+use crate::subject::{check_publish_subject, check_queue};
 
 #[derive(Clone, Copy, PartialEq)]
 pub(crate) enum Kind {
@@ -75,33 +75,11 @@ fn parse_args(kind: Kind, args: TokenStream, errors: &mut Errors) -> Args {
     let mut krate = Attr::new("crate");
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("subject") {
-            match string_value(&meta, "\"orders.create\"") {
-                Ok(lit) => {
-                    if let Err(e) = check_publish_subject(&lit.value()) {
-                        errors.at(&lit, e);
-                    }
-                    subject.set(&meta.path, lit, errors);
-                }
-                Err(e) => errors.push(e),
-            }
+            set_checked_string(&meta, "\"orders.create\"", check_publish_subject, &mut subject, errors);
         } else if meta.path.is_ident("queue") {
-            match string_value(&meta, "\"order-workers\"") {
-                Ok(lit) => {
-                    if let Err(e) = check_queue(&lit.value()) {
-                        errors.at(&lit, e);
-                    }
-                    queue.set(&meta.path, lit, errors);
-                }
-                Err(e) => errors.push(e),
-            }
+            set_checked_string(&meta, "\"order-workers\"", check_queue, &mut queue, errors);
         } else if meta.path.is_ident("timeout") {
-            match string_value(&meta, "\"5s\"") {
-                Ok(lit) => match parse_millis(&lit.value()) {
-                    Ok(ms) => timeout.set(&meta.path, ms, errors),
-                    Err(e) => errors.at(&lit, e),
-                },
-                Err(e) => errors.push(e),
-            }
+            set_millis(&meta, &mut timeout, errors);
         } else if meta.path.is_ident("idempotent") {
             // `idempotent` alone means true; `idempotent = false` opts out of
             // a service-wide default.

@@ -11,8 +11,7 @@ use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, ImplItem, ImplItemFn, ItemImpl, LitInt, LitStr, Path, ReturnType, Type, TypeReference};
 
-use crate::attr::{Attr, Errors, skip_value, string_value, unknown_key};
-use crate::subject::parse_millis;
+use crate::attr::{Attr, Errors, set_checked_string, set_millis, skip_value, unknown_key};
 
 const SAGA_KEYS: &[&str] = &["name", "data", "crate"];
 const STEP_KEYS: &[&str] = &["compensate", "pivot", "retry", "timeout"];
@@ -70,15 +69,7 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> SagaArgs {
     let mut krate = Attr::new("crate");
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("name") {
-            match string_value(&meta, "\"order-fulfilment\"") {
-                Ok(lit) => {
-                    if let Err(e) = check_name(&lit.value()) {
-                        errors.at(&lit, e);
-                    }
-                    name.set(&meta.path, lit, errors);
-                }
-                Err(e) => errors.push(e),
-            }
+            set_checked_string(&meta, "\"order-fulfilment\"", check_name, &mut name, errors);
         } else if meta.path.is_ident("data") {
             match meta.value().and_then(|v| v.parse::<Type>()) {
                 Ok(ty) => data.set(&meta.path, ty, errors),
@@ -158,13 +149,7 @@ fn parse_step(attr: &syn::Attribute, errors: &mut Errors) -> StepArgs {
                 Err(e) => errors.push(syn::Error::new(e.span(), "`retry` takes a whole number: `retry = 5`")),
             }
         } else if key.is_ident("timeout") {
-            match string_value(&meta, "\"5s\"") {
-                Ok(lit) => match parse_millis(&lit.value()) {
-                    Ok(ms) => timeout.set(key, ms, errors),
-                    Err(e) => errors.at(&lit, e),
-                },
-                Err(e) => errors.push(e),
-            }
+            set_millis(&meta, &mut timeout, errors);
         } else {
             errors.push(unknown_key(&meta, "#[step]", STEP_KEYS));
             skip_value(&meta);
