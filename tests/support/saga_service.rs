@@ -130,11 +130,7 @@ impl ChaosOrder {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-        .init();
+    catga_suite::log_to_stderr();
     if let Err(e) = Catga::run().await {
         eprintln!("catga-saga-service: {e}");
         std::process::exit(2);

@@ -168,11 +168,7 @@ async fn bill_noted(ev: Noted, ctx: Context) -> Result<(), HandlerError> {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-        .init();
+    catga_suite::log_to_stderr();
     // The durable handlers need JetStream (`nats-server -js`): they run
     // instead of the others when CATGA_TEST_DURABLE is set, so the core
     // tests keep running on a plain server.
