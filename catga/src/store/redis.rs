@@ -216,8 +216,11 @@ impl RedisStore {
         self.bounded(op, key, |mut conn| async move { cmd.query_async(&mut conn).await }).await
     }
 
-    /// Make a request within [`OP_TIMEOUT`], riding out a Cluster failover,
-    /// then (for a write) wait for its replicas to confirm it.
+    /// Make a request within [`OP_TIMEOUT`], riding out a Cluster failover.
+    /// An operation that wrote then calls [`replicated`](Self::replicated):
+    /// one that changed nothing (a conflict, a claim found done, a lease
+    /// held by another) needs no confirmation, and must not fail for the
+    /// lack of one.
     async fn bounded<T, F, Fut>(&self, op: &'static str, key: &Key, mut request: F) -> Result<T, StoreError>
     where
         F: FnMut(Conn) -> Fut,
@@ -251,9 +254,6 @@ impl RedisStore {
                 }
             }
         };
-        if !matches!(op, "get" | "set_members") {
-            self.replicated(op, key).await?;
-        }
         Ok(value)
     }
 
@@ -304,6 +304,14 @@ impl RedisStore {
         })
     }
 
+    /// `changed`, after confirming it if it is true.
+    async fn confirmed(&self, op: &'static str, key: &Key, changed: bool) -> Result<bool, StoreError> {
+        if changed {
+            self.replicated(op, key).await?;
+        }
+        Ok(changed)
+    }
+
     /// Require `acks` replicas to confirm every write (see
     /// [`Config::redis_replica_acks`](crate::Config::redis_replica_acks)).
     pub(super) fn set_replica_acks(&mut self, acks: u32) {
@@ -336,7 +344,11 @@ impl RedisStore {
         }
         let reply: Vec<String> = self.eval(op, key, &inv).await?;
         match reply_parts(&reply) {
-            ("ok", Some(v)) => number(v, op, key),
+            ("ok", Some(v)) => {
+                let version = number(v, op, key)?;
+                self.replicated(op, key).await?;
+                Ok(version)
+            }
             ("conflict", found) => Err(StoreError::Conflict {
                 key: key.stored(),
                 expected: expect,
@@ -360,7 +372,7 @@ impl RedisStore {
         inv.key(key.stored()).arg(expect_arg(expect));
         let reply: Vec<String> = self.eval("delete", key, &inv).await?;
         match reply_parts(&reply) {
-            ("ok", Some(n)) => Ok(n != "0"),
+            ("ok", Some(n)) => self.confirmed("delete", key, n != "0").await,
             ("conflict", found) => Err(StoreError::Conflict {
                 key: key.stored(),
                 expected: expect,
@@ -377,19 +389,21 @@ impl RedisStore {
         let mut inv = SCRIPTS.incr.prepare_invoke();
         inv.key(key.stored()).arg(by).arg(bound);
         let now: String = self.eval("incr", key, &inv).await?;
-        now.parse().map_err(|_| unexpected("incr", key, &[now]))
+        let now = now.parse().map_err(|_| unexpected("incr", key, &[now]))?;
+        self.replicated("incr", key).await?;
+        Ok(now)
     }
 
     /// Sets are native Redis sets: SADD, SREM and SMEMBERS are single-key
     /// and atomic, so they need no script.
     pub(super) async fn set_add(&self, key: &Key, member: &str) -> Result<bool, StoreError> {
         let added: i64 = self.command("set_add", key, ::redis::cmd("SADD").arg(key.stored()).arg(member)).await?;
-        Ok(added == 1)
+        self.confirmed("set_add", key, added == 1).await
     }
 
     pub(super) async fn set_remove(&self, key: &Key, member: &str) -> Result<bool, StoreError> {
         let removed: i64 = self.command("set_remove", key, ::redis::cmd("SREM").arg(key.stored()).arg(member)).await?;
-        Ok(removed == 1)
+        self.confirmed("set_remove", key, removed == 1).await
     }
 
     pub(super) async fn set_members(&self, key: &Key) -> Result<Vec<String>, StoreError> {
@@ -404,7 +418,10 @@ impl RedisStore {
         inv.key(key.stored()).arg(owner).arg(millis(running_ttl));
         let reply: Vec<Vec<u8>> = self.eval("claim", key, &inv).await?;
         match reply.as_slice() {
-            [status] if status == b"won" => Ok(Claim::Won),
+            [status] if status == b"won" => {
+                self.replicated("claim", key).await?;
+                Ok(Claim::Won)
+            }
             [status, owner] if status == b"running" => {
                 Ok(Claim::Running { owner: String::from_utf8_lossy(owner).into_owned() })
             }
@@ -426,13 +443,15 @@ impl RedisStore {
     ) -> Result<bool, StoreError> {
         let mut inv = SCRIPTS.complete.prepare_invoke();
         inv.key(key.stored()).arg(owner).arg(result).arg(millis(ttl));
-        self.eval("complete", key, &inv).await
+        let done = self.eval("complete", key, &inv).await?;
+        self.confirmed("complete", key, done).await
     }
 
     pub(super) async fn release(&self, key: &Key, owner: &str) -> Result<bool, StoreError> {
         let mut inv = SCRIPTS.release.prepare_invoke();
         inv.key(key.stored()).arg(owner);
-        self.eval("release", key, &inv).await
+        let released = self.eval("release", key, &inv).await?;
+        self.confirmed("release", key, released).await
     }
 
     pub(super) async fn acquire_lease(
@@ -444,21 +463,24 @@ impl RedisStore {
         let mut inv = SCRIPTS.acquire_lease.prepare_invoke();
         inv.key(key.stored()).key(fence_key(key).stored()).arg(owner).arg(millis(ttl));
         let token: Option<String> = self.eval("acquire_lease", key, &inv).await?;
-        token
-            .map(|t| Ok(Lease { key: key.clone(), owner: owner.to_owned(), token: number(&t, "acquire_lease", key)? }))
-            .transpose()
+        let Some(token) = token else { return Ok(None) };
+        let token = number(&token, "acquire_lease", key)?;
+        self.replicated("acquire_lease", key).await?;
+        Ok(Some(Lease { key: key.clone(), owner: owner.to_owned(), token }))
     }
 
     pub(super) async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
         let mut inv = SCRIPTS.renew_lease.prepare_invoke();
         inv.key(lease.key.stored()).arg(&lease.owner).arg(lease.token).arg(millis(ttl));
-        self.eval("renew_lease", &lease.key, &inv).await
+        let renewed = self.eval("renew_lease", &lease.key, &inv).await?;
+        self.confirmed("renew_lease", &lease.key, renewed).await
     }
 
     pub(super) async fn release_lease(&self, lease: &Lease) -> Result<bool, StoreError> {
         let mut inv = SCRIPTS.release_lease.prepare_invoke();
         inv.key(lease.key.stored()).arg(&lease.owner).arg(lease.token);
-        self.eval("release_lease", &lease.key, &inv).await
+        let released = self.eval("release_lease", &lease.key, &inv).await?;
+        self.confirmed("release_lease", &lease.key, released).await
     }
 }
 
