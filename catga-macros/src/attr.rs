@@ -99,6 +99,14 @@ pub(crate) fn set_checked_string(
     }
 }
 
+/// Read `key = <syntax>` (a type, a path) and set it.
+pub(crate) fn set_parsed<T: syn::parse::Parse>(meta: &ParseNestedMeta, attr: &mut Attr<T>, errors: &mut Errors) {
+    match meta.value().and_then(|v| v.parse::<T>()) {
+        Ok(value) => attr.set(&meta.path, value, errors),
+        Err(e) => errors.push(e),
+    }
+}
+
 /// Read `key = "5s"` (a duration) as milliseconds and set it.
 pub(crate) fn set_millis(meta: &ParseNestedMeta, attr: &mut Attr<u64>, errors: &mut Errors) {
     match string_value(meta, "\"5s\"") {

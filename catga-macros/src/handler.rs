@@ -9,7 +9,7 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{FnArg, GenericArgument, ItemFn, LitStr, Path, PathArguments, ReturnType, Type};
 
-use crate::attr::{Attr, Errors, bool_value, set_checked_string, set_millis, skip_value, unknown_key};
+use crate::attr::{Attr, Errors, bool_value, set_checked_string, set_millis, set_parsed, skip_value, unknown_key};
 use crate::subject::{check_publish_subject, check_queue};
 
 #[derive(Clone, Copy, PartialEq)]
@@ -90,10 +90,7 @@ fn parse_args(kind: Kind, args: TokenStream, errors: &mut Errors) -> Args {
                 Err(e) => errors.push(e),
             }
         } else if meta.path.is_ident("crate") {
-            match meta.value().and_then(|v| v.parse::<Path>()) {
-                Ok(path) => krate.set(&meta.path, path, errors),
-                Err(e) => errors.push(e),
-            }
+            set_parsed(&meta, &mut krate, errors);
         } else {
             errors.push(unknown_key(&meta, kind.attr(), KEYS));
             skip_value(&meta);

@@ -11,7 +11,7 @@ use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, ImplItem, ImplItemFn, ItemImpl, LitInt, LitStr, Path, ReturnType, Type, TypeReference};
 
-use crate::attr::{Attr, Errors, set_checked_string, set_millis, skip_value, unknown_key};
+use crate::attr::{Attr, Errors, set_checked_string, set_millis, set_parsed, skip_value, unknown_key};
 
 const SAGA_KEYS: &[&str] = &["name", "data", "crate"];
 const STEP_KEYS: &[&str] = &["compensate", "pivot", "retry", "timeout"];
@@ -71,15 +71,9 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> SagaArgs {
         if meta.path.is_ident("name") {
             set_checked_string(&meta, "\"order-fulfilment\"", check_name, &mut name, errors);
         } else if meta.path.is_ident("data") {
-            match meta.value().and_then(|v| v.parse::<Type>()) {
-                Ok(ty) => data.set(&meta.path, ty, errors),
-                Err(e) => errors.push(e),
-            }
+            set_parsed(&meta, &mut data, errors);
         } else if meta.path.is_ident("crate") {
-            match meta.value().and_then(|v| v.parse::<Path>()) {
-                Ok(path) => krate.set(&meta.path, path, errors),
-                Err(e) => errors.push(e),
-            }
+            set_parsed(&meta, &mut krate, errors);
         } else {
             errors.push(unknown_key(&meta, "#[saga]", SAGA_KEYS));
             skip_value(&meta);

@@ -45,6 +45,15 @@ fn wait_for_port(port: u16, within: Duration) -> bool {
     false
 }
 
+/// Kill -9 a process this code started (by its own handle, never by name)
+/// and reap it; nothing if it was already stopped.
+pub fn stop(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// Send a signal (`TERM`, `INT`, `KILL`, `STOP`, `CONT`) to a pid we started.
 pub fn signal(pid: u32, name: &str) {
     let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("run kill");
@@ -122,10 +131,7 @@ impl NatsServer {
 
     /// Kill -9 the server and reap it.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        stop(&mut self.child);
     }
 }
 

@@ -178,10 +178,7 @@ impl RedisServer {
 
     /// Kill -9 the server and reap it.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        crate::stop(&mut self.child);
     }
 
     /// Start the server again on the same port (after [`kill`](Self::kill)),
@@ -361,10 +358,7 @@ impl RedisCluster {
 
     /// Kill -9 node `i` (by the pid we started) and reap it.
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        crate::stop(&mut self.nodes[i].child);
     }
 
     /// Start a killed node again on its ports, with its `nodes.conf`: it
