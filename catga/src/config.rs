@@ -188,7 +188,6 @@ impl Config {
         let millis = |key: &str| -> Result<Option<Duration>> {
             set(key)
                 .map(|v| match v.parse::<u64>() {
-                    Ok(0) => Err(Error::Config(format!("{key}=0: a zero limit would fail every message"))),
                     Ok(ms) => Ok(Duration::from_millis(ms)),
                     Err(_) => Err(Error::Config(format!("{key}={v:?} is not a whole number of milliseconds"))),
                 })
@@ -249,22 +248,27 @@ impl Config {
             c.saga_crash_reruns = n.min(u32::MAX as u64) as u32;
         }
         if let Some(n) = number("CATGA_MAX_IN_FLIGHT")? {
-            if n == 0 {
-                return Err(Error::Config("CATGA_MAX_IN_FLIGHT=0 would never handle anything".into()));
-            }
-            c.max_in_flight = n as usize;
+            c.max_in_flight = usize::try_from(n).unwrap_or(usize::MAX);
         }
         if let Some(n) = number("CATGA_MAX_DELIVER")? {
-            if n == 0 {
-                return Err(Error::Config("CATGA_MAX_DELIVER=0 would never deliver a durable message".into()));
-            }
-            c.max_deliver = n.min(i32::MAX as u64) as u32;
+            c.max_deliver = n.min(u32::MAX as u64) as u32;
         }
+        c.validate()?;
         Ok(c)
     }
 
-    /// Fill in what is derived: the instance id.
-    pub(crate) fn resolve(mut self) -> Result<Self> {
+    /// Check every setting, however it was set (environment, builder,
+    /// [`Builder::configure`](crate::Builder::configure)): the one place
+    /// where a value is refused. The error names the setting, its
+    /// environment variable, and why.
+    ///
+    /// ```
+    /// let mut c = catga::Config::default();
+    /// c.max_in_flight = 0;
+    /// let err = c.validate().unwrap_err().to_string();
+    /// assert!(err.contains("max_in_flight") && err.contains("CATGA_MAX_IN_FLIGHT"), "{err}");
+    /// ```
+    pub fn validate(&self) -> Result<()> {
         let token = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !token(&self.service) {
             return Err(Error::Config(format!(
@@ -279,6 +283,50 @@ impl Config {
                 self.instance_id
             )));
         }
+        let limits = [
+            ("request_timeout", "CATGA_REQUEST_TIMEOUT_MS", Some(self.request_timeout)),
+            ("handler_timeout", "CATGA_HANDLER_TIMEOUT_MS", self.handler_timeout),
+            ("grace_period", "CATGA_GRACE_PERIOD_MS", Some(self.grace_period)),
+            ("nats_ping_interval", "CATGA_NATS_PING_INTERVAL_MS", Some(self.nats_ping_interval)),
+            ("saga_lease_ttl", "CATGA_SAGA_LEASE_MS", Some(self.saga_lease_ttl)),
+            ("saga_sweep_interval", "CATGA_SAGA_SWEEP_MS", Some(self.saga_sweep_interval)),
+            ("idempotency_ttl", "CATGA_IDEMPOTENCY_TTL_MS", Some(self.idempotency_ttl)),
+            ("ack_wait", "CATGA_ACK_WAIT_MS", Some(self.ack_wait)),
+            ("event_max_age", "CATGA_EVENT_MAX_AGE_MS", Some(self.event_max_age)),
+        ];
+        for (name, var, value) in limits {
+            if value == Some(Duration::ZERO) {
+                return Err(Error::Config(format!(
+                    "{name} is zero ({var}=0 or its builder method): a zero limit would fail every message"
+                )));
+            }
+        }
+        if self.max_in_flight == 0 {
+            return Err(Error::Config(
+                "max_in_flight is 0 (CATGA_MAX_IN_FLIGHT=0 or its builder method): it would never handle anything"
+                    .into(),
+            ));
+        }
+        if self.max_deliver == 0 {
+            return Err(Error::Config(
+                "max_deliver is 0 (CATGA_MAX_DELIVER=0 or its builder method): it would never deliver a durable \
+                 message"
+                    .into(),
+            ));
+        }
+        if self.max_deliver > i32::MAX as u32 {
+            return Err(Error::Config(format!(
+                "max_deliver is {} (CATGA_MAX_DELIVER): JetStream counts deliveries up to {}",
+                self.max_deliver,
+                i32::MAX
+            )));
+        }
+        Ok(())
+    }
+
+    /// Check the settings and fill in what is derived: the instance id.
+    pub(crate) fn resolve(mut self) -> Result<Self> {
+        self.validate()?;
         if self.instance_id.is_empty() {
             self.instance_id = format!("{}-{:08x}", self.service, fastrand::u32(..));
         }

@@ -5,7 +5,8 @@
 //! timeout and turning a panic into an error reply — is here, once.
 //!
 //! Order of stages for one handling:
-//! `validate → span → idempotency → middleware… → handler timeout → catch panic → handler`.
+//! `validate → span → idempotency → middleware… → handler timeout → catch panic → handler`;
+//! the optional ones (idempotency, middleware) are applied one by one (`prepare`).
 //!
 //! The futures here are written by hand (with `pin-project-lite` for safe
 //! pinning) rather than as nested `async fn`s: nested state machines store
@@ -21,19 +22,18 @@ use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tracing::Instrument;
-use tracing::instrument::Instrumented;
 
-use crate::app::InFlight;
 use crate::codec::Codec;
-use crate::context::{Context, Metadata};
+use crate::context::Context;
 use crate::error::HandlerError;
+pub use crate::future::BoxFuture;
+use crate::future::Deadline;
 use crate::idempotency::{self, Recorder};
+use crate::instance::InFlight;
 use crate::message::{Command, Event, Message};
+use crate::metadata::Metadata;
 use crate::middleware::{Handling, Next, Terminal};
 use crate::registry::HandlerRecord;
-
-/// A boxed, sendable future.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// An encoded reply payload.
 pub(crate) type RawReply = Vec<u8>;
@@ -58,7 +58,7 @@ pub(crate) type Done = tokio::sync::oneshot::Sender<Result<(), HandlerError>>;
 
 impl<M> Delivery<M> {
     pub(crate) fn new(message: M, record: &'static HandlerRecord, in_flight: InFlight, meta: Metadata) -> Self {
-        let ctx = Context::new(in_flight.app(), meta, record.subject);
+        let ctx = Context::new(in_flight.instance().clone(), meta, record.subject);
         Delivery { message, ctx, record, in_flight, done: None }
     }
 
@@ -82,10 +82,7 @@ where
     E: Into<HandlerError> + 'static,
 {
     let recorder = Recorder { encode: C::Codec::encode::<C::Reply>, decode: C::Codec::decode::<C::Reply> };
-    match prepare(delivery, handler, recorder) {
-        Prepared::Direct(handling) => Box::pin(handling),
-        Prepared::Boxed(handling) => handling,
-    }
+    Box::pin(prepare(delivery, handler, recorder))
 }
 
 /// Start an event handler through the pipeline on its own task; errors are
@@ -100,20 +97,45 @@ where
 {
     let mut delivery = delivery;
     let (record, done) = (delivery.record, delivery.done.take());
-    match prepare(delivery, handler, idempotency::unit_recorder()) {
-        Prepared::Direct(handling) => drop(tokio::spawn(Logged { handling, record, done })),
-        Prepared::Boxed(handling) => drop(tokio::spawn(Logged { handling, record, done })),
+    let handling = prepare(delivery, handler, idempotency::unit_recorder());
+    drop(tokio::spawn(Logged { handling, record, done }));
+}
+
+pin_project! {
+    /// One handling as the stages made it: the common case is the guarded
+    /// handler itself (no allocation); each optional stage that applies
+    /// wraps what is there and boxes it.
+    #[project = StagedProj]
+    enum Staged<Fut, R> {
+        Direct { #[pin] guarded: Guarded<Fut> },
+        Boxed { boxed: BoxFuture<'static, Result<R, HandlerError>> },
     }
 }
 
-/// A handling ready to be awaited: the common case is one concrete future;
-/// a failed validation, idempotency or a middleware chain is boxed.
-enum Prepared<Fut, R> {
-    Direct(Instrumented<Guarded<Fut>>),
-    Boxed(BoxFuture<'static, Result<R, HandlerError>>),
+impl<Fut, R, E> Future for Staged<Fut, R>
+where
+    Fut: Future<Output = Result<R, E>>,
+    E: Into<HandlerError>,
+{
+    type Output = Result<R, HandlerError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            StagedProj::Direct { guarded } => guarded.poll(cx),
+            StagedProj::Boxed { boxed } => boxed.as_mut().poll(cx),
+        }
+    }
 }
 
-fn prepare<M, F, Fut, R, E>(delivery: Delivery<M>, handler: F, recorder: Recorder<R>) -> Prepared<Fut, R>
+/// The pipeline: validate → span → idempotency (if on) → middleware (if
+/// any) → handler timeout → catch panic → handler. The optional stages are
+/// a list of wrappers, each applied on its own — adding one is one more
+/// `if`, not another arm per combination.
+fn prepare<M, F, Fut, R, E>(
+    delivery: Delivery<M>,
+    handler: F,
+    recorder: Recorder<R>,
+) -> tracing::instrument::Instrumented<Staged<Fut, R>>
 where
     M: Message,
     F: FnOnce(M, Context) -> Fut,
@@ -124,7 +146,9 @@ where
     let Delivery { message, ctx, record, in_flight, done: _ } = delivery;
     let validated = catch_unwind(AssertUnwindSafe(|| message.validate())).unwrap_or_else(|p| Err(panicked(record, p)));
     if let Err(invalid) = validated {
-        return Prepared::Boxed(Box::pin(std::future::ready(Err(invalid))));
+        drop(in_flight);
+        let failed = std::future::ready(Err(invalid));
+        return Staged::Boxed { boxed: Box::pin(failed) }.instrument(tracing::Span::none());
     }
     let meta = ctx.metadata();
     let span = tracing::info_span!(
@@ -135,9 +159,9 @@ where
         correlation_id = %meta.correlation_id,
         causation_id = meta.causation_id.map(tracing::field::display),
     );
-    let app = ctx.app();
-    let timeout = record.timeout_ms.map(Duration::from_millis).or(app.config().handler_timeout);
-    let chained = (!app.middleware().is_empty()).then(|| ctx.clone());
+    let instance = ctx.instance();
+    let timeout = record.timeout_ms.map(Duration::from_millis).or(instance.config.handler_timeout);
+    let chained = (!instance.middleware.is_empty()).then(|| ctx.clone());
     let once = idempotency::applies(record, &ctx).then(|| ctx.clone());
     let guarded = Guarded {
         future: handler(message, ctx),
@@ -145,17 +169,15 @@ where
         deadline: timeout.map(Deadline::new),
         _in_flight: Some(in_flight),
     };
-    match (once, chained) {
-        (None, None) => Prepared::Direct(guarded.instrument(span)),
-        (None, Some(chain_ctx)) => Prepared::Boxed(Box::pin(caught(record, chain_ctx, guarded).instrument(span))),
-        (Some(ctx), None) => {
-            Prepared::Boxed(Box::pin(idempotency::once(record, ctx, timeout, recorder, guarded).instrument(span)))
-        }
-        (Some(ctx), Some(chain_ctx)) => {
-            let chain = caught(record, chain_ctx, guarded);
-            Prepared::Boxed(Box::pin(idempotency::once(record, ctx, timeout, recorder, chain).instrument(span)))
-        }
+    // Innermost first: each stage wraps everything inside it.
+    let mut staged = Staged::Direct { guarded };
+    if let Some(ctx) = chained {
+        staged = Staged::Boxed { boxed: Box::pin(caught(record, ctx, staged)) };
     }
+    if let Some(ctx) = once {
+        staged = Staged::Boxed { boxed: Box::pin(idempotency::once(record, ctx, timeout, recorder, staged)) };
+    }
+    staged.instrument(span)
 }
 
 /// The middleware chain around the guarded handler; a panicking middleware
@@ -176,7 +198,7 @@ async fn with_middleware<R: Send + 'static>(
 ) -> Result<R, HandlerError> {
     let mut terminal = Once { future: Some(Box::pin(guarded)), reply: None };
     let handling = Handling { record, metadata: *ctx.metadata(), instance_id: ctx.instance_id() };
-    let outcome = Next::new(ctx.app().middleware(), &handling, &mut terminal).run().await;
+    let outcome = Next::new(&ctx.instance().middleware, &handling, &mut terminal).run().await;
     match (outcome, terminal.reply) {
         (Err(error), _) => Err(error),
         (Ok(()), Some(reply)) => Ok(reply),
@@ -270,27 +292,6 @@ impl<F: Future<Output = Result<(), HandlerError>>> Future for Logged<F> {
                 tracing::error!(subject = record.subject, handler = record.name, %error, "event handler failed");
             }
         })
-    }
-}
-
-/// A timeout whose timer is created only when first needed: an
-/// in-process handling that finishes on its first poll pays no clock read
-/// and no timer. The limit counts from that first wait.
-pub(crate) struct Deadline {
-    limit: Duration,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl Deadline {
-    pub(crate) fn new(limit: Duration) -> Self {
-        Deadline { limit, timer: None }
-    }
-
-    /// Ready once the limit has passed; call after the guarded work
-    /// returned `Pending`.
-    pub(crate) fn poll_expired(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
-        let limit = self.limit;
-        self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit))).as_mut().poll(cx)
     }
 }
 

@@ -103,7 +103,7 @@ pub enum Error {
     /// The store (Redis or in memory) refused or failed an operation: a
     /// version conflict, a fenced write, an unreachable server.
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::store::types::StoreError),
 
     /// A saga could not be started, continued or read.
     #[error("saga \"{saga}\" id \"{id}\": {reason}")]
@@ -173,15 +173,65 @@ pub struct HandlerError {
     message: String,
 }
 
+/// Every error code Catga itself produces, in one place: a code matched in
+/// one module and produced in another is the same constant.
 impl HandlerError {
     /// Code of errors converted from any `std::error::Error`.
     pub const INTERNAL: &'static str = "internal";
     /// Code of a handler that panicked.
     pub const PANIC: &'static str = "panic";
-    /// Code of a message that failed its validation hook.
+    /// Code of a message that failed its validation hook (or did not decode).
     pub const INVALID: &'static str = "invalid";
     /// Code of a handling that exceeded its handler timeout.
     pub const HANDLER_TIMEOUT: &'static str = "handler_timeout";
+    /// An [`Error::NoHandler`] met inside a handler (e.g. by `ctx.send`).
+    pub const NO_HANDLER: &'static str = "no_handler";
+    /// An [`Error::Timeout`] met inside a handler.
+    pub const TIMEOUT: &'static str = "timeout";
+    /// An [`Error::Codec`] met inside a handler.
+    pub const CODEC: &'static str = "codec";
+    /// An [`Error::Shutdown`] met inside a handler.
+    pub const SHUTDOWN: &'static str = "shutdown";
+    /// An [`Error::Transport`] met inside a handler.
+    pub const TRANSPORT: &'static str = "transport";
+    /// An [`Error::PayloadTooLarge`] met inside a handler, or a reply over
+    /// the server's `max_payload`.
+    pub const PAYLOAD_TOO_LARGE: &'static str = "payload_too_large";
+    /// An [`Error::Store`] met inside a handler.
+    pub const STORE: &'static str = "store";
+    /// An [`Error::Saga`] met inside a handler.
+    pub const SAGA: &'static str = "saga";
+    /// An [`Error::Config`] or [`Error::DuplicateHandler`] met inside a handler.
+    pub const CONFIG: &'static str = "config";
+    /// The answer to a copy of a message whose first handling is still
+    /// running (idempotent handlers; retry later with the same message id).
+    pub const IN_PROGRESS: &'static str = "in_progress";
+    /// A durable message whose deliveries never finished (the instances
+    /// handling it died or shut down); dead-lettered without running again.
+    pub const NOT_FINISHED: &'static str = "not_finished";
+
+    /// Whether `code` is a failure of the infrastructure rather than of a
+    /// handler's own logic: no handler reachable, a timeout (the caller's or
+    /// the handler's), the transport or the store failing, a copy still in
+    /// progress, an instance shutting down. Retrying later may succeed.
+    ///
+    /// ```
+    /// use catga::HandlerError;
+    /// assert!(HandlerError::is_transient_code(HandlerError::TIMEOUT));
+    /// assert!(!HandlerError::is_transient_code("insufficient_funds"));
+    /// ```
+    pub fn is_transient_code(code: &str) -> bool {
+        [
+            Self::NO_HANDLER,
+            Self::TIMEOUT,
+            Self::TRANSPORT,
+            Self::STORE,
+            Self::SHUTDOWN,
+            Self::IN_PROGRESS,
+            Self::HANDLER_TIMEOUT,
+        ]
+        .contains(&code)
+    }
 
     /// An error with a code (snake_case by convention) and a message.
     pub fn new(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
@@ -228,15 +278,15 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
         if let Some(catga) = (&error as &dyn std::any::Any).downcast_ref::<Error>() {
             let code = match catga {
                 Error::Handler { error, .. } => return error.clone(),
-                Error::NoHandler { .. } => "no_handler",
-                Error::Timeout { .. } => "timeout",
-                Error::Codec { .. } => "codec",
-                Error::Shutdown { .. } => "shutdown",
-                Error::Transport { .. } => "transport",
-                Error::PayloadTooLarge { .. } => "payload_too_large",
-                Error::Store(_) => "store",
-                Error::Saga { .. } => "saga",
-                Error::Config(_) | Error::DuplicateHandler { .. } => "config",
+                Error::NoHandler { .. } => Self::NO_HANDLER,
+                Error::Timeout { .. } => Self::TIMEOUT,
+                Error::Codec { .. } => Self::CODEC,
+                Error::Shutdown { .. } => Self::SHUTDOWN,
+                Error::Transport { .. } => Self::TRANSPORT,
+                Error::PayloadTooLarge { .. } => Self::PAYLOAD_TOO_LARGE,
+                Error::Store(_) => Self::STORE,
+                Error::Saga { .. } => Self::SAGA,
+                Error::Config(_) | Error::DuplicateHandler { .. } => Self::CONFIG,
             };
             return HandlerError::new(code, catga.to_string());
         }

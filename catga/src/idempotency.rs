@@ -27,16 +27,24 @@
 //! event each handle it once.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::codec::CodecError;
 use crate::context::Context;
 use crate::error::HandlerError;
 use crate::registry::HandlerRecord;
 use crate::store::{Claim, Key};
 
-/// The code of the answer to a copy whose first handling is still running.
-pub const IN_PROGRESS: &str = "in_progress";
+/// The code of the answer to a copy whose first handling is still running
+/// ([`HandlerError::IN_PROGRESS`]).
+pub const IN_PROGRESS: &str = HandlerError::IN_PROGRESS;
+
+/// Between looks at a claim another copy holds.
+const CLAIM_POLL: Backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
+
+/// Between tries to record an outcome while the store fails over.
+const RECORD_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
 
 /// How long a claim lasts when the handler has no timeout.
 const DEFAULT_CLAIM: Duration = Duration::from_secs(60);
@@ -49,15 +57,14 @@ pub(crate) struct Recorder<R> {
 
 /// Whether this handling goes through the idempotency stage.
 pub(crate) fn applies(record: &HandlerRecord, ctx: &Context) -> bool {
-    record.idempotent.unwrap_or(ctx.app().config().idempotent_by_default)
+    record.idempotent.unwrap_or(ctx.instance().config.idempotent_by_default)
 }
 
 /// The store key of one receiver's handling of one message id.
 pub(crate) fn key(record: &HandlerRecord, ctx: &Context) -> Key {
-    let app = ctx.app();
-    let receiver = match record.queue_group(app.service()) {
+    let receiver = match record.queue_group(ctx.service()) {
         Some(group) => group,
-        None => app.instance_id(), // a broadcast subscriber: every instance handles it once
+        None => ctx.instance_id(), // a broadcast subscriber: every instance handles it once
     };
     Key::new(
         ctx.message_id().to_string(),
@@ -80,9 +87,10 @@ where
     let key = key(record, &ctx);
     let owner = format!("{}#{:08x}", ctx.instance_id(), fastrand::u32(..));
     let claim_ttl = handler_timeout.unwrap_or(DEFAULT_CLAIM) + Duration::from_secs(1);
-    let wait = ctx.app().config().request_timeout;
-    let started = Instant::now();
-    let mut pause = Duration::from_millis(2);
+    let instance = ctx.instance();
+    let (wait, clock) = (instance.config.request_timeout, instance.clock);
+    let started = clock.now();
+    let mut polls = 0;
     loop {
         let claimed = match store.claim(&key, &owner, claim_ttl).await {
             Ok(claimed) => claimed,
@@ -121,18 +129,18 @@ where
                         ),
                     ));
                 }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(100));
+                polls += 1;
+                clock.sleep(CLAIM_POLL.delay(polls)).await;
             }
         }
     }
     let outcome = handling.await;
     let claimed_until = started + claim_ttl;
-    let mut pause = Duration::from_millis(50);
+    let mut tries = 1;
     let recorded = loop {
         let recorded = match &outcome {
             Ok(reply) => match (recorder.encode)(reply) {
-                Ok(bytes) => store.complete(&key, &owner, &bytes, ctx.app().config().idempotency_ttl).await,
+                Ok(bytes) => store.complete(&key, &owner, &bytes, instance.config.idempotency_ttl).await,
                 Err(e) => {
                     tracing::warn!(key = %key, error = %e, "idempotent: the reply does not encode; not recorded");
                     store.release(&key, &owner).await
@@ -144,10 +152,10 @@ where
         // let a copy run the handler again. Keep trying while the claim
         // still holds (a store failover takes seconds).
         match recorded {
-            Err(e) if Instant::now() + pause < claimed_until => {
+            Err(e) if clock.now() + RECORD_RETRY.delay(tries) < claimed_until => {
                 tracing::debug!(key = %key, error = %e, "idempotent: recording the outcome failed; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
+                clock.sleep(RECORD_RETRY.delay(tries)).await;
+                tries += 1;
             }
             recorded => break recorded,
         }

@@ -71,8 +71,11 @@
 //! - [`transport`]: how messages move between instances.
 //! - [`saga`]: multi-step workflows with compensations.
 //! - [`store`]: state shared by every instance (idempotency, records, leases).
-//! - [`app`]: [`Catga::run`], [`Catga::builder`], the [`App`] handle.
-//! - [`config`]: the `CATGA_*` environment.
+//! - [`Catga::run`], [`Catga::builder`] ([`Builder`]): starting an instance;
+//!   [`app`]: the [`App`] handle of a running one.
+//! - [`config`]: the `CATGA_*` environment, and the checks of every setting.
+//! - [`clock`]: where an instance reads time.
+//! - [`metadata`]: message ids.
 //!
 //! ## The unlinked-crate trap
 //! Handlers register themselves at link time (`inventory`). If your
@@ -87,26 +90,38 @@
 extern crate self as catga;
 
 pub mod app;
+mod backoff;
+mod builder;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod context;
 pub mod dispatch;
 pub mod error;
+mod future;
 pub mod idempotency;
+mod instance;
 pub mod message;
+pub mod metadata;
 pub mod middleware;
+mod receiver;
 pub mod registry;
 pub mod saga;
+mod signals;
 pub mod store;
 pub mod transport;
 
-pub use app::{App, Builder, Catga, SendOptions, ShutdownReport};
+pub use app::App;
+pub use builder::{Builder, Catga};
+pub use clock::Clock;
 pub use codec::{Codec, CodecError, Json};
 pub use config::Config;
-pub use context::{Context, MessageId, Metadata};
-pub use dispatch::BoxFuture;
+pub use context::Context;
 pub use error::{Error, HandlerError, Result};
+pub use future::BoxFuture;
+pub use instance::{SendOptions, ShutdownReport};
 pub use message::{Command, Event, Message, Validate};
+pub use metadata::{MessageId, Metadata};
 pub use transport::DeadLetter;
 
 /// Attribute macros for handlers, derives for contracts.
@@ -121,9 +136,10 @@ pub mod prelude {
 /// What macro expansions use. Not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::dispatch::{BoxFuture, Delivery, handle_command, handle_event};
+    pub use crate::dispatch::{Delivery, handle_command, handle_event};
+    pub use crate::future::BoxFuture;
     pub use crate::registry::{CommandEntry, EventEntry, HandlerKind, HandlerRecord};
-    pub use crate::saga::{SagaDef, Step as SagaStep, StepKind as SagaStepKind};
+    pub use crate::saga::definition::{SagaDef, Step as SagaStep, StepKind as SagaStepKind};
     pub use inventory;
 
     /// A step's or compensation's future, boxed as the table stores it. Its

@@ -38,9 +38,9 @@
 
 use std::sync::Arc;
 
-use crate::context::Metadata;
-use crate::dispatch::BoxFuture;
 use crate::error::HandlerError;
+use crate::future::BoxFuture;
+use crate::metadata::Metadata;
 use crate::registry::HandlerRecord;
 
 /// What a middleware knows about the handling it wraps.

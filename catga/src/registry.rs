@@ -7,11 +7,12 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::app::InFlight;
-use crate::context::Metadata;
-use crate::dispatch::{BoxFuture, Delivery, RawReply};
+use crate::dispatch::{Delivery, RawReply};
 use crate::error::{Error, HandlerError};
+use crate::future::BoxFuture;
+use crate::instance::InFlight;
 use crate::message::{Command, Event};
+use crate::metadata::Metadata;
 
 /// Whether a handler answers commands or receives events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

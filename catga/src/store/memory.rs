@@ -4,9 +4,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::{Claim, Expect, Key, Lease, StoreError, Versioned};
+use crate::clock::Clock;
 
 /// The embedded store. Cheap to clone; clones share the data.
 #[derive(Clone, Default)]
@@ -16,6 +19,8 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Map {
+    /// Where expiry reads time (tokio's clock: a paused test controls it).
+    clock: Clock,
     entries: HashMap<Key, Entry>,
     /// Writes since the last sweep of expired entries.
     writes: usize,
@@ -51,6 +56,11 @@ impl MemoryStore {
     pub fn global() -> MemoryStore {
         static GLOBAL: OnceLock<MemoryStore> = OnceLock::new();
         GLOBAL.get_or_init(MemoryStore::default).clone()
+    }
+
+    /// A fresh store whose TTLs, claims and leases expire by `clock`.
+    pub fn with_clock(clock: Clock) -> MemoryStore {
+        MemoryStore { map: Arc::new(Mutex::new(Map { clock, ..Map::default() })) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Map> {
@@ -205,7 +215,8 @@ impl MemoryStore {
 impl Map {
     /// The value under `key`, unless it has expired.
     fn live(&mut self, key: &Key) -> Option<&Value> {
-        let expired = self.entries.get(key)?.expires.is_some_and(|at| at <= Instant::now());
+        let now = self.clock.now();
+        let expired = self.entries.get(key)?.expires.is_some_and(|at| at <= now);
         if expired {
             self.entries.remove(key);
             return None;
@@ -217,11 +228,11 @@ impl Map {
         self.writes += 1;
         if self.writes >= SWEEP_EVERY {
             self.writes = 0;
-            let now = Instant::now();
+            let now = self.clock.now();
             self.entries.retain(|_, e| e.expires.is_none_or(|at| at > now));
         }
         // A TTL too long to represent never expires (no overflow panic).
-        let expires = ttl.and_then(|ttl| Instant::now().checked_add(ttl));
+        let expires = ttl.and_then(|ttl| self.clock.now().checked_add(ttl));
         self.entries.insert(key.clone(), Entry { value, expires });
     }
 

@@ -39,6 +39,7 @@
 
 pub mod memory;
 pub mod redis;
+pub(crate) mod types;
 
 use std::fmt;
 use std::time::Duration;
@@ -47,6 +48,7 @@ use crate::error::Result;
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
+pub use self::types::{Claim, Expect, Key, Lease, StoreError, Versioned};
 
 /// Where an instance keeps shared state. Cheap to clone; clones share it.
 #[derive(Clone)]
@@ -60,145 +62,6 @@ pub struct Store {
 enum Backend {
     Memory(MemoryStore),
     Redis(RedisStore),
-}
-
-/// A key: a scope and a name. Everything in one scope can be updated
-/// together atomically (on Redis Cluster: one hash slot).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key {
-    scope: String,
-    name: String,
-}
-
-impl Key {
-    /// A key `name` in `scope`. Neither may contain `{` or `}` (they would
-    /// break the Redis hash tag); they are replaced by `_`.
-    pub fn new(scope: impl Into<String>, name: impl Into<String>) -> Self {
-        let clean = |s: String| if s.contains(['{', '}']) { s.replace(['{', '}'], "_") } else { s };
-        Key { scope: clean(scope.into()), name: clean(name.into()) }
-    }
-
-    /// The scope.
-    pub fn scope(&self) -> &str {
-        &self.scope
-    }
-
-    /// The name within the scope.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The key as stored: `catga:{scope}:name` (the braces are a Redis hash tag).
-    pub fn stored(&self) -> String {
-        format!("catga:{{{}}}:{}", self.scope, self.name)
-    }
-}
-
-impl fmt::Display for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "catga:{{{}}}:{}", self.scope, self.name)
-    }
-}
-
-/// A record's value and version. Versions start at 1 and grow by one per write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Versioned {
-    /// The version of this value.
-    pub version: u64,
-    /// The value.
-    pub value: Vec<u8>,
-}
-
-/// What a write expects to find: the compare of compare-and-set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expect {
-    /// No record yet (create).
-    Absent,
-    /// The record at exactly this version.
-    Version(u64),
-    /// Anything (an unconditional write).
-    Any,
-}
-
-/// The state of an idempotency record after a [`Store::claim`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    /// This caller owns the work now: do it, then [`Store::complete`] or
-    /// [`Store::release`].
-    Won,
-    /// Someone else is doing it right now.
-    Running {
-        /// Who claimed it.
-        owner: String,
-    },
-    /// It was done; here is the recorded result.
-    Done(Vec<u8>),
-}
-
-/// A held lease. `token` is its fencing token: it grows with every grant of
-/// the lease, so a write carrying a smaller one comes from a holder that was
-/// superseded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    /// What is leased.
-    pub key: Key,
-    /// Who holds it.
-    pub owner: String,
-    /// The fencing token of this grant.
-    pub token: u64,
-}
-
-/// What went wrong in the store.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// A compare-and-set found another version.
-    #[error(
-        "version conflict on {key}: expected {expected:?}, found {found:?}; another writer got there first — \
-         read the record again and retry"
-    )]
-    Conflict {
-        /// The record.
-        key: String,
-        /// What the write expected.
-        expected: Expect,
-        /// The version found (`None`: no record).
-        found: Option<u64>,
-    },
-    /// A fenced write carried a token that is no longer the latest grant.
-    #[error(
-        "write to {key} refused: lease {lease} was granted again (token {current}) after this holder's token \
-         {token}; this instance lost the lease and must stop working on it"
-    )]
-    Fenced {
-        /// The record.
-        key: String,
-        /// The lease.
-        lease: String,
-        /// The writer's token.
-        token: u64,
-        /// The latest token granted.
-        current: u64,
-    },
-    /// The lease and the record are in different scopes (so the store could
-    /// not check them atomically on Redis Cluster).
-    #[error("lease {lease} cannot fence a write to {key}: they are in different scopes; keep them in one scope")]
-    ScopeMismatch {
-        /// The record.
-        key: String,
-        /// The lease.
-        lease: String,
-    },
-    /// The store could not be reached or refused the operation.
-    #[error("store unavailable during {op} on {key}: {reason}")]
-    Unavailable {
-        /// The operation.
-        op: &'static str,
-        /// The key involved.
-        key: String,
-        /// What the store or connection said.
-        reason: String,
-    },
 }
 
 impl Store {
@@ -368,6 +231,12 @@ impl Store {
             Backend::Memory(m) => Ok(m.release_lease(lease)),
             Backend::Redis(r) => Ok(r.release_lease(lease).await?),
         }
+    }
+}
+
+impl From<MemoryStore> for Store {
+    fn from(memory: MemoryStore) -> Store {
+        Store { backend: Backend::Memory(memory) }
     }
 }
 

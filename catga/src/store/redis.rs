@@ -58,13 +58,11 @@ use crate::error::Error;
 /// included; past it, the operation fails as unavailable.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(6);
 
+/// How long a write waits for its replicas to confirm it (WAIT returns as
+/// soon as they do; the limit is generous for a loaded machine).
+const REPLICA_WAIT: Duration = Duration::from_secs(1);
 /// The most [`RedisStore::connect`] waits for the server (or the cluster's
 /// slot map) to answer.
-/// How long a write waits for its replicas to confirm it.
-/// (WAIT returns as soon as they do; the limit only matters when they
-/// cannot, so it is generous for a loaded machine.)
-const REPLICA_WAIT: Duration = Duration::from_secs(1);
-
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// One TCP connection attempt to one node.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
@@ -541,163 +539,8 @@ fn redact(url: &str) -> String {
         .join(",")
 }
 
-/// Helpers every script starts with.
-const PRELUDE: &str = r#"
--- What a key holds: its `k` field; 'none' when there is no key, '?' when
--- it is not one of ours.
-local function kind(key)
-  local t = redis.call('TYPE', key).ok
-  if t == 'none' then return 'none' end
-  if t ~= 'hash' then return '?' end
-  return redis.call('HGET', key, 'k') or '?'
-end
--- Make way for a new value: drop whatever the key held (with its TTL).
-local function clear(key, k)
-  if k ~= 'none' then redis.call('DEL', key) end
-end
--- A record's version (a decimal string), or false.
-local function version(key)
-  if kind(key) ~= 'rec' then return false end
-  return redis.call('HGET', key, 'v')
-end
--- The compare of compare-and-set: 'absent', 'any' or a version.
-local function expected(expect, found)
-  if expect == 'any' then return true end
-  if expect == 'absent' then return not found end
-  return found == expect
-end
--- A lease's latest token ('0': never granted).
-local function fence(key)
-  if kind(key) ~= 'fence' then return '0' end
-  return redis.call('HGET', key, 't')
-end
--- Whether `owner` holds the lease `key` with `token`.
-local function holds(key, owner, token)
-  return kind(key) == 'lease' and redis.call('HGET', key, 'o') == owner and redis.call('HGET', key, 't') == token
-end
--- Whether `owner` holds the running claim `key`.
-local function claimed(key, owner)
-  return kind(key) == 'run' and redis.call('HGET', key, 'o') == owner
-end
-"#;
-
-/// KEYS: record. Returns {version, data} or nil.
-const GET: &str = r#"
-if kind(KEYS[1]) ~= 'rec' then return false end
-return redis.call('HMGET', KEYS[1], 'v', 'd')
-"#;
-
-/// KEYS: record [, fence]. ARGV: expect, data [, token].
-/// Returns {'ok', version} | {'conflict' [, found]} | {'fenced', current}.
-const PUT: &str = r#"
-if KEYS[2] then
-  local current = fence(KEYS[2])
-  if current ~= ARGV[3] then return {'fenced', current} end
-end
-local k = kind(KEYS[1])
-local found = k == 'rec' and redis.call('HGET', KEYS[1], 'v')
-if not expected(ARGV[1], found) then
-  if found then return {'conflict', found} end
-  return {'conflict'}
-end
-if found then
-  redis.call('HSET', KEYS[1], 'd', ARGV[2])
-else
-  clear(KEYS[1], k)
-  redis.call('HSET', KEYS[1], 'k', 'rec', 'v', '0', 'd', ARGV[2])
-end
-redis.call('HINCRBY', KEYS[1], 'v', 1)
-return {'ok', redis.call('HGET', KEYS[1], 'v')}
-"#;
-
-/// KEYS: record. ARGV: expect. Returns {'ok', '1' | '0'} | {'conflict' [, found]}.
-const DELETE: &str = r#"
-local found = version(KEYS[1])
-if not expected(ARGV[1], found) then
-  if found then return {'conflict', found} end
-  return {'conflict'}
-end
-return {'ok', tostring(redis.call('DEL', KEYS[1]))}
-"#;
-
-/// KEYS: counter. ARGV: by, bound on overflow. Returns the new value (decimal).
-const INCR: &str = r#"
-local k = kind(KEYS[1])
-if k ~= 'ctr' then
-  clear(KEYS[1], k)
-  redis.call('HSET', KEYS[1], 'k', 'ctr', 'n', '0')
-end
-local r = redis.pcall('HINCRBY', KEYS[1], 'n', ARGV[1])
-if type(r) == 'table' and r.err then redis.call('HSET', KEYS[1], 'n', ARGV[2]) end
-return redis.call('HGET', KEYS[1], 'n')
-"#;
-
-/// KEYS: claim. ARGV: owner, ttl ms. Returns {'won'} | {'running', owner} | {'done', result}.
-const CLAIM: &str = r#"
-local k = kind(KEYS[1])
-if k == 'done' then return {'done', redis.call('HGET', KEYS[1], 'r')} end
-if k == 'run' then
-  local owner = redis.call('HGET', KEYS[1], 'o')
-  if owner ~= ARGV[1] then return {'running', owner} end
-end
-clear(KEYS[1], k)
-redis.call('HSET', KEYS[1], 'k', 'run', 'o', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {'won'}
-"#;
-
-/// KEYS: claim. ARGV: owner, result, ttl ms. Returns 1 | 0.
-const COMPLETE: &str = r#"
-if not claimed(KEYS[1], ARGV[1]) then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'k', 'done', 'r', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"#;
-
-/// KEYS: claim. ARGV: owner. Returns 1 | 0.
-const RELEASE: &str = r#"
-if not claimed(KEYS[1], ARGV[1]) then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
-"#;
-
-/// KEYS: lease, fence. ARGV: owner, ttl ms. Returns the token, or nil when
-/// someone else holds the lease.
-const ACQUIRE_LEASE: &str = r#"
-local token
-local k = kind(KEYS[1])
-if k == 'lease' then
-  if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return false end
-  token = redis.call('HGET', KEYS[1], 't')
-else
-  local f = kind(KEYS[2])
-  if f ~= 'fence' then
-    clear(KEYS[2], f)
-    redis.call('HSET', KEYS[2], 'k', 'fence', 't', '0')
-  end
-  redis.call('HINCRBY', KEYS[2], 't', 1)
-  token = redis.call('HGET', KEYS[2], 't')
-  clear(KEYS[1], k)
-end
-redis.call('HSET', KEYS[1], 'k', 'lease', 'o', ARGV[1], 't', token)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return token
-"#;
-
-/// KEYS: lease. ARGV: owner, token, ttl ms. Returns 1 | 0.
-const RENEW_LEASE: &str = r#"
-if not holds(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"#;
-
-/// KEYS: lease. ARGV: owner, token. Returns 1 | 0.
-const RELEASE_LEASE: &str = r#"
-if not holds(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
-"#;
+// One file per script in `scripts/` (each says its KEYS and ARGV), run after the prelude.
+const PRELUDE: &str = include_str!("scripts/prelude.lua");
 
 struct Scripts {
     get: Script,
@@ -715,16 +558,16 @@ struct Scripts {
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
     let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
     Scripts {
-        get: script(GET),
-        put: script(PUT),
-        delete: script(DELETE),
-        incr: script(INCR),
-        claim: script(CLAIM),
-        complete: script(COMPLETE),
-        release: script(RELEASE),
-        acquire_lease: script(ACQUIRE_LEASE),
-        renew_lease: script(RENEW_LEASE),
-        release_lease: script(RELEASE_LEASE),
+        get: script(include_str!("scripts/get.lua")),
+        put: script(include_str!("scripts/put.lua")),
+        delete: script(include_str!("scripts/delete.lua")),
+        incr: script(include_str!("scripts/incr.lua")),
+        claim: script(include_str!("scripts/claim.lua")),
+        complete: script(include_str!("scripts/complete.lua")),
+        release: script(include_str!("scripts/release.lua")),
+        acquire_lease: script(include_str!("scripts/acquire_lease.lua")),
+        renew_lease: script(include_str!("scripts/renew_lease.lua")),
+        release_lease: script(include_str!("scripts/release_lease.lua")),
     }
 });
 

@@ -17,20 +17,21 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
 
-use crate::Codec;
-use crate::app::{AppInner, InFlight};
-use crate::context::Metadata;
-use crate::dispatch::{BoxFuture, Deadline, Delivery};
-use crate::error::HandlerError;
-use crate::error::{Error, Result};
+use crate::codec::Codec;
+use crate::dispatch::Delivery;
+use crate::error::{Error, HandlerError, Result};
+use crate::future::{BoxFuture, Deadline};
+use crate::instance::{InFlight, Instance};
 use crate::message::{Command, Event};
+use crate::metadata::Metadata;
+use crate::receiver::Receiver;
 use crate::registry::{CommandEntry, EventEntry, HandlerKind, HandlerRecord};
 
 /// A message bus for instances in one process. Cloning shares it.
@@ -67,7 +68,7 @@ struct SubjectRoutes {
     /// Command queue groups; the first with a live member serves.
     commands: Vec<Group>,
     /// Broadcast event subscribers.
-    broadcast: Vec<Member>,
+    broadcast: Vec<Receiver>,
     /// Event queue groups: one member of each gets each event.
     queues: Vec<Group>,
 }
@@ -75,24 +76,17 @@ struct SubjectRoutes {
 #[derive(Clone)]
 struct Group {
     name: Arc<str>,
-    members: Vec<Member>,
+    members: Vec<Receiver>,
     /// Survives table rebuilds so round robin stays fair.
     cursor: Arc<AtomicUsize>,
-}
-
-#[derive(Clone)]
-struct Member {
-    app: Weak<AppInner>,
-    record: &'static HandlerRecord,
 }
 
 /// A handling admitted by a live, non-draining instance.
 type Target = (InFlight, &'static HandlerRecord);
 
-impl Member {
-    fn admit(&self) -> Option<Target> {
-        Some((InFlight::admit(self.app.upgrade()?)?, self.record))
-    }
+/// Admit a handling through `receiver` (the instance's admission protocol).
+fn admit(receiver: &Receiver) -> Option<Target> {
+    Some((receiver.admit()?, receiver.record()))
 }
 
 impl Group {
@@ -102,8 +96,7 @@ impl Group {
         for _ in 0..n {
             // One member (the common in-process case): no shared counter, no division.
             let i = if n == 1 { 0 } else { self.cursor.fetch_add(1, Ordering::Relaxed) % n };
-            let m = &self.members[i];
-            if let Some(target) = m.admit() {
+            if let Some(target) = admit(&self.members[i]) {
                 return Some(target);
             }
         }
@@ -130,9 +123,9 @@ impl MemoryBus {
         change(&mut routes);
         // Instances dropped without `shutdown` leave dead members: prune them.
         for s in routes.subjects.values_mut() {
-            s.broadcast.retain(|m| m.app.strong_count() > 0);
+            s.broadcast.retain(Receiver::is_live);
             for g in s.commands.iter_mut().chain(s.queues.iter_mut()) {
-                g.members.retain(|m| m.app.strong_count() > 0);
+                g.members.retain(Receiver::is_live);
             }
             s.commands.retain(|g| !g.members.is_empty());
             s.queues.retain(|g| !g.members.is_empty());
@@ -141,12 +134,12 @@ impl MemoryBus {
         self.inner.routes.store(Arc::new(routes));
     }
 
-    pub(crate) fn subscribe(&self, app: &Arc<AppInner>, handlers: &[&'static HandlerRecord]) {
+    pub(crate) fn subscribe(&self, instance: &Arc<Instance>, handlers: &[&'static HandlerRecord]) {
         self.update(|routes| {
             for &record in handlers {
-                let member = Member { app: Arc::downgrade(app), record };
+                let member = Receiver::new(instance, record);
                 let s = routes.subjects.entry(record.subject).or_default();
-                match (record.kind, record.queue_group(app.config.service.as_str())) {
+                match (record.kind, record.queue_group(instance.service())) {
                     (HandlerKind::Event, None) => s.broadcast.push(member),
                     (kind, Some(queue)) => {
                         let groups = if kind == HandlerKind::Command { &mut s.commands } else { &mut s.queues };
@@ -171,8 +164,8 @@ impl MemoryBus {
         });
     }
 
-    pub(crate) fn unsubscribe(&self, app: &AppInner) {
-        let mine = |m: &Member| std::ptr::eq(m.app.as_ptr(), app);
+    pub(crate) fn unsubscribe(&self, instance: &Instance) {
+        let mine = |m: &Receiver| m.is_for(instance);
         self.update(|routes| {
             for s in routes.subjects.values_mut() {
                 s.broadcast.retain(|m| !mine(m));
@@ -215,7 +208,7 @@ impl MemoryBus {
             tracing::trace!(subject = E::SUBJECT, "event published with no subscriber");
             return;
         };
-        let broadcast = s.broadcast.iter().filter_map(Member::admit);
+        let broadcast = s.broadcast.iter().filter_map(admit);
         let targets = broadcast.chain(s.queues.iter().filter_map(Group::pick));
         // Clone for every target but the last, which takes the original.
         let mut pending = None;

@@ -9,13 +9,16 @@
 //!   Messages of `#[catga(durable)]` contracts go through JetStream
 //!   instead (stored, acknowledged, redelivered, dead-lettered).
 
+mod connection;
 mod durable;
+pub(crate) mod envelope;
 pub mod memory;
 pub(crate) mod nats;
 mod service;
 
-pub use durable::{DLQ_PREFIX, DLQ_STREAM, DeadLetter, stream_name};
-pub use nats::headers;
+pub use durable::dlq::{DLQ_PREFIX, DLQ_STREAM, DeadLetter};
+pub use durable::topology::stream_name;
+pub use envelope::headers;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,11 +26,11 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use crate::app::AppInner;
-use crate::context::Metadata;
-use crate::dispatch::BoxFuture;
 use crate::error::Result;
+use crate::future::BoxFuture;
+use crate::instance::Instance;
 use crate::message::{Command, Event};
+use crate::metadata::Metadata;
 use crate::registry::HandlerRecord;
 
 /// The transport an instance runs on. An enum, not a trait object: sending
@@ -46,21 +49,21 @@ impl Transport {
     }
 
     /// Start receiving for these handlers.
-    pub(crate) async fn subscribe(&self, app: &Arc<AppInner>, handlers: &[&'static HandlerRecord]) -> Result<()> {
+    pub(crate) async fn subscribe(&self, instance: &Arc<Instance>, handlers: &[&'static HandlerRecord]) -> Result<()> {
         match self {
             Transport::Memory(bus) => {
-                bus.subscribe(app, handlers);
+                bus.subscribe(instance, handlers);
                 Ok(())
             }
-            Transport::Nats(nats) => nats.subscribe(app, handlers).await,
+            Transport::Nats(nats) => nats.subscribe(instance, handlers).await,
         }
     }
 
     /// Stop receiving new messages; over NATS, drain (messages already
     /// delivered here are still handed to handlers), within `limit`.
-    pub(crate) async fn stop_receiving(&self, app: &AppInner, limit: Duration) {
+    pub(crate) async fn stop_receiving(&self, instance: &Instance, limit: Duration) {
         match self {
-            Transport::Memory(bus) => bus.unsubscribe(app),
+            Transport::Memory(bus) => bus.unsubscribe(instance),
             Transport::Nats(nats) => nats.drain(limit).await,
         }
     }
@@ -92,7 +95,7 @@ impl Transport {
     }
 
     /// Dead letters of `subject` (NATS JetStream only).
-    pub(crate) async fn dead_letters(&self, subject: &str) -> Result<Vec<durable::DeadLetter>> {
+    pub(crate) async fn dead_letters(&self, subject: &str) -> Result<Vec<DeadLetter>> {
         match self {
             Transport::Memory(_) => Err(no_dead_letters()),
             Transport::Nats(nats) => nats.dead_letters(subject).await,

@@ -7,15 +7,17 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::dispatch::BoxFuture;
 use crate::error::{Error, HandlerError, Result};
+use crate::future::BoxFuture;
 use crate::registry::{HandlerKind, HandlerRecord};
+use crate::transport::connection::drained;
 
 /// Per-endpoint counters, updated by every handling of a command.
 #[derive(Default)]
@@ -55,7 +57,7 @@ pub(crate) struct Service {
 }
 
 impl Service {
-    pub(crate) fn new(config: &Config, handlers: &[&'static HandlerRecord]) -> Service {
+    pub(crate) fn new(config: &Config, handlers: &[&'static HandlerRecord], clock: Clock) -> Service {
         let endpoints = handlers
             .iter()
             .filter(|h| h.kind == HandlerKind::Command)
@@ -69,7 +71,7 @@ impl Service {
             name: config.service.clone(),
             id: config.instance_id.clone(),
             version: config.version.clone(),
-            started: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+            started: humantime::format_rfc3339_nanos(clock.system_time()).to_string(),
             endpoints,
             others: handlers
                 .iter()
@@ -125,7 +127,7 @@ impl Service {
         loop {
             let request = tokio::select! {
                 request = subscriber.next() => request,
-                _ = super::nats::drained(&mut drain) => {
+                _ = drained(&mut drain) => {
                     let _ = subscriber.unsubscribe().await;
                     return;
                 }

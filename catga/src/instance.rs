@@ -1,0 +1,342 @@
+//! The running instance's core: the state every part of one instance shares
+//! (settings, transport, store, middleware, handler state, clock) and its
+//! lifecycle — admission, drain, in-flight counts, the sagas running here.
+//!
+//! The public [`App`](crate::App) handle, the [`Context`](crate::Context) a
+//! handler gets, the transports (through a
+//! [`Receiver`](crate::receiver::Receiver)) and the saga runner all hold this
+//! core; none of them reaches into the builder.
+//!
+//! **The admission protocol** (the one rule every transport follows, written
+//! once here and in [`crate::receiver`]): a handling is counted in flight
+//! *first* and checked against `draining` *second*, both `SeqCst`, mirrored
+//! by [`Instance::shutdown`] which sets `draining` first and reads the count
+//! second. So either a sender that routed here just before the unsubscribe
+//! sees `draining` and goes elsewhere, or shutdown sees its handling in
+//! flight and waits for it. A message a network transport already delivered
+//! is ours even while draining (the server gives it to no one else): it is
+//! counted without the check.
+
+use std::any::{Any, TypeId};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::{Error, HandlerError, Result};
+use crate::message::{Command, Event};
+use crate::metadata::Metadata;
+use crate::middleware::Middleware;
+use crate::registry::HandlerRecord;
+use crate::store::Store;
+use crate::transport::{Sent, Transport};
+
+/// Shared values handlers reach with [`Context::state`](crate::Context::state),
+/// one per type.
+pub(crate) type State = HashMap<TypeId, Arc<dyn Any + Send + Sync>>;
+
+/// One running instance.
+pub(crate) struct Instance {
+    pub(crate) config: Config,
+    pub(crate) transport: Transport,
+    pub(crate) store: Store,
+    pub(crate) middleware: Vec<Arc<dyn Middleware>>,
+    pub(crate) state: State,
+    pub(crate) handlers: Vec<&'static HandlerRecord>,
+    pub(crate) clock: Clock,
+    in_flight: AtomicUsize,
+    /// Set when shutdown starts: only then do finished handlings wake it.
+    draining: AtomicBool,
+    idle: Notify,
+    closed: AtomicBool,
+    stopped: tokio::sync::OnceCell<ShutdownReport>,
+    running_sagas: RunningSagas,
+}
+
+/// Options of one `send`.
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct SendOptions {
+    /// Overrides the instance's default request timeout.
+    pub timeout: Option<Duration>,
+}
+
+impl SendOptions {
+    /// Options with this timeout.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let o = catga::SendOptions::timeout(Duration::from_millis(200));
+    /// assert_eq!(o.timeout, Some(Duration::from_millis(200)));
+    /// ```
+    pub fn timeout(timeout: Duration) -> Self {
+        SendOptions { timeout: Some(timeout) }
+    }
+}
+
+/// How a shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Handlings that were still running when the grace period ended.
+    pub abandoned: usize,
+    /// How long the wait for in-flight handlings took.
+    pub waited: Duration,
+}
+
+/// What [`Instance::new`] takes.
+pub(crate) struct Parts {
+    pub(crate) config: Config,
+    pub(crate) transport: Transport,
+    pub(crate) store: Store,
+    pub(crate) middleware: Vec<Arc<dyn Middleware>>,
+    pub(crate) state: State,
+    pub(crate) handlers: Vec<&'static HandlerRecord>,
+    pub(crate) clock: Clock,
+}
+
+impl Instance {
+    pub(crate) fn new(parts: Parts) -> Arc<Instance> {
+        let Parts { config, transport, store, middleware, state, handlers, clock } = parts;
+        Arc::new(Instance {
+            config,
+            transport,
+            store,
+            middleware,
+            state,
+            handlers,
+            clock,
+            in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            idle: Notify::new(),
+            closed: AtomicBool::new(false),
+            stopped: tokio::sync::OnceCell::new(),
+            running_sagas: RunningSagas::default(),
+        })
+    }
+
+    pub(crate) fn service(&self) -> &str {
+        &self.config.service
+    }
+
+    pub(crate) fn instance_id(&self) -> &str {
+        &self.config.instance_id
+    }
+
+    /// The value of type `T` given to `with_state`, or an error that names
+    /// the type and the fix.
+    pub(crate) fn state<T: Send + Sync + 'static>(&self) -> std::result::Result<&T, HandlerError> {
+        self.state.get(&TypeId::of::<T>()).and_then(|v| v.downcast_ref::<T>()).ok_or_else(|| {
+            HandlerError::new(
+                HandlerError::INTERNAL,
+                format!(
+                    "instance \"{}\" has no state of type `{}`; add `.with_state(..)` to its builder",
+                    self.instance_id(),
+                    std::any::type_name::<T>()
+                ),
+            )
+        })
+    }
+
+    /// Refuse sends and publishes once shut down.
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Shutdown { instance: self.config.instance_id.clone() });
+        }
+        Ok(())
+    }
+
+    /// Whether shutdown has begun.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Handlings running in this instance now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Send a command with explicit metadata; lazy until polled.
+    pub(crate) fn send_as<C: Command>(&self, command: C, meta: Metadata, options: SendOptions) -> Sending<'_, C> {
+        let timeout = options.timeout.unwrap_or(self.config.request_timeout);
+        Sending { state: SendState::Start { instance: self, command, meta, timeout } }
+    }
+
+    /// Publish an event with explicit metadata.
+    pub(crate) async fn publish_as<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
+        self.check_open()?;
+        self.transport.publish(event, meta).await
+    }
+
+    /// The sagas running here now.
+    pub(crate) fn running_sagas(&self) -> &RunningSagas {
+        &self.running_sagas
+    }
+
+    /// Mark a saga as running here; it counts as in flight (shutdown waits
+    /// for its current step) until both guards drop.
+    pub(crate) fn running_saga(self: &Arc<Self>, saga: &'static str, id: &str) -> (RunningGuard<'_>, InFlight) {
+        (self.running_sagas.enter(saga, id), InFlight::count(self.clone()))
+    }
+
+    /// Graceful shutdown; concurrent and repeated calls share one shutdown
+    /// and its report.
+    pub(crate) async fn shutdown(&self) -> ShutdownReport {
+        *self.stopped.get_or_init(|| self.stop()).await
+    }
+
+    async fn stop(&self) -> ShutdownReport {
+        self.draining.store(true, Ordering::SeqCst);
+        let started = self.clock.now();
+        let grace = self.config.grace_period;
+        self.transport.stop_receiving(self, grace).await;
+        let left = grace.saturating_sub(started.elapsed());
+        let drained = self
+            .clock
+            .timeout(left, async {
+                loop {
+                    let idle = self.idle.notified();
+                    if self.in_flight.load(Ordering::SeqCst) == 0 {
+                        break;
+                    }
+                    idle.await;
+                }
+            })
+            .await;
+        self.transport.close().await;
+        self.closed.store(true, Ordering::Release);
+        let report =
+            ShutdownReport { abandoned: if drained.is_ok() { 0 } else { self.in_flight() }, waited: started.elapsed() };
+        if report.abandoned > 0 {
+            tracing::warn!(
+                instance = self.instance_id(),
+                abandoned = report.abandoned,
+                ?grace,
+                "grace period over; handlings abandoned"
+            );
+        } else {
+            tracing::info!(instance = self.instance_id(), waited = ?report.waited, "catga instance stopped");
+        }
+        report
+    }
+}
+
+/// One handling admitted by an instance: counts as in flight while alive
+/// (and holds the transport's handling slot, if it has one). Made by a
+/// [`Receiver`](crate::receiver::Receiver), following the admission
+/// protocol above.
+#[doc(hidden)]
+pub struct InFlight(Arc<Instance>, Option<OwnedSemaphorePermit>);
+
+impl InFlight {
+    /// Admit one handling unless the instance is draining: count first,
+    /// check second (see the module docs).
+    pub(crate) fn admit(instance: Arc<Instance>) -> Option<InFlight> {
+        instance.in_flight.fetch_add(1, Ordering::SeqCst);
+        let admitted = InFlight(instance, None);
+        if admitted.0.draining.load(Ordering::SeqCst) {
+            return None; // dropping `admitted` undoes the count
+        }
+        Some(admitted)
+    }
+
+    /// Count a handling the transport already delivered to this instance.
+    pub(crate) fn count(instance: Arc<Instance>) -> InFlight {
+        instance.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(instance, None)
+    }
+
+    /// Keep a handling slot until the handling ends.
+    pub(crate) fn holding(mut self, permit: OwnedSemaphorePermit) -> InFlight {
+        self.1 = Some(permit);
+        self
+    }
+
+    /// The instance that admitted the handling.
+    pub(crate) fn instance(&self) -> &Arc<Instance> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // SeqCst on both sides: either shutdown sees zero in flight, or this
+        // sees `draining` and wakes it.
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.draining.load(Ordering::SeqCst) {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The sagas this instance is running now (so its sweep skips them).
+#[derive(Default)]
+pub(crate) struct RunningSagas(Mutex<HashSet<(&'static str, String)>>);
+
+/// Marks a saga as running here while alive.
+pub(crate) struct RunningGuard<'a>(&'a RunningSagas, (&'static str, String));
+
+impl RunningSagas {
+    fn enter(&self, saga: &'static str, id: &str) -> RunningGuard<'_> {
+        let key = (saga, id.to_owned());
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone());
+        RunningGuard(self, key)
+    }
+
+    pub(crate) fn contains(&self, saga: &'static str, id: &str) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains(&(saga, id.to_owned()))
+    }
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
+    }
+}
+
+/// The future of one `send`: lazy (nothing happens until polled), then the
+/// transport's pending reply. Hand-written so that the future every send
+/// returns stays small instead of nesting `async` state machines.
+pub(crate) struct Sending<'a, C: Command> {
+    state: SendState<'a, C>,
+}
+
+enum SendState<'a, C: Command> {
+    Start { instance: &'a Instance, command: C, meta: Metadata, timeout: Duration },
+    Pending(Sent<C::Reply>),
+    Done,
+}
+
+// The command is only ever moved, never pinned, so `Sending` is `Unpin`
+// whatever the command type is.
+impl<C: Command> Unpin for Sending<'_, C> {}
+
+impl<C: Command> Future for Sending<'_, C> {
+    type Output = Result<C::Reply>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        loop {
+            match std::mem::replace(&mut self.state, SendState::Done) {
+                SendState::Start { instance, command, meta, timeout } => {
+                    if let Err(e) = instance.check_open() {
+                        return Poll::Ready(Err(e));
+                    }
+                    self.state = SendState::Pending(instance.transport.send(command, meta, timeout));
+                }
+                SendState::Pending(mut pending) => {
+                    let poll = Pin::new(&mut pending).poll(cx);
+                    if poll.is_pending() {
+                        self.state = SendState::Pending(pending);
+                    }
+                    return poll;
+                }
+                SendState::Done => panic!("a send future was polled after it completed"),
+            }
+        }
+    }
+}

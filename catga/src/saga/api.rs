@@ -1,0 +1,79 @@
+//! The [`App`] methods for sagas: start, submit, query, list.
+
+use crate::app::App;
+use crate::error::Result;
+use crate::saga::definition::Saga;
+use crate::saga::runner::run;
+use crate::saga::status::{SagaInfo, SagaOutcome, SagaStatus};
+use crate::saga::store;
+
+impl App {
+    /// Start saga `id` of type `S` with `data`, run it here, and return its
+    /// outcome. Idempotent on the id: if saga `id` exists, nothing starts;
+    /// its outcome is returned (awaited while another instance runs it, up
+    /// to [`Config::saga_wait`](crate::Config::saga_wait)). See [`crate::saga`].
+    pub async fn start_saga<S: Saga>(&self, id: &str, data: S::Data) -> Result<SagaOutcome> {
+        self.instance().check_open()?;
+        start::<S>(self, id, data).await
+    }
+
+    /// Create saga `id` of type `S` durably and run it in the background
+    /// here; returns once its first state is in the store, so losing this
+    /// instance afterwards loses nothing (the recovery sweep continues it).
+    /// `Ok(false)` if saga `id` exists already: nothing new starts.
+    pub async fn submit_saga<S: Saga>(&self, id: &str, data: S::Data) -> Result<bool> {
+        self.instance().check_open()?;
+        submit::<S>(self, id, data).await
+    }
+
+    /// Where saga `id` of type `S` is, if it exists.
+    pub async fn saga_status<S: Saga>(&self, id: &str) -> Result<Option<SagaInfo>> {
+        store::status(S::definition().name, self, id).await
+    }
+
+    /// [`saga_status`](App::saga_status) by the saga's name, for an
+    /// operator tool or a client that does not link the saga's type.
+    pub async fn saga_status_by_name(&self, saga: &str, id: &str) -> Result<Option<SagaInfo>> {
+        store::status(saga, self, id).await
+    }
+
+    /// The sagas of type `S` still known to the recovery index whose
+    /// status `keep` accepts — running, compensating, or failed (finished
+    /// sagas leave the index; query those by id).
+    ///
+    /// ```
+    /// # use catga::saga::{Saga, SagaStatus};
+    /// # async fn f<S: Saga>(app: &catga::App) -> catga::Result<()> {
+    /// let stuck = app.sagas::<S>(|s| s == SagaStatus::Failed).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn sagas<S: Saga>(&self, keep: impl Fn(SagaStatus) -> bool) -> Result<Vec<SagaInfo>> {
+        store::list(S::definition().name, self, keep).await
+    }
+}
+
+/// Start saga `id` of type `S` with `data` and run it here to its end; a
+/// saga with this id that exists already is not started again: its outcome
+/// is awaited instead.
+async fn start<S: Saga>(app: &App, id: &str, data: S::Data) -> Result<SagaOutcome> {
+    let def = S::definition();
+    match store::create(def, app, id, data).await? {
+        Some((lease, state, version)) => run(def, app, lease, state, version, true).await,
+        None => store::wait_for_outcome(def.name, app, id).await,
+    }
+}
+
+/// Create saga `id` durably and run it in the background; returns once its
+/// state is in the store (`true`), or at once if it exists (`false`).
+async fn submit<S: Saga>(app: &App, id: &str, data: S::Data) -> Result<bool> {
+    let def = S::definition();
+    let Some((lease, state, version)) = store::create(def, app, id, data).await? else { return Ok(false) };
+    let app = app.clone();
+    tokio::spawn(async move {
+        let id = state.id.clone();
+        if let Err(e) = run(def, &app, lease, state, version, true).await {
+            tracing::warn!(saga = def.name, id, error = %e, "saga stopped; the recovery sweep continues it");
+        }
+    });
+    Ok(true)
+}

@@ -1,0 +1,323 @@
+//! Running a saga while holding its lease: steps forward with their
+//! retries, compensations in reverse, every state change a fenced
+//! compare-and-set write, the lease renewed in the background.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+
+use crate::app::App;
+use crate::backoff::Backoff;
+use crate::error::{Error, HandlerError, Result};
+use crate::future::BoxFuture;
+use crate::saga::context::SagaContext;
+use crate::saga::definition::{SagaDef, StepError, StepKind};
+use crate::saga::status::{Direction, HistoryEntry, SagaOutcome, SagaStatus, State};
+use crate::saga::store::{encode, state_key, unindex};
+use crate::store::{Expect, Lease};
+
+/// Run (or continue) a saga while holding its lease, to its end.
+/// `attempt_recorded`: the stored state already counts the next step's
+/// attempt as started (a new saga's first write records its first step's).
+pub(crate) async fn run<D>(
+    def: &'static SagaDef<D>,
+    app: &App,
+    lease: Lease,
+    state: State<D>,
+    version: u64,
+    attempt_recorded: bool,
+) -> Result<SagaOutcome>
+where
+    D: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let span = tracing::info_span!("catga.saga", saga = def.name, id = %state.id);
+    let _running = app.instance().running_saga(def.name, &state.id);
+    let renewer = Renewer::start(app, lease.clone());
+    let mut run = Run { def, app, lease, state, version, attempt_recorded };
+    let outcome = run.drive().instrument(span).await;
+    renewer.stop();
+    let store = app.store();
+    if outcome.is_ok()
+        && let Err(e) = unindex(app, def.name, &run.state.id, run.state.status).await
+    {
+        tracing::warn!(error = %e, "saga finished but could not leave the sweep index; the next sweep retries");
+    }
+    // Finished, handed over by a drain, or stopped by an error: either way
+    // the next sweep (here or elsewhere) may continue it at once. A lease
+    // that was lost is no longer ours to release; this is then a no-op.
+    let _ = store.release_lease(&run.lease).await;
+    outcome
+}
+
+struct Run<'a, D: 'static> {
+    def: &'static SagaDef<D>,
+    app: &'a App,
+    lease: Lease,
+    state: State<D>,
+    version: u64,
+    /// The stored state already counts the next attempt as started.
+    attempt_recorded: bool,
+}
+
+impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
+    async fn drive(&mut self) -> Result<SagaOutcome> {
+        loop {
+            match self.state.status {
+                SagaStatus::Running => self.forward().await?,
+                SagaStatus::Compensating => self.compensate().await?,
+                SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed => break,
+            }
+        }
+        let error = || self.state.error.clone().unwrap_or_default();
+        Ok(match self.state.status {
+            SagaStatus::Completed => SagaOutcome::Completed,
+            SagaStatus::Compensated => SagaOutcome::Compensated { error: error() },
+            _ => SagaOutcome::Failed { error: error() },
+        })
+    }
+
+    /// Write the state under the lease (compare-and-set on the version).
+    async fn persist(&mut self) -> Result<()> {
+        let (key, _) = state_key(self.def.name, &self.state.id);
+        self.version = self
+            .app
+            .store()
+            .put_fenced(&key, Expect::Version(self.version), &encode(self.def.name, &self.state)?, &self.lease)
+            .await?;
+        Ok(())
+    }
+
+    /// A drain hands the saga over at a step boundary.
+    fn check_draining(&self) -> Result<()> {
+        if self.app.instance().is_draining() {
+            return Err(Error::Saga {
+                saga: self.def.name.to_owned(),
+                id: self.state.id.clone(),
+                reason: "the instance is shutting down; another instance continues it after the lease expires".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Run the next step (with its retries) and record the result.
+    async fn forward(&mut self) -> Result<()> {
+        let index = self.state.next;
+        let Some(step) = self.def.steps.get(index) else {
+            self.state.status = SagaStatus::Completed;
+            return self.persist().await;
+        };
+        let gave_up = self.attempts(index, Direction::Forward, step.retry).await?;
+        self.state.history.push(HistoryEntry {
+            step: step.name.to_owned(),
+            direction: Direction::Forward,
+            error: gave_up.clone(),
+            attempts: self.state.attempts,
+        });
+        let mut next_started = false;
+        match gave_up {
+            None => {
+                self.state.next += 1;
+                // The last step's write also records the end, and any other
+                // step's write also records the next step's first attempt:
+                // one round trip less per step.
+                if self.state.next == self.def.steps.len() {
+                    self.state.status = SagaStatus::Completed;
+                } else {
+                    next_started = !self.app.instance().is_draining();
+                }
+            }
+            Some(error) => {
+                self.state.error =
+                    Some(format!("step `{}` failed after {} attempts: {error}", step.name, self.state.attempts));
+                self.state.status = match step.kind {
+                    // Past the pivot there is no going back: an operator decides.
+                    StepKind::Retriable => SagaStatus::Failed,
+                    StepKind::Compensatable | StepKind::Pivot => SagaStatus::Compensating,
+                };
+            }
+        }
+        self.state.reset_attempts();
+        if next_started {
+            self.state.attempts = 1;
+        }
+        self.persist().await?;
+        self.attempt_recorded = next_started;
+        Ok(())
+    }
+
+    /// Undo the last completed step that has a compensation.
+    async fn compensate(&mut self) -> Result<()> {
+        let Some(index) = self.state.next.checked_sub(1) else {
+            self.state.status = SagaStatus::Compensated;
+            return self.persist().await;
+        };
+        let step = &self.def.steps[index];
+        let Some((name, _)) = step.compensation else {
+            self.state.next = index;
+            return self.persist().await;
+        };
+        let gave_up = self.attempts(index, Direction::Compensate, self.app.config().saga_compensation_retries).await?;
+        self.state.history.push(HistoryEntry {
+            step: step.name.to_owned(),
+            direction: Direction::Compensate,
+            error: gave_up.clone(),
+            attempts: self.state.attempts,
+        });
+        match gave_up {
+            None => self.state.next = index,
+            Some(error) => {
+                let cause = self.state.error.take().unwrap_or_default();
+                self.state.error = Some(format!(
+                    "compensation `{name}` of step `{}` failed: {error} (compensating because: {cause})",
+                    step.name
+                ));
+                self.state.status = SagaStatus::Failed;
+            }
+        }
+        self.state.reset_attempts();
+        self.persist().await
+    }
+
+    /// Run step `index` (or its compensation) until it succeeds — `None` —
+    /// or has failed `retries + 1` times — `Some(last error)`. Each attempt
+    /// is persisted before it starts. An attempt that never reported back
+    /// (its instance died) is run again, up to
+    /// [`Config::saga_crash_reruns`](crate::Config::saga_crash_reruns) times:
+    /// a step that kills every instance that runs it must not kill them all.
+    async fn attempts(&mut self, index: usize, direction: Direction, retries: u32) -> Result<Option<String>> {
+        let step = &self.def.steps[index];
+        loop {
+            if self.state.failures > retries {
+                return Ok(Some(self.state.last_error.clone().unwrap_or_default()));
+            }
+            let crashed = self.state.attempts - self.state.failures - self.state.transient;
+            if crashed > self.app.config().saga_crash_reruns {
+                return Ok(Some(format!("the instances running it died {crashed} times before it finished")));
+            }
+            if std::mem::take(&mut self.attempt_recorded) {
+                // The previous step's write already recorded this attempt.
+            } else {
+                self.check_draining()?;
+                self.state.attempts += 1;
+                self.persist().await?;
+            }
+            let ctx = self.context(step.name, index, direction);
+            let span = tracing::info_span!("catga.saga.step", step = step.name, ?direction, attempt = ctx.attempt());
+            let result = match (direction, step.compensation) {
+                (Direction::Forward, _) => {
+                    // The step changes a copy, kept only if it succeeds: a
+                    // failed attempt leaves no half-changed data behind.
+                    let mut data = clone_data(self.def.name, &self.state.id, &self.state.data)?;
+                    let result =
+                        with_timeout(self.app, step.timeout_ms, (step.run)(&mut data, &ctx)).instrument(span).await;
+                    if result.is_ok() {
+                        self.state.data = data;
+                    }
+                    result
+                }
+                (Direction::Compensate, Some((_, undo))) => {
+                    with_timeout(self.app, step.timeout_ms, undo(&self.state.data, &ctx)).instrument(span).await
+                }
+                (Direction::Compensate, None) => return Ok(None),
+            };
+            match result {
+                Ok(()) => return Ok(None),
+                Err(error)
+                    if is_transient(&error) && self.state.transient < self.app.config().saga_transient_retries =>
+                {
+                    // The infrastructure failed, not the step: try again
+                    // without using up the step's own retries.
+                    self.state.transient += 1;
+                    tracing::warn!(step = step.name, ?direction, attempt = ctx.attempt(), %error, "saga step hit a transient error; retrying");
+                    self.state.last_error = Some(error.to_string());
+                    self.app.instance().clock.sleep(RETRY.delay(self.state.transient)).await;
+                }
+                Err(error) => {
+                    tracing::warn!(step = step.name, ?direction, attempt = ctx.attempt(), %error, "saga step failed");
+                    self.state.failures += 1;
+                    self.state.last_error = Some(error.to_string());
+                    if self.state.failures <= retries {
+                        self.app.instance().clock.sleep(RETRY.delay(self.state.failures)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn context(&self, step: &'static str, step_index: usize, direction: Direction) -> SagaContext {
+        SagaContext::new(
+            self.app.clone(),
+            self.def.name,
+            self.state.id.clone(),
+            (step, step_index),
+            direction,
+            self.state.attempts,
+        )
+    }
+}
+
+/// Errors of the infrastructure rather than of the step's own logic: no
+/// handler reachable, a timeout (the caller's or the handler's), the
+/// transport or the store failing, a copy still in progress, an instance
+/// shutting down. A step that meets one
+/// is retried (up to [`Config::saga_transient_retries`](crate::Config::saga_transient_retries)
+/// times) without using up its own retries, so an outage of a few seconds
+/// does not turn into a compensation.
+fn is_transient(error: &StepError) -> bool {
+    HandlerError::is_transient_code(error.code())
+}
+
+/// A step changes a copy of the data, kept only when the step succeeds (a
+/// failed attempt leaves no half-changed data behind).
+fn clone_data<D: Serialize + DeserializeOwned>(saga: &'static str, id: &str, data: &D) -> Result<D> {
+    serde_json::to_value(data).and_then(serde_json::from_value).map_err(|e| Error::Saga {
+        saga: saga.to_owned(),
+        id: id.to_owned(),
+        reason: format!("its data does not round-trip through JSON: {e}"),
+    })
+}
+
+async fn with_timeout(
+    app: &App,
+    limit: Option<u64>,
+    step: BoxFuture<'_, Result<(), StepError>>,
+) -> Result<(), StepError> {
+    match limit {
+        None => step.await,
+        Some(ms) => app.instance().clock.timeout(Duration::from_millis(ms), step).await.unwrap_or_else(|_| {
+            Err(HandlerError::new(HandlerError::HANDLER_TIMEOUT, format!("did not finish within {ms} ms")))
+        }),
+    }
+}
+
+/// Between attempts of a step: 50 ms × 2^(n−1), at most 2 s, jittered.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2)).half_jitter();
+
+/// Renews a lease every third of its TTL until stopped. A lost lease is
+/// only logged here: the next fenced write fails and stops the run.
+struct Renewer(tokio::task::JoinHandle<()>);
+
+impl Renewer {
+    fn start(app: &App, lease: Lease) -> Renewer {
+        let (store, ttl, clock) = (app.store().clone(), app.config().saga_lease_ttl, app.instance().clock);
+        Renewer(tokio::spawn(async move {
+            loop {
+                clock.sleep(ttl / 3).await;
+                match store.renew_lease(&lease, ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(lease = %lease.key, "saga lease lost; another instance may have taken over");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(lease = %lease.key, error = %e, "saga lease renewal failed; retrying"),
+                }
+            }
+        }))
+    }
+
+    fn stop(self) {
+        self.0.abort();
+    }
+}

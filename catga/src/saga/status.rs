@@ -1,0 +1,137 @@
+//! Where a saga is: its status and outcome, its history, what a query
+//! shows ([`SagaInfo`]), and the state persisted between steps.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a saga is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaStatus {
+    /// Running its steps forward.
+    Running,
+    /// A step failed; undoing the completed steps.
+    Compensating,
+    /// Every step succeeded.
+    Completed,
+    /// A step failed and every completed step was compensated.
+    Compensated,
+    /// A compensation failed, or a step after the pivot exhausted its
+    /// retries: needs an operator. Kept and listed.
+    Failed,
+}
+
+impl SagaStatus {
+    /// Completed, compensated or failed: nothing more will run.
+    pub fn is_finished(self) -> bool {
+        matches!(self, SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed)
+    }
+}
+
+/// How a saga ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SagaOutcome {
+    /// Every step succeeded.
+    Completed,
+    /// `error` made a step fail; every completed step was compensated.
+    Compensated {
+        /// The step's error.
+        error: String,
+    },
+    /// A compensation failed, or a retriable step exhausted its retries.
+    Failed {
+        /// What failed.
+        error: String,
+    },
+}
+
+/// One line of a saga's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The step.
+    pub step: String,
+    /// `forward` or `compensate`.
+    pub direction: Direction,
+    /// `None` on success, else the last error.
+    pub error: Option<String>,
+    /// Attempts made (over every instance that ran it).
+    pub attempts: u32,
+}
+
+/// Which way a step ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// The step itself.
+    Forward,
+    /// Its compensation.
+    Compensate,
+}
+
+/// A saga's persisted state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct State<D> {
+    pub(crate) saga: String,
+    pub(crate) id: String,
+    pub(crate) status: SagaStatus,
+    /// Running: the next step to run. Compensating: steps `[0, next)` are
+    /// still to undo, from `next - 1` down.
+    pub(crate) next: usize,
+    /// Attempts of the step (or compensation) at `next` started so far,
+    /// over every instance that ran it.
+    pub(crate) attempts: u32,
+    /// Those of them that returned an error.
+    #[serde(default)]
+    pub(crate) failures: u32,
+    /// Those of them that returned a transient error (not counted in `failures`).
+    #[serde(default)]
+    pub(crate) transient: u32,
+    /// The last error of the step at `next`.
+    #[serde(default)]
+    pub(crate) last_error: Option<String>,
+    pub(crate) data: D,
+    pub(crate) history: Vec<HistoryEntry>,
+    pub(crate) error: Option<String>,
+}
+
+impl<D> State<D> {
+    pub(crate) fn reset_attempts(&mut self) {
+        self.attempts = 0;
+        self.failures = 0;
+        self.transient = 0;
+        self.last_error = None;
+    }
+}
+
+/// What a status query or a listing shows of a saga.
+#[derive(Debug, Clone)]
+pub struct SagaInfo {
+    /// The saga's name.
+    pub saga: String,
+    /// Its id.
+    pub id: String,
+    /// Where it is.
+    pub status: SagaStatus,
+    /// The step running (forward) or being compensated, if any.
+    pub current_step: Option<&'static str>,
+    /// Every step and compensation that finished, in order.
+    pub history: Vec<HistoryEntry>,
+    /// The error that started compensation or failed it.
+    pub error: Option<String>,
+    /// The data as last persisted (JSON).
+    pub data: serde_json::Value,
+    /// The state's version in the store (one per write).
+    pub version: u64,
+}
+
+impl SagaInfo {
+    /// The outcome, once finished.
+    pub fn outcome(&self) -> Option<SagaOutcome> {
+        let error = || self.error.clone().unwrap_or_default();
+        match self.status {
+            SagaStatus::Completed => Some(SagaOutcome::Completed),
+            SagaStatus::Compensated => Some(SagaOutcome::Compensated { error: error() }),
+            SagaStatus::Failed => Some(SagaOutcome::Failed { error: error() }),
+            SagaStatus::Running | SagaStatus::Compensating => None,
+        }
+    }
+}

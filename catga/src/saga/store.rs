@@ -1,0 +1,184 @@
+//! Where a saga lives in the store, and the operations on it that are not
+//! running it: creating it, reading its status, listing.
+//!
+//! Layout (every key in the saga's own scope, so one Cluster slot):
+//! - `catga:{saga:<name>:<id>}:state` — the [`State`] as JSON, versioned;
+//! - `catga:{saga:<name>:<id>}:lease` — the lease of the instance running it;
+//! - `catga:{saga-index:<name>}:active` — a set of the ids that may still
+//!   need running (the recovery sweep reads it);
+//! - `catga:{saga-index:<name>}:failed` — a set of the ids that ended
+//!   `Failed` (kept for an operator).
+
+use serde::Serialize;
+
+use crate::app::App;
+use crate::backoff::Backoff;
+use crate::error::{Error, Result};
+use crate::saga::definition::{SagaDef, sagas};
+use crate::saga::status::{SagaInfo, SagaOutcome, SagaStatus, State};
+use crate::store::{Expect, Key, Lease, StoreError};
+use std::time::Duration;
+
+pub(crate) fn state_key(saga: &str, id: &str) -> (Key, Key) {
+    let scope = format!("saga:{saga}:{id}");
+    (Key::new(&scope, "state"), Key::new(scope, "lease"))
+}
+
+/// The sagas that may still need running (swept by every instance).
+pub(crate) fn index_key(saga: &str) -> Key {
+    Key::new(format!("saga-index:{saga}"), "active")
+}
+
+/// The sagas that ended `Failed`: kept for an operator, not swept.
+fn failed_key(saga: &str) -> Key {
+    Key::new(format!("saga-index:{saga}"), "failed")
+}
+
+/// Move a finished saga out of the sweep's index (a failed one into the
+/// failed index first, so it is never out of both).
+pub(crate) async fn unindex(app: &App, saga: &str, id: &str, status: SagaStatus) -> Result<()> {
+    if status == SagaStatus::Failed {
+        app.store().set_add(&failed_key(saga), id).await?;
+    }
+    app.store().set_remove(&index_key(saga), id).await?;
+    Ok(())
+}
+
+/// Write a new saga's first state under a fresh lease; `None` if saga `id`
+/// exists (or is being created by another instance right now).
+pub(crate) async fn create<D: Serialize>(
+    def: &'static SagaDef<D>,
+    app: &App,
+    id: &str,
+    data: D,
+) -> Result<Option<(Lease, State<D>, u64)>> {
+    check_id(def.name, id)?;
+    let store = app.store();
+    let (state_key, lease_key) = state_key(def.name, id);
+    // Index first: the sweep finds every saga that may exist (a stale
+    // entry is dropped by the sweep when it finds the saga finished).
+    store.set_add(&index_key(def.name), id).await?;
+    // No read first: the write below expects no state, so an existing saga
+    // is refused there (a new saga, the common case, saves a round trip).
+    let Some(lease) = store.acquire_lease(&lease_key, &owner(app), app.config().saga_lease_ttl).await? else {
+        return Ok(None);
+    };
+    let state = State {
+        saga: def.name.to_owned(),
+        id: id.to_owned(),
+        status: SagaStatus::Running,
+        next: 0,
+        // The first step's first attempt, recorded with the saga itself.
+        attempts: 1,
+        failures: 0,
+        transient: 0,
+        last_error: None,
+        data,
+        history: Vec::new(),
+        error: None,
+    };
+    match store.put_fenced(&state_key, Expect::Absent, &encode(def.name, &state)?, &lease).await {
+        Ok(version) => Ok(Some((lease, state, version))),
+        Err(e) => {
+            let _ = store.release_lease(&lease).await;
+            match e {
+                Error::Store(StoreError::Conflict { .. }) => Ok(None),
+                e => Err(e),
+            }
+        }
+    }
+}
+
+/// Between polls for the outcome of a saga running elsewhere.
+const OUTCOME_POLL: Backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(200));
+
+/// Poll the store until saga `id` finishes (someone else runs it).
+pub(crate) async fn wait_for_outcome(saga: &str, app: &App, id: &str) -> Result<SagaOutcome> {
+    let limit = app.config().saga_wait;
+    let clock = app.instance().clock;
+    let started = clock.now();
+    let mut polls = 0;
+    loop {
+        if let Some(outcome) = status(saga, app, id).await?.and_then(|info| info.outcome()) {
+            return Ok(outcome);
+        }
+        if started.elapsed() >= limit {
+            return Err(Error::Saga {
+                saga: saga.to_owned(),
+                id: id.to_owned(),
+                reason: format!(
+                    "it exists and is running elsewhere, and did not finish within {limit:?}; \
+                     query it with saga_status"
+                ),
+            });
+        }
+        polls += 1;
+        clock.sleep(OUTCOME_POLL.delay(polls)).await;
+    }
+}
+
+fn check_id(saga: &str, id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > 200 || id.contains(['{', '}']) {
+        return Err(Error::Saga {
+            saga: saga.to_owned(),
+            id: id.to_owned(),
+            reason: "a saga id is 1 to 200 characters without `{` or `}`".into(),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn owner(app: &App) -> String {
+    format!("{}#{:08x}", app.instance_id(), fastrand::u32(..))
+}
+
+pub(crate) fn encode<D: Serialize>(saga: &'static str, state: &State<D>) -> Result<Vec<u8>> {
+    serde_json::to_vec(state).map_err(|e| Error::Saga {
+        saga: saga.to_owned(),
+        id: state.id.clone(),
+        reason: format!("its data does not serialize as JSON: {e}"),
+    })
+}
+
+/// The status of saga `id` of the named saga type, if it exists.
+pub(crate) async fn status(saga: &str, app: &App, id: &str) -> Result<Option<SagaInfo>> {
+    let (state_key, _) = state_key(saga, id);
+    let Some(stored) = app.store().get(&state_key).await? else { return Ok(None) };
+    let state: State<serde_json::Value> = serde_json::from_slice(&stored.value).map_err(|e| Error::Saga {
+        saga: saga.to_owned(),
+        id: id.to_owned(),
+        reason: format!("its stored state is not readable: {e}"),
+    })?;
+    let steps = sagas().into_iter().find(|s| s.name == saga).map(|s| s.entry.step_names()).unwrap_or_default();
+    let current = match state.status {
+        SagaStatus::Running => steps.get(state.next).copied(),
+        SagaStatus::Compensating => state.next.checked_sub(1).and_then(|i| steps.get(i)).copied(),
+        _ => None,
+    };
+    Ok(Some(SagaInfo {
+        saga: state.saga,
+        id: state.id,
+        status: state.status,
+        current_step: current,
+        history: state.history,
+        error: state.error,
+        data: state.data,
+        version: stored.version,
+    }))
+}
+
+/// Every saga of the named type that is running, compensating or failed
+/// (finished sagas leave the indexes) and that `keep` accepts.
+pub(crate) async fn list(saga: &str, app: &App, keep: impl Fn(SagaStatus) -> bool) -> Result<Vec<SagaInfo>> {
+    let mut out = Vec::new();
+    let mut ids = app.store().set_members(&index_key(saga)).await?;
+    ids.extend(app.store().set_members(&failed_key(saga)).await?);
+    for id in ids {
+        if let Some(info) = status(saga, app, &id).await?
+            && keep(info.status)
+        {
+            out.push(info);
+        }
+    }
+    Ok(out)
+}

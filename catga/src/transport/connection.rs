@@ -1,0 +1,142 @@
+//! One NATS connection of an instance: the client (reconnecting on its own),
+//! JetStream contexts, the send retry policy, and the pieces the core and
+//! durable paths share — sending a reply, waiting for a drain.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use async_nats::Subject;
+use tokio::sync::watch;
+
+use crate::backoff::Backoff;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::{Error, HandlerError, Result};
+use crate::registry::HandlerRecord;
+use crate::transport::envelope;
+
+/// Between attempts of a send (after a timeout or "no responders"), and of
+/// storing a durable message: 50 ms × 2^(n−1), at most 1 s, full jitter.
+pub(crate) const SEND_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1)).full_jitter();
+
+/// Between reconnection attempts: 50 ms × 2^(n−1), at most 2 s, jittered.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2)).half_jitter();
+
+/// A connected client and what every NATS path of the instance shares.
+pub(crate) struct Connection {
+    pub(crate) client: async_nats::Client,
+    pub(crate) clock: Clock,
+    /// JetStream, for durable contracts: publishing, whose acknowledgement
+    /// waits up to the request timeout...
+    pub(crate) js: async_nats::jetstream::Context,
+    /// ...and managing streams and consumers, which gets at least 5 s
+    /// whatever the request timeout (a busy server's API is slower).
+    pub(crate) js_admin: async_nats::jetstream::Context,
+    /// Retries of a send or of storing a durable message.
+    pub(crate) retries: u32,
+    /// Sends retried so far.
+    pub(crate) retried: AtomicU64,
+    /// Becomes true when the connection has closed after a client drain.
+    closed: watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// Connect to the configured servers. A server that cannot be reached
+    /// at startup is an error naming it; after that, the client reconnects
+    /// on its own (with backoff) and resubscribes.
+    pub(crate) async fn connect(config: &Config, clock: Clock) -> Result<Connection> {
+        let url = config.nats_url.as_deref().unwrap_or_default();
+        let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let instance = config.instance_id.clone();
+        let (closed_tx, closed) = watch::channel(false);
+        let options = async_nats::ConnectOptions::new()
+            .name(format!("catga:{}:{}", config.service, config.instance_id))
+            .ping_interval(config.nats_ping_interval)
+            .connection_timeout(Duration::from_secs(5))
+            .max_reconnects(None)
+            // What a subscription buffers beyond the handlings in flight;
+            // past it the client drops messages and reports a slow consumer.
+            .subscription_capacity((config.max_in_flight * 4).max(1024))
+            .reconnect_delay_callback(|attempt| RECONNECT.delay(u32::try_from(attempt).unwrap_or(u32::MAX)))
+            .event_callback(move |event: async_nats::Event| {
+                let instance = instance.clone();
+                let closed_tx = closed_tx.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Closed => {
+                            tracing::info!(%instance, "nats: connection closed");
+                            let _ = closed_tx.send(true);
+                        }
+                        async_nats::Event::Connected => tracing::info!(%instance, "nats: connected"),
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!(%instance, "nats: disconnected, reconnecting")
+                        }
+                        async_nats::Event::SlowConsumer(sid) => tracing::warn!(
+                            %instance,
+                            sid,
+                            "nats: slow consumer, messages dropped by the client; raise max_in_flight or add instances"
+                        ),
+                        other => tracing::info!(%instance, event = %other, "nats: connection event"),
+                    }
+                }
+            });
+        let client = async_nats::connect_with_options(servers.clone(), options).await.map_err(|e| {
+            Error::Config(format!(
+                "cannot connect to NATS at {url:?}: {e}; check CATGA_NATS_URL and that nats-server is running"
+            ))
+        })?;
+        Ok(Connection {
+            js: async_nats::jetstream::ContextBuilder::new().timeout(config.request_timeout).build(client.clone()),
+            js_admin: async_nats::jetstream::ContextBuilder::new()
+                .timeout(config.request_timeout.max(Duration::from_secs(5)))
+                .build(client.clone()),
+            client,
+            clock,
+            retries: config.send_retries,
+            retried: AtomicU64::new(0),
+            closed,
+        })
+    }
+
+    /// Flush replies and publishes still buffered in the client, then close
+    /// the connection cleanly (a process that exits with unread data on
+    /// its socket resets the connection, and the kernel may drop the last
+    /// replies still queued to send).
+    pub(crate) async fn close(&self) {
+        let client = &self.client;
+        match self.clock.timeout(Duration::from_secs(2), client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "nats: final flush failed"),
+            Err(_) => tracing::warn!("nats: final flush did not finish within 2 s (disconnected?)"),
+        }
+        if client.drain().await.is_ok() {
+            let mut closed = self.closed.clone();
+            if self.clock.timeout(Duration::from_secs(2), drained(&mut closed)).await.is_err() {
+                tracing::warn!("nats: connection did not close within 2 s");
+            }
+        }
+    }
+}
+
+/// Resolves once shutdown asks the subscriptions to drain.
+pub(crate) async fn drained(signal: &mut watch::Receiver<bool>) {
+    // An error means the transport is gone: that is a drain too.
+    let _ = signal.wait_for(|drain| *drain).await;
+}
+
+/// Send the final reply of a handling by `record` to `reply_to`.
+pub(crate) async fn send_reply(
+    client: &async_nats::Client,
+    record: &'static HandlerRecord,
+    reply_to: Subject,
+    outcome: std::result::Result<Vec<u8>, HandlerError>,
+) {
+    let (headers, body) = envelope::final_reply(outcome, record.name, client.server_info().max_payload);
+    let sent = match headers {
+        None => client.publish(reply_to.clone(), body).await,
+        Some(headers) => client.publish_with_headers(reply_to.clone(), headers, body).await,
+    };
+    if let Err(e) = sent {
+        tracing::warn!(reply_to = %reply_to, error = %e, "nats: could not send reply");
+    }
+}

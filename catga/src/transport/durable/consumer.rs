@@ -1,0 +1,259 @@
+//! A durable handler's pull loop, and the handling of one message: keep it
+//! alive while it runs, then carry out the [decision](super::decision) —
+//! reply and ack, redeliver later, or dead-letter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Subject;
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{self, AckKind};
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::{Semaphore, watch};
+
+use crate::clock::Clock;
+use crate::error::HandlerError;
+use crate::instance::InFlight;
+use crate::receiver::Receiver;
+use crate::registry::HandlerKind;
+use crate::transport::connection::{Connection, drained, send_reply};
+use crate::transport::durable::decision::{self, Decision};
+use crate::transport::durable::dlq::{self, DLQ_PREFIX};
+use crate::transport::durable::topology::Settings;
+use crate::transport::envelope::{header, headers, metadata_of};
+use crate::transport::service::EndpointStats;
+
+/// How long a running durable handling is kept alive with progress acks;
+/// past it, it is taken as hung and the message is redelivered.
+const PROGRESS_LIMIT: Duration = Duration::from_secs(600);
+
+/// How long one pull request waits on the server for messages.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+/// A durable handler's loop: pull as many messages as there are free
+/// handling slots, handle each on its own task, acknowledge by outcome.
+pub(crate) struct DurableServe {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    clock: Clock,
+    receiver: Receiver,
+    stats: Arc<EndpointStats>,
+    settings: Settings,
+    consumer: PullConsumer,
+}
+
+impl DurableServe {
+    pub(crate) fn new(
+        conn: &Connection,
+        settings: Settings,
+        receiver: Receiver,
+        stats: Arc<EndpointStats>,
+        consumer: PullConsumer,
+    ) -> DurableServe {
+        let (client, js, clock) = (conn.client.clone(), conn.js_admin.clone(), conn.clock);
+        DurableServe { client, js, clock, receiver, stats, settings, consumer }
+    }
+
+    pub(crate) async fn run(self, mut drain: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(this.settings.max_in_flight));
+        let subject = this.receiver.record().subject;
+        loop {
+            // Back-pressure: pull nothing until a slot is free, then ask for
+            // as many messages as there are free slots.
+            let first = tokio::select! {
+                permit = permits.clone().acquire_owned() => permit,
+                _ = drained(&mut drain) => return,
+            };
+            let Ok(first) = first else { return };
+            let want = 1 + permits.available_permits();
+            let batch = tokio::select! {
+                batch = this.consumer.batch().max_messages(want).expires(PULL_EXPIRES).messages() => batch,
+                _ = drained(&mut drain) => return,
+            };
+            let mut batch = match batch {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::warn!(subject, error = %e, "jetstream: pull request failed; retrying in 1 s");
+                    drop(first);
+                    tokio::select! {
+                        _ = this.clock.sleep(Duration::from_secs(1)) => continue,
+                        _ = drained(&mut drain) => return,
+                    }
+                }
+            };
+            let mut slot = Some(first);
+            let mut failed = false;
+            loop {
+                let next = tokio::select! {
+                    next = batch.next() => next,
+                    _ = drained(&mut drain) => {
+                        // Stop pulling. What already arrived but was not
+                        // started goes back at once for another instance;
+                        // what the server sends after this is redelivered
+                        // after ack_wait.
+                        while let Some(Some(Ok(message))) = batch.next().now_or_never() {
+                            let _ = message.ack_with(AckKind::Nak(None)).await;
+                        }
+                        return;
+                    }
+                };
+                let message = match next {
+                    None => break, // the batch is complete or expired: pull again
+                    Some(Ok(message)) => message,
+                    Some(Err(e)) => {
+                        tracing::warn!(subject, error = %e, "jetstream: pull ended with an error; pulling again in 1 s");
+                        failed = true;
+                        break;
+                    }
+                };
+                let permit = match slot.take() {
+                    Some(permit) => permit,
+                    // Asked for no more than were free, so this is immediate.
+                    None => match permits.clone().acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                };
+                // The handling's count and the reply's and ack's (see
+                // `Receiver::accept`).
+                let Some((in_flight, acking)) = this.receiver.accept(permit) else { return };
+                let this = this.clone();
+                tokio::spawn(async move {
+                    this.handle(message, in_flight).await;
+                    drop(acking);
+                });
+            }
+            if failed {
+                // Do not spin on a consumer that keeps failing (e.g. one the
+                // server deleted): wait a second between pulls.
+                tokio::select! {
+                    _ = this.clock.sleep(Duration::from_secs(1)) => {}
+                    _ = drained(&mut drain) => return,
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, message: jetstream::Message, in_flight: InFlight) {
+        let record = self.receiver.record();
+        let meta = metadata_of(&message.message);
+        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+        let reply_to = header(&message.message, headers::REPLY_TO).map(Subject::from);
+        let started = self.clock.now();
+        let outcome = match decision::refuse_before_running(delivered, &self.settings) {
+            Some(refused) => {
+                drop(in_flight);
+                Err(refused)
+            }
+            None => {
+                let handling = record.entry.call_to_end(&message.payload, record, in_flight, meta);
+                self.keep_alive(&message, handling).await
+            }
+        };
+        if record.kind == HandlerKind::Command {
+            self.stats.record(started.elapsed(), outcome.as_ref().err());
+        }
+        let error = match outcome {
+            Ok(reply) => {
+                // Reply, then ack: a crash in between redelivers the
+                // message; the other order could lose the reply.
+                self.reply(reply_to, Ok(reply)).await;
+                if let Err(e) = message.ack().await {
+                    tracing::warn!(subject = record.subject, error = %e, "jetstream: ack failed; the message will be redelivered");
+                }
+                return;
+            }
+            Err(error) => error,
+        };
+        match decision::after_failure(error.code(), delivered, &self.settings) {
+            Decision::Later { delay } => {
+                // Another copy is still running (or its claim has not lapsed):
+                // not a failure of this message; try again later.
+                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+            Decision::Retry { delay } => {
+                tracing::warn!(
+                    subject = record.subject,
+                    handler = record.name,
+                    message_id = %meta.message_id,
+                    delivered,
+                    max_deliver = self.settings.max_deliver,
+                    ?delay,
+                    %error,
+                    "durable handling failed; redelivering"
+                );
+                if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                    tracing::warn!(subject = record.subject, error = %e, "jetstream: nak failed; redelivered after ack_wait");
+                }
+            }
+            Decision::DeadLetter => {
+                if let Err(e) = dlq::write(&self.js, record, &message, &error, delivered).await {
+                    // Not stored in the DLQ: leave it unacknowledged rather than drop it.
+                    tracing::error!(
+                        subject = record.subject,
+                        message_id = %meta.message_id,
+                        error = %e,
+                        "could not dead-letter a failed durable message; it will be delivered again and dead-lettered then"
+                    );
+                    let _ = message.ack_with(AckKind::Nak(Some(self.settings.ack_wait))).await;
+                    return;
+                }
+                tracing::error!(
+                    subject = record.subject,
+                    handler = record.name,
+                    message_id = %meta.message_id,
+                    delivered,
+                    %error,
+                    "durable message dead-lettered to {DLQ_PREFIX}{}",
+                    record.subject
+                );
+                self.reply(reply_to, Err(error)).await;
+                if let Err(e) = message.ack_with(AckKind::Term).await {
+                    tracing::warn!(subject = record.subject, error = %e, "jetstream: term failed");
+                }
+            }
+        }
+    }
+
+    /// A command's reply to its sender's inbox (events have none).
+    async fn reply(&self, reply_to: Option<Subject>, outcome: Result<Vec<u8>, HandlerError>) {
+        let record = self.receiver.record();
+        if let (HandlerKind::Command, Some(to)) = (record.kind, reply_to) {
+            send_reply(&self.client, record, to, outcome).await;
+        }
+    }
+
+    /// Await the handling, telling the server every `ack_wait / 3` that it
+    /// is still in progress (so a long handler is not redelivered).
+    async fn keep_alive<T>(&self, message: &jetstream::Message, handling: impl std::future::Future<Output = T>) -> T {
+        let period = (self.settings.ack_wait / 3).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval_at(self.clock.now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut handling = std::pin::pin!(handling);
+        let started = self.clock.now();
+        let mut alive = true;
+        loop {
+            tokio::select! {
+                outcome = &mut handling => return outcome,
+                _ = tick.tick(), if alive => {
+                    if started.elapsed() > PROGRESS_LIMIT {
+                        // A handler this slow is taken as hung: let the
+                        // server redeliver the message after ack_wait.
+                        alive = false;
+                        tracing::warn!(
+                            subject = self.receiver.record().subject,
+                            handler = self.receiver.record().name,
+                            "durable handling still running after {PROGRESS_LIMIT:?}; no more progress acks, the \
+                             message will be redelivered (give the handler a timeout)"
+                        );
+                        continue;
+                    }
+                    if let Err(e) = message.ack_with(AckKind::Progress).await {
+                        tracing::debug!(subject = self.receiver.record().subject, error = %e, "jetstream: progress ack failed");
+                    }
+                }
+            }
+        }
+    }
+}

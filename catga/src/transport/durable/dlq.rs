@@ -1,0 +1,187 @@
+//! The dead-letter stream: every durable message whose last delivery
+//! failed, copied with why; listing and replaying them.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use futures_util::StreamExt;
+
+use crate::error::{HandlerError, Result};
+use crate::metadata::MessageId;
+use crate::registry::HandlerRecord;
+use crate::transport::durable::js_error;
+use crate::transport::durable::sender::NATS_MSG_ID;
+use crate::transport::envelope::{header, headers};
+
+/// The dead-letter stream: every durable message whose last delivery
+/// failed, on `catga.dlq.<original subject>`.
+pub const DLQ_STREAM: &str = "CATGA_DLQ";
+/// Subjects of the dead-letter stream: this prefix + the original subject.
+pub const DLQ_PREFIX: &str = "catga.dlq.";
+
+/// Copy the message, with why it failed, to `catga.dlq.<subject>`;
+/// returns once the server stored it.
+pub(crate) async fn write(
+    js: &jetstream::Context,
+    record: &'static HandlerRecord,
+    message: &jetstream::Message,
+    error: &HandlerError,
+    delivered: i64,
+) -> Result<()> {
+    let mut h = message.headers.clone().unwrap_or_default();
+    let clean = |s: &str| {
+        let mut s = s.replace(['\r', '\n'], " ");
+        truncate(&mut s, 1024);
+        s
+    };
+    h.insert(headers::DLQ_REASON, clean(error.message()));
+    h.insert(headers::DLQ_CODE, clean(error.code()));
+    h.insert(headers::DLQ_HANDLER, format!("{}::{}", record.module, record.name));
+    h.insert(headers::ORIGINAL_SUBJECT, record.subject);
+    h.insert(headers::DELIVERY_COUNT, delivered.to_string());
+    // A fresh deduplication id: the original's would make the dead-letter
+    // stream drop a second letter of the same message (another queue
+    // group's, another instance's) as a duplicate.
+    h.insert(NATS_MSG_ID, MessageId::new().to_string());
+    let subject = format!("{DLQ_PREFIX}{}", record.subject);
+    let failed = |e: &dyn std::fmt::Display| js_error(record.subject, format!("dead-lettering to {subject}: {e}"));
+    let ack = js.publish_with_headers(subject.clone(), h, message.payload.clone()).await.map_err(|e| failed(&e))?;
+    ack.await.map(drop).map_err(|e| failed(&e))
+}
+
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+/// A message in the dead-letter stream, as [`App::dead_letters`](crate::App::dead_letters) lists it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// Its sequence in the `CATGA_DLQ` stream (what
+    /// [`App::replay_dead_letter`](crate::App::replay_dead_letter) takes).
+    pub sequence: u64,
+    /// The subject it was sent on.
+    pub subject: String,
+    /// Its Catga message id.
+    pub message_id: Option<MessageId>,
+    /// The last error's message.
+    pub reason: String,
+    /// The last error's code.
+    pub code: String,
+    /// The handler that failed (`module::function`).
+    pub handler: String,
+    /// How many times it was delivered.
+    pub deliveries: u64,
+    /// The payload, as it was sent.
+    pub payload: Vec<u8>,
+}
+
+async fn dead_letter_stream(js: &jetstream::Context) -> Result<Option<jetstream::stream::Stream>> {
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    match js.get_stream(DLQ_STREAM).await {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.code() == 404) => Ok(None),
+        Err(e) => Err(js_error("catga.dlq", format!("cannot read the dead-letter stream {DLQ_STREAM}: {e}"))),
+    }
+}
+
+/// Every dead letter of `subject`, oldest first.
+pub(crate) async fn dead_letters(js: &jetstream::Context, subject: &str) -> Result<Vec<DeadLetter>> {
+    let Some(stream) = dead_letter_stream(js).await? else { return Ok(Vec::new()) };
+    let failed = |e: &dyn std::fmt::Display| js_error("catga.dlq", format!("listing dead letters of {subject:?}: {e}"));
+    // A short-lived consumer that reads the subject's letters without
+    // acknowledging anything; the server removes it after 30 s idle.
+    let mut consumer: PullConsumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: format!("{DLQ_PREFIX}{subject}"),
+            ack_policy: AckPolicy::None,
+            deliver_policy: DeliverPolicy::All,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed(&e))?;
+    let total = consumer.info().await.map_err(|e| failed(&e))?.num_pending as usize;
+    let mut letters = Vec::with_capacity(total);
+    while letters.len() < total {
+        let want = (total - letters.len()).min(256);
+        let mut batch = consumer
+            .batch()
+            .max_messages(want)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .map_err(|e| failed(&e))?;
+        let before = letters.len();
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(|e| failed(&e))?;
+            let sequence = message.info().map(|i| i.stream_sequence).map_err(|e| failed(&e))?;
+            let get = |name: &str| header(&message.message, name).unwrap_or_default().to_owned();
+            letters.push(DeadLetter {
+                sequence,
+                subject: header(&message.message, headers::ORIGINAL_SUBJECT)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| message.subject.trim_start_matches(DLQ_PREFIX).to_owned()),
+                message_id: get(headers::MESSAGE_ID).parse().ok(),
+                reason: get(headers::DLQ_REASON),
+                code: get(headers::DLQ_CODE),
+                handler: get(headers::DLQ_HANDLER),
+                deliveries: get(headers::DELIVERY_COUNT).parse().unwrap_or(0),
+                payload: message.payload.to_vec(),
+            });
+        }
+        if letters.len() == before {
+            break; // deleted meanwhile
+        }
+    }
+    let name = consumer.cached_info().name.clone();
+    let _ = stream.delete_consumer(&name).await;
+    Ok(letters)
+}
+
+/// Publish dead letter `sequence` again to its original subject, with its
+/// original Catga headers and a fresh `Nats-Msg-Id` (so JetStream's
+/// duplicate window does not swallow it), then delete it from the DLQ.
+pub(crate) async fn replay(js: &jetstream::Context, sequence: u64) -> Result<()> {
+    let failed = |e: &dyn std::fmt::Display| js_error("catga.dlq", format!("replaying dead letter {sequence}: {e}"));
+    let Some(stream) = dead_letter_stream(js).await? else {
+        return Err(failed(&format!("there is no {DLQ_STREAM} stream (nothing was ever dead-lettered)")));
+    };
+    let letter = stream.get_raw_message(sequence).await.map_err(|e| failed(&e))?;
+    let subject = letter
+        .headers
+        .get(headers::ORIGINAL_SUBJECT)
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_else(|| letter.subject.trim_start_matches(DLQ_PREFIX).to_owned());
+    let dropped = [
+        headers::DLQ_REASON,
+        headers::DLQ_CODE,
+        headers::DLQ_HANDLER,
+        headers::ORIGINAL_SUBJECT,
+        headers::DELIVERY_COUNT,
+        headers::REPLY_TO, // the caller stopped waiting long ago
+        NATS_MSG_ID,
+    ];
+    let mut h = HeaderMap::new();
+    for (name, values) in letter.headers.iter() {
+        if dropped.iter().any(|d| d.eq_ignore_ascii_case(name.as_ref())) {
+            continue;
+        }
+        for value in values {
+            h.append(name.clone(), value.clone());
+        }
+    }
+    h.insert(NATS_MSG_ID, MessageId::new().to_string());
+    let ack = js.publish_with_headers(subject.clone(), h, letter.payload).await.map_err(|e| failed(&e))?;
+    ack.await.map_err(|e| failed(&format!("{subject}: {e}")))?;
+    stream.delete_message(sequence).await.map_err(|e| failed(&e))?;
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! The wire envelope of the NATS and durable paths: header names, the
+//! headers of a request or event, the ids read back from them, and how a
+//! reply is written and read. The format is `docs/WIRE.md`.
+//!
+//! A reply is read as a [`ReplyPart`]: today every reply is one message,
+//! the final one; a signal sent before it (a handler saying it is still
+//! working) would be another part, and a caller waits on until the final
+//! one.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+
+use crate::codec::{Codec, Json};
+use crate::error::{Error, HandlerError, Result};
+use crate::message::Command;
+use crate::metadata::{MessageId, Metadata};
+
+/// Header names of the Catga wire format (see `docs/WIRE.md`).
+pub mod headers {
+    /// The message id (32 hex digits); retries of one send reuse it.
+    pub const MESSAGE_ID: &str = "Catga-Message-Id";
+    /// The conversation id (32 hex digits). Catga sends it as the trace id
+    /// of `traceparent`; this header, when a sender sets it, takes precedence.
+    pub const CORRELATION_ID: &str = "Catga-Correlation-Id";
+    /// The id of the message whose handler sent this one.
+    pub const CAUSATION_ID: &str = "Catga-Causation-Id";
+    /// W3C trace context: trace id = correlation id, parent id = message id.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// The codec's MIME type; absent means `application/json`.
+    pub const CONTENT_TYPE: &str = "Content-Type";
+    /// On error replies: `error` (a reply without it is a success).
+    pub const STATUS: &str = "Catga-Status";
+    /// On error replies: the handler's error code (the body is the message).
+    pub const ERROR_CODE: &str = "Catga-Error-Code";
+    /// On durable commands: the subject the reply goes to (the sender's
+    /// reply inbox), since a JetStream message has no reply subject of its own.
+    pub const REPLY_TO: &str = "Catga-Reply-To";
+    /// On dead letters: the last error's message.
+    pub const DLQ_REASON: &str = "Catga-Dlq-Reason";
+    /// On dead letters: the last error's code.
+    pub const DLQ_CODE: &str = "Catga-Dlq-Code";
+    /// On dead letters: the handler that failed (`module::function`).
+    pub const DLQ_HANDLER: &str = "Catga-Dlq-Handler";
+    /// On dead letters: the subject the message was sent on.
+    pub const ORIGINAL_SUBJECT: &str = "Catga-Original-Subject";
+    /// On dead letters: how many times it was delivered.
+    pub const DELIVERY_COUNT: &str = "Catga-Delivery-Count";
+}
+
+/// The headers of a request or event: kept to what a receiver needs,
+/// because every header costs parsing on the server and both clients.
+/// The correlation id travels as the W3C trace id; the content type only
+/// when it is not JSON (the default).
+pub(crate) fn request_headers(meta: &Metadata, content_type: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(headers::MESSAGE_ID, meta.message_id.to_string());
+    h.insert(headers::TRACEPARENT, traceparent(meta));
+    if let Some(cause) = meta.causation_id {
+        h.insert(headers::CAUSATION_ID, cause.to_string());
+    }
+    if content_type != Json::CONTENT_TYPE {
+        h.insert(headers::CONTENT_TYPE, content_type);
+    }
+    h
+}
+
+/// `00-{trace id = correlation id}-{parent id = low 64 bits of the message id}-01`.
+fn traceparent(meta: &Metadata) -> String {
+    format!("00-{}-{:016x}-01", meta.correlation_id, meta.message_id.as_u128() as u64)
+}
+
+/// The ids of a received message; a message without them (a plain NATS
+/// client) starts a conversation.
+pub(crate) fn metadata_of(message: &async_nats::Message) -> Metadata {
+    let id = |name: &str| -> Option<MessageId> { header(message, name)?.parse().ok() };
+    let message_id = id(headers::MESSAGE_ID).unwrap_or_default();
+    let trace_id = || {
+        let tp = header(message, headers::TRACEPARENT)?;
+        tp.split('-').nth(1)?.parse::<MessageId>().ok()
+    };
+    Metadata {
+        message_id,
+        correlation_id: id(headers::CORRELATION_ID).or_else(trace_id).unwrap_or(message_id),
+        causation_id: id(headers::CAUSATION_ID),
+    }
+}
+
+/// A header's value, if the message has it.
+pub(crate) fn header<'a>(message: &'a async_nats::Message, name: &str) -> Option<&'a str> {
+    Some(message.headers.as_ref()?.get(name)?.as_str())
+}
+
+/// One message of a reply, as read by the caller.
+pub(crate) enum ReplyPart<'a> {
+    /// The outcome: the encoded reply, or the handler's error.
+    Final(std::result::Result<&'a [u8], HandlerError>),
+}
+
+/// Read one reply message: a success is the bare payload; an error has
+/// `Catga-Status: error`, its code in `Catga-Error-Code` and its message as
+/// the body.
+pub(crate) fn read_reply(reply: &async_nats::Message) -> ReplyPart<'_> {
+    if header(reply, headers::STATUS) == Some("error") {
+        let code = header(reply, headers::ERROR_CODE).unwrap_or(HandlerError::INTERNAL).to_owned();
+        let message = String::from_utf8_lossy(&reply.payload).into_owned();
+        return ReplyPart::Final(Err(HandlerError::new(code, message)));
+    }
+    ReplyPart::Final(Ok(&reply.payload))
+}
+
+/// The final reply message of a handling by `handler`: headers (none for a
+/// success, so there is nothing to parse) and body. A reply over the
+/// server's `max_payload` becomes a `payload_too_large` error reply, not
+/// silence; an error's message is cut to fit.
+pub(crate) fn final_reply(
+    outcome: std::result::Result<Vec<u8>, HandlerError>,
+    handler: &str,
+    max_payload: usize,
+) -> (Option<HeaderMap>, Bytes) {
+    let outcome = outcome.and_then(|body| {
+        if body.len() <= max_payload {
+            return Ok(body);
+        }
+        Err(HandlerError::new(
+            HandlerError::PAYLOAD_TOO_LARGE,
+            format!("the reply of `{handler}` is {} bytes, over the server's max_payload of {max_payload}", body.len()),
+        ))
+    });
+    match outcome {
+        Ok(body) => (None, body.into()),
+        Err(error) => {
+            let mut h = HeaderMap::new();
+            h.insert(headers::STATUS, "error");
+            // A header value cannot hold a line break.
+            h.insert(headers::ERROR_CODE, error.code().replace(['\r', '\n'], " "));
+            let mut message = error.message().as_bytes().to_vec();
+            message.truncate(max_payload.saturating_sub(256));
+            (Some(h), message.into())
+        }
+    }
+}
+
+/// A codec failure on `subject`, naming the type.
+pub(crate) fn codec_error<T>(action: &'static str, subject: &'static str, reason: String) -> Error {
+    Error::Codec { action, type_name: std::any::type_name::<T>(), subject, reason }
+}
+
+/// A command's reply, typed: decoded with the command's codec, or the
+/// handler's error.
+pub(crate) fn decode_reply<C: Command>(reply: &async_nats::Message) -> Result<C::Reply> {
+    match read_reply(reply) {
+        ReplyPart::Final(Ok(body)) => {
+            C::Codec::decode(body).map_err(|e| codec_error::<C::Reply>("decode", C::SUBJECT, e.0))
+        }
+        ReplyPart::Final(Err(error)) => Err(Error::Handler { subject: C::SUBJECT, error }),
+    }
+}
