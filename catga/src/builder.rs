@@ -11,7 +11,7 @@ use crate::app::App;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::instance::{Instance, Parts, State};
+use crate::instance::{Instance, State};
 use crate::middleware::Middleware;
 use crate::registry::{self, HandlerRecord};
 use crate::saga::{definition, recovery};
@@ -375,15 +375,7 @@ impl Builder {
             (Some(_), None) => Transport::Nats(crate::transport::nats::Nats::connect(&config, self.clock).await?),
             (None, bus) => Transport::Memory(bus.unwrap_or_else(MemoryBus::global)),
         };
-        let instance = Instance::new(Parts {
-            config,
-            transport,
-            store,
-            middleware: self.middleware,
-            state: self.state,
-            handlers,
-            clock: self.clock,
-        });
+        let instance = Instance::new(config, transport, store, self.middleware, self.state, handlers, self.clock);
         instance.transport.subscribe(&instance, &instance.handlers).await?;
         // Every instance that links a saga type helps recover it (but not a
         // client: `client_only`).

@@ -90,20 +90,16 @@ pub struct ShutdownReport {
     pub waited: Duration,
 }
 
-/// What [`Instance::new`] takes.
-pub(crate) struct Parts {
-    pub(crate) config: Config,
-    pub(crate) transport: Transport,
-    pub(crate) store: Store,
-    pub(crate) middleware: Vec<Arc<dyn Middleware>>,
-    pub(crate) state: State,
-    pub(crate) handlers: Vec<&'static HandlerRecord>,
-    pub(crate) clock: Clock,
-}
-
 impl Instance {
-    pub(crate) fn new(parts: Parts) -> Arc<Instance> {
-        let Parts { config, transport, store, middleware, state, handlers, clock } = parts;
+    pub(crate) fn new(
+        config: Config,
+        transport: Transport,
+        store: Store,
+        middleware: Vec<Arc<dyn Middleware>>,
+        state: State,
+        handlers: Vec<&'static HandlerRecord>,
+        clock: Clock,
+    ) -> Arc<Instance> {
         Arc::new(Instance {
             config,
             transport,
