@@ -32,11 +32,17 @@ struct Plan {
     flaky: Vec<String>,
     /// Sleep in this step (ms) — to stop a runner mid-step.
     slow_step: Option<(String, u64)>,
+    /// The step that panics: on every attempt, or (with `flaky`) on its first.
+    #[serde(default)]
+    panic_step: Option<String>,
     done: Vec<String>,
 }
 
 fn step(plan: &mut Plan, ctx: &SagaContext) -> Result<(), StepError> {
     let name = ctx.step();
+    if plan.panic_step.as_deref() == Some(name) && (ctx.attempt() == 1 || !plan.flaky.iter().any(|s| s == name)) {
+        panic!("{name} panicked on purpose");
+    }
     if plan.fail_step.as_deref() == Some(name) || (plan.flaky.iter().any(|s| s == name) && ctx.attempt() == 1) {
         return Err(StepError::new("step_failed", format!("{name} failed on purpose")));
     }
@@ -420,4 +426,138 @@ async fn submit_returns_once_the_saga_is_durable_and_runs_it_in_the_background()
     assert!(!app.submit_saga::<Order>("sub-1", Plan::default()).await.unwrap(), "exists: nothing new starts");
     assert_eq!(finished(&app, "sub-1").await.status, SagaStatus::Completed);
     assert_eq!(effects("sub-1"), ["charge", "reserve", "create", "notify"]);
+}
+
+async fn finished_within(app: &App, id: &str, limit: Duration) -> catga::saga::SagaInfo {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let info = app.saga_status::<Order>(id).await.unwrap().unwrap();
+        if info.status.is_finished() || std::time::Instant::now() > deadline {
+            return info;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_saga_whose_caller_stops_waiting_still_reaches_its_outcome() {
+    let store = Store::memory();
+    let app = instance(&store, "impatient").await;
+    // Five callers give up after 300 ms on sagas whose first step takes 1 s
+    // (a handler with a short budget, a cancelled task).
+    for i in 0..5 {
+        let plan = Plan { slow_step: Some(("charge".into(), 1000)), ..Plan::default() };
+        let id = format!("gave-up-{i}");
+        let wait = tokio::time::timeout(Duration::from_millis(300), app.start_saga::<Order>(&id, plan));
+        assert!(wait.await.is_err(), "the caller stopped waiting");
+    }
+    for i in 0..5 {
+        let id = format!("gave-up-{i}");
+        let info = finished_within(&app, &id, Duration::from_secs(20)).await;
+        assert_eq!(info.status, SagaStatus::Completed, "{info:?}");
+        assert_eq!(effects(&id), ["charge", "reserve", "create", "notify"], "every step once");
+    }
+    assert_eq!(app.shutdown().await.abandoned, 0);
+}
+
+#[tokio::test]
+async fn a_panicking_step_is_a_step_failure_retried_then_compensated() {
+    let store = Store::memory();
+    let app = instance(&store, "panics").await;
+    // `reserve` (no retries) panics: its failure compensates `charge`.
+    let plan = Plan { panic_step: Some("reserve".into()), ..Plan::default() };
+    match app.start_saga::<Order>("panic-reserve", plan).await.unwrap() {
+        SagaOutcome::Compensated { error } => {
+            assert!(error.contains("step `reserve` failed after 1 attempt: panic:"), "{error}");
+            assert!(error.contains("reserve panicked on purpose"), "{error}");
+        }
+        other => panic!("expected Compensated, got {other:?}"),
+    }
+    assert_eq!(effects("panic-reserve"), ["charge", "undo charge"]);
+    // `notify` (retry = 2) panics on its first attempt only: retried, done.
+    let plan = Plan { panic_step: Some("notify".into()), flaky: vec!["notify".into()], ..Plan::default() };
+    assert_eq!(app.start_saga::<Order>("panic-notify", plan).await.unwrap(), SagaOutcome::Completed);
+    assert_eq!(effects("panic-notify"), ["charge", "reserve", "create", "notify"]);
+    // Nothing is left running or renewing: the instance stops at once.
+    assert_eq!(app.shutdown().await.abandoned, 0);
+}
+
+/// Plant a saga state (as JSON) for a sweep to find, its lease free.
+async fn planted(store: &Store, id: &str, state: serde_json::Value) {
+    let key = Key::new(format!("saga:t-order:{id}"), "state");
+    store.put(&key, Expect::Absent, &serde_json::to_vec(&state).unwrap()).await.unwrap();
+    store.set_add(&Key::new("saga-index:t-order", "active"), id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_saga_stored_by_a_build_whose_step_is_gone_ends_failed_naming_the_step() {
+    let store = Store::memory();
+    let data = serde_json::json!({ "fail_step": null, "fail_undo": null, "flaky": [], "slow_step": null, "done": [] });
+    // Past the end of this build's table (the old build had more steps).
+    planted(
+        &store,
+        "gone-ahead",
+        serde_json::json!({
+            "saga": "t-order", "id": "gone-ahead", "status": "running", "next": 6, "step": "ship", "attempts": 1,
+            "data": data, "history": [], "error": null
+        }),
+    )
+    .await;
+    // Inside the table, but at a step this build does not have there.
+    planted(
+        &store,
+        "moved",
+        serde_json::json!({
+            "saga": "t-order", "id": "moved", "status": "running", "next": 1, "step": "pack", "attempts": 1,
+            "data": data, "history": [], "error": null
+        }),
+    )
+    .await;
+    // Compensating from beyond the table.
+    planted(
+        &store,
+        "gone-back",
+        serde_json::json!({
+            "saga": "t-order", "id": "gone-back", "status": "compensating", "next": 9, "attempts": 0,
+            "data": data, "history": [], "error": "step `audit` failed"
+        }),
+    )
+    .await;
+    let app = sweeper(&store).await;
+    for (id, named) in [("gone-ahead", "`ship`"), ("moved", "`pack`"), ("gone-back", "step 9")] {
+        let info = finished_within(&app, id, Duration::from_secs(10)).await;
+        assert_eq!(info.status, SagaStatus::Failed, "{id}: {info:?}");
+        let error = info.error.as_deref().unwrap_or_default();
+        assert!(error.contains(named) && error.contains("an operator must finish it"), "{id}: {error}");
+        assert!(effects(id).is_empty(), "{id}: no step ran in place of the missing one");
+    }
+    let failed = app.sagas::<Order>(|s| s == SagaStatus::Failed).await.unwrap();
+    assert_eq!(failed.iter().filter(|s| ["gone-ahead", "moved", "gone-back"].contains(&s.id.as_str())).count(), 3);
+}
+
+#[tokio::test]
+async fn a_step_that_fails_after_a_crashed_run_says_what_happened() {
+    let store = Store::memory();
+    // `reserve` (no retries) was started once by an instance that died,
+    // then fails on its re-run.
+    planted(
+        &store,
+        "crash-then-fail",
+        serde_json::json!({
+            "saga": "t-order", "id": "crash-then-fail", "status": "running", "next": 1, "attempts": 1,
+            "data": { "fail_step": "reserve", "fail_undo": null, "flaky": [], "slow_step": null, "done": ["charge"] },
+            "history": [{ "step": "charge", "direction": "forward", "error": null, "attempts": 1 }], "error": null
+        }),
+    )
+    .await;
+    LEDGER.lock().unwrap().push(("crash-then-fail".into(), "charge".into()));
+    let app = sweeper(&store).await;
+    let info = finished_within(&app, "crash-then-fail", Duration::from_secs(10)).await;
+    assert_eq!(info.status, SagaStatus::Compensated, "{info:?}");
+    let error = info.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("step `reserve` failed after 1 attempt (and 1 run cut short when its instance died)"),
+        "{error}"
+    );
+    assert_eq!(effects("crash-then-fail"), ["charge", "undo charge"]);
 }

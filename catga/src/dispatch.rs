@@ -27,7 +27,7 @@ use crate::codec::Codec;
 use crate::context::Context;
 use crate::error::HandlerError;
 pub use crate::future::BoxFuture;
-use crate::future::Deadline;
+use crate::future::{Deadline, panic_message};
 use crate::idempotency::{self, Recorder};
 use crate::instance::InFlight;
 use crate::message::{Command, Event, Message};
@@ -298,13 +298,7 @@ impl<F: Future<Output = Result<(), HandlerError>>> Future for Logged<F> {
 /// The `panic` error for a panic in a handler, its validation hook or a
 /// middleware; logged here, returned to the caller.
 fn panicked(record: &'static HandlerRecord, panic: Box<dyn Any + Send>) -> HandlerError {
-    let what = if let Some(s) = panic.downcast_ref::<&'static str>() {
-        s
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.as_str()
-    } else {
-        "a non-string panic payload"
-    };
+    let what = panic_message(&*panic);
     tracing::error!(subject = record.subject, handler = record.name, panic = what, "handler panicked");
     HandlerError::new(
         HandlerError::PANIC,

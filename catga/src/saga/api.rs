@@ -1,7 +1,7 @@
 //! The [`App`] methods for sagas: start, submit, query, list.
 
 use crate::app::App;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::saga::definition::Saga;
 use crate::saga::runner::run;
 use crate::saga::status::{SagaInfo, SagaOutcome, SagaStatus};
@@ -57,10 +57,21 @@ impl App {
 /// is awaited instead.
 async fn start<S: Saga>(app: &App, id: &str, data: S::Data) -> Result<SagaOutcome> {
     let def = S::definition();
-    match store::create(def, app, id, data).await? {
-        Some((lease, state, version)) => run(def, app, lease, state, version, true).await,
-        None => store::wait_for_outcome(def.name, app, id).await,
-    }
+    let Some((lease, state, version)) = store::create(def, app, id, data).await? else {
+        return store::wait_for_outcome(def.name, app, id).await;
+    };
+    // The run is a task of its own: a started saga reaches its outcome
+    // whatever its caller does (a caller that times out or is cancelled
+    // drops only this wait, not the saga).
+    let runner = app.clone();
+    let running = tokio::spawn(async move { run(def, &runner, lease, state, version, true).await });
+    running.await.unwrap_or_else(|e| {
+        Err(Error::Saga {
+            saga: def.name.to_owned(),
+            id: id.to_owned(),
+            reason: format!("its run stopped ({e}); the recovery sweep continues it"),
+        })
+    })
 }
 
 /// Create saga `id` durably and run it in the background; returns once its

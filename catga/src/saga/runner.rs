@@ -11,9 +11,9 @@ use tracing::Instrument;
 use crate::app::App;
 use crate::backoff::Backoff;
 use crate::error::{Error, HandlerError, Result};
-use crate::future::BoxFuture;
+use crate::future::{BoxFuture, CatchUnwind, panic_message};
 use crate::saga::context::SagaContext;
-use crate::saga::definition::{SagaDef, StepError, StepKind};
+use crate::saga::definition::{SagaDef, Step, StepError, StepKind};
 use crate::saga::status::{Direction, HistoryEntry, SagaOutcome, SagaStatus, State};
 use crate::saga::store::{encode, state_key, unindex};
 use crate::store::{Expect, Lease};
@@ -34,10 +34,12 @@ where
 {
     let span = tracing::info_span!("catga.saga", saga = def.name, id = %state.id);
     let _running = app.instance().running_saga(def.name, &state.id);
+    // Renewed until this run ends, however it ends (a guard: a run that is
+    // cancelled or unwinds must not leave a lease renewed forever).
     let renewer = Renewer::start(app, lease.clone());
     let mut run = Run { def, app, lease, state, version, attempt_recorded };
     let outcome = run.drive().instrument(span).await;
-    renewer.stop();
+    drop(renewer);
     let store = app.store();
     if outcome.is_ok()
         && let Err(e) = unindex(app, def.name, &run.state.id, run.state.status).await
@@ -80,6 +82,13 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
 
     /// Write the state under the lease (compare-and-set on the version).
     async fn persist(&mut self) -> Result<()> {
+        let steps = self.def.steps;
+        let at = match self.state.status {
+            SagaStatus::Running => steps.get(self.state.next),
+            SagaStatus::Compensating => self.state.next.checked_sub(1).and_then(|i| steps.get(i)),
+            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed => None,
+        };
+        self.state.step = at.map(|s| s.name.to_owned());
         let (key, _) = state_key(self.def.name, &self.state.id);
         self.version = self
             .app
@@ -104,11 +113,16 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
     /// Run the next step (with its retries) and record the result.
     async fn forward(&mut self) -> Result<()> {
         let index = self.state.next;
-        let Some(step) = self.def.steps.get(index) else {
+        if index == self.def.steps.len() && self.state.step.is_none() {
+            // Written by a build that persisted the end separately.
             self.state.status = SagaStatus::Completed;
             return self.persist().await;
+        }
+        let step = match self.step_at(index) {
+            Ok(step) => step,
+            Err(reason) => return self.fail_unknown_step(reason).await,
         };
-        let gave_up = self.attempts(index, Direction::Forward, step.retry).await?;
+        let gave_up = self.attempts(step, index, Direction::Forward, step.retry).await?;
         self.state.history.push(HistoryEntry {
             step: step.name.to_owned(),
             direction: Direction::Forward,
@@ -129,8 +143,7 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
                 }
             }
             Some(error) => {
-                self.state.error =
-                    Some(format!("step `{}` failed after {} attempts: {error}", step.name, self.state.attempts));
+                self.state.error = Some(format!("step `{}` failed{}: {error}", step.name, self.what_happened()));
                 self.state.status = match step.kind {
                     // Past the pivot there is no going back: an operator decides.
                     StepKind::Retriable => SagaStatus::Failed,
@@ -153,12 +166,16 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             self.state.status = SagaStatus::Compensated;
             return self.persist().await;
         };
-        let step = &self.def.steps[index];
+        let step = match self.step_at(index) {
+            Ok(step) => step,
+            Err(reason) => return self.fail_unknown_step(reason).await,
+        };
         let Some((name, _)) = step.compensation else {
             self.state.next = index;
             return self.persist().await;
         };
-        let gave_up = self.attempts(index, Direction::Compensate, self.app.config().saga_compensation_retries).await?;
+        let retries = self.app.config().saga_compensation_retries;
+        let gave_up = self.attempts(step, index, Direction::Compensate, retries).await?;
         self.state.history.push(HistoryEntry {
             step: step.name.to_owned(),
             direction: Direction::Compensate,
@@ -170,8 +187,9 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             Some(error) => {
                 let cause = self.state.error.take().unwrap_or_default();
                 self.state.error = Some(format!(
-                    "compensation `{name}` of step `{}` failed: {error} (compensating because: {cause})",
-                    step.name
+                    "compensation `{name}` of step `{}` failed{}: {error} (compensating because: {cause})",
+                    step.name,
+                    self.what_happened()
                 ));
                 self.state.status = SagaStatus::Failed;
             }
@@ -186,8 +204,13 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
     /// (its instance died) is run again, up to
     /// [`Config::saga_crash_reruns`](crate::Config::saga_crash_reruns) times:
     /// a step that kills every instance that runs it must not kill them all.
-    async fn attempts(&mut self, index: usize, direction: Direction, retries: u32) -> Result<Option<String>> {
-        let step = &self.def.steps[index];
+    async fn attempts(
+        &mut self,
+        step: &'static Step<D>,
+        index: usize,
+        direction: Direction,
+        retries: u32,
+    ) -> Result<Option<String>> {
         loop {
             if self.state.failures > retries {
                 return Ok(Some(self.state.last_error.clone().unwrap_or_default()));
@@ -210,15 +233,14 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
                     // The step changes a copy, kept only if it succeeds: a
                     // failed attempt leaves no half-changed data behind.
                     let mut data = clone_data(self.def.name, &self.state.id, &self.state.data)?;
-                    let result =
-                        with_timeout(self.app, step.timeout_ms, (step.run)(&mut data, &ctx)).instrument(span).await;
+                    let result = guarded(self.app, step, (step.run)(&mut data, &ctx)).instrument(span).await;
                     if result.is_ok() {
                         self.state.data = data;
                     }
                     result
                 }
                 (Direction::Compensate, Some((_, undo))) => {
-                    with_timeout(self.app, step.timeout_ms, undo(&self.state.data, &ctx)).instrument(span).await
+                    guarded(self.app, step, undo(&self.state.data, &ctx)).instrument(span).await
                 }
                 (Direction::Compensate, None) => return Ok(None),
             };
@@ -243,6 +265,69 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
                     }
                 }
             }
+        }
+    }
+
+    /// The step at `index` of this build's table — checked against the step
+    /// the stored state names, so a saga written by a build whose step is
+    /// gone (or moved) is not run on with another step in its place.
+    fn step_at(&self, index: usize) -> std::result::Result<&'static Step<D>, String> {
+        let steps = self.def.steps;
+        let recorded = self.state.step.as_deref();
+        match steps.get(index) {
+            Some(step) if recorded.is_none_or(|name| name == step.name) => Ok(step),
+            found => {
+                let here = match found {
+                    Some(other) => format!("has `{}` there", other.name),
+                    None => format!("has {} steps", steps.len()),
+                };
+                Err(format!(
+                    "its stored state is at step {} `{}`, but this build's saga {here} (was the step removed or \
+                     moved?); it cannot go on — an operator must finish it",
+                    index + 1,
+                    recorded.unwrap_or("(unnamed)"),
+                ))
+            }
+        }
+    }
+
+    /// End a saga whose step this build does not have: `Failed`, kept and
+    /// listed, never run on with a step it was not at.
+    async fn fail_unknown_step(&mut self, reason: String) -> Result<()> {
+        tracing::error!(saga = self.def.name, id = %self.state.id, %reason, "saga cannot continue");
+        let cause = self.state.error.take().map(|c| format!(" (it was compensating because: {c})")).unwrap_or_default();
+        self.state.error = Some(format!("{reason}{cause}"));
+        self.state.status = SagaStatus::Failed;
+        self.state.reset_attempts();
+        self.persist().await
+    }
+
+    /// How the attempts of the step that gave up went, e.g. " after 1
+    /// attempt (and 1 run cut short when its instance died)"; empty when no
+    /// attempt returned an error (the error then says what happened).
+    fn what_happened(&self) -> String {
+        let (failures, transient) = (self.state.failures, self.state.transient);
+        if failures == 0 {
+            return String::new();
+        }
+        let crashed = self.state.attempts.saturating_sub(failures + transient);
+        let plural = |n: u32, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let mut also = Vec::new();
+        if crashed > 0 {
+            also.push(plural(
+                crashed,
+                "run cut short when its instance died",
+                "runs cut short when their instance died",
+            ));
+        }
+        if transient > 0 {
+            also.push(plural(transient, "transient error retried", "transient errors retried"));
+        }
+        let attempts = plural(failures, "attempt", "attempts");
+        if also.is_empty() {
+            format!(" after {attempts}")
+        } else {
+            format!(" after {attempts} (and {})", also.join(", "))
         }
     }
 
@@ -279,17 +364,28 @@ fn clone_data<D: Serialize + DeserializeOwned>(saga: &'static str, id: &str, dat
     })
 }
 
-async fn with_timeout(
+/// A step or compensation under its timeout, with a panic turned into a
+/// step failure (retried, then compensated, like an error).
+async fn guarded<D>(
     app: &App,
-    limit: Option<u64>,
-    step: BoxFuture<'_, Result<(), StepError>>,
+    step: &'static Step<D>,
+    future: BoxFuture<'_, Result<(), StepError>>,
 ) -> Result<(), StepError> {
-    match limit {
-        None => step.await,
-        Some(ms) => app.instance().clock.timeout(Duration::from_millis(ms), step).await.unwrap_or_else(|_| {
-            Err(HandlerError::new(HandlerError::HANDLER_TIMEOUT, format!("did not finish within {ms} ms")))
-        }),
-    }
+    let caught = CatchUnwind::new(future);
+    let outcome = match step.timeout_ms {
+        None => caught.await,
+        Some(ms) => match app.instance().clock.timeout(Duration::from_millis(ms), caught).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                return Err(HandlerError::new(HandlerError::HANDLER_TIMEOUT, format!("did not finish within {ms} ms")));
+            }
+        },
+    };
+    outcome.unwrap_or_else(|panic| {
+        let what = panic_message(&*panic);
+        tracing::error!(step = step.name, panic = what, "saga step panicked");
+        Err(HandlerError::new(HandlerError::PANIC, format!("step `{}` panicked: {what}", step.name)))
+    })
 }
 
 /// Between attempts of a step: 50 ms × 2^(n−1), at most 2 s, jittered.
@@ -316,8 +412,10 @@ impl Renewer {
             }
         }))
     }
+}
 
-    fn stop(self) {
+impl Drop for Renewer {
+    fn drop(&mut self) {
         self.0.abort();
     }
 }

@@ -88,6 +88,11 @@ pub(crate) struct State<D> {
     /// The last error of the step at `next`.
     #[serde(default)]
     pub(crate) last_error: Option<String>,
+    /// The name of the step at `next` (running) or being compensated, so a
+    /// build whose step table changed notices instead of running another
+    /// step in its place. Absent in states written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) step: Option<String>,
     pub(crate) data: D,
     pub(crate) history: Vec<HistoryEntry>,
     pub(crate) error: Option<String>,

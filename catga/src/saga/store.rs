@@ -73,6 +73,7 @@ pub(crate) async fn create<D: Serialize>(
         failures: 0,
         transient: 0,
         last_error: None,
+        step: def.steps.first().map(|s| s.name.to_owned()),
         data,
         history: Vec::new(),
         error: None,
