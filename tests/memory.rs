@@ -742,3 +742,55 @@ async fn a_draining_instance_takes_no_new_handling_and_its_peer_does() {
     }
     assert_eq!(report.await.unwrap().abandoned, 0);
 }
+
+// ---------- settings ----------
+
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "t.settings.echo", reply = u32)]
+struct SettingsEcho(u32);
+
+#[catga::command(idempotent)]
+async fn settings_echo(cmd: SettingsEcho) -> Result<u32, HandlerError> {
+    Ok(cmd.0)
+}
+
+#[tokio::test]
+async fn a_setting_is_refused_the_same_way_however_it_was_set() {
+    let start = |b: catga::Builder| async move {
+        b.memory_bus(MemoryBus::new()).handlers_where(|h| h.subject.starts_with("t.settings.")).start().await
+    };
+    // A zero limit through `configure`, a builder method or the environment:
+    // one check, one message naming the setting and its variable.
+    let through_configure = start(Catga::builder().configure(|c| c.max_in_flight = 0)).await.unwrap_err();
+    let through_method = start(Catga::builder().max_in_flight(0)).await.unwrap_err();
+    let through_env = catga::Config::from_lookup(|k| (k == "CATGA_MAX_IN_FLIGHT").then(|| "0".into())).unwrap_err();
+    for err in [&through_configure, &through_method, &through_env] {
+        let err = err.to_string();
+        assert!(err.contains("max_in_flight is 0") && err.contains("CATGA_MAX_IN_FLIGHT"), "{err}");
+    }
+    let zero_ack_wait = start(Catga::builder().configure(|c| c.ack_wait = Duration::ZERO)).await.unwrap_err();
+    assert!(zero_ack_wait.to_string().contains("ack_wait is zero"), "{zero_ack_wait}");
+    // The NATS service API requires a semver version.
+    for bad in ["1.2", "v1.0.0", "latest"] {
+        let err = start(Catga::builder().version(bad)).await.unwrap_err().to_string();
+        assert!(err.contains("is not semver") && err.contains(bad), "{err}");
+    }
+    let err = catga::Config::from_lookup(|k| (k == "CATGA_SERVICE_VERSION").then(|| "1.2".into())).unwrap_err();
+    assert!(err.to_string().contains("CATGA_SERVICE_VERSION"), "{err}");
+    let ok = start(Catga::builder().version("2.0.0-rc.1+build.5")).await.unwrap();
+    ok.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unbounded_handler_timeout_does_not_overflow() {
+    let app = Catga::builder()
+        .memory_bus(MemoryBus::new())
+        .handler_timeout(Duration::MAX)
+        .handlers_where(|h| h.subject.starts_with("t.settings."))
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(app.send(SettingsEcho(7)).await.unwrap(), 7);
+    assert_eq!(app.send_with(SettingsEcho(8), SendOptions::timeout(Duration::MAX)).await.unwrap(), 8);
+    app.shutdown().await;
+}

@@ -9,7 +9,7 @@
 //! | `CATGA_REQUEST_TIMEOUT_MS`   | default timeout of `send`                  | 5000 |
 //! | `CATGA_HANDLER_TIMEOUT_MS`   | default limit on one handling              | none |
 //! | `CATGA_GRACE_PERIOD_MS`      | how long shutdown waits for in-flight work | 10000 |
-//! | `CATGA_SERVICE_VERSION`      | version reported by the NATS service API   | 0.0.0 |
+//! | `CATGA_SERVICE_VERSION`      | version reported by the NATS service API (semver) | 0.0.0 |
 //! | `CATGA_SEND_RETRIES`         | NATS: retries after a timeout or "no responders" | 2 |
 //! | `CATGA_MAX_IN_FLIGHT`        | NATS: concurrent handlings per handler     | 256 |
 //! | `CATGA_NATS_PING_INTERVAL_MS`| NATS: how often a silent server is probed  | 5000 |
@@ -281,6 +281,13 @@ impl Config {
             return Err(Error::Config(format!(
                 "instance id {:?} must be letters, digits, '-' or '_' (it is a token of $SRV subjects)",
                 self.instance_id
+            )));
+        }
+        if let Err(e) = semver::Version::parse(&self.version) {
+            return Err(Error::Config(format!(
+                "service version {:?} (CATGA_SERVICE_VERSION or `.version(..)`) is not semver, as the NATS service \
+                 API requires (e.g. \"1.4.0\" or \"2.0.0-rc.1\"): {e}",
+                self.version
             )));
         }
         let limits = [

@@ -46,6 +46,11 @@ const CLAIM_POLL: Backoff = Backoff::new(Duration::from_millis(2), Duration::fro
 /// Between tries to record an outcome while the store fails over.
 const RECORD_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
 
+/// The longest recording an outcome is retried (while the claim holds):
+/// a store failover takes seconds; a handler timeout of days must not keep
+/// a handling retrying for days.
+const RECORD_WINDOW: Duration = Duration::from_secs(300);
+
 /// How long a claim lasts when the handler has no timeout.
 const DEFAULT_CLAIM: Duration = Duration::from_secs(60);
 
@@ -86,7 +91,7 @@ where
     let store = ctx.store();
     let key = key(record, &ctx);
     let owner = format!("{}#{:08x}", ctx.instance_id(), fastrand::u32(..));
-    let claim_ttl = handler_timeout.unwrap_or(DEFAULT_CLAIM) + Duration::from_secs(1);
+    let claim_ttl = handler_timeout.unwrap_or(DEFAULT_CLAIM).saturating_add(Duration::from_secs(1));
     let instance = ctx.instance();
     let (wait, clock) = (instance.config.request_timeout, instance.clock);
     let started = clock.now();
@@ -135,7 +140,7 @@ where
         }
     }
     let outcome = handling.await;
-    let claimed_until = started + claim_ttl;
+    let claimed_until = started + claim_ttl.min(RECORD_WINDOW);
     let mut tries = 1;
     let recorded = loop {
         let recorded = match &outcome {
