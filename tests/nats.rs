@@ -274,7 +274,17 @@ async fn bad_input_gets_an_error_reply_and_the_instance_keeps_serving() {
         assert_eq!(status(&reply, "Catga-Error-Code").as_deref(), Some("invalid"));
         let text = String::from_utf8_lossy(&reply.payload);
         assert!(text.contains("malformed payload for \"svc.echo\""), "{text}");
+        // What a NATS service-API client (nats micro) reads as an error.
+        assert_eq!(status(&reply, "Nats-Service-Error-Code").as_deref(), Some("400"));
+        let said = status(&reply, "Nats-Service-Error").unwrap_or_default();
+        assert!(said.contains("malformed payload for \"svc.echo\""), "{said}");
     }
+
+    // A handler's own error code is a 500 to service-API clients.
+    let reply = raw.request("svc.fail", r#"{"code":"out_of_stock"}"#.into()).await.unwrap();
+    assert_eq!(status(&reply, "Catga-Error-Code").as_deref(), Some("out_of_stock"));
+    assert_eq!(status(&reply, "Nats-Service-Error-Code").as_deref(), Some("500"));
+    assert!(status(&reply, "Nats-Service-Error").is_some());
 
     // An error code with a line break (not valid in a header) still arrives.
     let client = client(&nats.url()).await;
@@ -325,7 +335,17 @@ async fn discovery_through_plain_srv_requests_lists_every_instance_and_its_endpo
         let endpoints = info["endpoints"].as_array().unwrap();
         let whoami = endpoints.iter().find(|e| e["subject"] == "svc.whoami").expect("endpoint");
         assert_eq!(whoami["queue_group"], "svc");
-        assert_eq!(endpoints.len(), 5, "one endpoint per command handler: {endpoints:?}");
+        // Short type names, not Rust paths such as `alloc::string::String`.
+        assert_eq!(whoami["metadata"]["message_type"], "WhoAmI", "{whoami}");
+        assert_eq!(whoami["metadata"]["reply_type"], "String", "{whoami}");
+        assert_eq!(whoami["metadata"]["kind"], "command");
+        let kind = |k: &str| endpoints.iter().filter(|e| e["metadata"]["kind"] == k).count();
+        assert_eq!(kind("command"), 5, "one endpoint per command handler: {endpoints:?}");
+        // Event handlers are listed too; a broadcast one has no queue group.
+        assert_eq!(kind("event"), 1, "{endpoints:?}");
+        let ping = endpoints.iter().find(|e| e["subject"] == "svc.ping").expect("the event handler");
+        assert!(ping.get("queue_group").is_none(), "{ping}");
+        assert_eq!(ping["metadata"]["message_type"], "Ping");
     }
 
     // Stats count requests per instance; the per-id subject answers alone.
@@ -343,6 +363,25 @@ async fn discovery_through_plain_srv_requests_lists_every_instance_and_its_endpo
             .unwrap()
     };
     assert_eq!(served(&stats[0]) + served(&others[0]), 10);
+
+    // Event deliveries are counted too: a broadcast reaches both instances.
+    for n in 0..4 {
+        client.publish(Ping { n }).await.unwrap();
+    }
+    let delivered = |s: &serde_json::Value| {
+        s["endpoints"].as_array().unwrap().iter().find(|e| e["subject"] == "svc.ping").unwrap()["num_requests"]
+            .as_u64()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = gather(&raw, "$SRV.STATS.svc", Duration::from_millis(300)).await;
+        let counts: Vec<u64> = all.iter().map(delivered).collect();
+        if counts == [4, 4] || Instant::now() > deadline {
+            assert_eq!(counts, [4, 4], "each instance counts its 4 deliveries: {all:?}");
+            break;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

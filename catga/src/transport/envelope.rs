@@ -32,6 +32,14 @@ pub mod headers {
     pub const STATUS: &str = "Catga-Status";
     /// On error replies: the handler's error code (the body is the message).
     pub const ERROR_CODE: &str = "Catga-Error-Code";
+    /// On error replies, for NATS service-API clients (ADR-32): the error's
+    /// message (one line, at most 1 KiB).
+    pub const SERVICE_ERROR: &str = "Nats-Service-Error";
+    /// On error replies, for NATS service-API clients (ADR-32): an HTTP-like
+    /// integer — 400 `invalid`, 404 `no_handler`, 409 `in_progress`, 413
+    /// `payload_too_large`, 503 `store`/`transport`/`shutdown`, 504
+    /// `timeout`/`handler_timeout`, 500 anything else.
+    pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
     /// On durable commands: the subject the reply goes to (the sender's
     /// reply inbox), since a JetStream message has no reply subject of its own.
     pub const REPLY_TO: &str = "Catga-Reply-To";
@@ -85,6 +93,46 @@ pub(crate) fn metadata_of(message: &async_nats::Message) -> Metadata {
     }
 }
 
+/// The longest `Nats-Service-Error` value sent (the body has the whole message).
+const SERVICE_ERROR_MAX: usize = 1024;
+
+/// The ADR-32 error code (an HTTP-like integer) of a Catga error code, for
+/// `Nats-Service-Error-Code`:
+///
+/// | Catga code | service-API code |
+/// |---|---|
+/// | `invalid` | 400 |
+/// | `no_handler` | 404 |
+/// | `in_progress` | 409 |
+/// | `payload_too_large` | 413 |
+/// | `store`, `transport`, `shutdown` | 503 |
+/// | `timeout`, `handler_timeout` | 504 |
+/// | any other (a handler's own code, `internal`, `panic`) | 500 |
+pub(crate) fn service_error_code(code: &str) -> u16 {
+    match code {
+        HandlerError::INVALID => 400,
+        HandlerError::NO_HANDLER => 404,
+        HandlerError::IN_PROGRESS => 409,
+        HandlerError::PAYLOAD_TOO_LARGE => 413,
+        HandlerError::STORE | HandlerError::TRANSPORT | HandlerError::SHUTDOWN => 503,
+        HandlerError::TIMEOUT | HandlerError::HANDLER_TIMEOUT => 504,
+        _ => 500,
+    }
+}
+
+/// `text` fit for a header value: one line, at most `max` bytes.
+fn header_text(text: &str, max: usize) -> String {
+    let mut line = text.replace(['\r', '\n'], " ");
+    if line.len() > max {
+        let mut end = max;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+    }
+    line
+}
+
 /// A header's value, if the message has it.
 pub(crate) fn header<'a>(message: &'a async_nats::Message, name: &str) -> Option<&'a str> {
     Some(message.headers.as_ref()?.get(name)?.as_str())
@@ -133,8 +181,12 @@ pub(crate) fn final_reply(
             h.insert(headers::STATUS, "error");
             // A header value cannot hold a line break.
             h.insert(headers::ERROR_CODE, error.code().replace(['\r', '\n'], " "));
+            // What any NATS service-API client (nats.go, nats.net, nats-py
+            // micro, the `nats` CLI) reads as an error.
+            h.insert(headers::SERVICE_ERROR_CODE, service_error_code(error.code()).to_string());
+            h.insert(headers::SERVICE_ERROR, header_text(error.message(), SERVICE_ERROR_MAX));
             let mut message = error.message().as_bytes().to_vec();
-            message.truncate(max_payload.saturating_sub(256));
+            message.truncate(max_payload.saturating_sub(256 + SERVICE_ERROR_MAX));
             (Some(h), message.into())
         }
     }
@@ -153,5 +205,49 @@ pub(crate) fn decode_reply<C: Command>(reply: &async_nats::Message) -> Result<C:
             C::Codec::decode(body).map_err(|e| codec_error::<C::Reply>("decode", C::SUBJECT, e.0))
         }
         ReplyPart::Final(Err(error)) => Err(Error::Handler { subject: C::SUBJECT, error }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_replies_carry_the_service_api_headers() {
+        let error = HandlerError::new("insufficient_funds", "balance is 3,\norder is 5");
+        let (headers, body) = final_reply(Err(error), "charge", 1 << 20);
+        let headers = headers.expect("an error reply has headers");
+        let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+        assert_eq!(get(headers::STATUS).as_deref(), Some("error"));
+        assert_eq!(get(headers::ERROR_CODE).as_deref(), Some("insufficient_funds"));
+        assert_eq!(get(headers::SERVICE_ERROR_CODE).as_deref(), Some("500"));
+        assert_eq!(get(headers::SERVICE_ERROR).as_deref(), Some("balance is 3, order is 5"));
+        assert_eq!(&body[..], b"balance is 3,\norder is 5");
+        let (success, _) = final_reply(Ok(b"5".to_vec()), "charge", 1 << 20);
+        assert!(success.is_none(), "a success is the bare payload");
+    }
+
+    #[test]
+    fn catga_codes_map_to_service_api_codes() {
+        for (code, expected) in [
+            (HandlerError::INVALID, 400),
+            (HandlerError::NO_HANDLER, 404),
+            (HandlerError::IN_PROGRESS, 409),
+            (HandlerError::PAYLOAD_TOO_LARGE, 413),
+            (HandlerError::STORE, 503),
+            (HandlerError::TIMEOUT, 504),
+            (HandlerError::HANDLER_TIMEOUT, 504),
+            (HandlerError::PANIC, 500),
+            ("out_of_stock", 500),
+        ] {
+            assert_eq!(service_error_code(code), expected, "{code}");
+        }
+    }
+
+    #[test]
+    fn a_long_message_is_cut_to_fit_a_header() {
+        let long = "é".repeat(2000);
+        let cut = header_text(&long, SERVICE_ERROR_MAX);
+        assert!(cut.len() <= SERVICE_ERROR_MAX && long.starts_with(&cut));
     }
 }

@@ -308,14 +308,16 @@ async fn handle(
 ) {
     let meta = metadata_of(&message);
     let started = in_flight.instance().clock.now();
-    let outcome = record.entry.call_raw(&message.payload, record, in_flight, meta).await;
+    // To the end for an event too: its delivery is counted with its outcome
+    // and processing time (for `$SRV.STATS`).
+    let outcome = record.entry.call_to_end(&message.payload, record, in_flight, meta).await;
+    stats.record(started.elapsed(), outcome.as_ref().err());
     if record.kind == HandlerKind::Event {
         if let Err(error) = outcome {
             tracing::error!(subject = record.subject, handler = record.name, %error, "event not handled");
         }
         return;
     }
-    stats.record(started.elapsed(), outcome.as_ref().err());
     let Some(reply_to) = message.reply else {
         tracing::debug!(subject = record.subject, "command without a reply subject (published, not requested)");
         return;

@@ -1,10 +1,13 @@
 //! The NATS service API (ADR-32, "micro"): every instance answers
 //! `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` — and the variants scoped to
 //! its service name and to its instance id — so standard NATS tooling
-//! (`nats micro ls`, `nats micro info`) lists Catga services. Each command
-//! handler is one endpoint, with its subject, queue group and counters.
+//! (`nats micro ls`, `nats micro info`) lists Catga services. Each handler
+//! is one endpoint, with its subject, queue group (none for a broadcast
+//! event handler) and counters (requests or deliveries, errors, processing
+//! time); its metadata says `kind` (`command`/`event`), `message_type` and
+//! `reply_type` (short type names, e.g. `CreateOrder`, `Vec<String>`).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,7 +22,8 @@ use crate::future::BoxFuture;
 use crate::registry::{HandlerKind, HandlerRecord};
 use crate::transport::connection::drained;
 
-/// Per-endpoint counters, updated by every handling of a command.
+/// Per-endpoint counters, updated by every handling (a command's request,
+/// an event's delivery).
 #[derive(Default)]
 pub(crate) struct EndpointStats {
     requests: AtomicU64,
@@ -41,7 +45,9 @@ impl EndpointStats {
 
 struct Endpoint {
     record: &'static HandlerRecord,
-    queue_group: String,
+    /// `None`: a broadcast event handler.
+    queue_group: Option<String>,
+    metadata: BTreeMap<&'static str, String>,
     stats: Arc<EndpointStats>,
 }
 
@@ -52,19 +58,32 @@ pub(crate) struct Service {
     version: String,
     started: String,
     endpoints: Vec<Endpoint>,
-    /// Event handlers have counters too (not reported as endpoints).
-    others: HashMap<(&'static str, &'static str), Arc<EndpointStats>>,
 }
 
 impl Service {
     pub(crate) fn new(config: &Config, handlers: &[&'static HandlerRecord], clock: Clock) -> Service {
         let endpoints = handlers
             .iter()
-            .filter(|h| h.kind == HandlerKind::Command)
-            .map(|&record| Endpoint {
-                record,
-                queue_group: record.queue_group(&config.service).unwrap_or_default().to_owned(),
-                stats: Arc::default(),
+            .map(|&record| {
+                let mut metadata = BTreeMap::new();
+                let kind = match record.kind {
+                    HandlerKind::Command => "command",
+                    HandlerKind::Event => "event",
+                };
+                metadata.insert("kind", kind.to_owned());
+                metadata.insert("message_type", short_type_name(record.message_type()));
+                if record.kind == HandlerKind::Command {
+                    metadata.insert("reply_type", short_type_name(record.reply_type()));
+                }
+                if record.durable() {
+                    metadata.insert("durable", "true".to_owned());
+                }
+                Endpoint {
+                    record,
+                    queue_group: record.queue_group(&config.service).map(str::to_owned),
+                    metadata,
+                    stats: Arc::default(),
+                }
             })
             .collect();
         Service {
@@ -73,22 +92,12 @@ impl Service {
             version: config.version.clone(),
             started: humantime::format_rfc3339_nanos(clock.system_time()).to_string(),
             endpoints,
-            others: handlers
-                .iter()
-                .filter(|h| h.kind == HandlerKind::Event)
-                .map(|h| ((h.subject, h.name), Arc::default()))
-                .collect(),
         }
     }
 
     /// The counters of a handler.
     pub(crate) fn endpoint(&self, record: &'static HandlerRecord) -> Arc<EndpointStats> {
-        self.endpoints
-            .iter()
-            .find(|e| std::ptr::eq(e.record, record))
-            .map(|e| e.stats.clone())
-            .or_else(|| self.others.get(&(record.subject, record.name)).cloned())
-            .unwrap_or_default()
+        self.endpoints.iter().find(|e| std::ptr::eq(e.record, record)).map(|e| e.stats.clone()).unwrap_or_default()
     }
 
     /// Subscribe to the nine `$SRV` subjects of this instance; returns the
@@ -174,8 +183,8 @@ impl Service {
                 .map(|e| EndpointInfo {
                     name: e.record.name,
                     subject: e.record.subject,
-                    queue_group: &e.queue_group,
-                    metadata: EndpointMeta { message_type: e.record.message_type(), reply_type: e.record.reply_type() },
+                    queue_group: e.queue_group.as_deref(),
+                    metadata: &e.metadata,
                 })
                 .collect(),
         }
@@ -198,7 +207,7 @@ impl Service {
                     EndpointStatsJson {
                         name: e.record.name,
                         subject: e.record.subject,
-                        queue_group: &e.queue_group,
+                        queue_group: e.queue_group.as_deref(),
                         num_requests: requests,
                         num_errors: e.stats.errors.load(Ordering::Relaxed),
                         last_error: e.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
@@ -254,17 +263,12 @@ struct Info<'a> {
 }
 
 #[derive(Serialize)]
-struct EndpointMeta {
-    message_type: &'static str,
-    reply_type: &'static str,
-}
-
-#[derive(Serialize)]
 struct EndpointInfo<'a> {
     name: &'static str,
     subject: &'static str,
-    queue_group: &'a str,
-    metadata: EndpointMeta,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_group: Option<&'a str>,
+    metadata: &'a BTreeMap<&'static str, String>,
 }
 
 #[derive(Serialize)]
@@ -283,10 +287,46 @@ struct Stats<'a> {
 struct EndpointStatsJson<'a> {
     name: &'static str,
     subject: &'static str,
-    queue_group: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_group: Option<&'a str>,
     num_requests: u64,
     num_errors: u64,
     last_error: String,
     processing_time: u64,
     average_processing_time: u64,
+}
+
+/// A Rust type name without its module paths: `alloc::vec::Vec<my::Order>`
+/// → `Vec<Order>` (what a reader of `$SRV.INFO` wants, in any language).
+fn short_type_name(full: &str) -> String {
+    let mut out = String::with_capacity(full.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        out.push_str(word.rsplit("::").next().unwrap_or(word));
+        word.clear();
+    };
+    for c in full.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_type_name;
+
+    #[test]
+    fn type_names_lose_their_module_paths() {
+        assert_eq!(short_type_name("alloc::string::String"), "String");
+        assert_eq!(short_type_name("alloc::vec::Vec<my_app::orders::Order>"), "Vec<Order>");
+        assert_eq!(short_type_name("(alloc::string::String, u64)"), "(String, u64)");
+        assert_eq!(short_type_name("()"), "()");
+        assert_eq!(short_type_name("core::option::Option<&[u8]>"), "Option<&[u8]>");
+    }
 }

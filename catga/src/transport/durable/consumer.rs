@@ -151,9 +151,7 @@ impl DurableServe {
                 self.keep_alive(&message, handling).await
             }
         };
-        if record.kind == HandlerKind::Command {
-            self.stats.record(started.elapsed(), outcome.as_ref().err());
-        }
+        self.stats.record(started.elapsed(), outcome.as_ref().err());
         let error = match outcome {
             Ok(reply) => {
                 // Reply, then ack: a crash in between redelivers the
