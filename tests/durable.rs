@@ -479,3 +479,83 @@ async fn a_durable_publish_retried_after_a_lost_ack_is_stored_once() {
     let stored = stream.info().await.unwrap().state.messages;
     assert_eq!(stored, 1, "every attempt carried the same Nats-Msg-Id: stored once");
 }
+
+// ---------- dead letters come in pages ----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_page_by_page() {
+    let nats = NatsServer::start_jetstream();
+    let app = Catga::builder()
+        .nats_url(nats.url())
+        .service("failing")
+        .handlers_where(|h| h.subject == "dur.failing")
+        .start()
+        .await
+        .unwrap();
+    // Five malformed events: each is dead-lettered at once (`invalid`).
+    let raw = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    for n in 0..5 {
+        raw.publish("dur.failing", format!("{{oops {n}").into()).await.unwrap().await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.dead_letters("dur.failing").await.unwrap().len() < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all = app.dead_letters("dur.failing").await.unwrap();
+    assert_eq!(all.len(), 5, "{all:?}");
+
+    let (mut pages, mut from, mut seen) = (Vec::new(), 0, Vec::new());
+    for _ in 0..10 {
+        let page = app.dead_letters_page("dur.failing", from, 2).await.unwrap();
+        pages.push(page.letters.len());
+        seen.extend(page.letters.iter().map(|l| l.sequence));
+        match page.next {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    assert_eq!(pages, [2, 2, 1], "pages of at most 2, then the end");
+    assert_eq!(seen, all.iter().map(|l| l.sequence).collect::<Vec<_>>(), "every letter once, oldest first");
+    let past = app.dead_letters_page("dur.failing", seen[4] + 1, 2).await.unwrap();
+    assert!(past.letters.is_empty() && past.next.is_none(), "{past:?}");
+    assert!(app.dead_letters_page("dur.nobody", 0, 10).await.unwrap().letters.is_empty());
+    app.shutdown().await;
+}
+
+// ---------- a durable consumer deleted under a running handler ----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_durable_consumer_is_created_again_and_delivery_resumes() {
+    use futures_util::StreamExt;
+    let nats = NatsServer::start_jetstream();
+    let app = Catga::builder()
+        .nats_url(nats.url())
+        .service("bcast")
+        .instance_id("recreated")
+        .handlers_where(|h| h.subject == "dur.bcast")
+        .start()
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let stream = js.get_stream(catga::transport::stream_name("dur.bcast")).await.unwrap();
+    let consumers = || async {
+        let names: Vec<String> = stream.consumer_names().filter_map(|n| async { n.ok() }).collect().await;
+        names
+    };
+    let before = consumers().await;
+    assert_eq!(before.len(), 1, "the broadcast handler's consumer: {before:?}");
+    // An operator (or the server, after its inactivity threshold) removes it.
+    stream.delete_consumer(&before[0]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while consumers().await.is_empty() {
+        assert!(Instant::now() < deadline, "the consumer was not created again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.publish(Broadcasted { n: 42 }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !BROADCASTS.lock().unwrap().iter().any(|(_, n)| *n == 42) {
+        assert!(Instant::now() < deadline, "delivery did not resume");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.shutdown().await;
+}

@@ -1,7 +1,7 @@
 //! The [`App`] handle of a running instance: send, publish, shut down. Start
 //! one with [`Catga::run`](crate::Catga::run) or
-//! [`Catga::builder`](crate::Catga::builder) (in [`crate::builder`]); the
-//! shared state behind it is the instance core ([`crate::instance`]).
+//! [`Catga::builder`](crate::Catga::builder); the shared state behind it is
+//! the instance core (`instance.rs`).
 
 use std::fmt;
 use std::future::Future;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::context::Context;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::instance::Instance;
 pub use crate::instance::{SendOptions, ShutdownReport};
 use crate::message::{Command, Event};
@@ -104,8 +104,40 @@ impl App {
     /// last delivery failed (after `max_deliver` attempts, or at once for
     /// an `invalid` message), with the reason, code, handler and delivery
     /// count. NATS JetStream only; in memory this is an [`Error::Config`].
+    /// Reads page by page; for a large dead-letter stream, use
+    /// [`dead_letters_page`](App::dead_letters_page).
     pub async fn dead_letters(&self, subject: &str) -> Result<Vec<crate::transport::DeadLetter>> {
         self.instance.transport.dead_letters(subject).await
+    }
+
+    /// One page of the dead letters of a durable subject: up to `limit` (at
+    /// most [`MAX_PAGE`](crate::transport::MAX_PAGE)), oldest first, from
+    /// dead-letter stream sequence `from_sequence` on (0: the oldest). Pass
+    /// the page's `next` as the following call's `from_sequence`; `None`
+    /// means there is no more.
+    ///
+    /// ```no_run
+    /// # async fn f(app: &catga::App) -> catga::Result<()> {
+    /// let mut from = 0;
+    /// loop {
+    ///     let page = app.dead_letters_page("payments.capture", from, 100).await?;
+    ///     for letter in &page.letters {
+    ///         println!("{} {}: {}", letter.sequence, letter.code, letter.reason);
+    ///     }
+    ///     match page.next {
+    ///         Some(next) => from = next,
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn dead_letters_page(
+        &self,
+        subject: &str,
+        from_sequence: u64,
+        limit: usize,
+    ) -> Result<crate::transport::DeadLetterPage> {
+        self.instance.transport.dead_letters_page(subject, from_sequence, limit).await
     }
 
     /// Publish dead letter `sequence` (from [`dead_letters`](App::dead_letters))

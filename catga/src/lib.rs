@@ -122,7 +122,7 @@ pub use future::BoxFuture;
 pub use instance::{SendOptions, ShutdownReport};
 pub use message::{Command, Event, Message, Validate};
 pub use metadata::{MessageId, Metadata};
-pub use transport::DeadLetter;
+pub use transport::{DeadLetter, DeadLetterPage};
 
 /// Attribute macros for handlers, derives for contracts.
 pub use catga_macros::{Command, Event, command, event, saga};

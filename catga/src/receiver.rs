@@ -20,6 +20,7 @@ use std::sync::{Arc, Weak};
 
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::config::Config;
 use crate::instance::{InFlight, Instance};
 use crate::registry::HandlerRecord;
 
@@ -54,6 +55,11 @@ impl Receiver {
     /// Whether this receiver belongs to `instance`.
     pub(crate) fn is_for(&self, instance: &Instance) -> bool {
         std::ptr::eq(self.instance.as_ptr(), instance)
+    }
+
+    /// The instance's settings, while it exists.
+    pub(crate) fn config(&self) -> Option<Config> {
+        Some(self.instance.upgrade()?.config.clone())
     }
 
     /// Routing-time admission: `None` when the instance is gone or draining.

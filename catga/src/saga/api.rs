@@ -11,7 +11,7 @@ impl App {
     /// Start saga `id` of type `S` with `data`, run it here, and return its
     /// outcome. Idempotent on the id: if saga `id` exists, nothing starts;
     /// its outcome is returned (awaited while another instance runs it, up
-    /// to [`Config::saga_wait`](crate::Config::saga_wait)). See [`crate::saga`].
+    /// to [`Config::saga_wait`](crate::Config::saga_wait)). See [`crate::saga`](mod@crate::saga).
     pub async fn start_saga<S: Saga>(&self, id: &str, data: S::Data) -> Result<SagaOutcome> {
         self.instance().check_open()?;
         start::<S>(self, id, data).await

@@ -16,7 +16,7 @@ pub mod memory;
 pub(crate) mod nats;
 mod service;
 
-pub use durable::dlq::{DLQ_PREFIX, DLQ_STREAM, DeadLetter};
+pub use durable::dlq::{DLQ_PREFIX, DLQ_STREAM, DeadLetter, DeadLetterPage, MAX_PAGE};
 pub use durable::topology::stream_name;
 pub use envelope::headers;
 
@@ -99,6 +99,14 @@ impl Transport {
         match self {
             Transport::Memory(_) => Err(no_dead_letters()),
             Transport::Nats(nats) => nats.dead_letters(subject).await,
+        }
+    }
+
+    /// A page of the dead letters of `subject` (NATS JetStream only).
+    pub(crate) async fn dead_letters_page(&self, subject: &str, from: u64, limit: usize) -> Result<DeadLetterPage> {
+        match self {
+            Transport::Memory(_) => Err(no_dead_letters()),
+            Transport::Nats(nats) => nats.dead_letters_page(subject, from, limit).await,
         }
     }
 

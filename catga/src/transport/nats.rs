@@ -38,7 +38,7 @@ use crate::receiver::Receiver;
 use crate::registry::{HandlerKind, HandlerRecord};
 use crate::transport::connection::{Connection, SEND_RETRY, drained, send_reply};
 use crate::transport::durable::consumer::DurableServe;
-use crate::transport::durable::dlq::{self, DeadLetter};
+use crate::transport::durable::dlq::{self, DeadLetter, DeadLetterPage};
 use crate::transport::durable::sender::{self, Replies};
 use crate::transport::durable::topology::{self, Settings};
 use crate::transport::envelope::{codec_error, decode_reply, metadata_of, request_headers};
@@ -95,8 +95,8 @@ impl Nats {
             if record.durable() {
                 let consumer =
                     topology::consumer_for(&self.inner.conn.js_admin, record, config, self.inner.durable).await?;
-                let serve = DurableServe::new(&self.inner.conn, self.inner.durable, receiver, stats, consumer);
-                self.tasks().spawn(serve.run(drain));
+                let serve = DurableServe::new(&self.inner.conn, self.inner.durable, receiver, stats);
+                self.tasks().spawn(serve.run(consumer, drain));
                 continue;
             }
             let client = &self.inner.conn.client;
@@ -211,6 +211,11 @@ impl Nats {
     /// Every dead letter of `subject` (see [`dlq::dead_letters`]).
     pub(crate) async fn dead_letters(&self, subject: &str) -> Result<Vec<DeadLetter>> {
         dlq::dead_letters(&self.inner.conn.js_admin, subject).await
+    }
+
+    /// A page of the dead letters of `subject` (see [`dlq::page`]).
+    pub(crate) async fn dead_letters_page(&self, subject: &str, from: u64, limit: usize) -> Result<DeadLetterPage> {
+        dlq::page(&self.inner.conn.js_admin, subject, from, limit).await
     }
 
     /// Publish a dead letter again and delete it (see [`dlq::replay`]).

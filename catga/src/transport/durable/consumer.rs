@@ -19,7 +19,7 @@ use crate::registry::HandlerKind;
 use crate::transport::connection::{Connection, drained, send_reply};
 use crate::transport::durable::decision::{self, Decision};
 use crate::transport::durable::dlq::{self, DLQ_PREFIX};
-use crate::transport::durable::topology::Settings;
+use crate::transport::durable::topology::{self, Settings};
 use crate::transport::envelope::{header, headers, metadata_of};
 use crate::transport::service::EndpointStats;
 
@@ -39,7 +39,6 @@ pub(crate) struct DurableServe {
     receiver: Receiver,
     stats: Arc<EndpointStats>,
     settings: Settings,
-    consumer: PullConsumer,
 }
 
 impl DurableServe {
@@ -48,13 +47,16 @@ impl DurableServe {
         settings: Settings,
         receiver: Receiver,
         stats: Arc<EndpointStats>,
-        consumer: PullConsumer,
     ) -> DurableServe {
         let (client, js, clock) = (conn.client.clone(), conn.js_admin.clone(), conn.clock);
-        DurableServe { client, js, clock, receiver, stats, settings, consumer }
+        DurableServe { client, js, clock, receiver, stats, settings }
     }
 
-    pub(crate) async fn run(self, mut drain: watch::Receiver<bool>) {
+    /// Pull from `consumer` until drained. A consumer that stops answering
+    /// (deleted by an operator, or by the server after its inactivity
+    /// threshold) is checked and created again, so the handler does not go
+    /// quiet for good.
+    pub(crate) async fn run(self, mut consumer: PullConsumer, mut drain: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let permits = Arc::new(Semaphore::new(this.settings.max_in_flight));
         let subject = this.receiver.record().subject;
@@ -68,7 +70,7 @@ impl DurableServe {
             let Ok(first) = first else { return };
             let want = 1 + permits.available_permits();
             let batch = tokio::select! {
-                batch = this.consumer.batch().max_messages(want).expires(PULL_EXPIRES).messages() => batch,
+                batch = consumer.batch().max_messages(want).expires(PULL_EXPIRES).messages() => batch,
                 _ = drained(&mut drain) => return,
             };
             let mut batch = match batch {
@@ -77,9 +79,11 @@ impl DurableServe {
                     tracing::warn!(subject, error = %e, "jetstream: pull request failed; retrying in 1 s");
                     drop(first);
                     tokio::select! {
-                        _ = this.clock.sleep(Duration::from_secs(1)) => continue,
+                        _ = this.clock.sleep(Duration::from_secs(1)) => {}
                         _ = drained(&mut drain) => return,
                     }
+                    this.recreate_if_gone(&mut consumer).await;
+                    continue;
                 }
             };
             let mut slot = Some(first);
@@ -131,7 +135,43 @@ impl DurableServe {
                     _ = this.clock.sleep(Duration::from_secs(1)) => {}
                     _ = drained(&mut drain) => return,
                 }
+                this.recreate_if_gone(&mut consumer).await;
             }
+        }
+    }
+
+    /// After a failed pull: if the server no longer has the consumer,
+    /// create it again (with this instance's settings) and go on with it.
+    async fn recreate_if_gone(&self, consumer: &mut PullConsumer) {
+        use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
+        let record = self.receiver.record();
+        let gone = match consumer.info().await {
+            Ok(_) => false,
+            // The stream too: its consumers went with it.
+            Err(e) => matches!(e.kind(), Kind::NotFound | Kind::StreamNotFound),
+        };
+        if !gone {
+            return;
+        }
+        let Some(config) = self.receiver.config() else { return };
+        let name = consumer.cached_info().name.clone();
+        match topology::consumer_for(&self.js, record, &config, self.settings).await {
+            Ok(fresh) => {
+                tracing::warn!(
+                    subject = record.subject,
+                    handler = record.name,
+                    consumer = name,
+                    "jetstream: the durable consumer was gone (deleted, or removed after inactivity); created it \
+                     again — messages published while it was gone reach it only if its delivery policy keeps them"
+                );
+                *consumer = fresh;
+            }
+            Err(e) => tracing::warn!(
+                subject = record.subject,
+                consumer = name,
+                error = %e,
+                "jetstream: the durable consumer is gone and could not be created again; retrying"
+            ),
         }
     }
 

@@ -93,9 +93,42 @@ async fn dead_letter_stream(js: &jetstream::Context) -> Result<Option<jetstream:
     }
 }
 
-/// Every dead letter of `subject`, oldest first.
+/// One page of a subject's dead letters (see [`App::dead_letters_page`](crate::App::dead_letters_page)).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct DeadLetterPage {
+    /// The letters, oldest first.
+    pub letters: Vec<DeadLetter>,
+    /// Where the next page starts (a `from_sequence`), if there may be more.
+    pub next: Option<u64>,
+}
+
+/// The most letters one page holds, whatever the caller asks for.
+pub const MAX_PAGE: usize = 1000;
+
+/// Every dead letter of `subject`, oldest first, read page by page.
 pub(crate) async fn dead_letters(js: &jetstream::Context, subject: &str) -> Result<Vec<DeadLetter>> {
-    let Some(stream) = dead_letter_stream(js).await? else { return Ok(Vec::new()) };
+    let mut letters = Vec::new();
+    let mut from = 0;
+    loop {
+        let page = page(js, subject, from, 256).await?;
+        letters.extend(page.letters);
+        match page.next {
+            Some(next) => from = next,
+            None => return Ok(letters),
+        }
+    }
+}
+
+/// Up to `limit` (at most [`MAX_PAGE`]) dead letters of `subject`, from DLQ
+/// stream sequence `from_sequence` on (0 or 1: the oldest).
+pub(crate) async fn page(
+    js: &jetstream::Context,
+    subject: &str,
+    from_sequence: u64,
+    limit: usize,
+) -> Result<DeadLetterPage> {
+    let Some(stream) = dead_letter_stream(js).await? else { return Ok(DeadLetterPage::default()) };
     let failed = |e: &dyn std::fmt::Display| js_error("catga.dlq", format!("listing dead letters of {subject:?}: {e}"));
     // A short-lived consumer that reads the subject's letters without
     // acknowledging anything; the server removes it after 30 s idle.
@@ -103,16 +136,16 @@ pub(crate) async fn dead_letters(js: &jetstream::Context, subject: &str) -> Resu
         .create_consumer(pull::Config {
             filter_subject: format!("{DLQ_PREFIX}{subject}"),
             ack_policy: AckPolicy::None,
-            deliver_policy: DeliverPolicy::All,
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: from_sequence.max(1) },
             inactive_threshold: Duration::from_secs(30),
             ..Default::default()
         })
         .await
         .map_err(|e| failed(&e))?;
-    let total = consumer.info().await.map_err(|e| failed(&e))?.num_pending as usize;
-    let mut letters = Vec::with_capacity(total);
-    while letters.len() < total {
-        let want = (total - letters.len()).min(256);
+    let pending = consumer.info().await.map_err(|e| failed(&e))?.num_pending;
+    let want = usize::try_from(pending).unwrap_or(usize::MAX).min(limit.clamp(1, MAX_PAGE));
+    let mut letters = Vec::with_capacity(want);
+    if want > 0 {
         let mut batch = consumer
             .batch()
             .max_messages(want)
@@ -120,7 +153,6 @@ pub(crate) async fn dead_letters(js: &jetstream::Context, subject: &str) -> Resu
             .messages()
             .await
             .map_err(|e| failed(&e))?;
-        let before = letters.len();
         while let Some(message) = batch.next().await {
             let message = message.map_err(|e| failed(&e))?;
             let sequence = message.info().map(|i| i.stream_sequence).map_err(|e| failed(&e))?;
@@ -138,13 +170,13 @@ pub(crate) async fn dead_letters(js: &jetstream::Context, subject: &str) -> Resu
                 payload: message.payload.to_vec(),
             });
         }
-        if letters.len() == before {
-            break; // deleted meanwhile
-        }
     }
     let name = consumer.cached_info().name.clone();
     let _ = stream.delete_consumer(&name).await;
-    Ok(letters)
+    // More may follow when this page is full and the server had more.
+    let more = !letters.is_empty() && (letters.len() as u64) < pending;
+    let next = if more { letters.last().map(|l| l.sequence + 1) } else { None };
+    Ok(DeadLetterPage { letters, next })
 }
 
 /// Publish dead letter `sequence` again to its original subject, with its
