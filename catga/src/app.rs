@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::instance::Instance;
 pub use crate::instance::{SendOptions, ShutdownReport};
 use crate::message::{Command, Event};
@@ -62,9 +62,9 @@ impl App {
     /// Send a command to the one instance that handles it and wait for the
     /// typed reply (default timeout).
     ///
-    /// Errors: [`Error::NoHandler`] when nobody serves the subject,
-    /// [`Error::Timeout`], [`Error::Handler`] with the handler's code and
-    /// message, [`Error::Shutdown`] after [`shutdown`](App::shutdown).
+    /// Errors: [`Error::NoHandler`](crate::Error::NoHandler) when nobody serves the subject,
+    /// [`Error::Timeout`](crate::Error::Timeout), [`Error::Handler`](crate::Error::Handler) with the handler's code and
+    /// message, [`Error::Shutdown`](crate::Error::Shutdown) after [`shutdown`](App::shutdown).
     pub fn send<C: Command>(&self, command: C) -> impl Future<Output = Result<C::Reply>> + Send + '_ {
         // Not an `async fn`: one less layer of future around every send.
         self.send_as(command, Metadata::root(), SendOptions::default())
@@ -103,7 +103,7 @@ impl App {
     /// The dead letters of a durable subject, oldest first: messages whose
     /// last delivery failed (after `max_deliver` attempts, or at once for
     /// an `invalid` message), with the reason, code, handler and delivery
-    /// count. NATS JetStream only; in memory this is an [`Error::Config`].
+    /// count. NATS JetStream only; in memory this is an [`Error::Config`](crate::Error::Config).
     /// Reads page by page; for a large dead-letter stream, use
     /// [`dead_letters_page`](App::dead_letters_page).
     pub async fn dead_letters(&self, subject: &str) -> Result<Vec<crate::transport::DeadLetter>> {
