@@ -525,3 +525,67 @@ async fn a_hundred_copies_of_one_command_across_three_processes_run_the_handler_
     assert_eq!(runs, 1, "the handler ran once across the three processes");
     client.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_with_an_idempotent_handler_and_default_settings_fails_nothing() {
+    // Default settings but the server URLs, as a new user runs it: the dead
+    // instance's claims must not outlive the callers' retries.
+    let nats = NatsServer::start();
+    let redis = catga_suite::redis::RedisServer::start();
+    let (nats_url, redis_url) = (nats.url(), redis.url());
+    let mut instances: Vec<ServiceProcess> = (0..3)
+        .map(|i| {
+            let id = format!("claims-{i}");
+            ServiceProcess::started(
+                SERVICE,
+                &[
+                    ("CATGA_NATS_URL", nats_url.as_str()),
+                    ("CATGA_REDIS_URL", redis_url.as_str()),
+                    ("CATGA_SERVICE", "svc"),
+                    ("CATGA_INSTANCE_ID", id.as_str()),
+                ],
+            )
+        })
+        .collect();
+    let client = Catga::builder().nats_url(&nats_url).service("tester").client_only().start().await.unwrap();
+    // 8 callers in flight, 30 commands each (a 50 ms idempotent handler);
+    // one instance is killed once 80 have been answered.
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, answered) = (client.clone(), answered.clone());
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for _ in 0..30 {
+                    let outcome = client.send(Charge { cents: 1 }).await;
+                    answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    outcomes.push(outcome.map(|(_, runs)| runs).map_err(|e| e.to_string()));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while answered.load(std::sync::atomic::Ordering::SeqCst) < 80 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    instances.remove(0).kill();
+    let mut outcomes = Vec::new();
+    for caller in callers {
+        outcomes.extend(tokio::time::timeout(Duration::from_secs(120), caller).await.expect("bounded").unwrap());
+    }
+    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    let reruns = outcomes.iter().filter(|o| matches!(o, Ok(runs) if *runs > 1)).count();
+    println!(
+        "kill -9, idempotent, defaults: {} answered, {} failed, {reruns} re-run after the kill, {} retries",
+        outcomes.len(),
+        failed.len(),
+        client.retries()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(outcomes.len(), 240);
+    // A handling the dead instance had started (its effect done, its reply
+    // not recorded) runs again elsewhere: at most the 8 that were in flight.
+    assert!(reruns <= 8, "{reruns} handlings ran twice");
+    client.shutdown().await;
+}
