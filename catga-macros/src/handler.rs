@@ -9,7 +9,7 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{FnArg, GenericArgument, ItemFn, LitStr, Path, PathArguments, ReturnType, Type};
 
-use crate::attr::{Attr, Errors, bool_value, set_checked_string, set_millis, set_parsed, skip_value, unknown_key};
+use crate::attr::{Attr, Errors, boolean, millis, set_checked_string, skip_value, syntax, unknown_key};
 use crate::subject::{check_publish_subject, check_queue};
 
 #[derive(Clone, Copy, PartialEq)]
@@ -79,18 +79,14 @@ fn parse_args(kind: Kind, args: TokenStream, errors: &mut Errors) -> Args {
         } else if meta.path.is_ident("queue") {
             set_checked_string(&meta, "\"order-workers\"", check_queue, &mut queue, errors);
         } else if meta.path.is_ident("timeout") {
-            set_millis(&meta, &mut timeout, errors);
+            timeout.set(&meta.path, millis(&meta), errors);
         } else if meta.path.is_ident("idempotent") {
             // `idempotent` alone means true; `idempotent = false` opts out of
             // a service-wide default.
-            let value =
-                if meta.input.peek(syn::Token![=]) { bool_value(&meta, "idempotent = false") } else { Ok(true) };
-            match value {
-                Ok(on) => idempotent.set(&meta.path, on, errors),
-                Err(e) => errors.push(e),
-            }
+            let value = if meta.input.peek(syn::Token![=]) { boolean(&meta, "idempotent = false") } else { Ok(true) };
+            idempotent.set(&meta.path, value, errors);
         } else if meta.path.is_ident("crate") {
-            set_parsed(&meta, &mut krate, errors);
+            krate.set(&meta.path, syntax(&meta, "a path", "my_catga"), errors);
         } else {
             errors.push(unknown_key(&meta, kind.attr(), KEYS));
             skip_value(&meta);

@@ -11,7 +11,7 @@ use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, ImplItem, ImplItemFn, ItemImpl, LitInt, LitStr, Path, ReturnType, Type, TypeReference};
 
-use crate::attr::{Attr, Errors, set_checked_string, set_millis, set_parsed, skip_value, unknown_key};
+use crate::attr::{Attr, Errors, flag, millis, read, set_checked_string, skip_value, syntax, unknown_key};
 
 const SAGA_KEYS: &[&str] = &["name", "data", "crate"];
 const STEP_KEYS: &[&str] = &["compensate", "pivot", "retry", "timeout"];
@@ -30,6 +30,8 @@ enum StepKind {
 }
 
 struct StepArgs {
+    /// `compensate` was given (its function is `compensate`, if it parsed).
+    compensates: bool,
     compensate: Option<syn::Ident>,
     pivot: Option<syn::Ident>,
     retry: Option<u32>,
@@ -71,9 +73,9 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> SagaArgs {
         if meta.path.is_ident("name") {
             set_checked_string(&meta, "\"order-fulfilment\"", check_name, &mut name, errors);
         } else if meta.path.is_ident("data") {
-            set_parsed(&meta, &mut data, errors);
+            data.set(&meta.path, syntax(&meta, "a type", "OrderData"), errors);
         } else if meta.path.is_ident("crate") {
-            set_parsed(&meta, &mut krate, errors);
+            krate.set(&meta.path, syntax(&meta, "a path", "my_catga"), errors);
         } else {
             errors.push(unknown_key(&meta, "#[saga]", SAGA_KEYS));
             skip_value(&meta);
@@ -120,30 +122,23 @@ fn parse_step(attr: &syn::Attribute, errors: &mut Errors) -> StepArgs {
     let mut retry = Attr::new("retry");
     let mut timeout = Attr::new("timeout");
     if matches!(attr.meta, syn::Meta::Path(_)) {
-        return StepArgs { compensate: None, pivot: None, retry: None, timeout_ms: None };
+        return StepArgs { compensates: false, compensate: None, pivot: None, retry: None, timeout_ms: None };
     }
     let parsed = attr.parse_nested_meta(|meta| {
         let key = &meta.path;
         if key.is_ident("compensate") {
-            match meta.value().and_then(|v| v.parse::<syn::Ident>()) {
-                Ok(ident) => compensate.set(key, ident, errors),
-                Err(e) => {
-                    errors.push(syn::Error::new(e.span(), "`compensate` names a function: `compensate = refund`"))
-                }
-            }
+            let value = read(&meta, "`compensate` names a function: `compensate = refund`", |input| input.parse());
+            compensate.set(key, value, errors);
         } else if key.is_ident("pivot") {
-            if meta.input.peek(syn::Token![=]) {
-                errors.push(meta.error("`pivot` is a flag: write `#[step(pivot)]`"));
-                skip_value(&meta);
-            }
-            pivot.set(key, key.get_ident().cloned().unwrap_or_else(|| format_ident!("pivot")), errors);
+            let value = flag(&meta, "`pivot` is a flag: write `#[step(pivot)]`");
+            pivot.set(key, value.map(|()| key.get_ident().cloned().unwrap_or_else(|| format_ident!("pivot"))), errors);
         } else if key.is_ident("retry") {
-            match meta.value().and_then(|v| v.parse::<LitInt>()).and_then(|lit| lit.base10_parse::<u32>()) {
-                Ok(n) => retry.set(key, n, errors),
-                Err(e) => errors.push(syn::Error::new(e.span(), "`retry` takes a whole number: `retry = 5`")),
-            }
+            let value = read(&meta, "`retry` takes a whole number: `retry = 5`", |input| {
+                input.parse::<LitInt>()?.base10_parse::<u32>()
+            });
+            retry.set(key, value, errors);
         } else if key.is_ident("timeout") {
-            set_millis(&meta, &mut timeout, errors);
+            timeout.set(key, millis(&meta), errors);
         } else {
             errors.push(unknown_key(&meta, "#[step]", STEP_KEYS));
             skip_value(&meta);
@@ -153,7 +148,13 @@ fn parse_step(attr: &syn::Attribute, errors: &mut Errors) -> StepArgs {
     if let Err(e) = parsed {
         errors.push(e);
     }
-    StepArgs { compensate: compensate.get(), pivot: pivot.get(), retry: retry.get(), timeout_ms: timeout.get() }
+    StepArgs {
+        compensates: compensate.given(),
+        compensate: compensate.get(),
+        pivot: pivot.get(),
+        retry: retry.get(),
+        timeout_ms: timeout.get(),
+    }
 }
 
 /// A checked saga, ready to expand.
@@ -211,14 +212,16 @@ fn check<'a>(
     for (ident, step_args) in parsed {
         let func = fns[&ident.to_string()];
         check_fn(func, "step", "&mut ", errors);
-        let kind = match (&step_args.compensate, &step_args.pivot) {
-            (Some(_), Some(p)) => {
+        // A `compensate` with a malformed value still makes the step
+        // compensatable, so it does not also break the order rules.
+        let kind = match (step_args.compensates, &step_args.pivot) {
+            (true, Some(p)) => {
                 errors.at(p, "a pivot has no compensation: it is the point of no return; drop `compensate` or `pivot`");
                 StepKind::Pivot
             }
-            (Some(_), None) => StepKind::Compensatable,
-            (None, Some(_)) => StepKind::Pivot,
-            (None, None) => StepKind::Retriable,
+            (true, None) => StepKind::Compensatable,
+            (false, Some(_)) => StepKind::Pivot,
+            (false, None) => StepKind::Retriable,
         };
         match kind {
             StepKind::Compensatable => {
@@ -291,6 +294,7 @@ fn check<'a>(
         steps.push(StepFn {
             func,
             args: StepArgs {
+                compensates: step_args.compensates,
                 compensate: step_args.compensate.clone(),
                 pivot: step_args.pivot.clone(),
                 retry: step_args.retry,
