@@ -188,19 +188,26 @@ fn generate(kind: Kind, input: &DeriveInput, c: &Contract, errors: &Errors) -> T
             #validate
         }
     };
+    // `Command`/`Event` restate their supertrait `Message` as a where-clause:
+    // it holds whenever the `Message` impl above exists (always), and it
+    // keeps a type that misses `Serialize` from being reported a second time
+    // here. Higher-ranked, so that rustc takes it as an assumption rather
+    // than a "trivial bound" it refuses.
+    let mut extended = where_clause.cloned().unwrap_or_else(|| syn::parse_quote!(where));
+    extended.predicates.push(syn::parse_quote!(for<'__catga> #ident #ty_generics: #krate::Message));
     let specific = match kind {
         Kind::Command => {
             let reply = c.reply.as_ref().map(|t| quote!(#t)).unwrap_or(error_type);
             quote! {
                 #[automatically_derived]
-                impl #impl_generics #krate::Command for #ident #ty_generics #where_clause {
+                impl #impl_generics #krate::Command for #ident #ty_generics #extended {
                     type Reply = #reply;
                 }
             }
         }
         Kind::Event => quote! {
             #[automatically_derived]
-            impl #impl_generics #krate::Event for #ident #ty_generics #where_clause {}
+            impl #impl_generics #krate::Event for #ident #ty_generics #extended {}
         },
     };
     quote! {
