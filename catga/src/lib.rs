@@ -145,7 +145,8 @@ pub mod prelude {
 /// and the `impl`'s associated const `REGISTRATION` exists only when every
 /// condition holds. Otherwise `<Guard>::REGISTRATION` resolves to the
 /// [`Unchecked`] trait's, which never runs: a false condition is always a
-/// failed check, so that program does not compile.
+/// failed check, so that program does not compile. Sagas do the same for
+/// their data type ([`UncheckedSaga`]).
 ///
 /// The pipeline's own bounds (`Send`, the error type) are restated on a
 /// function in the expansion, so they are reported there too, with nothing
@@ -162,6 +163,7 @@ pub mod __private {
     pub use crate::saga::definition::{SagaDef, Step as SagaStep, StepKind as SagaStepKind};
     pub use inventory;
 
+    use crate::saga::SagaEntry;
     use crate::{Command, Event, HandlerError};
 
     /// What a handler's record takes from its message type.
@@ -243,17 +245,49 @@ pub mod __private {
         }
     }
 
+    /// A saga's step table and registration fall back to these when one of
+    /// its checks failed (as a handler's does to [`Unchecked`]'s): never run.
+    pub trait UncheckedSaga<D: 'static> {
+        /// No steps.
+        const STEPS: &'static [SagaStep<D>] = &[];
+        /// Never registered.
+        const ENTRY: &'static dyn SagaEntry = &UNCHECKED_SAGA;
+    }
+
+    static UNCHECKED_SAGA: SagaDef<()> =
+        SagaDef { name: "<unchecked>", steps: &[], data_type: unchecked_name, file: "", line: 0 };
+
+    /// A saga's entry (the `dyn` coercion made where `D` is known to be
+    /// saga data).
+    pub const fn saga_entry<D: SagaData>(def: &'static SagaDef<D>) -> &'static dyn SagaEntry {
+        def
+    }
+
     /// `T` and `Self` are one type. A parameter the user wrote (a handler's
-    /// `Context`) is passed through it, so a guarded
+    /// `Context`, a step's data) is passed through it, so a guarded
     /// registration type-checks whatever was written there.
     pub trait Same<T> {
         /// `self`, as `T`.
         fn same(self) -> T;
+        /// `self`, as `&T`.
+        fn same_ref(&self) -> &T;
+        /// `self`, as `&mut T`.
+        fn same_mut(&mut self) -> &mut T;
     }
 
     impl<T> Same<T> for T {
         #[inline(always)]
         fn same(self) -> T {
+            self
+        }
+
+        #[inline(always)]
+        fn same_ref(&self) -> &T {
+            self
+        }
+
+        #[inline(always)]
+        fn same_mut(&mut self) -> &mut T {
             self
         }
     }
@@ -329,24 +363,35 @@ pub mod __private {
         }
     }
 
-    /// A step's or compensation's future, boxed as the table stores it. Its
-    /// `Send` bound is where a step holding a non-`Send` value across an
-    /// `.await` is reported.
-    pub fn saga_step<'a, E: Into<crate::HandlerError>>(
-        step: impl ::core::future::Future<Output = Result<(), E>> + Send + 'a,
-    ) -> BoxFuture<'a, Result<(), crate::HandlerError>> {
-        Box::pin(async move { step.await.map_err(Into::into) })
+    pin_project_lite::pin_project! {
+        /// A step's or compensation's future with its error as a
+        /// `HandlerError` (the expansion checks the bounds and boxes it).
+        pub struct StepFuture<F> {
+            #[pin]
+            step: F,
+        }
     }
 
-    /// Compile-time check that saga data can be persisted.
-    pub fn assert_saga_data<D: SagaData>() {}
+    impl<F> StepFuture<F> {
+        /// Wrap a step's future.
+        pub fn new(step: F) -> Self {
+            StepFuture { step }
+        }
+    }
 
-    /// Saga data: persisted as JSON between steps.
-    #[diagnostic::on_unimplemented(
-        message = "saga data `{Self}` cannot be persisted",
-        label = "saga data must be `Serialize + DeserializeOwned + Send + Sync + 'static`",
-        note = "derive it: #[derive(Serialize, Deserialize)]"
-    )]
+    impl<F, E: Into<HandlerError>> Future for StepFuture<F>
+    where
+        F: Future<Output = Result<(), E>>,
+    {
+        type Output = Result<(), HandlerError>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+            self.project().step.poll(cx).map(|r| r.map_err(Into::into))
+        }
+    }
+
+    /// What saga data must be (`Saga::Data`'s bounds): the condition a
+    /// saga's registration is guarded by.
     pub trait SagaData: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {}
     impl<D: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> SagaData for D {}
 
