@@ -125,7 +125,7 @@ pub use metadata::{MessageId, Metadata};
 pub use transport::DeadLetter;
 
 /// Attribute macros for handlers, derives for contracts.
-pub use catga_macros::{Command, Event, command, event, saga};
+pub use catga_impl::{Command, Event, command, event, saga};
 
 /// Everything a handler or contract file needs.
 pub mod prelude {
