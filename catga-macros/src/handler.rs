@@ -1,6 +1,7 @@
 //! `#[command]` and `#[event]`: parse the arguments and the function,
 //! validate them, and expand to the user's function plus a small
-//! registration: a thunk that calls the generic runtime pipeline, a static
+//! registration: spanned checks, then (guarded by what they check, see
+//! `catga::__private`) a thunk that calls the generic runtime pipeline, a
 //! typed entry, and an `inventory` record.
 
 use proc_macro2::{Span, TokenStream};
