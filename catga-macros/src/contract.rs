@@ -3,10 +3,10 @@
 //! codec, validation hook, durability.
 
 use proc_macro2::{Span, TokenStream};
-use quote::quote;
+use quote::{ToTokens, quote};
 use syn::{DeriveInput, LitStr, Path, Type};
 
-use crate::attr::{Attr, Errors, set_checked_string, skip_value, unknown_key};
+use crate::attr::{Attr, Errors, flag, set_checked_string, skip_value, syntax, unknown_key};
 use crate::subject::check_publish_subject;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -42,6 +42,8 @@ struct Contract {
     subject: Option<LitStr>,
     reply: Option<Type>,
     codec: Option<Type>,
+    /// `codec` was given, with a value of the wrong form.
+    codec_broken: bool,
     validate: bool,
     durable: bool,
     krate: Path,
@@ -54,11 +56,9 @@ pub(crate) fn expand(kind: Kind, input: TokenStream) -> TokenStream {
     };
     let mut errors = Errors::default();
     let contract = parse(kind, &input, &mut errors);
-    // Emit the impls whenever the parts they need parsed, even next to an
-    // error, so a bad subject does not also break every handler of the type.
-    let impls = generate(kind, &input, &contract);
-    let errors = errors.to_compile_errors();
-    let out = quote!(#impls #errors);
+    // The impls come out even next to an error, so that a contract with a
+    // mistake does not also break every handler and sender of the type.
+    let out = generate(kind, &input, &contract, &errors);
     crate::debug_print(kind.derive(), &out);
     out
 }
@@ -71,37 +71,30 @@ fn parse(kind: Kind, input: &DeriveInput, errors: &mut Errors) -> Contract {
     let mut durable = Attr::new("durable");
     let mut krate = Attr::new("crate");
     let mut found = false;
-    let mut subject_given = false;
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("catga")) {
         found = true;
         let parsed = attr.parse_nested_meta(|meta| {
             let key = &meta.path;
             if key.is_ident("subject") {
-                subject_given = true;
                 set_checked_string(&meta, "\"orders.create\"", check_publish_subject, &mut subject, errors);
             } else if key.is_ident("reply") && kind == Kind::Command {
-                reply.set(key, meta.value()?.parse::<Type>()?, errors);
+                reply.set(key, syntax(&meta, "a type", "OrderAccepted"), errors);
             } else if key.is_ident("codec") {
-                codec.set(key, meta.value()?.parse::<Type>()?, errors);
+                codec.set(key, syntax(&meta, "a type", "catga::Json"), errors);
             } else if key.is_ident("validate") {
-                if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
-                    errors.push(meta.error("`validate` is a flag: write `validate` and implement `catga::Validate`"));
-                    skip_value(&meta);
-                }
-                validate.set(key, (), errors);
+                let value = flag(&meta, "`validate` is a flag: write `validate` and implement `catga::Validate`");
+                validate.set(key, value, errors);
             } else if key.is_ident("durable") {
                 // One form only: the bare flag. `durable = true` would invite
                 // `durable = false`, which says nothing the absence does not.
-                if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
-                    errors.push(meta.error(
-                        "`durable` is a flag: write `durable` (no value) to deliver this message through JetStream, \
-                         or leave it out for at-most-once core NATS",
-                    ));
-                    skip_value(&meta);
-                }
-                durable.set(key, (), errors);
+                let value = flag(
+                    &meta,
+                    "`durable` is a flag: write `durable` (no value) to deliver this message through JetStream, \
+                     or leave it out for at-most-once core NATS",
+                );
+                durable.set(key, value, errors);
             } else if key.is_ident("crate") {
-                krate.set(key, meta.value()?.parse::<Path>()?, errors);
+                krate.set(key, syntax(&meta, "a path", "my_catga"), errors);
             } else {
                 let what = format!("#[catga] of {}", kind.derive());
                 let mut e = unknown_key(&meta, &what, kind.keys());
@@ -121,34 +114,59 @@ fn parse(kind: Kind, input: &DeriveInput, errors: &mut Errors) -> Contract {
     if !found {
         errors.at(ident, format!("{} needs a contract attribute: {}", kind.derive(), kind.example()));
     } else {
-        if !subject_given {
+        if !subject.given() {
             errors.at(ident, format!("{} needs a subject: {}", kind.derive(), kind.example()));
         }
-        if kind == Kind::Command && reply.as_ref().is_none() {
+        if kind == Kind::Command && !reply.given() {
             errors.at(
                 ident,
                 format!("{} needs a reply type (use `reply = ()` for none): {}", kind.derive(), kind.example()),
             );
         }
     }
+    let codec_broken = codec.given() && codec.as_ref().is_none();
     Contract {
         subject: subject.get(),
         reply: reply.get(),
         codec: codec.get(),
+        codec_broken,
         validate: validate.get().is_some(),
         durable: durable.get().is_some(),
         krate: krate.get().unwrap_or_else(|| syn::parse_quote!(::catga)),
     }
 }
 
-fn generate(kind: Kind, input: &DeriveInput, c: &Contract) -> TokenStream {
-    let Some(subject) = &c.subject else { return TokenStream::new() };
-    // An invalid subject still yields an impl (with the error beside it).
-    let subject = LitStr::new(&subject.value(), Span::call_site());
+fn generate(kind: Kind, input: &DeriveInput, c: &Contract, errors: &Errors) -> TokenStream {
     let krate = &c.krate;
     let ident = &input.ident;
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
-    let codec = c.codec.as_ref().map(|t| quote!(#t)).unwrap_or_else(|| quote!(#krate::Json));
+    // Every error of the contract is reported once, by this const. A part
+    // that is missing or malformed becomes a value derived from it, which
+    // rustc treats as an error already reported: no handler, sender or
+    // check of the type reports it again.
+    let error = (!errors.is_empty()).then(|| {
+        let errors = errors.to_compile_errors();
+        quote!(#[allow(dead_code)] const __CATGA_CONTRACT_ERROR: () = { #errors };)
+    });
+    let error_type = quote!(
+        [(); {
+            let () = __CATGA_CONTRACT_ERROR;
+            0
+        }]
+    );
+    let subject = match &c.subject {
+        // An invalid subject still yields an impl (with the error beside it).
+        Some(subject) => LitStr::new(&subject.value(), Span::call_site()).into_token_stream(),
+        None => quote!({
+            let () = __CATGA_CONTRACT_ERROR;
+            ""
+        }),
+    };
+    let codec = match &c.codec {
+        Some(t) => quote!(#t),
+        None if c.codec_broken => error_type.clone(),
+        None => quote!(#krate::Json),
+    };
     let validate = c.validate.then(|| {
         quote! {
             fn validate(&self) -> ::core::result::Result<(), #krate::HandlerError> {
@@ -170,20 +188,34 @@ fn generate(kind: Kind, input: &DeriveInput, c: &Contract) -> TokenStream {
             #validate
         }
     };
+    // `Command`/`Event` restate their supertrait `Message` as a where-clause:
+    // it holds whenever the `Message` impl above exists (always), and it
+    // keeps a type that misses `Serialize` from being reported a second time
+    // here. Higher-ranked, so that rustc takes it as an assumption rather
+    // than a "trivial bound" it refuses.
+    let mut extended = where_clause.cloned().unwrap_or_else(|| syn::parse_quote!(where));
+    extended.predicates.push(syn::parse_quote!(for<'__catga> #ident #ty_generics: #krate::Message));
     let specific = match kind {
-        Kind::Command => match &c.reply {
-            Some(reply) => quote! {
+        Kind::Command => {
+            let reply = c.reply.as_ref().map(|t| quote!(#t)).unwrap_or(error_type);
+            quote! {
                 #[automatically_derived]
-                impl #impl_generics #krate::Command for #ident #ty_generics #where_clause {
+                impl #impl_generics #krate::Command for #ident #ty_generics #extended {
                     type Reply = #reply;
                 }
-            },
-            None => TokenStream::new(),
-        },
+            }
+        }
         Kind::Event => quote! {
             #[automatically_derived]
-            impl #impl_generics #krate::Event for #ident #ty_generics #where_clause {}
+            impl #impl_generics #krate::Event for #ident #ty_generics #extended {}
         },
     };
-    quote!(#message #specific)
+    quote! {
+        #[doc(hidden)]
+        const _: () = {
+            #error
+            #message
+            #specific
+        };
+    }
 }

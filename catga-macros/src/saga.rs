@@ -11,7 +11,7 @@ use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, ImplItem, ImplItemFn, ItemImpl, LitInt, LitStr, Path, ReturnType, Type, TypeReference};
 
-use crate::attr::{Attr, Errors, set_checked_string, set_millis, set_parsed, skip_value, unknown_key};
+use crate::attr::{Attr, Errors, flag, millis, read, set_checked_string, skip_value, syntax, unknown_key};
 
 const SAGA_KEYS: &[&str] = &["name", "data", "crate"];
 const STEP_KEYS: &[&str] = &["compensate", "pivot", "retry", "timeout"];
@@ -30,6 +30,8 @@ enum StepKind {
 }
 
 struct StepArgs {
+    /// `compensate` was given (its function is `compensate`, if it parsed).
+    compensates: bool,
     compensate: Option<syn::Ident>,
     pivot: Option<syn::Ident>,
     retry: Option<u32>,
@@ -71,9 +73,9 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> SagaArgs {
         if meta.path.is_ident("name") {
             set_checked_string(&meta, "\"order-fulfilment\"", check_name, &mut name, errors);
         } else if meta.path.is_ident("data") {
-            set_parsed(&meta, &mut data, errors);
+            data.set(&meta.path, syntax(&meta, "a type", "OrderData"), errors);
         } else if meta.path.is_ident("crate") {
-            set_parsed(&meta, &mut krate, errors);
+            krate.set(&meta.path, syntax(&meta, "a path", "my_catga"), errors);
         } else {
             errors.push(unknown_key(&meta, "#[saga]", SAGA_KEYS));
             skip_value(&meta);
@@ -120,30 +122,23 @@ fn parse_step(attr: &syn::Attribute, errors: &mut Errors) -> StepArgs {
     let mut retry = Attr::new("retry");
     let mut timeout = Attr::new("timeout");
     if matches!(attr.meta, syn::Meta::Path(_)) {
-        return StepArgs { compensate: None, pivot: None, retry: None, timeout_ms: None };
+        return StepArgs { compensates: false, compensate: None, pivot: None, retry: None, timeout_ms: None };
     }
     let parsed = attr.parse_nested_meta(|meta| {
         let key = &meta.path;
         if key.is_ident("compensate") {
-            match meta.value().and_then(|v| v.parse::<syn::Ident>()) {
-                Ok(ident) => compensate.set(key, ident, errors),
-                Err(e) => {
-                    errors.push(syn::Error::new(e.span(), "`compensate` names a function: `compensate = refund`"))
-                }
-            }
+            let value = read(&meta, "`compensate` names a function: `compensate = refund`", |input| input.parse());
+            compensate.set(key, value, errors);
         } else if key.is_ident("pivot") {
-            if meta.input.peek(syn::Token![=]) {
-                errors.push(meta.error("`pivot` is a flag: write `#[step(pivot)]`"));
-                skip_value(&meta);
-            }
-            pivot.set(key, key.get_ident().cloned().unwrap_or_else(|| format_ident!("pivot")), errors);
+            let value = flag(&meta, "`pivot` is a flag: write `#[step(pivot)]`");
+            pivot.set(key, value.map(|()| key.get_ident().cloned().unwrap_or_else(|| format_ident!("pivot"))), errors);
         } else if key.is_ident("retry") {
-            match meta.value().and_then(|v| v.parse::<LitInt>()).and_then(|lit| lit.base10_parse::<u32>()) {
-                Ok(n) => retry.set(key, n, errors),
-                Err(e) => errors.push(syn::Error::new(e.span(), "`retry` takes a whole number: `retry = 5`")),
-            }
+            let value = read(&meta, "`retry` takes a whole number: `retry = 5`", |input| {
+                input.parse::<LitInt>()?.base10_parse::<u32>()
+            });
+            retry.set(key, value, errors);
         } else if key.is_ident("timeout") {
-            set_millis(&meta, &mut timeout, errors);
+            timeout.set(key, millis(&meta), errors);
         } else {
             errors.push(unknown_key(&meta, "#[step]", STEP_KEYS));
             skip_value(&meta);
@@ -153,7 +148,13 @@ fn parse_step(attr: &syn::Attribute, errors: &mut Errors) -> StepArgs {
     if let Err(e) = parsed {
         errors.push(e);
     }
-    StepArgs { compensate: compensate.get(), pivot: pivot.get(), retry: retry.get(), timeout_ms: timeout.get() }
+    StepArgs {
+        compensates: compensate.given(),
+        compensate: compensate.get(),
+        pivot: pivot.get(),
+        retry: retry.get(),
+        timeout_ms: timeout.get(),
+    }
 }
 
 /// A checked saga, ready to expand.
@@ -211,14 +212,16 @@ fn check<'a>(
     for (ident, step_args) in parsed {
         let func = fns[&ident.to_string()];
         check_fn(func, "step", "&mut ", errors);
-        let kind = match (&step_args.compensate, &step_args.pivot) {
-            (Some(_), Some(p)) => {
+        // A `compensate` with a malformed value still makes the step
+        // compensatable, so it does not also break the order rules.
+        let kind = match (step_args.compensates, &step_args.pivot) {
+            (true, Some(p)) => {
                 errors.at(p, "a pivot has no compensation: it is the point of no return; drop `compensate` or `pivot`");
                 StepKind::Pivot
             }
-            (Some(_), None) => StepKind::Compensatable,
-            (None, Some(_)) => StepKind::Pivot,
-            (None, None) => StepKind::Retriable,
+            (true, None) => StepKind::Compensatable,
+            (false, Some(_)) => StepKind::Pivot,
+            (false, None) => StepKind::Retriable,
         };
         match kind {
             StepKind::Compensatable => {
@@ -291,6 +294,7 @@ fn check<'a>(
         steps.push(StepFn {
             func,
             args: StepArgs {
+                compensates: step_args.compensates,
                 compensate: step_args.compensate.clone(),
                 pivot: step_args.pivot.clone(),
                 retry: step_args.retry,
@@ -357,6 +361,72 @@ fn data_param(func: &ImplItemFn, mutable: bool) -> Option<&Type> {
     }
 }
 
+/// The referenced type of parameter `index` (`Data` in `&mut Data`).
+fn ref_param(func: &ImplItemFn, index: usize) -> Option<&Type> {
+    match func.sig.inputs.iter().nth(index) {
+        Some(FnArg::Typed(t)) => match &*t.ty {
+            Type::Reference(r) => Some(&r.elem),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A step's or compensation's part of the expansion: the checks of its
+/// parameters (spanned where the user wrote them), the conditions the table
+/// is guarded by (the same), and its thunk (inside the guarded `impl`).
+struct Callee {
+    checks: TokenStream,
+    conditions: Vec<TokenStream>,
+    thunk: TokenStream,
+}
+
+fn callee(block: &ItemImpl, args: &SagaArgs, data: &Type, func: &ImplItemFn, thunk: &syn::Ident, step: bool) -> Callee {
+    let krate = &args.krate;
+    let private = quote!(#krate::__private);
+    let self_ty = &block.self_ty;
+    let ident = &func.sig.ident;
+    let ctx_ty = quote!(#krate::saga::SagaContext);
+    let (data_ref, check_ref, same_data) = if step {
+        (quote!(&'__catga mut), quote!(&mut), quote!(same_mut))
+    } else {
+        (quote!(&'__catga), quote!(&), quote!(same_ref))
+    };
+    let mut checks = TokenStream::new();
+    let mut conditions = Vec::new();
+    let mut data_arg = quote!(__catga_data);
+    if let Some(ty) = ref_param(func, 0) {
+        checks.extend(if step {
+            quote_spanned!(ty.span()=> let _: &mut #ty = __catga_data;)
+        } else {
+            quote_spanned!(ty.span()=> let _: &#ty = __catga_data;)
+        });
+        conditions.push(quote!(for<'__catga> #data: #private::Same<#ty>));
+        data_arg = quote!(<#data as #private::Same<#ty>>::#same_data(__catga_data));
+    }
+    let mut ctx_arg = quote!(__catga_ctx);
+    if let Some(ty) = ref_param(func, 1) {
+        checks.extend(quote_spanned!(ty.span()=> let _: &#ty = __catga_ctx;));
+        conditions.push(quote!(for<'__catga> #ctx_ty: #private::Same<#ty>));
+        ctx_arg = quote!(<#ctx_ty as #private::Same<#ty>>::same_ref(__catga_ctx));
+    }
+    let check_fn = format_ident!("__catga_check_{}", ident);
+    let checks = quote! {
+        #[allow(dead_code, clippy::all)]
+        fn #check_fn(__catga_data: #check_ref #data, __catga_ctx: &#ctx_ty) {
+            #checks
+        }
+    };
+    let call = quote_spanned!(ident.span()=> __catga_step(<#self_ty>::#ident(#data_arg, #ctx_arg)));
+    let result_ty = quote!(#private::BoxFuture<'__catga, ::core::result::Result<(), #krate::saga::StepError>>);
+    let thunk = quote! {
+        fn #thunk<'__catga>(__catga_data: #data_ref #data, __catga_ctx: &'__catga #ctx_ty) -> #result_ty {
+            #call
+        }
+    };
+    Callee { checks, conditions, thunk }
+}
+
 fn expand_table(block: &ItemImpl, args: &SagaArgs, c: Checked) -> TokenStream {
     let krate = &args.krate;
     let private = quote!(#krate::__private);
@@ -369,28 +439,18 @@ fn expand_table(block: &ItemImpl, args: &SagaArgs, c: Checked) -> TokenStream {
             LitStr::new(&text, self_ty.span())
         }
     };
-    let ctx_ty = quote!(#krate::saga::SagaContext);
-    let result_ty = quote!(#private::BoxFuture<'__catga, ::core::result::Result<(), #krate::saga::StepError>>);
 
-    let mut items = Vec::new();
+    let mut checks = Vec::new();
+    let mut conditions = vec![quote_spanned!(data.span()=> for<'__catga> #data: #private::SagaData)];
+    let mut thunks = Vec::new();
     let mut rows = Vec::new();
     for step in &c.steps {
         let ident = &step.func.sig.ident;
         let thunk = format_ident!("__catga_step_{}", ident);
-        // The data parameter is checked against the saga's data type where
-        // the user wrote it.
-        let param = data_param(step.func, true).map(|ty| quote_spanned!(ty.span()=> let _: &mut #ty = __catga_data;));
-        let check_fn = format_ident!("__catga_check_{}", ident);
-        let call = quote_spanned!(ident.span()=> #private::saga_step(<#self_ty>::#ident(__catga_data, __catga_ctx)));
-        items.push(quote! {
-            #[allow(dead_code, clippy::all)]
-            fn #check_fn(__catga_data: &mut #data) {
-                #param
-            }
-            fn #thunk<'__catga>(__catga_data: &'__catga mut #data, __catga_ctx: &'__catga #ctx_ty) -> #result_ty {
-                #call
-            }
-        });
+        let part = callee(block, args, data, step.func, &thunk, true);
+        checks.push(part.checks);
+        conditions.extend(part.conditions);
+        thunks.push(part.thunk);
         let kind = match step.kind {
             StepKind::Compensatable => quote!(Compensatable),
             StepKind::Pivot => quote!(Pivot),
@@ -399,23 +459,12 @@ fn expand_table(block: &ItemImpl, args: &SagaArgs, c: Checked) -> TokenStream {
         let compensation = match &step.args.compensate {
             Some(comp) => {
                 let comp_thunk = format_ident!("__catga_compensate_{}", comp);
-                let comp_check = format_ident!("__catga_check_{}", comp);
-                let comp_fn = c.compensations[&comp.to_string()];
-                let param =
-                    data_param(comp_fn, false).map(|ty| quote_spanned!(ty.span()=> let _: &#ty = __catga_data;));
-                let comp_ident = &comp_fn.sig.ident;
-                let call = quote_spanned!(comp.span()=> #private::saga_step(<#self_ty>::#comp_ident(__catga_data, __catga_ctx)));
-                items.push(quote! {
-                    #[allow(dead_code, clippy::all)]
-                    fn #comp_check(__catga_data: &#data) {
-                        #param
-                    }
-                    fn #comp_thunk<'__catga>(__catga_data: &'__catga #data, __catga_ctx: &'__catga #ctx_ty) -> #result_ty {
-                        #call
-                    }
-                });
+                let part = callee(block, args, data, c.compensations[&comp.to_string()], &comp_thunk, false);
+                checks.push(part.checks);
+                conditions.extend(part.conditions);
+                thunks.push(part.thunk);
                 let comp_name = LitStr::new(&comp.to_string(), comp.span());
-                quote!(::core::option::Option::Some((#comp_name, #comp_thunk)))
+                quote!(::core::option::Option::Some((#comp_name, Self::#comp_thunk)))
             }
             None => quote!(::core::option::Option::None),
         };
@@ -430,36 +479,63 @@ fn expand_table(block: &ItemImpl, args: &SagaArgs, c: Checked) -> TokenStream {
             #private::SagaStep {
                 name: #step_name,
                 kind: #private::SagaStepKind::#kind,
-                run: #thunk,
+                run: Self::#thunk,
                 compensation: #compensation,
                 retry: #retry,
                 timeout_ms: #timeout,
             }
         });
     }
-    let n = rows.len();
-    let data_check = quote_spanned!(data.span()=> #private::assert_saga_data::<#data>(););
     let line = quote_spanned!(self_ty.span()=> ::core::line!());
+    // The pipeline's bounds on a step's future, restated here so that a step
+    // that does not meet them is reported at its own code.
+    let self_span = self_ty.span();
+    let send = quote_spanned!(self_span=> ::core::marker::Send + '__catga);
+    let into_error = quote_spanned!(self_span=> ::core::convert::Into<#krate::HandlerError>);
     quote! {
         #[doc(hidden)]
         const _: () = {
-            #[allow(dead_code, clippy::all)]
-            fn __catga_checks() {
-                #data_check
+            #(#checks)*
+
+            fn __catga_step<'__catga, F, E>(
+                __catga_step: F,
+            ) -> #private::BoxFuture<'__catga, ::core::result::Result<(), #krate::saga::StepError>>
+            where
+                F: ::core::future::Future<Output = ::core::result::Result<(), E>> + #send,
+                E: #into_error,
+            {
+                ::std::boxed::Box::pin(#private::StepFuture::new(__catga_step))
             }
 
-            #(#items)*
+            /// The step table and the registration, guarded by the checks'
+            /// conditions (see `catga::__private`).
+            struct __CatgaSaga;
 
-            static __CATGA_STEPS: [#private::SagaStep<#data>; #n] = [#(#rows),*];
+            use #private::UncheckedSaga as _;
+            impl #private::UncheckedSaga<#data> for __CatgaSaga {}
+
+            #[allow(clippy::all)]
+            impl __CatgaSaga
+            where
+                #(#conditions,)*
+            {
+                const STEPS: &'static [#private::SagaStep<#data>] = &[#(#rows),*];
+                const ENTRY: &'static dyn #krate::saga::SagaEntry = #private::saga_entry(&__CATGA_SAGA);
+
+                #(#thunks)*
+            }
 
             static __CATGA_SAGA: #private::SagaDef<#data> = #private::SagaDef {
                 name: #name,
-                steps: &__CATGA_STEPS,
+                steps: <__CatgaSaga>::STEPS,
                 data_type: ::core::any::type_name::<#data>,
                 file: ::core::file!(),
                 line: #line,
             };
 
+            // Unconditional: a data type that cannot be persisted is reported
+            // here, by `Saga::Data`'s bounds, and nowhere else (a conditional
+            // impl would move the error to every `start_saga` call).
             #[automatically_derived]
             impl #krate::saga::Saga for #self_ty {
                 type Data = #data;
@@ -473,7 +549,7 @@ fn expand_table(block: &ItemImpl, args: &SagaArgs, c: Checked) -> TokenStream {
                     name: #name,
                     file: ::core::file!(),
                     line: #line,
-                    entry: &__CATGA_SAGA,
+                    entry: <__CatgaSaga>::ENTRY,
                 }
             }
         };

@@ -125,7 +125,7 @@ pub use metadata::{MessageId, Metadata};
 pub use transport::{DeadLetter, DeadLetterPage};
 
 /// Attribute macros for handlers, derives for contracts.
-pub use catga_macros::{Command, Event, command, event, saga};
+pub use catga_impl::{Command, Event, command, event, saga};
 
 /// Everything a handler or contract file needs.
 pub mod prelude {
@@ -134,32 +134,264 @@ pub mod prelude {
 }
 
 /// What macro expansions use. Not public API.
+///
+/// One mistake in a handler is one error, at the user's code. The expansion
+/// (`catga-macros/src/handler.rs`) emits small checks spanned at the code
+/// each is about (they report), and puts the registration — entry, thunk,
+/// pipeline call — in an `impl` whose where-clauses are the conditions those
+/// checks check (`for<'a> Msg: Command<Reply = Ok>`, ...). A higher-ranked
+/// where-clause on concrete types is an assumption inside the `impl`, so the
+/// registration type-checks and reports nothing when a condition is false;
+/// and the `impl`'s associated const `REGISTRATION` exists only when every
+/// condition holds. Otherwise `<Guard>::REGISTRATION` resolves to the
+/// [`Unchecked`] trait's, which never runs: a false condition is always a
+/// failed check, so that program does not compile. Sagas do the same for
+/// their data type ([`UncheckedSaga`]).
+///
+/// The pipeline's own bounds (`Send`, the error type) are restated on a
+/// function in the expansion, so they are reported there too, with nothing
+/// pointing into this crate.
 #[doc(hidden)]
 pub mod __private {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context as TaskContext, Poll};
+
     pub use crate::dispatch::{Delivery, handle_command, handle_event};
     pub use crate::future::BoxFuture;
-    pub use crate::registry::{CommandEntry, EventEntry, HandlerKind, HandlerRecord};
+    pub use crate::registry::{CommandEntry, Entry, EventEntry, HandlerKind, HandlerRecord};
     pub use crate::saga::definition::{SagaDef, Step as SagaStep, StepKind as SagaStepKind};
     pub use inventory;
 
-    /// A step's or compensation's future, boxed as the table stores it. Its
-    /// `Send` bound is where a step holding a non-`Send` value across an
-    /// `.await` is reported.
-    pub fn saga_step<'a, E: Into<crate::HandlerError>>(
-        step: impl ::core::future::Future<Output = Result<(), E>> + Send + 'a,
-    ) -> BoxFuture<'a, Result<(), crate::HandlerError>> {
-        Box::pin(async move { step.await.map_err(Into::into) })
+    use crate::saga::SagaEntry;
+    use crate::{Command, Event, HandlerError};
+
+    /// What a handler's record takes from its message type.
+    pub struct Registration {
+        /// Whether the handler's checks held (false only in a program that
+        /// does not compile).
+        pub checked: bool,
+        /// The message type's subject.
+        pub subject: &'static str,
+        /// The message type's name.
+        pub message_type: fn() -> &'static str,
+        /// The reply type's name.
+        pub reply_type: fn() -> &'static str,
+        /// The typed entry.
+        pub entry: &'static dyn Entry,
     }
 
-    /// Compile-time check that saga data can be persisted.
-    pub fn assert_saga_data<D: SagaData>() {}
+    impl Registration {
+        /// A command handler's.
+        pub const fn command<C: Command>(entry: &'static CommandEntry<C>) -> Self {
+            Registration {
+                checked: true,
+                subject: C::SUBJECT,
+                message_type: ::core::any::type_name::<C>,
+                reply_type: ::core::any::type_name::<C::Reply>,
+                entry,
+            }
+        }
 
-    /// Saga data: persisted as JSON between steps.
+        /// An event handler's.
+        pub const fn event<E: Event>(entry: &'static EventEntry<E>) -> Self {
+            Registration {
+                checked: true,
+                subject: E::SUBJECT,
+                message_type: ::core::any::type_name::<E>,
+                reply_type: ::core::any::type_name::<()>,
+                entry,
+            }
+        }
+    }
+
+    /// The registration a handler falls back to when one of its checks
+    /// failed: that program does not compile, so this is never run; it only
+    /// keeps the registration from reporting the mistake a second time.
+    pub trait Unchecked {
+        /// Never registered (see the trait).
+        const REGISTRATION: Registration = Registration {
+            checked: false,
+            subject: "",
+            message_type: unchecked_name,
+            reply_type: unchecked_name,
+            entry: &UncheckedEntry,
+        };
+    }
+
+    fn unchecked_name() -> &'static str {
+        "<unchecked>"
+    }
+
+    struct UncheckedEntry;
+
+    impl Entry for UncheckedEntry {
+        fn as_any(&self) -> &dyn ::core::any::Any {
+            self
+        }
+
+        fn durable(&self) -> bool {
+            false
+        }
+
+        fn call_raw(
+            &self,
+            _: &[u8],
+            _: &'static HandlerRecord,
+            _: crate::instance::InFlight,
+            _: crate::metadata::Metadata,
+        ) -> crate::registry::RawFuture {
+            Box::pin(async { Err(HandlerError::new(HandlerError::INTERNAL, "handler registered unchecked")) })
+        }
+    }
+
+    /// A saga's step table and registration fall back to these when one of
+    /// its checks failed (as a handler's does to [`Unchecked`]'s): never run.
+    pub trait UncheckedSaga<D: 'static> {
+        /// No steps.
+        const STEPS: &'static [SagaStep<D>] = &[];
+        /// Never registered.
+        const ENTRY: &'static dyn SagaEntry = &UNCHECKED_SAGA;
+    }
+
+    static UNCHECKED_SAGA: SagaDef<()> =
+        SagaDef { name: "<unchecked>", steps: &[], data_type: unchecked_name, file: "", line: 0 };
+
+    /// A saga's entry (the `dyn` coercion made where `D` is known to be
+    /// saga data).
+    pub const fn saga_entry<D: SagaData>(def: &'static SagaDef<D>) -> &'static dyn SagaEntry {
+        def
+    }
+
+    /// `T` and `Self` are one type. A parameter the user wrote (a handler's
+    /// `Context`, a step's data) is passed through it, so a guarded
+    /// registration type-checks whatever was written there.
+    pub trait Same<T> {
+        /// `self`, as `T`.
+        fn same(self) -> T;
+        /// `self`, as `&T`.
+        fn same_ref(&self) -> &T;
+        /// `self`, as `&mut T`.
+        fn same_mut(&mut self) -> &mut T;
+    }
+
+    impl<T> Same<T> for T {
+        #[inline(always)]
+        fn same(self) -> T {
+            self
+        }
+
+        #[inline(always)]
+        fn same_ref(&self) -> &T {
+            self
+        }
+
+        #[inline(always)]
+        fn same_mut(&mut self) -> &mut T {
+            self
+        }
+    }
+
+    /// What a handler returns: `Result<T, E>` with an error that becomes a
+    /// `HandlerError`, however it is spelled (an alias, `anyhow::Result`).
     #[diagnostic::on_unimplemented(
-        message = "saga data `{Self}` cannot be persisted",
-        label = "saga data must be `Serialize + DeserializeOwned + Send + Sync + 'static`",
-        note = "derive it: #[derive(Serialize, Deserialize)]"
+        message = "a handler returns `Result<T, E>` with `E: Into<HandlerError>`, not `{Self}`",
+        label = "not a handler's `Result`",
+        note = "return `Result<Reply, HandlerError>` (a command) or `Result<(), HandlerError>` (an event)"
     )]
+    pub trait HandlerResult {
+        /// `T`.
+        type Ok;
+        /// As the pipeline takes it.
+        fn into_result(self) -> Result<Self::Ok, HandlerError>;
+    }
+
+    // Not listed in the error: the note says it.
+    #[diagnostic::do_not_recommend]
+    impl<T, E: Into<HandlerError>> HandlerResult for Result<T, E> {
+        type Ok = T;
+
+        #[inline(always)]
+        fn into_result(self) -> Result<T, HandlerError> {
+            self.map_err(Into::into)
+        }
+    }
+
+    /// Implemented for `()` only.
+    #[diagnostic::on_unimplemented(
+        message = "an event handler returns `Result<(), E>`, not `Result<{Self}, E>`",
+        label = "events have no reply",
+        note = "return `Ok(())`; to answer a caller, make the message a command"
+    )]
+    pub trait Unit {
+        /// `()`.
+        type Itself;
+    }
+
+    // Not listed in the error: the note says it.
+    #[diagnostic::do_not_recommend]
+    impl Unit for () {
+        type Itself = ();
+    }
+
+    pin_project_lite::pin_project! {
+        /// A handler's future whose output is read through
+        /// [`HandlerResult`] (written as an alias, or an event's `Ok` type
+        /// not written `()`).
+        pub struct Outcome<F> {
+            #[pin]
+            handling: F,
+        }
+    }
+
+    impl<F> Outcome<F> {
+        /// Wrap a handler's future.
+        pub fn new(handling: F) -> Self {
+            Outcome { handling }
+        }
+    }
+
+    impl<F> Future for Outcome<F>
+    where
+        F: Future,
+        F::Output: HandlerResult,
+    {
+        type Output = Result<<F::Output as HandlerResult>::Ok, HandlerError>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+            self.project().handling.poll(cx).map(HandlerResult::into_result)
+        }
+    }
+
+    pin_project_lite::pin_project! {
+        /// A step's or compensation's future with its error as a
+        /// `HandlerError` (the expansion checks the bounds and boxes it).
+        pub struct StepFuture<F> {
+            #[pin]
+            step: F,
+        }
+    }
+
+    impl<F> StepFuture<F> {
+        /// Wrap a step's future.
+        pub fn new(step: F) -> Self {
+            StepFuture { step }
+        }
+    }
+
+    impl<F, E: Into<HandlerError>> Future for StepFuture<F>
+    where
+        F: Future<Output = Result<(), E>>,
+    {
+        type Output = Result<(), HandlerError>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+            self.project().step.poll(cx).map(|r| r.map_err(Into::into))
+        }
+    }
+
+    /// What saga data must be (`Saga::Data`'s bounds): the condition a
+    /// saga's registration is guarded by.
     pub trait SagaData: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {}
     impl<D: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> SagaData for D {}
 
@@ -178,27 +410,6 @@ pub mod __private {
         }
         true
     }
-
-    /// Compile-time check that a handler's Ok type is the command's reply.
-    pub fn assert_reply<C: crate::Command<Reply = R>, R>() {}
-
-    /// Compile-time check that a command handler's message is a command.
-    pub fn assert_command<C: crate::Command>() {}
-
-    /// Compile-time check that an event handler's message is an event.
-    pub fn assert_event<E: crate::Event>() {}
-
-    /// Compile-time check that an event handler returns `Result<(), _>`.
-    pub fn assert_unit<T: Unit>() {}
-
-    /// Implemented for `()` only.
-    #[diagnostic::on_unimplemented(
-        message = "an event handler returns `Result<(), E>`, not `Result<{Self}, E>`",
-        label = "events have no reply",
-        note = "return `Ok(())`; to answer a caller, make the message a command"
-    )]
-    pub trait Unit {}
-    impl Unit for () {}
 }
 
 /// The README's code blocks, compiled and run as doctests.
