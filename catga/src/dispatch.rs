@@ -175,7 +175,7 @@ where
         staged = Staged::Boxed { boxed: Box::pin(caught(record, ctx, staged)) };
     }
     if let Some(ctx) = once {
-        staged = Staged::Boxed { boxed: Box::pin(idempotency::once(record, ctx, recorder, staged)) };
+        staged = Staged::Boxed { boxed: Box::pin(idempotency::once(record, ctx, timeout, recorder, staged)) };
     }
     staged.instrument(span)
 }

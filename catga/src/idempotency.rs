@@ -13,14 +13,8 @@
 //! 3. A copy that finds the reply recorded answers with it, without running
 //!    the handler. A copy that finds the work running waits for the reply
 //!    (up to the request timeout), then answers `in_progress` — never a
-//!    second run.
-//! 4. **A claim follows its owner's life**: it lasts [`CLAIM_TTL`] (1 s) and
-//!    the owner renews it every [`CLAIM_RENEW`] while its handling runs, on a
-//!    task of its own — a fast handling writes nothing more; a live owner's
-//!    claim never lapses however long its handler runs. A dead (or frozen)
-//!    owner's claim lapses within a second, and the next copy runs the
-//!    handler. The renewal is atomic in the claim's own Cluster slot (a
-//!    claim is re-entrant for its owner: claiming again extends it).
+//!    second run. A claim whose owner died lapses after the handler timeout
+//!    (60 s when none is set), and the next copy runs the handler.
 //!
 //! What it cannot give: a handler that crashes after its effect but before
 //! the reply is recorded runs again on the next copy. Make the effect and
@@ -52,18 +46,13 @@ const CLAIM_POLL: Backoff = Backoff::new(Duration::from_millis(2), Duration::fro
 /// Between tries to record an outcome while the store fails over.
 const RECORD_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
 
-/// The longest recording an outcome is retried: long enough to ride out a
-/// store failover (a Redis Cluster promotes a replica within seconds).
-const RECORD_WINDOW: Duration = Duration::from_secs(30);
+/// The longest recording an outcome is retried (while the claim holds):
+/// a store failover takes seconds; a handler timeout of days must not keep
+/// a handling retrying for days.
+const RECORD_WINDOW: Duration = Duration::from_secs(300);
 
-/// How long a claim lasts unless its owner renews it: how soon the claim of
-/// an instance that died (or froze) is free for a copy.
-pub const CLAIM_TTL: Duration = Duration::from_secs(1);
-
-/// How often the owner of a running handling renews its claim: a third of
-/// [`CLAIM_TTL`] and a bit, so two renewals may be lost (or late on a
-/// loaded machine) before the claim lapses.
-pub const CLAIM_RENEW: Duration = Duration::from_millis(300);
+/// How long a claim lasts when the handler has no timeout.
+const DEFAULT_CLAIM: Duration = Duration::from_secs(60);
 
 /// How a reply is kept in the store: its codec's functions.
 pub(crate) struct Recorder<R> {
@@ -92,6 +81,7 @@ pub(crate) fn key(record: &HandlerRecord, ctx: &Context) -> Key {
 pub(crate) async fn once<R, F>(
     record: &'static HandlerRecord,
     ctx: Context,
+    handler_timeout: Option<Duration>,
     recorder: Recorder<R>,
     handling: F,
 ) -> Result<R, HandlerError>
@@ -101,7 +91,7 @@ where
     let store = ctx.store();
     let key = key(record, &ctx);
     let owner = format!("{}#{:08x}", ctx.instance_id(), fastrand::u32(..));
-    let claim_ttl = CLAIM_TTL;
+    let claim_ttl = handler_timeout.unwrap_or(DEFAULT_CLAIM).saturating_add(Duration::from_secs(1));
     let instance = ctx.instance();
     let (wait, clock) = (instance.config.request_timeout, instance.clock);
     let started = clock.now();
@@ -149,11 +139,8 @@ where
             }
         }
     }
-    // Renewed until the outcome is recorded (or given up), however this
-    // handling ends: the guard stops the renewals.
-    let renewing = Renewal::after(CLAIM_RENEW, &ctx, &key, &owner);
     let outcome = handling.await;
-    let recording_since = clock.now();
+    let claimed_until = started + claim_ttl.min(RECORD_WINDOW);
     let mut tries = 1;
     let recorded = loop {
         let recorded = match &outcome {
@@ -167,10 +154,10 @@ where
             Err(_) => store.release(&key, &owner).await,
         };
         // The effect happened; losing its record to a store failover would
-        // let a copy run the handler again. Keep trying (the claim is still
-        // renewed meanwhile) for as long as a store failover takes.
+        // let a copy run the handler again. Keep trying while the claim
+        // still holds (a store failover takes seconds).
         match recorded {
-            Err(e) if recording_since.elapsed() + RECORD_RETRY.delay(tries) < RECORD_WINDOW => {
+            Err(e) if clock.now() + RECORD_RETRY.delay(tries) < claimed_until => {
                 tracing::debug!(key = %key, error = %e, "idempotent: recording the outcome failed; retrying");
                 clock.sleep(RECORD_RETRY.delay(tries)).await;
                 tries += 1;
@@ -178,13 +165,11 @@ where
             recorded => break recorded,
         }
     };
-    drop(renewing);
     match recorded {
         Ok(true) => {}
         Ok(false) => tracing::warn!(
             key = %key,
-            "idempotent: the claim lapsed before the handler finished (its renewals did not reach the store for \
-             over {CLAIM_TTL:?}: a store outage, or this instance was frozen); a copy may have run it too"
+            "idempotent: the claim lapsed before the handler finished (raise its timeout); a copy may run it again"
         ),
         Err(e) => {
             tracing::warn!(key = %key, error = %e, "idempotent: could not record the outcome; a copy may run it again")
@@ -196,40 +181,4 @@ where
 /// Events and commands keep the same kind of record: events record `()`.
 pub(crate) fn unit_recorder() -> Recorder<()> {
     Recorder { encode: |()| Ok(Vec::new()), decode: |_| Ok(()) }
-}
-
-/// Renews a claim every [`CLAIM_RENEW`] on a task of its own (so a handler
-/// that keeps the runtime's worker busy does not stop it), starting only
-/// once a handling has run that long; stops when dropped.
-struct Renewal(tokio::task::JoinHandle<()>);
-
-impl Renewal {
-    fn after(every: Duration, ctx: &Context, key: &Key, owner: &str) -> Renewal {
-        let (store, clock) = (ctx.store().clone(), ctx.instance().clock);
-        let (key, owner) = (key.clone(), owner.to_owned());
-        Renewal(tokio::spawn(async move {
-            loop {
-                clock.sleep(every).await;
-                match store.claim(&key, &owner, CLAIM_TTL).await {
-                    Ok(Claim::Won) => {}
-                    Ok(Claim::Running { owner: taker }) => {
-                        tracing::warn!(key = %key, taker, "idempotent: the claim lapsed and another copy took it");
-                        return;
-                    }
-                    Ok(Claim::Done(_)) => {
-                        tracing::warn!(key = %key, "idempotent: the claim lapsed and another copy finished the work");
-                        return;
-                    }
-                    // The next renewal may reach the store (a failover).
-                    Err(e) => tracing::debug!(key = %key, error = %e, "idempotent: renewing the claim failed"),
-                }
-            }
-        }))
-    }
-}
-
-impl Drop for Renewal {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
