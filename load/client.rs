@@ -148,6 +148,7 @@ struct Recorder {
     t0: Instant,
     buckets: Vec<(Bucket, Histogram<u64>)>,
     errors: BTreeMap<String, u64>,
+    errors_first_ms: BTreeMap<String, u64>,
     start: Histogram<u64>,
 }
 
@@ -174,6 +175,9 @@ impl Recorder {
                 let (b, _) = self.slice(due);
                 b.failed += 1;
                 b.worst_failed_us = b.worst_failed_us.max(took.as_micros() as u64);
+                let at = due.saturating_duration_since(self.t0).as_millis() as u64;
+                let first = self.errors_first_ms.entry(kind.clone()).or_insert(at);
+                *first = (*first).min(at);
                 *self.errors.entry(kind).or_default() += 1;
             }
         }
@@ -262,7 +266,13 @@ pub fn main(spec: Spec) -> Result<(), String> {
     std::io::stdin().read_line(&mut line).map_err(|e| format!("read the start time: {e}"))?;
     let t0_unix_ns: u64 = line.trim().parse().map_err(|_| format!("bad start time {line:?}"))?;
     let t0 = instant_of(t0_unix_ns);
-    let rec = Arc::new(Mutex::new(Recorder { t0, buckets: Vec::new(), errors: BTreeMap::new(), start: histogram() }));
+    let rec = Arc::new(Mutex::new(Recorder {
+        t0,
+        buckets: Vec::new(),
+        errors: BTreeMap::new(),
+        errors_first_ms: BTreeMap::new(),
+        start: histogram(),
+    }));
     let outstanding = Arc::new(AtomicU64::new(0));
     let schedule = Duration::from_millis(spec.warmup_ms + spec.duration_ms);
     let mut dispatch_h = histogram();
@@ -361,6 +371,7 @@ pub fn main(spec: Spec) -> Result<(), String> {
         })
         .collect();
     let mut errors = std::mem::take(&mut rec.errors);
+    let errors_first_ms = std::mem::take(&mut rec.errors_first_ms);
     if unfinished > 0 {
         errors.insert("unanswered".into(), unfinished);
     }
@@ -369,6 +380,7 @@ pub fn main(spec: Spec) -> Result<(), String> {
         t0_unix_ns,
         buckets,
         errors,
+        errors_first_ms,
         retries,
         unfinished,
         timing: Timing {

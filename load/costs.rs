@@ -308,7 +308,7 @@ pub fn costs(ctx: &mut Ctx, out: &mut Costs) -> Result<(), String> {
     saga.op = "saga (3 steps, incl. the client's RunSaga request)".into();
     out.per_op.push(saga);
 
-    let pings = 10;
+    let pings = (ops / 40).clamp(3, 10);
     say(format!("costs: {pings} $SRV.PING requests"));
     let p = servers.begin()?;
     let replies = ctx.rt.block_on(async {
@@ -337,7 +337,8 @@ pub fn costs(ctx: &mut Ctx, out: &mut Costs) -> Result<(), String> {
         }
         Ok::<(), String>(())
     })?;
-    std::thread::sleep(Duration::from_millis(1_500));
+    // Until every one is stored and running its held step.
+    std::thread::sleep(idle_window.min(Duration::from_millis(1_500)));
     let p = servers.begin()?;
     std::thread::sleep(idle_window);
     out.background.push(servers.end(p)?.background("holding running sagas", n, live));
@@ -345,6 +346,63 @@ pub fn costs(ctx: &mut Ctx, out: &mut Costs) -> Result<(), String> {
     ctx.log.insert("costs".into(), inst.warnings(20));
     ctx.rt.block_on(app.shutdown());
     Ok(())
+}
+
+/// What an idempotent command and a saga cost on a Redis Cluster (3
+/// primaries + 3 replicas, the store of the instances `app` reaches):
+/// requests from clients by command, summed over the primaries at `ports`
+/// (`INFO commandstats`; scripts' inner commands are hash commands, not
+/// counted here), so each write's `WAIT` for a replica shows.
+pub fn on_cluster(ctx: &Ctx, app: &catga::App, ports: &[u16], ops: u64) -> Result<Vec<OpCost>, String> {
+    const FROM_CLIENTS: [&str; 7] = ["evalsha", "eval", "script", "wait", "sadd", "srem", "smembers"];
+    let counts = || -> Result<BTreeMap<String, f64>, String> {
+        let mut sum = BTreeMap::new();
+        for port in ports {
+            for (cmd, calls) in redis_counters(*port)?.calls {
+                if FROM_CLIENTS.contains(&cmd.as_str()) {
+                    *sum.entry(cmd).or_insert(0.0) += calls;
+                }
+            }
+        }
+        Ok(sum)
+    };
+    let per_op = |op: &str, n: u64, before: BTreeMap<String, f64>, after: BTreeMap<String, f64>| {
+        let by: BTreeMap<String, f64> = after
+            .iter()
+            .map(|(k, v)| (k.clone(), (v - before.get(k).copied().unwrap_or(0.0)) / n as f64))
+            .filter(|(_, v)| *v >= 0.005)
+            .collect();
+        OpCost {
+            op: op.to_owned(),
+            instances: 3,
+            ops: n,
+            redis_round_trips: by.values().sum(),
+            redis_by_command: by,
+            ..OpCost::default()
+        }
+    };
+    let before = counts()?;
+    ctx.rt.block_on(async {
+        for i in 0..ops {
+            app.send(Idem { n: 1_000_000 + i }).await.map_err(|e| e.to_string())?;
+        }
+        Ok::<(), String>(())
+    })?;
+    let after = counts()?;
+    let idem = per_op("idempotent_command (Redis Cluster)", ops, before, after.clone());
+    let sagas = (ops / 5).max(10);
+    ctx.rt.block_on(async {
+        for i in 0..sagas {
+            let outcome =
+                app.send(RunSaga { id: format!("cluster-cost-{i}"), hold_ms: 0 }).await.map_err(|e| e.to_string())?;
+            if outcome != "completed" {
+                return Err(format!("saga cluster-cost-{i}: {outcome}"));
+            }
+        }
+        Ok::<(), String>(())
+    })?;
+    let saga = per_op("saga (Redis Cluster)", sagas, after, counts()?);
+    Ok(vec![idem, saga])
 }
 
 #[cfg(test)]

@@ -64,6 +64,13 @@ fn cli() -> Command {
                 .value_delimiter(',')
                 .help("recovery scenarios to run (default: all)"),
         )
+        .arg(
+            Arg::new("set")
+                .long("set")
+                .value_name("KEY=VALUE")
+                .action(ArgAction::Append)
+                .help("change one setting of the profile (JSON value), e.g. --set recovery_post_ms=20000"),
+        )
         .subcommand(Command::new("client").hide(true).arg(Arg::new("spec").required(true)))
         .subcommand(Command::new("raw-responder").hide(true).arg(Arg::new("nats").required(true)))
 }
@@ -114,13 +121,16 @@ fn raw_responder(nats: &str) -> Result<(), String> {
 
 fn orchestrate(args: &clap::ArgMatches) -> Result<(), String> {
     let started = Instant::now();
-    let profile = if args.get_flag("tiny") {
+    let mut profile = if args.get_flag("tiny") {
         Profile::tiny()
     } else if args.get_flag("quick") {
         Profile::quick()
     } else {
         Profile::full()
     };
+    for assignment in args.get_many::<String>("set").into_iter().flatten() {
+        profile.set(assignment)?;
+    }
     let list = |name: &str| -> Vec<String> { args.get_many::<String>(name).into_iter().flatten().cloned().collect() };
     let only = list("only");
     let scenarios = list("scenarios");
@@ -176,6 +186,7 @@ fn orchestrate(args: &clap::ArgMatches) -> Result<(), String> {
         note("costs", costs::costs(&mut ctx, &mut costs));
     }
     let _ = std::fs::remove_dir_all(&tmp);
+    costs.per_op.append(&mut ctx.extra_costs);
 
     let mut machine = machine_before;
     machine.load_after = report::load_average();
@@ -186,7 +197,7 @@ fn orchestrate(args: &clap::ArgMatches) -> Result<(), String> {
     let mut results = Results {
         tool: "catga-load",
         command,
-        profile: profile.name,
+        profile: profile.name.clone(),
         commit: report::commit(),
         date: report::date(),
         elapsed_s: started.elapsed().as_secs_f64(),

@@ -15,9 +15,11 @@ use crate::record::{BUCKET_MS, Merged, quantile};
 use crate::results::{LatencyRow, RecoveryRow, SagaRow, ScalingRow, StreamRow};
 use crate::run::{Ctx, LoadRun, RunOut, Stream, recovery, redis_counters, run};
 
-/// Progress, on stderr.
+/// Progress, on stderr, with the seconds since the first message.
 pub fn say(msg: impl AsRef<str>) {
-    eprintln!("[catga-load] {}", msg.as_ref());
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let since = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    eprintln!("[catga-load {since:6.1}s] {}", msg.as_ref());
 }
 
 /// Rounds of `burn` for the profile's CPU work, and what they take on
@@ -228,6 +230,7 @@ fn recovery_row(
         pre_p99_us: pre,
         p99_us: w.p99_with_failures(),
         errors: out.all.errors.clone(),
+        errors_first_ms: out.all.errors_first_ms.iter().map(|(k, t)| (k.clone(), *t as i64 - from as i64)).collect(),
         streams,
         marks: out.marks.iter().map(|(l, t)| (l.clone(), t.saturating_sub(from))).collect(),
         timeline,
@@ -251,14 +254,21 @@ fn timeline(m: &Merged, from: u64, to: u64) -> Vec<(u64, u64, u64, f64, u64)> {
 /// load of the I/O-bound handler at `recovery_load` of the instances'
 /// capacity (the Redis one: idempotent commands and sagas).
 pub fn recovery_all(ctx: &mut Ctx, only: &[String], rows: &mut Vec<RecoveryRow>) -> Result<(), String> {
+    let wanted = |scenario: &str| only.is_empty() || only.iter().any(|s| s == scenario);
+    // The Redis Cluster takes seconds to form, mostly waiting: start it now,
+    // beside the other scenarios (idle until its own).
+    let mut cluster = wanted("redis-primary-kill").then(|| std::thread::spawn(RedisCluster::start));
     for scenario in SCENARIOS {
-        if !only.is_empty() && !only.iter().any(|s| s == scenario) {
+        if !wanted(scenario) {
             continue;
         }
         say(format!("recovery: {scenario}"));
         let row = match scenario {
             "nats-node-kill" => nats_node_kill(ctx)?,
-            "redis-primary-kill" => redis_primary_kill(ctx)?,
+            "redis-primary-kill" => {
+                let formed = cluster.take().expect("started above").join();
+                redis_primary_kill(ctx, formed.map_err(|_| "the Redis Cluster did not form".to_owned())?)?
+            }
             _ => instance_scenario(ctx, scenario)?,
         };
         rows.push(row);
@@ -392,15 +402,20 @@ fn nats_node_kill(ctx: &mut Ctx) -> Result<RecoveryRow, String> {
 /// instances; idempotent commands and sagas; the primary of the saga
 /// index's slot (which every saga touches) is killed, and started again
 /// after `redis_down_ms`, as a supervisor would.
-fn redis_primary_kill(ctx: &mut Ctx) -> Result<RecoveryRow, String> {
+fn redis_primary_kill(ctx: &mut Ctx, mut cluster: RedisCluster) -> Result<RecoveryRow, String> {
     let scenario = "redis-primary-kill";
     let nats = NatsServer::start_monitored();
     let url = nats.url();
-    let mut cluster = RedisCluster::start();
     let env = InstanceEnv { nats: vec![url.clone()], redis: Some(cluster.url()), ..InstanceEnv::default() };
     let mut inst = Instances::start(&ctx.bins, scenario, 3, &env);
     let probe = ctx.catga_client(&url)?;
     ctx.rt.block_on(wait_reachable(&probe, &inst.ids()))?;
+    // Untimed, before the load: what the store's operations cost on a Cluster.
+    // The primaries only: a replica counts the writes it replays too.
+    let ports: Vec<u16> =
+        cluster.nodes_info().iter().filter(|n| n.role == catga_suite::redis::Role::Primary).map(|n| n.port).collect();
+    let cluster_costs = crate::costs::on_cluster(ctx, &probe, &ports, ctx.p.cost_ops)?;
+    ctx.extra_costs.extend(cluster_costs);
     ctx.rt.block_on(probe.shutdown());
     let victim = cluster.primary_for_slot(cluster.slot_of("catga:{saga-index:load-order}:active"));
     let mut pids = pids_of(&[nats.pid()], &inst.pids());

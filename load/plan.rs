@@ -3,7 +3,7 @@
 //! (the test suite's smoke run: every phase and scenario, at the smallest
 //! sizes, in well under a minute even from debug builds).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The phases, in the order they run.
 pub const PHASES: [&str; 5] = ["scaling", "latency", "recovery", "sagas", "costs"];
@@ -13,10 +13,10 @@ pub const SCENARIOS: [&str; 6] =
     ["kill-1-of-3", "kill-2-of-4", "sigterm-1-of-3", "scale-up", "nats-node-kill", "redis-primary-kill"];
 
 /// Sizes and durations of one run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Profile {
-    /// `full`, `quick` or `tiny`.
-    pub name: &'static str,
+    /// `full`, `quick` or `tiny` (with `+` when a setting was changed).
+    pub name: String,
     /// Instance counts of the scaling phase.
     pub scaling_instances: Vec<usize>,
     /// Warm-up and measurement of each scaling run, ms.
@@ -87,7 +87,7 @@ impl Profile {
     /// The full run.
     pub fn full() -> Profile {
         Profile {
-            name: "full",
+            name: "full".into(),
             scaling_instances: vec![1, 2, 3, 5, 10],
             scaling_warmup_ms: 1_000,
             scaling_ms: 5_000,
@@ -106,8 +106,8 @@ impl Profile {
             redis_post_ms: 15_000,
             redis_down_ms: 3_000,
             recovery_load: 0.4,
-            redis_idem_rate: 1_000.0,
-            redis_saga_rate: 100.0,
+            redis_idem_rate: 500.0,
+            redis_saga_rate: 50.0,
             saga_instances: vec![1, 3],
             saga_in_flight: vec![1, 16, 64],
             saga_warmup_ms: 1_000,
@@ -123,7 +123,7 @@ impl Profile {
     /// `--quick`: every phase and scenario, fewer points, shorter windows.
     pub fn quick() -> Profile {
         Profile {
-            name: "quick",
+            name: "quick".into(),
             scaling_instances: vec![1, 3, 10],
             scaling_warmup_ms: 300,
             scaling_ms: 1_000,
@@ -131,18 +131,16 @@ impl Profile {
             rates: vec![1_000, 10_000],
             latency_warmup_ms: 300,
             latency_ms: 1_000,
-            recovery_warmup_ms: 300,
-            recovery_pre_ms: 1_500,
-            recovery_post_ms: 6_000,
-            redis_post_ms: 9_000,
-            redis_idem_rate: 500.0,
-            redis_saga_rate: 50.0,
+            recovery_warmup_ms: 200,
+            recovery_pre_ms: 1_000,
+            recovery_post_ms: 5_000,
+            redis_post_ms: 8_000,
             saga_in_flight: vec![1, 16],
             saga_warmup_ms: 300,
             saga_ms: 1_000,
             cost_ops: 200,
             cost_live_sagas: 50,
-            cost_idle_ms: 2_000,
+            cost_idle_ms: 1_000,
             ..Profile::full()
         }
     }
@@ -150,7 +148,7 @@ impl Profile {
     /// `--tiny`: the smoke test's run.
     pub fn tiny() -> Profile {
         Profile {
-            name: "tiny",
+            name: "tiny".into(),
             scaling_instances: vec![1, 2],
             scaling_warmup_ms: 200,
             scaling_ms: 500,
@@ -163,8 +161,8 @@ impl Profile {
             recovery_warmup_ms: 200,
             recovery_pre_ms: 500,
             recovery_post_ms: 1_000,
-            redis_post_ms: 1_500,
-            redis_down_ms: 500,
+            redis_post_ms: 1_000,
+            redis_down_ms: 300,
             redis_idem_rate: 50.0,
             redis_saga_rate: 10.0,
             saga_instances: vec![1],
@@ -173,8 +171,26 @@ impl Profile {
             saga_ms: 500,
             cost_ops: 20,
             cost_live_sagas: 5,
-            cost_idle_ms: 1_000,
+            cost_idle_ms: 500,
+            timeout_ms: 500,
             ..Profile::quick()
         }
+    }
+}
+
+impl Profile {
+    /// Change one setting, `key=value` with the value in JSON
+    /// (`recovery_post_ms=20000`, `rates=[1000,5000]`).
+    pub fn set(&mut self, assignment: &str) -> Result<(), String> {
+        let (key, value) = assignment.split_once('=').ok_or_else(|| format!("--set {assignment:?}: want KEY=VALUE"))?;
+        let mut all = serde_json::to_value(&*self).map_err(|e| e.to_string())?;
+        let slot = all.get_mut(key).ok_or_else(|| format!("--set: no setting {key:?}"))?;
+        *slot = serde_json::from_str(value).map_err(|e| format!("--set {key}: {value:?} is not JSON: {e}"))?;
+        let mut changed: Profile = serde_json::from_value(all).map_err(|e| format!("--set {key}: {e}"))?;
+        if !changed.name.ends_with('+') {
+            changed.name.push('+');
+        }
+        *self = changed;
+        Ok(())
     }
 }

@@ -61,12 +61,23 @@ pub struct Instances {
     env: InstanceEnv,
     bins: Bins,
     tag: String,
+    /// Every log line read so far, by instance.
+    logs: Vec<Vec<String>>,
+    /// How many of them `warnings` has looked at.
+    reported: Vec<usize>,
 }
 
 impl Instances {
     /// Start `n` instances (`<tag>-0` ..) and wait until each says it serves.
     pub fn start(bins: &Bins, tag: &str, n: usize, env: &InstanceEnv) -> Instances {
-        let mut set = Instances { procs: Vec::new(), env: env.clone(), bins: bins.clone(), tag: tag.to_owned() };
+        let mut set = Instances {
+            procs: Vec::new(),
+            env: env.clone(),
+            bins: bins.clone(),
+            tag: tag.to_owned(),
+            logs: Vec::new(),
+            reported: Vec::new(),
+        };
         let started: Vec<usize> = (0..n).map(|_| set.spawn()).collect();
         for i in started {
             set.wait_started(i);
@@ -93,7 +104,18 @@ impl Instances {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let service = self.bins.service.to_str().expect("utf-8 path");
         self.procs.push(Some(ServiceProcess::start(service, &env)));
+        self.logs.push(Vec::new());
+        self.reported.push(0);
         i
+    }
+
+    /// Read what every running instance logged since the last call.
+    fn read_logs(&mut self) {
+        for (p, log) in self.procs.iter_mut().zip(&mut self.logs) {
+            if let Some(p) = p.as_mut() {
+                log.extend(p.drain_lines());
+            }
+        }
     }
 
     /// Wait (20 s at most) until instance `i` logs that it serves.
@@ -115,6 +137,7 @@ impl Instances {
 
     /// `kill -9` instance `i` (by its handle) and reap it.
     pub fn kill(&mut self, i: usize) {
+        self.read_logs();
         if let Some(mut p) = self.procs[i].take() {
             p.kill();
         }
@@ -130,11 +153,10 @@ impl Instances {
     /// The warnings and errors the running instances logged since the last
     /// call (at most `limit`, with how many more there were).
     pub fn warnings(&mut self, limit: usize) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut more = 0;
-        for (i, p) in self.procs.iter_mut().enumerate() {
-            let Some(p) = p.as_mut() else { continue };
-            for line in p.drain_lines() {
+        let (mut out, mut more) = (Vec::new(), 0);
+        self.read_logs();
+        for (i, log) in self.logs.iter().enumerate() {
+            for line in &log[self.reported[i]..] {
                 if line.contains(" WARN ") || line.contains(" ERROR ") {
                     if out.len() < limit {
                         out.push(format!("{}-{i}: {line}", self.tag));
@@ -144,10 +166,23 @@ impl Instances {
                 }
             }
         }
+        self.reported = self.logs.iter().map(Vec::len).collect();
         if more > 0 {
             out.push(format!("... and {more} more"));
         }
         out
+    }
+
+    /// With `CATGA_LOAD_LOGS=DIR` set, write every instance's log lines
+    /// read so far to `DIR/<tag>-<i>.log` (for diagnosis).
+    fn keep_logs(&mut self) {
+        let Some(dir) = std::env::var_os("CATGA_LOAD_LOGS") else { return };
+        self.read_logs();
+        let dir = PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        for (i, log) in self.logs.iter().enumerate() {
+            let _ = std::fs::write(dir.join(format!("{}-{i}.log", self.tag)), log.join("\n") + "\n");
+        }
     }
 
     /// Whether instance `i` has exited (or was stopped).
@@ -157,9 +192,16 @@ impl Instances {
 
     /// Wait (bounded) until instance `i` has exited; its exit code.
     pub fn wait_exit(&mut self, i: usize) -> Option<i32> {
+        self.read_logs();
         let code = self.procs[i].as_mut().and_then(ServiceProcess::exit_code);
         self.procs[i] = None;
         code
+    }
+}
+
+impl Drop for Instances {
+    fn drop(&mut self) {
+        self.keep_logs();
     }
 }
 

@@ -85,6 +85,8 @@ pub struct ClientReport {
     pub buckets: Vec<Bucket>,
     /// Errors by kind (`timeout`, `no_handler`, a handler's code, ...).
     pub errors: BTreeMap<String, u64>,
+    /// For each kind, the intended send time of its first request, ms from t0.
+    pub errors_first_ms: BTreeMap<String, u64>,
     /// Sends the Catga client retried after a timeout or "no responders".
     pub retries: u64,
     /// Requests still unanswered when the client stopped waiting (also
@@ -103,6 +105,8 @@ pub struct Merged {
     pub buckets: Vec<Bucket>,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
+    /// For each kind, when (ms from t0) its first failed request was due.
+    pub errors_first_ms: BTreeMap<String, u64>,
     /// Retries, all clients.
     pub retries: u64,
     /// Unanswered at the end, all clients.
@@ -124,6 +128,7 @@ impl Merged {
         let mut m = Merged {
             buckets: vec![Bucket::default(); len],
             errors: BTreeMap::new(),
+            errors_first_ms: BTreeMap::new(),
             retries: 0,
             unfinished: 0,
             dispatch: histogram(),
@@ -146,6 +151,10 @@ impl Merged {
             }
             for (k, n) in &r.errors {
                 *m.errors.entry(k.clone()).or_default() += n;
+            }
+            for (k, t) in &r.errors_first_ms {
+                let first = m.errors_first_ms.entry(k.clone()).or_insert(*t);
+                *first = (*first).min(*t);
             }
             m.retries += r.retries;
             m.unfinished += r.unfinished;

@@ -402,7 +402,16 @@ pub fn markdown(r: &Results, plots: &[String]) -> String {
             .recovery
             .iter()
             .filter(|row| !row.errors.is_empty())
-            .map(|row| format!("{}: {:?}", row.scenario, row.errors))
+            .map(|row| {
+                let kinds: Vec<String> = row
+                    .errors
+                    .iter()
+                    .map(|(k, n)| {
+                        format!("{n} {k} (first due at {} ms)", row.errors_first_ms.get(k).copied().unwrap_or(0))
+                    })
+                    .collect();
+                format!("{}: {}", row.scenario, kinds.join(", "))
+            })
             .collect();
         if !errors.is_empty() {
             let _ = writeln!(w, "\nErrors by kind: {}.", errors.join("; "));

@@ -16,7 +16,7 @@ pub struct Results {
     /// The command line that produced it.
     pub command: String,
     /// The profile's name (`full`, `quick`, `tiny`).
-    pub profile: &'static str,
+    pub profile: String,
     /// The commit of the tree that was built (`git describe --dirty`).
     pub commit: String,
     /// When the run started (UTC, RFC 3339).
@@ -223,6 +223,9 @@ pub struct RecoveryRow {
     pub p99_us: u64,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
+    /// For each kind, when its first failed request was due, ms after the
+    /// start of the measured stretch (negative: in the warm-up).
+    pub errors_first_ms: BTreeMap<String, i64>,
     /// Each load stream, when there are several.
     pub streams: Vec<StreamRow>,
     /// The event's time, ms after the start of the measured stretch, and

@@ -37,6 +37,8 @@ pub struct Ctx {
     pub timer_slack_ns: Option<u64>,
     /// Instance warnings by run.
     pub log: BTreeMap<String, Vec<String>>,
+    /// Costs measured outside the cost phase (on the Redis Cluster).
+    pub extra_costs: Vec<crate::results::OpCost>,
     next_client: usize,
 }
 
@@ -58,6 +60,7 @@ impl Ctx {
             start: histogram(),
             timer_slack_ns: None,
             log: BTreeMap::new(),
+            extra_costs: Vec::new(),
             next_client: 0,
         })
     }
@@ -178,7 +181,7 @@ pub fn run(ctx: &mut Ctx, run: LoadRun<'_>) -> Result<RunOut, String> {
             stream_of.push(s);
         }
     }
-    let clients = Clients::start(&ctx.bins, specs, Duration::from_millis(300))?;
+    let clients = Clients::start(&ctx.bins, specs, Duration::from_millis(200))?;
     let t0 = clients.t0;
     let since_t0 = move || SystemTime::now().duration_since(t0).unwrap_or_default().as_millis() as u64;
     let mut pids = run.pids.clone();
@@ -232,9 +235,12 @@ pub fn run(ctx: &mut Ctx, run: LoadRun<'_>) -> Result<RunOut, String> {
 /// So the windows start one 100 ms slice before the slice that holds the
 /// event (a recovery found there counts as 0), and the pre-event p99 is
 /// taken over what comes before that.
+///
+/// The pre-event p99 is that of the answered requests (a failure before
+/// the event would make any later latency look recovered).
 pub fn recovery(m: &Merged, from_ms: u64, event_ms: u64, end_ms: u64) -> (u64, Option<u64>) {
     let first = (event_ms / BUCKET_MS * BUCKET_MS).saturating_sub(BUCKET_MS).max(from_ms);
-    let pre = m.window(from_ms, first).p99_with_failures();
+    let pre = m.window(from_ms, first).q(0.99);
     let threshold = pre as f64 * 1.5;
     let good = |s: u64| m.window(s, s + 1_000).p99_with_failures() as f64 <= threshold;
     let mut s = first;
