@@ -71,6 +71,7 @@ fn chart(area: &Area<'_>, title: &str, x_desc: &str, y_desc: &str, lines: &[Line
                 .y_desc(y_desc)
                 .x_label_formatter(&label)
                 .y_label_formatter(&label)
+                .y_labels(12)
                 .light_line_style(WHITE.mix(0.0))
                 .draw()
                 .map_err(e)?;
