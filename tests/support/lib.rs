@@ -67,12 +67,28 @@ pub struct NatsServer {
     pub port: u16,
     /// JetStream's store directory, removed on drop.
     store: Option<std::path::PathBuf>,
+    /// The HTTP monitoring port (`/varz`), when started with one.
+    monitor: Option<u16>,
 }
 
 impl NatsServer {
     /// A single server on a free port.
     pub fn start() -> NatsServer {
         Self::spawn(free_port(), &[])
+    }
+
+    /// A single server on a free port with its HTTP monitoring endpoint
+    /// (`/varz`: message and byte counters) on another free port.
+    pub fn start_monitored() -> NatsServer {
+        let monitor = free_port();
+        let mut server = Self::spawn(free_port(), &["-m", &monitor.to_string()]);
+        server.monitor = Some(monitor);
+        server
+    }
+
+    /// The HTTP monitoring port, for a server started with one.
+    pub fn monitor_port(&self) -> Option<u16> {
+        self.monitor
     }
 
     /// A single server with JetStream enabled (`-js`), storing in a fresh
@@ -114,7 +130,7 @@ impl NatsServer {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("nats-server on port {port} exited at start ({status}); was the port taken?");
         }
-        let server = NatsServer { child: Some(child), port, store: None };
+        let server = NatsServer { child: Some(child), port, store: None, monitor: None };
         assert!(listening, "nats-server did not listen on {port} within 10 s");
         server
     }
