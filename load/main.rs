@@ -95,8 +95,13 @@ fn main() -> ExitCode {
 }
 
 /// A raw async-nats responder: a queue subscriber that echoes every request,
-/// one at a time, as `benches/nats.rs`'s does. Runs until killed.
+/// one at a time, as `benches/nats.rs`'s does. Runs until killed, or until
+/// its standard input closes (the run that started it is gone).
 fn raw_responder(nats: &str) -> Result<(), String> {
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

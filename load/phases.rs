@@ -171,6 +171,7 @@ pub fn latency(ctx: &mut Ctx, rows: &mut Vec<LatencyRow>) -> Result<(), String> 
                 p99_ratio: ratio(cw.q(0.99), rw.q(0.99)),
                 p999_ratio: ratio(cw.q(0.999), rw.q(0.999)),
                 generator_p99_us: (quantile(&c.all.dispatch, 0.99), quantile(&c.all.start, 0.99)),
+                raw_generator_p99_us: (quantile(&r.all.dispatch, 0.99), quantile(&r.all.start, 0.99)),
                 cpu: c.cpu.clone(),
                 raw_cpu: r.cpu.clone(),
                 nats_msgs_per_request: (msgs_per_request(&c), msgs_per_request(&r)),

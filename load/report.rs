@@ -181,6 +181,27 @@ fn recovered(ms: Option<u64>) -> String {
     ms.map(|ms| format!("after {ms} ms")).unwrap_or_else(|| "not within the run".into())
 }
 
+/// Cores that processes other than this run's used meanwhile (the machine's
+/// busy share less what the run's own processes used).
+fn others(c: &crate::procs::CpuUse, cpus: usize) -> f64 {
+    let ours = c.nats_cores + c.instances_cores + c.clients_cores + c.redis_cores;
+    (c.machine_busy_pct / 100.0 * cpus as f64 - ours).max(0.0)
+}
+
+/// "(CPU-bound)" when the machine was busy, and "(shared: …)" when other
+/// processes took a noticeable share of it.
+fn busy_note(c: &crate::procs::CpuUse, cpus: usize) -> String {
+    let mut note = String::new();
+    if c.machine_busy_pct >= 90.0 {
+        note.push_str(" (CPU-bound)");
+    }
+    let o = others(c, cpus);
+    if o >= 0.25 {
+        note.push_str(&format!(" (shared: others used {o:.1} cores)"));
+    }
+    note
+}
+
 fn met(m: Option<bool>) -> &'static str {
     match m {
         Some(true) => "**met**",
@@ -210,7 +231,8 @@ pub fn markdown(r: &Results, plots: &[String]) -> String {
     let _ = writeln!(
         w,
         "- everything — servers, instances, clients — shares these {} CPUs: a figure that needs more CPU than that is \
-         capped by the machine, not by Catga, and is marked CPU-bound below (machine busy ≥ 90%)",
+         capped by the machine, not by Catga, and is marked CPU-bound below (machine busy ≥ 90%); a figure \
+         measured while other processes took ≥ 0.25 cores is marked shared, with their share",
         mc.cpus
     );
     if !r.errors.is_empty() {
@@ -287,7 +309,7 @@ pub fn markdown(r: &Results, plots: &[String]) -> String {
                 ms(s.p50_us),
                 ms(s.p99_us),
                 s.cpu.machine_busy_pct,
-                if s.cpu.machine_busy_pct >= 90.0 { " (CPU-bound)" } else { "" },
+                busy_note(&s.cpu, r.machine.cpus),
                 note(s.instances)
             );
         }
@@ -302,7 +324,7 @@ pub fn markdown(r: &Results, plots: &[String]) -> String {
         );
         let _ = writeln!(
             w,
-            "| instances | offered | achieved (Catga / raw) | Catga p50 / p99 / p99.9 / max | raw p50 / p99 / p99.9 / max | p99 ratio | p99.9 ratio | failed (Catga / raw) | machine busy (Catga / raw) | the note's P99 |\n|---|---|---|---|---|---|---|---|---|---|"
+            "| instances | offered | achieved (Catga / raw) | Catga p50 / p99 / p99.9 / max | raw p50 / p99 / p99.9 / max | p99 ratio | p99.9 ratio | failed (Catga / raw) | machine busy (Catga / raw) | generator p99 late (Catga / raw) | the note's P99 |\n|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for l in &r.latency {
             let note = match (l.offered_rps as u64, l.instances) {
@@ -317,10 +339,9 @@ pub fn markdown(r: &Results, plots: &[String]) -> String {
                 (10_000, 10) => "62 ms",
                 _ => "",
             };
-            let cpu_bound = l.cpu.machine_busy_pct >= 90.0 || l.raw_cpu.machine_busy_pct >= 90.0;
             let _ = writeln!(
                 w,
-                "| {} | {:.0}/s | {:.0} / {:.0} | {} / {} / {} / {} | {} / {} / {} / {} | {:.2} | {:.2} | {} / {} | {:.0}% / {:.0}%{} | {} |",
+                "| {} | {:.0}/s | {:.0} / {:.0} | {} / {} / {} / {} | {} / {} / {} / {} | {:.2} | {:.2} | {} / {} | {:.0}%{} / {:.0}%{} | {} / {} | {} |",
                 l.instances,
                 l.offered_rps,
                 l.achieved_rps,
@@ -338,8 +359,11 @@ pub fn markdown(r: &Results, plots: &[String]) -> String {
                 l.failed,
                 l.raw_failed,
                 l.cpu.machine_busy_pct,
+                busy_note(&l.cpu, r.machine.cpus),
                 l.raw_cpu.machine_busy_pct,
-                if cpu_bound { " (CPU-bound)" } else { "" },
+                busy_note(&l.raw_cpu, r.machine.cpus),
+                ms(l.generator_p99_us.0),
+                ms(l.raw_generator_p99_us.0),
                 note
             );
         }
@@ -440,7 +464,7 @@ pub fn markdown(r: &Results, plots: &[String]) -> String {
                 s.failed,
                 s.redis_commands_per_saga,
                 s.cpu.machine_busy_pct,
-                if s.cpu.machine_busy_pct >= 90.0 { " (CPU-bound)" } else { "" }
+                busy_note(&s.cpu, r.machine.cpus)
             );
         }
     }

@@ -186,6 +186,8 @@ pub struct LatencyRow {
     pub p999_ratio: f64,
     /// The generator's p99 lateness in the Catga run (dispatch / task start), µs.
     pub generator_p99_us: (u64, u64),
+    /// The same in the raw run.
+    pub raw_generator_p99_us: (u64, u64),
     /// CPU during the Catga run.
     pub cpu: CpuUse,
     /// CPU during the raw run.
