@@ -69,7 +69,7 @@
 //! - [`dispatch`]: the pipeline one handling goes through.
 //! - [`middleware`]: your own stages around every handling.
 //! - [`transport`]: how messages move between instances.
-//! - [`saga`]: multi-step workflows with compensations.
+//! - [`saga`](mod@saga): multi-step workflows with compensations.
 //! - [`store`]: state shared by every instance (idempotency, records, leases).
 //! - [`Catga::run`], [`Catga::builder`] ([`Builder`]): starting an instance;
 //!   [`app`]: the [`App`] handle of a running one.
@@ -144,9 +144,9 @@ pub mod prelude {
 /// registration type-checks and reports nothing when a condition is false;
 /// and the `impl`'s associated const `REGISTRATION` exists only when every
 /// condition holds. Otherwise `<Guard>::REGISTRATION` resolves to the
-/// [`Unchecked`] trait's, which never runs: a false condition is always a
+/// [`Unchecked`](__private::Unchecked) trait's, which never runs: a false condition is always a
 /// failed check, so that program does not compile. Sagas do the same for
-/// their data type ([`UncheckedSaga`]).
+/// their data type ([`UncheckedSaga`](__private::UncheckedSaga)).
 ///
 /// The pipeline's own bounds (`Send`, the error type) are restated on a
 /// function in the expansion, so they are reported there too, with nothing
