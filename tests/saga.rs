@@ -220,7 +220,10 @@ async fn starting_an_existing_saga_returns_its_outcome_and_runs_nothing_twice() 
 #[tokio::test]
 async fn a_saga_whose_runner_died_is_taken_over_by_another_instance_and_finished() {
     let store = Store::memory();
-    // A runner that "died" after charging: state written, lease left to expire.
+    // A runner that "died" after charging: state written under its lease
+    // (a long one: the lease is not what tells the survivors), the saga in
+    // its instance's set, the instance among those that may own sagas, and
+    // no heartbeat of it — judged dead after the liveness timeout.
     let scope = "saga:t-order:orphan";
     let state = serde_json::json!({
         "saga": "t-order", "id": "orphan", "status": "running", "next": 1, "attempts": 0,
@@ -229,13 +232,16 @@ async fn a_saga_whose_runner_died_is_taken_over_by_another_instance_and_finished
         "error": null
     });
     let lease =
-        store.acquire_lease(&Key::new(scope, "lease"), "dead-instance#1", Duration::from_millis(200)).await.unwrap();
+        store.acquire_lease(&Key::new(scope, "lease"), "dead-instance#1", Duration::from_secs(60)).await.unwrap();
     store
         .put_fenced(&Key::new(scope, "state"), Expect::Absent, &serde_json::to_vec(&state).unwrap(), &lease.unwrap())
         .await
         .unwrap();
     store.set_add(&Key::new("saga-index:t-order", "active"), "orphan").await.unwrap();
+    store.set_add(&Key::new("saga-owner:dead-instance", "sagas"), "t-order:orphan").await.unwrap();
+    store.set_add(&Key::new("live", "instances"), "dead-instance").await.unwrap();
     LEDGER.lock().unwrap().push(("orphan".into(), "charge".into()));
+    let planted = std::time::Instant::now();
 
     let survivor = Catga::builder()
         .service("sagas")
@@ -256,7 +262,10 @@ async fn a_saga_whose_runner_died_is_taken_over_by_another_instance_and_finished
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(info.status, SagaStatus::Completed, "{info:?}");
+    assert!(planted.elapsed() >= Duration::from_secs(1), "taken over only once judged dead");
     assert_eq!(effects("orphan"), ["charge", "reserve", "create", "notify"], "charge was not run again");
+    let owned = store.set_members(&Key::new("saga-owner:dead-instance", "sagas")).await.unwrap();
+    assert!(owned.is_empty(), "the dead instance's set is emptied: {owned:?}");
     assert!(survivor.sagas::<Order>(|_| true).await.unwrap().iter().all(|s| s.id != "orphan"), "left the index");
 }
 

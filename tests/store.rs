@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use catga::prelude::*;
-use catga::store::{Claim, Expect, Key, Store, StoreError};
+use catga::store::{Beat, Claim, Expect, Key, Store, StoreError, Takeover};
 use catga::transport::memory::MemoryBus;
 use catga::{Error, Metadata, SendOptions};
 use catga_suite::{RedisCluster, RedisServer};
@@ -24,6 +24,8 @@ pub async fn contract(store: &Store, tag: &str) {
     sets(store, tag).await;
     claims(store, tag).await;
     leases(store, tag).await;
+    takeovers(store, tag).await;
+    beats(store, tag).await;
     concurrent_claims_have_one_winner(store, tag).await;
     concurrent_cas_has_one_winner(store, tag).await;
     kinds_replace_each_other(store, tag).await;
@@ -160,6 +162,65 @@ async fn leases(store: &Store, tag: &str) {
     let elsewhere = Key::new(format!("{tag}-other"), "state");
     let err = conflict(store.put_fenced(&elsewhere, Expect::Any, b"x", &c).await.unwrap_err());
     assert!(matches!(err, StoreError::ScopeMismatch { .. }), "{err}");
+}
+
+/// Taking over what an instance judged dead held: a claim of exactly that
+/// owner, a lease of that instance (or a free one) — compare-and-swap, so
+/// a live holder keeps what it holds.
+async fn takeovers(store: &Store, tag: &str) {
+    let ttl = Duration::from_secs(30);
+    let key = Key::new(format!("{tag}-idem"), "taken");
+    assert_eq!(store.claim(&key, "a#1", ttl).await.unwrap(), Claim::Won);
+    // Only from exactly the owner judged dead.
+    assert_eq!(store.take_over_claim(&key, "x#1", "b#1", ttl).await.unwrap(), Claim::Running { owner: "a#1".into() });
+    assert_eq!(store.take_over_claim(&key, "a#1", "b#1", ttl).await.unwrap(), Claim::Won);
+    assert_eq!(store.take_over_claim(&key, "a#1", "b#1", ttl).await.unwrap(), Claim::Won, "re-entrant");
+    assert_eq!(store.take_over_claim(&key, "a#1", "c#1", ttl).await.unwrap(), Claim::Running { owner: "b#1".into() });
+    // The old owner (a frozen instance, resuming) can neither renew nor complete.
+    assert!(!store.renew_claim(&key, "a#1", ttl).await.unwrap());
+    assert!(!store.complete(&key, "a#1", b"late", ttl).await.unwrap());
+    assert!(store.renew_claim(&key, "b#1", ttl).await.unwrap());
+    assert!(store.complete(&key, "b#1", b"reply", ttl).await.unwrap());
+    assert_eq!(store.take_over_claim(&key, "b#1", "c#1", ttl).await.unwrap(), Claim::Done(b"reply".to_vec()));
+    // A renewal never brings a released claim back.
+    let key = Key::new(format!("{tag}-idem"), "renewed");
+    assert!(!store.renew_claim(&key, "a#1", ttl).await.unwrap());
+    assert_eq!(store.claim(&key, "b#1", ttl).await.unwrap(), Claim::Won);
+
+    let scope = format!("{tag}-taken-saga");
+    let (lease_key, record) = (Key::new(&scope, "lease"), Key::new(&scope, "state"));
+    let v1 = store.put(&record, Expect::Absent, b"s0").await.unwrap();
+    let a = store.acquire_lease(&lease_key, "inst-a#9", ttl).await.unwrap().unwrap();
+    // Held by a live instance other than the one named: refused, holder told.
+    let held = store.take_over_lease(&lease_key, "inst", "inst-b#1", ttl).await.unwrap();
+    assert_eq!(held, Takeover::Held { owner: "inst-a#9".into() }, "a prefix of the id is another instance");
+    let Takeover::Taken(b) = store.take_over_lease(&lease_key, "inst-a", "inst-b#1", ttl).await.unwrap() else {
+        panic!("inst-a's lease is taken over")
+    };
+    assert!(b.token > a.token);
+    let err = conflict(store.put_fenced(&record, Expect::Version(v1), b"by a", &a).await.unwrap_err());
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    store.put_fenced(&record, Expect::Version(v1), b"by b", &b).await.unwrap();
+    // An empty `from` takes only a free lease.
+    let held = store.take_over_lease(&lease_key, "", "inst-c#1", ttl).await.unwrap();
+    assert_eq!(held, Takeover::Held { owner: "inst-b#1".into() });
+    assert!(store.release_lease(&b).await.unwrap());
+    let Takeover::Taken(c) = store.take_over_lease(&lease_key, "", "inst-c#1", ttl).await.unwrap() else {
+        panic!("a free lease is taken")
+    };
+    assert!(c.token > b.token);
+}
+
+/// Heartbeats: written by their owner, read by judges, expiring.
+async fn beats(store: &Store, tag: &str) {
+    let key = Key::new(format!("{tag}-live"), "beat");
+    assert_eq!(store.read_beat(&key).await.unwrap(), None);
+    store.beat(&key, Beat { count: 7, gone: false }, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(store.read_beat(&key).await.unwrap(), Some(Beat { count: 7, gone: false }));
+    store.beat(&key, Beat { count: u64::MAX, gone: true }, Duration::from_millis(50)).await.unwrap();
+    assert_eq!(store.read_beat(&key).await.unwrap(), Some(Beat { count: u64::MAX, gone: true }));
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(store.read_beat(&key).await.unwrap(), None, "expired");
 }
 
 /// A key holds one kind of value; a write of another kind replaces it (and

@@ -12,6 +12,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::instance::{Instance, State};
+use crate::liveness::{self, Heartbeat};
 use crate::middleware::Middleware;
 use crate::registry::{self, HandlerRecord};
 use crate::saga::{definition, recovery};
@@ -376,12 +377,34 @@ impl Builder {
             (None, bus) => Transport::Memory(bus.unwrap_or_else(MemoryBus::global)),
         };
         let instance = Instance::new(config, transport, store, self.middleware, self.state, handlers, self.clock);
-        instance.transport.subscribe(&instance, &instance.handlers).await?;
-        // Every instance that links a saga type helps recover it (but not a
-        // client: `client_only`).
-        if !sagas.is_empty() && self.recover_sagas {
-            recovery::start(&instance, sagas);
+        // Beat before handling anything: a copy of a message this instance
+        // claims judges it by its beats. An instance that may run sagas
+        // joins the set the saga sweeps read; one that recovers them, the
+        // sweepers among whom a dead instance's sagas are shared.
+        let recovers = !sagas.is_empty() && self.recover_sagas;
+        let mut sets = Vec::new();
+        if !sagas.is_empty() {
+            sets.push(liveness::members_key());
         }
+        if recovers {
+            sets.extend(sagas.iter().map(|s| liveness::sweepers_key(s.name)));
+        }
+        let heartbeat = Heartbeat::start(
+            &instance.store,
+            &instance.config.instance_id,
+            instance.config.heartbeat_interval,
+            instance.clock,
+            sets,
+        )
+        .await?;
+        *instance.heartbeat.lock().unwrap_or_else(|e| e.into_inner()) = Some(heartbeat);
+        // Every instance that links a saga type helps recover it (but not a
+        // client: `client_only`). Before subscribing: what this instance id
+        // owns before it handles anything is a previous run's.
+        if recovers {
+            recovery::start(&instance, sagas).await;
+        }
+        instance.transport.subscribe(&instance, &instance.handlers).await?;
         tracing::info!(
             service = instance.config.service,
             instance = instance.config.instance_id,

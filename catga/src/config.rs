@@ -15,11 +15,13 @@
 //! | `CATGA_NATS_PING_INTERVAL_MS`| NATS: how often a silent server is probed  | 5000 |
 //! | `CATGA_IDEMPOTENT`           | handlers without `idempotent = ..` record results by message id (`true`/`false`) | false |
 //! | `CATGA_IDEMPOTENCY_TTL_MS`   | how long a recorded result answers copies  | 86400000 (24 h) |
-//! | `CATGA_SAGA_LEASE_MS`        | lease of the instance running a saga; a dead runner's sagas are taken over after it | 5000 |
-//! | `CATGA_SAGA_SWEEP_MS`        | how often each instance looks for sagas to take over | 1000 |
+//! | `CATGA_SAGA_LEASE_MS`        | lease of the instance running a saga (renewed every third): only a last resort now, for a saga whose owner is not judged by its heartbeat | 60000 |
+//! | `CATGA_SAGA_SWEEP_MS`        | how often each instance reads the heartbeats of the instances that may own sagas, and takes over a dead one's share | 250 |
 //! | `CATGA_REDIS_REPLICA_ACKS`   | replicas that must confirm each Redis write | 1 on a Cluster, 0 on one server |
 //! | `CATGA_SAGA_COMPENSATION_RETRIES` | retries of a failing compensation before the saga is `Failed` | 5 |
 //! | `CATGA_SAGA_CRASH_RERUNS`    | re-runs of a step whose instance died mid-step before it counts as failed | 5 |
+//! | `CATGA_HEARTBEAT_MS`         | how often an instance with a store writes its heartbeat (four beats per liveness window: a live instance is judged dead only if four in a row do not reach the store) | 250 |
+//! | `CATGA_LIVENESS_TIMEOUT_MS`  | an instance whose heartbeat did not change for this long (read successfully throughout) is dead: its idempotency claims and sagas are taken over after about this plus one look | 1000 |
 //! | `CATGA_ACK_WAIT_MS`          | durable: how long a pulled message may go unacknowledged before it is redelivered | 30000 |
 //! | `CATGA_MAX_DELIVER`          | durable: deliveries of one message before it is dead-lettered | 5 |
 //! | `CATGA_EVENT_MAX_AGE_MS`     | durable: how long a durable event stream keeps events | 604800000 (7 days) |
@@ -79,10 +81,16 @@ pub struct Config {
     /// run the handler again.
     pub idempotency_ttl: Duration,
     /// The lease an instance holds on a saga it runs (renewed every third
-    /// of it). A saga whose runner died is taken over after the lease
-    /// expires and the next sweep runs: within about lease + sweep interval.
+    /// of it). A saga whose runner died is taken over once the runner is
+    /// judged dead by its heartbeat ([`liveness_timeout`](Config::liveness_timeout)),
+    /// not when this expires: the lease is the last resort, for a saga no
+    /// owner's heartbeat accounts for (a saga written by an older build),
+    /// which a slower sweep of every saga (every lease TTL) takes over
+    /// once its lease expired. Long, so running sagas write rarely.
     pub saga_lease_ttl: Duration,
-    /// How often every instance sweeps for sagas whose lease expired.
+    /// How often every instance that recovers sagas reads the heartbeats of
+    /// the instances that may own sagas and takes over its share of a dead
+    /// one's sagas.
     pub saga_sweep_interval: Duration,
     /// How long `start_saga` waits for a saga with the same id that another
     /// instance is running.
@@ -98,6 +106,17 @@ pub struct Config {
     /// counts as one of its failures. With the backoff (up to 2 s between
     /// tries) the default rides out an outage of about 30 s.
     pub saga_transient_retries: u32,
+    /// How often an instance with a store writes its heartbeat (from a
+    /// thread of its own on Redis, so busy handlers do not delay it). See
+    /// [`crate::liveness`].
+    pub heartbeat_interval: Duration,
+    /// An instance whose heartbeat did not change for this long, read
+    /// successfully throughout by the judge, is dead: a copy of a message
+    /// it was handling takes its idempotency claim over, and the survivors
+    /// take over its sagas. A failed read starts the window again, so a
+    /// store failover never makes a live instance look dead. At least twice
+    /// the heartbeat interval.
+    pub liveness_timeout: Duration,
     /// Redis: replicas that must confirm each write (`WAIT`) before it is
     /// acknowledged. `None`: 1 on a Redis Cluster (a write is on two nodes
     /// before anyone relies on it; a shard with no live replica refuses
@@ -140,12 +159,14 @@ impl Default for Config {
             nats_ping_interval: Duration::from_secs(5),
             idempotent_by_default: false,
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
-            saga_lease_ttl: Duration::from_secs(5),
-            saga_sweep_interval: Duration::from_secs(1),
+            saga_lease_ttl: Duration::from_secs(60),
+            saga_sweep_interval: Duration::from_millis(250),
             saga_wait: Duration::from_secs(60),
             saga_compensation_retries: 5,
             saga_crash_reruns: 5,
             saga_transient_retries: 20,
+            heartbeat_interval: Duration::from_millis(250),
+            liveness_timeout: Duration::from_secs(1),
             redis_replica_acks: None,
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
@@ -210,6 +231,12 @@ impl Config {
         }
         if let Some(d) = millis("CATGA_SAGA_SWEEP_MS")? {
             c.saga_sweep_interval = d;
+        }
+        if let Some(d) = millis("CATGA_HEARTBEAT_MS")? {
+            c.heartbeat_interval = d;
+        }
+        if let Some(d) = millis("CATGA_LIVENESS_TIMEOUT_MS")? {
+            c.liveness_timeout = d;
         }
         if let Some(d) = millis("CATGA_IDEMPOTENCY_TTL_MS")? {
             c.idempotency_ttl = d;
@@ -297,6 +324,8 @@ impl Config {
             ("nats_ping_interval", "CATGA_NATS_PING_INTERVAL_MS", Some(self.nats_ping_interval)),
             ("saga_lease_ttl", "CATGA_SAGA_LEASE_MS", Some(self.saga_lease_ttl)),
             ("saga_sweep_interval", "CATGA_SAGA_SWEEP_MS", Some(self.saga_sweep_interval)),
+            ("heartbeat_interval", "CATGA_HEARTBEAT_MS", Some(self.heartbeat_interval)),
+            ("liveness_timeout", "CATGA_LIVENESS_TIMEOUT_MS", Some(self.liveness_timeout)),
             ("idempotency_ttl", "CATGA_IDEMPOTENCY_TTL_MS", Some(self.idempotency_ttl)),
             ("ack_wait", "CATGA_ACK_WAIT_MS", Some(self.ack_wait)),
             ("event_max_age", "CATGA_EVENT_MAX_AGE_MS", Some(self.event_max_age)),
@@ -307,6 +336,13 @@ impl Config {
                     "{name} is zero ({var}=0 or its builder method): a zero limit would fail every message"
                 )));
             }
+        }
+        if self.liveness_timeout < self.heartbeat_interval * 2 {
+            return Err(Error::Config(format!(
+                "liveness_timeout ({:?}, CATGA_LIVENESS_TIMEOUT_MS) is less than twice heartbeat_interval ({:?}, \
+                 CATGA_HEARTBEAT_MS): a live instance would be judged dead between two beats",
+                self.liveness_timeout, self.heartbeat_interval
+            )));
         }
         if self.max_in_flight == 0 {
             return Err(Error::Config(

@@ -13,8 +13,21 @@
 //! 3. A copy that finds the reply recorded answers with it, without running
 //!    the handler. A copy that finds the work running waits for the reply
 //!    (up to the request timeout), then answers `in_progress` — never a
-//!    second run. A claim whose owner died lapses after the handler timeout
-//!    (60 s when none is set), and the next copy runs the handler.
+//!    second run while the owner lives.
+//! 4. **A claim follows its owner's life.** The claim names its owner's
+//!    instance (`<instance id>#<random>`). While a copy waits, it watches
+//!    that instance's heartbeat ([`crate::liveness`]); once the owner is
+//!    judged dead (its beat did not change for
+//!    [`Config::liveness_timeout`](crate::Config::liveness_timeout), 1 s by
+//!    default, read successfully throughout — a store failover never
+//!    counts) the copy takes the claim over with a compare-and-swap in the
+//!    claim's own slot ("if it is still that owner's, make it mine") and
+//!    runs the handler. A live owner's claim is never taken, however long
+//!    its handler runs: the claim's own TTL ([`CLAIM_TTL`], or the handler
+//!    timeout if longer) is only a last resort, renewed by the owner every
+//!    third of it while a long handling runs. An owner whose claim was
+//!    taken (an instance frozen longer than the window, resuming) finds its
+//!    record refused and logs a warning: its effect may repeat the copy's.
 //!
 //! What it cannot give: a handler that crashes after its effect but before
 //! the reply is recorded runs again on the next copy. Make the effect and
@@ -33,6 +46,7 @@ use crate::backoff::Backoff;
 use crate::codec::CodecError;
 use crate::context::Context;
 use crate::error::HandlerError;
+use crate::liveness::{Judge, beat_key, instance_of};
 use crate::registry::HandlerRecord;
 use crate::store::{Claim, Key};
 
@@ -46,13 +60,18 @@ const CLAIM_POLL: Backoff = Backoff::new(Duration::from_millis(2), Duration::fro
 /// Between tries to record an outcome while the store fails over.
 const RECORD_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
 
-/// The longest recording an outcome is retried (while the claim holds):
-/// a store failover takes seconds; a handler timeout of days must not keep
-/// a handling retrying for days.
-const RECORD_WINDOW: Duration = Duration::from_secs(300);
+/// The longest recording an outcome is retried (the claim is renewed
+/// meanwhile): long enough to ride out a store failover (a Redis Cluster
+/// promotes a replica within seconds).
+const RECORD_WINDOW: Duration = Duration::from_secs(30);
 
-/// How long a claim lasts when the handler has no timeout.
-const DEFAULT_CLAIM: Duration = Duration::from_secs(60);
+/// How long a claim lasts unless renewed (the handler timeout plus a second
+/// when that is longer): a last resort only — a dead owner's claim is taken
+/// over once the owner is judged dead by its heartbeat, long before.
+pub const CLAIM_TTL: Duration = Duration::from_secs(60);
+
+/// How often a copy waiting on a claim reads the owner's heartbeat.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
 
 /// How a reply is kept in the store: its codec's functions.
 pub(crate) struct Recorder<R> {
@@ -91,13 +110,21 @@ where
     let store = ctx.store();
     let key = key(record, &ctx);
     let owner = format!("{}#{:08x}", ctx.instance_id(), fastrand::u32(..));
-    let claim_ttl = handler_timeout.unwrap_or(DEFAULT_CLAIM).saturating_add(Duration::from_secs(1));
     let instance = ctx.instance();
-    let (wait, clock) = (instance.config.request_timeout, instance.clock);
+    let claim_ttl = handler_timeout.map_or(CLAIM_TTL, |t| t.saturating_add(Duration::from_secs(1)).max(CLAIM_TTL));
+    let (wait, clock) = (wait_limit(&ctx), instance.clock);
     let started = clock.now();
     let mut polls = 0;
+    let mut judge = Judge::new(instance.config.liveness_timeout, LOOK_EVERY);
+    let mut last_look = None;
+    // The owner judged dead, whose claim the next try takes over.
+    let mut dead: Option<String> = None;
     loop {
-        let claimed = match store.claim(&key, &owner, claim_ttl).await {
+        let claimed = match &dead {
+            None => store.claim(&key, &owner, claim_ttl).await,
+            Some(dead) => store.take_over_claim(&key, dead, &owner, claim_ttl).await,
+        };
+        let claimed = match claimed {
             Ok(claimed) => claimed,
             Err(e) => {
                 // The claim may have been written (only its confirmation
@@ -107,7 +134,17 @@ where
             }
         };
         match claimed {
-            Claim::Won => break,
+            Claim::Won => {
+                if let Some(dead) = dead {
+                    tracing::warn!(
+                        key = %key,
+                        owner = dead,
+                        "idempotent: took over the claim of an instance judged dead (its heartbeat stopped); \
+                         running the handler here"
+                    );
+                }
+                break;
+            }
             Claim::Done(recorded) => {
                 tracing::debug!(key = %key, "idempotent: answered with the recorded reply");
                 return (recorder.decode)(&recorded).map_err(|e| {
@@ -122,25 +159,43 @@ where
                     )
                 });
             }
-            Claim::Running { owner } => {
+            Claim::Running { owner: held } => {
+                dead = None;
                 if started.elapsed() >= wait {
                     return Err(HandlerError::new(
                         IN_PROGRESS,
                         format!(
-                            "message {} on \"{}\" is being handled by {owner}; no reply after {wait:?} — \
+                            "message {} on \"{}\" is being handled by {held}; no reply after {wait:?} — \
                              retry later with the same message id",
                             ctx.message_id(),
                             record.subject
                         ),
                     ));
                 }
+                // Watch the owner's heartbeat (not our own instance's: that
+                // one is alive, it is running this).
+                let held_by = instance_of(&held);
+                if held_by != ctx.instance_id()
+                    && last_look.is_none_or(|at: tokio::time::Instant| at.elapsed() >= LOOK_EVERY)
+                {
+                    let read = store.read_beat(&beat_key(held_by)).await;
+                    last_look = Some(clock.now());
+                    if judge.look(held_by, &read, clock.now()) {
+                        dead = Some(held);
+                        continue;
+                    }
+                }
                 polls += 1;
                 clock.sleep(CLAIM_POLL.delay(polls)).await;
             }
         }
     }
+    // Renewed while the handling (and the recording of its outcome) runs:
+    // a handling longer than a third of the claim's TTL renews it, on a
+    // task of its own; a fast one writes nothing more.
+    let renewing = Renewal::start(&ctx, &key, &owner, claim_ttl);
     let outcome = handling.await;
-    let claimed_until = started + claim_ttl.min(RECORD_WINDOW);
+    let recording_since = clock.now();
     let mut tries = 1;
     let recorded = loop {
         let recorded = match &outcome {
@@ -154,10 +209,10 @@ where
             Err(_) => store.release(&key, &owner).await,
         };
         // The effect happened; losing its record to a store failover would
-        // let a copy run the handler again. Keep trying while the claim
-        // still holds (a store failover takes seconds).
+        // let a copy run the handler again. Keep trying (the claim is
+        // renewed meanwhile) for as long as a store failover takes.
         match recorded {
-            Err(e) if clock.now() + RECORD_RETRY.delay(tries) < claimed_until => {
+            Err(e) if recording_since.elapsed() + RECORD_RETRY.delay(tries) < RECORD_WINDOW => {
                 tracing::debug!(key = %key, error = %e, "idempotent: recording the outcome failed; retrying");
                 clock.sleep(RECORD_RETRY.delay(tries)).await;
                 tries += 1;
@@ -165,17 +220,58 @@ where
             recorded => break recorded,
         }
     };
+    drop(renewing);
     match recorded {
         Ok(true) => {}
         Ok(false) => tracing::warn!(
             key = %key,
-            "idempotent: the claim lapsed before the handler finished (raise its timeout); a copy may run it again"
+            "idempotent: this handling's claim was taken over before it finished (this instance was judged dead: \
+             its heartbeat did not reach the store for over the liveness timeout, e.g. it was frozen); a copy ran \
+             the handler too, and its reply is the recorded one"
         ),
         Err(e) => {
             tracing::warn!(key = %key, error = %e, "idempotent: could not record the outcome; a copy may run it again")
         }
     }
     outcome
+}
+
+/// How long a copy waits for a running claim's outcome before answering
+/// `in_progress`: the one place the limit is computed.
+fn wait_limit(ctx: &Context) -> Duration {
+    ctx.instance().config.request_timeout
+}
+
+/// Renews a claim every third of its TTL on a task of its own (so a handler
+/// that keeps the runtime's worker busy does not stop it); stops when
+/// dropped. Nothing is written for a handling shorter than that.
+struct Renewal(tokio::task::JoinHandle<()>);
+
+impl Renewal {
+    fn start(ctx: &Context, key: &Key, owner: &str, ttl: Duration) -> Renewal {
+        let (store, clock) = (ctx.store().clone(), ctx.instance().clock);
+        let (key, owner) = (key.clone(), owner.to_owned());
+        Renewal(tokio::spawn(async move {
+            loop {
+                clock.sleep(ttl / 3).await;
+                match store.renew_claim(&key, &owner, ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(key = %key, "idempotent: the claim was taken over by another copy");
+                        return;
+                    }
+                    // The next renewal may reach the store (a failover).
+                    Err(e) => tracing::debug!(key = %key, error = %e, "idempotent: renewing the claim failed"),
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Events and commands keep the same kind of record: events record `()`.

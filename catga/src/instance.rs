@@ -31,6 +31,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, HandlerError, Result};
+use crate::liveness::Heartbeat;
 use crate::message::{Command, Event};
 use crate::metadata::Metadata;
 use crate::middleware::Middleware;
@@ -58,6 +59,9 @@ pub(crate) struct Instance {
     closed: AtomicBool,
     stopped: tokio::sync::OnceCell<ShutdownReport>,
     running_sagas: RunningSagas,
+    /// This instance's heartbeat in the store (set by the builder), stopped
+    /// by shutdown.
+    pub(crate) heartbeat: Mutex<Option<Heartbeat>>,
 }
 
 /// Options of one `send`.
@@ -114,6 +118,7 @@ impl Instance {
             closed: AtomicBool::new(false),
             stopped: tokio::sync::OnceCell::new(),
             running_sagas: RunningSagas::default(),
+            heartbeat: Mutex::new(None),
         })
     }
 
@@ -206,6 +211,12 @@ impl Instance {
             })
             .await;
         self.transport.close().await;
+        // Last: the drain handed this instance's sagas over; the beat marked
+        // `gone` lets the survivors take them (and any claim left) at once.
+        let heartbeat = self.heartbeat.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut heartbeat) = heartbeat {
+            heartbeat.stop(&self.store).await;
+        }
         self.closed.store(true, Ordering::Release);
         let report =
             ShutdownReport { abandoned: if drained.is_ok() { 0 } else { self.in_flight() }, waited: started.elapsed() };

@@ -101,6 +101,7 @@ pub mod error;
 mod future;
 pub mod idempotency;
 mod instance;
+pub mod liveness;
 pub mod message;
 pub mod metadata;
 pub mod middleware;

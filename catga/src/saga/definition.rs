@@ -94,9 +94,10 @@ impl fmt::Debug for SagaRecord {
 /// A saga table with its data type erased, so the sweep can resume any saga.
 #[doc(hidden)]
 pub trait SagaEntry: Send + Sync + 'static {
-    /// Continue the saga `id` if its lease is free; `None` if another
+    /// Continue the saga `id` if its lease is free or held by instance
+    /// `from` (judged dead; empty: only a free lease); `None` if another
     /// instance holds it (or it is finished or unknown).
-    fn resume(&'static self, app: App, id: String) -> BoxFuture<'static, Result<Option<SagaOutcome>>>;
+    fn resume(&'static self, app: App, id: String, from: String) -> BoxFuture<'static, Result<Option<SagaOutcome>>>;
     /// The steps' names, in order.
     fn step_names(&self) -> Vec<&'static str>;
 }

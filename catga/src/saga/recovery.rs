@@ -1,8 +1,33 @@
-//! Recovery: every instance sweeps the saga index and takes over the sagas
-//! whose lease expired (their instance died or stalled), continuing them
-//! forward or compensating.
+//! Recovery: a saga follows its owner's life. Every instance that recovers
+//! sagas runs a sweep (every
+//! [`Config::saga_sweep_interval`](crate::Config::saga_sweep_interval),
+//! 250 ms by default) that:
+//! 1. reads the heartbeats of the instances that may own sagas (the set
+//!    `catga:{live}:instances`) and judges them ([`crate::liveness`]): dead
+//!    when a beat did not change for the liveness timeout (1 s), or at once
+//!    when the instance shut down cleanly;
+//! 2. for each dead instance, reads the sagas it owned
+//!    (`catga:{saga-owner:<instance>}:sagas`) and takes over its share:
+//!    sagas are ranked among the live sweepers of their type by rendezvous
+//!    hashing; in the first round after the judgement an instance takes
+//!    the sagas it ranks first for, one round later those it ranks second
+//!    for too, and so on — spread out, and nothing waits on a sweeper that
+//!    is slow or gone. Taking over is a compare-and-swap of the lease in
+//!    the saga's own slot ("free, or held by that instance: make it mine",
+//!    with a new fencing token, so the old runner's writes are refused).
+//!    A dead instance that owns nothing more leaves the sets;
+//! 3. continues its own sagas that are not running here (a run stopped by
+//!    an error), and — once, at start — those its instance id owned before
+//!    a restart;
+//! 4. every lease TTL (and at start), as a last resort, tries the lease of
+//!    every saga in the active index whose lease is free (expired), for
+//!    sagas no owner's set accounts for (e.g. written by an older build).
+//!
+//! No saga writes anything for the sweep while it runs: the owner's
+//! heartbeat stands for all of them.
 
-use std::sync::{Arc, Weak};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -12,21 +37,42 @@ use crate::app::App;
 use crate::error::{Error, Result};
 use crate::future::BoxFuture;
 use crate::instance::Instance;
+use crate::liveness::{Judge, beat_key, instance_of, members_key, sagas_owned_key, sweepers_key};
 use crate::saga::definition::{SagaDef, SagaEntry, SagaRecord};
 use crate::saga::runner::run;
 use crate::saga::status::{SagaOutcome, State};
-use crate::saga::store::{index_key, owner, state_key, unindex};
+use crate::saga::store::{index_key, owned_entry, owner, parse_owned, state_key, unindex};
+use crate::store::Takeover;
 
-/// Start this instance's recovery sweep for `sagas`, every
-/// [`Config::saga_sweep_interval`](crate::Config::saga_sweep_interval).
-pub(crate) fn start(instance: &Arc<Instance>, sagas: Vec<&'static SagaRecord>) {
-    tokio::spawn(sweep(Arc::downgrade(instance), sagas, instance.config.saga_sweep_interval));
+/// Start this instance's recovery sweep for `sagas`. Call before the
+/// instance handles anything: the sagas its id owns now are a previous
+/// run's (a restart with the same id), taken over by the first round.
+pub(crate) async fn start(instance: &Arc<Instance>, sagas: Vec<&'static SagaRecord>) {
+    let inherited = match instance.store.set_members(&sagas_owned_key(instance.instance_id())).await {
+        Ok(entries) => entries.into_iter().collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "saga sweep: cannot read the sagas this instance id owned before; the slow sweep will");
+            HashSet::new()
+        }
+    };
+    let sweep = Sweep {
+        instance: Arc::downgrade(instance),
+        sagas,
+        judge: Judge::new(instance.config.liveness_timeout, instance.config.saga_sweep_interval),
+        dead: HashMap::new(),
+        round: 0,
+        taking: Arc::default(),
+        stale: HashSet::new(),
+        inherited,
+        last_full: None,
+    };
+    tokio::spawn(sweep.run(instance.config.saga_sweep_interval));
 }
 
 /// The sweep resumes any saga through its erased entry.
 impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> SagaEntry for SagaDef<D> {
-    fn resume(&'static self, app: App, id: String) -> BoxFuture<'static, Result<Option<SagaOutcome>>> {
-        Box::pin(async move { resume(self, &app, &id).await })
+    fn resume(&'static self, app: App, id: String, from: String) -> BoxFuture<'static, Result<Option<SagaOutcome>>> {
+        Box::pin(async move { resume(self, &app, &id, &from).await })
     }
 
     fn step_names(&self) -> Vec<&'static str> {
@@ -34,22 +80,49 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> SagaEntry for Saga
     }
 }
 
-/// Take over saga `id` if its lease is free, and run it to its end here.
-pub(crate) async fn resume<D>(def: &'static SagaDef<D>, app: &App, id: &str) -> Result<Option<SagaOutcome>>
+/// Take saga `id` over if its lease is free or held by instance `from`
+/// (judged dead; empty: only a free lease), and run it to its end here.
+pub(crate) async fn resume<D>(def: &'static SagaDef<D>, app: &App, id: &str, from: &str) -> Result<Option<SagaOutcome>>
 where
     D: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     let store = app.store();
     let (state_key, lease_key) = state_key(def.name, id);
-    // The lease first: for a saga another instance is running, that one
-    // refused request is all a sweep costs.
-    let Some(lease) = store.acquire_lease(&lease_key, &owner(app), app.config().saga_lease_ttl).await? else {
-        return Ok(None);
+    let me = app.instance_id();
+    let (mine, entry) = (sagas_owned_key(me), owned_entry(def.name, id));
+    let from_other = !from.is_empty() && from != me;
+    // Taking a dead owner's saga: into this instance's set first (whoever
+    // holds a lease has the saga in their set, so it is never out of all).
+    if from_other {
+        store.set_add(&mine, &entry).await?;
+    }
+    let lease = match store.take_over_lease(&lease_key, from, &owner(app), app.config().saga_lease_ttl).await? {
+        Takeover::Taken(lease) => lease,
+        Takeover::Held { owner } => {
+            // Someone else runs it (another survivor took it first): it is
+            // in their set, not ours — nor the dead one's.
+            if instance_of(&owner) != me {
+                store.set_remove(&mine, &entry).await?;
+            }
+            if from_other && instance_of(&owner) != from {
+                store.set_remove(&sagas_owned_key(from), &entry).await?;
+            }
+            return Ok(None);
+        }
     };
+    if !from_other {
+        store.set_add(&mine, &entry).await?;
+    } else {
+        store.set_remove(&sagas_owned_key(from), &entry).await?;
+    }
     let stored = match store.get(&state_key).await {
         Ok(Some(stored)) => stored,
         other => {
             let _ = store.release_lease(&lease).await;
+            if matches!(other, Ok(None)) {
+                // No such saga (its creation stopped before its first write).
+                store.set_remove(&mine, &entry).await?;
+            }
             return other.map(|_| None);
         }
     };
@@ -69,40 +142,221 @@ where
         unindex(app, def.name, id, state.status).await?;
         return Ok(None);
     }
-    tracing::info!(saga = def.name, id, status = ?state.status, step = state.next, "saga taken over");
+    let from = if from.is_empty() { "(free lease)" } else { from };
+    tracing::info!(saga = def.name, id, from, status = ?state.status, step = state.next, "saga taken over");
     run(def, app, lease, state, stored.version, false).await.map(Some)
 }
 
-/// The recovery sweep of one instance: every interval, look at the indexed
-/// sagas of every registered type and take over those whose lease expired.
-async fn sweep(instance: Weak<Instance>, sagas: Vec<&'static SagaRecord>, every: Duration) {
-    loop {
-        let Some(clock) = instance.upgrade().map(|i| i.clock) else { return };
-        clock.sleep(every.mul_f64(0.75 + fastrand::f64() / 2.0)).await;
-        let Some(app) = instance.upgrade().map(App::from_instance) else { return };
-        if app.instance().is_draining() {
-            return;
-        }
-        for record in &sagas {
-            let ids = match app.store().set_members(&index_key(record.name)).await {
-                Ok(ids) => ids,
-                Err(e) => {
-                    tracing::warn!(saga = record.name, error = %e, "saga sweep: cannot read the index");
-                    continue;
-                }
-            };
-            for id in ids {
-                if app.instance().running_sagas().contains(record.name, &id) {
-                    continue;
-                }
-                let (entry, app, saga) = (record.entry, app.clone(), record.name);
-                // Each takeover runs on its own task; the sweep goes on.
-                tokio::spawn(async move {
-                    if let Err(e) = entry.resume(app, id.clone()).await {
-                        tracing::warn!(saga, id, error = %e, "saga takeover stopped");
-                    }
-                });
+/// One instance's recovery sweep (see the module docs).
+struct Sweep {
+    instance: Weak<Instance>,
+    sagas: Vec<&'static SagaRecord>,
+    judge: Judge,
+    /// Instances judged dead, with the round they were first judged in.
+    dead: HashMap<String, u64>,
+    round: u64,
+    /// Sagas (owner-set entries) being taken over here now.
+    taking: Arc<Mutex<HashSet<String>>>,
+    /// This instance's own sagas found not running here last round.
+    stale: HashSet<String>,
+    /// The sagas this instance id owned when it started.
+    inherited: HashSet<String>,
+    /// When the active indexes were last read whole.
+    last_full: Option<tokio::time::Instant>,
+}
+
+impl Sweep {
+    async fn run(mut self, every: Duration) {
+        loop {
+            let Some(clock) = self.instance.upgrade().map(|i| i.clock) else { return };
+            clock.sleep(every.mul_f64(0.75 + fastrand::f64() / 2.0)).await;
+            let Some(app) = self.instance.upgrade().map(App::from_instance) else { return };
+            if app.instance().is_draining() {
+                return;
+            }
+            self.round += 1;
+            self.own(&app).await;
+            self.dead_owners(&app).await;
+            let full_every = app.config().saga_lease_ttl;
+            if self.last_full.is_none_or(|at| at.elapsed() >= full_every) {
+                self.last_full = Some(clock.now());
+                self.free_leases(&app).await;
             }
         }
+    }
+
+    fn record(&self, name: &str) -> Option<&'static SagaRecord> {
+        self.sagas.iter().copied().find(|r| r.name == name)
+    }
+
+    /// Take saga `id` over on a task of its own (the sweep goes on), unless
+    /// it runs here or is being taken over here already.
+    fn take(&self, app: &App, record: &'static SagaRecord, id: &str, from: &str) {
+        let entry = owned_entry(record.name, id);
+        if app.instance().running_sagas().contains(record.name, id) {
+            return;
+        }
+        if !self.taking.lock().unwrap_or_else(|e| e.into_inner()).insert(entry.clone()) {
+            return;
+        }
+        let (taking, app, id, from, saga) =
+            (self.taking.clone(), app.clone(), id.to_owned(), from.to_owned(), record.name);
+        tokio::spawn(async move {
+            let result = record.entry.resume(app, id.clone(), from).await;
+            taking.lock().unwrap_or_else(|e| e.into_inner()).remove(&entry);
+            if let Err(e) = result {
+                tracing::warn!(saga, id, error = %e, "saga takeover stopped");
+            }
+        });
+    }
+
+    /// This instance's own sagas that are not running here: a run that
+    /// stopped on an error (its lease released) is continued once it was
+    /// seen so two rounds in a row (a saga being started here is not yet
+    /// running for a moment); a previous run's sagas (the same instance
+    /// id, restarted) at once.
+    async fn own(&mut self, app: &App) {
+        let me = app.instance_id().to_owned();
+        let entries = match app.store().set_members(&sagas_owned_key(&me)).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::debug!(error = %e, "saga sweep: cannot read this instance's sagas");
+                return;
+            }
+        };
+        let mut stale = HashSet::new();
+        for entry in entries {
+            let Some((name, id)) = parse_owned(&entry) else { continue };
+            let Some(record) = self.record(name) else { continue };
+            if app.instance().running_sagas().contains(record.name, id) {
+                continue;
+            }
+            if self.inherited.remove(&entry) {
+                self.take(app, record, id, &me);
+            } else if self.stale.contains(&entry) {
+                self.take(app, record, id, "");
+            } else {
+                stale.insert(entry.clone());
+            }
+        }
+        self.inherited.clear();
+        self.stale = stale;
+    }
+
+    /// Judge the instances that may own sagas; take over this instance's
+    /// share of the dead ones' sagas.
+    async fn dead_owners(&mut self, app: &App) {
+        let store = app.store();
+        let me = app.instance_id().to_owned();
+        let members = match store.set_members(&members_key()).await {
+            Ok(members) => members,
+            Err(e) => {
+                tracing::debug!(error = %e, "saga sweep: cannot read the instances");
+                return;
+            }
+        };
+        let clock = app.instance().clock;
+        for member in members.iter().filter(|m| **m != me) {
+            let read = store.read_beat(&beat_key(member)).await;
+            if self.judge.look(member, &read, clock.now()) {
+                self.dead.entry(member.clone()).or_insert(self.round);
+            } else {
+                self.dead.remove(member);
+            }
+        }
+        self.dead.retain(|d, _| members.contains(d));
+        let mut sweepers: HashMap<&str, Vec<String>> = HashMap::new();
+        let dead: Vec<(String, u64)> = self.dead.iter().map(|(d, r)| (d.clone(), *r)).collect();
+        for (gone, since) in dead {
+            let entries = match store.set_members(&sagas_owned_key(&gone)).await {
+                Ok(entries) => entries,
+                Err(_) => continue,
+            };
+            if entries.is_empty() {
+                // Nothing left to take over: it leaves the sets.
+                let _ = store.set_remove(&members_key(), &gone).await;
+                for record in &self.sagas {
+                    let _ = store.set_remove(&sweepers_key(record.name), &gone).await;
+                }
+                self.dead.remove(&gone);
+                self.judge.forget(&gone);
+                continue;
+            }
+            let widen = (self.round - since) as usize;
+            for entry in &entries {
+                let Some((name, id)) = parse_owned(entry) else { continue };
+                let Some(record) = self.record(name) else { continue };
+                if !sweepers.contains_key(record.name) {
+                    let mut live = store.set_members(&sweepers_key(record.name)).await.unwrap_or_default();
+                    live.retain(|s| *s != me && !self.dead.contains_key(s));
+                    sweepers.insert(record.name, live);
+                }
+                if rank(entry, &me, &sweepers[record.name]) <= widen {
+                    self.take(app, record, id, &gone);
+                }
+            }
+        }
+    }
+
+    /// The last resort: every saga in the active indexes whose lease is
+    /// free (expired, or released and in nobody's set).
+    async fn free_leases(&self, app: &App) {
+        for record in &self.sagas {
+            match app.store().set_members(&index_key(record.name)).await {
+                Ok(ids) => {
+                    for id in ids {
+                        self.take(app, record, &id, "");
+                    }
+                }
+                Err(e) => tracing::warn!(saga = record.name, error = %e, "saga sweep: cannot read the index"),
+            }
+        }
+    }
+}
+
+/// Where `me` ranks among `others` for `entry` (0: first), by rendezvous
+/// hashing: every instance computes the same order without talking.
+fn rank(entry: &str, me: &str, others: &[String]) -> usize {
+    let mine = score(entry, me);
+    others.iter().filter(|other| score(entry, other) > mine).count()
+}
+
+/// FNV-1a of `entry`, a separator and `instance` (stable across builds and
+/// processes, unlike std's hasher).
+fn score(entry: &str, instance: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in entry.bytes().chain([0xff]).chain(instance.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    // FNV's low bits mix poorly for inputs differing only at the end.
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^ (hash >> 33)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_ranks_spread_sagas_over_survivors() {
+        let survivors: Vec<String> = (0..3).map(|i| format!("svc-{i}")).collect();
+        let mut firsts = [0; 3];
+        for n in 0..300 {
+            let entry = format!("order:{n}");
+            let ranks: Vec<usize> = survivors
+                .iter()
+                .map(|me| {
+                    let others: Vec<String> = survivors.iter().filter(|s| *s != me).cloned().collect();
+                    rank(&entry, me, &others)
+                })
+                .collect();
+            let mut sorted = ranks.clone();
+            sorted.sort();
+            assert_eq!(sorted, [0, 1, 2], "one order everyone agrees on");
+            firsts[ranks.iter().position(|r| *r == 0).unwrap()] += 1;
+        }
+        assert!(firsts.iter().all(|n| *n > 60), "spread: {firsts:?}");
     }
 }

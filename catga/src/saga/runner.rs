@@ -1,6 +1,8 @@
 //! Running a saga while holding its lease: steps forward with their
 //! retries, compensations in reverse, every state change a fenced
-//! compare-and-set write, the lease renewed in the background.
+//! compare-and-set write, the lease renewed in the background (every third
+//! of its TTL — a minute by default: the owner's heartbeat, not the lease,
+//! tells the survivors it died).
 
 use std::time::Duration;
 
@@ -104,7 +106,7 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             return Err(Error::Saga {
                 saga: self.def.name.to_owned(),
                 id: self.state.id.clone(),
-                reason: "the instance is shutting down; another instance continues it after the lease expires".into(),
+                reason: "the instance is shutting down; another instance takes it over once this one is gone".into(),
             });
         }
         Ok(())

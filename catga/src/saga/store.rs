@@ -4,8 +4,15 @@
 //! Layout (every key in the saga's own scope, so one Cluster slot):
 //! - `catga:{saga:<name>:<id>}:state` — the [`State`] as JSON, versioned;
 //! - `catga:{saga:<name>:<id>}:lease` — the lease of the instance running it;
+//! - `catga:{saga-owner:<instance id>}:sagas` — a set of the sagas
+//!   (`<name>:<id>`) an instance runs: added before it takes the lease,
+//!   removed when the saga finishes (or another instance takes it over).
+//!   When the instance is judged dead by its heartbeat
+//!   ([`crate::liveness`]) the survivors read this set and take its sagas
+//!   over; nobody reads every saga to find them;
 //! - `catga:{saga-index:<name>}:active` — a set of the ids that may still
-//!   need running (the recovery sweep reads it);
+//!   need running (for [`App::sagas`], and a slow last-resort sweep every
+//!   lease TTL for sagas no owner's set accounts for);
 //! - `catga:{saga-index:<name>}:failed` — a set of the ids that ended
 //!   `Failed` (kept for an operator).
 
@@ -14,6 +21,7 @@ use serde::Serialize;
 use crate::app::App;
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
+use crate::liveness::sagas_owned_key;
 use crate::saga::definition::{SagaDef, sagas};
 use crate::saga::status::{SagaInfo, SagaOutcome, SagaStatus, State};
 use crate::store::{Expect, Key, Lease, StoreError};
@@ -34,13 +42,26 @@ fn failed_key(saga: &str) -> Key {
     Key::new(format!("saga-index:{saga}"), "failed")
 }
 
-/// Move a finished saga out of the sweep's index (a failed one into the
-/// failed index first, so it is never out of both).
+/// How a saga is named in its owner's set: `<saga name>:<id>` (saga names
+/// have no `:`).
+pub(crate) fn owned_entry(saga: &str, id: &str) -> String {
+    format!("{saga}:{id}")
+}
+
+/// The saga name and id of an owner's set member.
+pub(crate) fn parse_owned(entry: &str) -> Option<(&str, &str)> {
+    entry.split_once(':')
+}
+
+/// Move a finished saga out of the indexes — the active one and this
+/// instance's own set (a failed one into the failed index first, so it is
+/// never out of both).
 pub(crate) async fn unindex(app: &App, saga: &str, id: &str, status: SagaStatus) -> Result<()> {
     if status == SagaStatus::Failed {
         app.store().set_add(&failed_key(saga), id).await?;
     }
     app.store().set_remove(&index_key(saga), id).await?;
+    app.store().set_remove(&sagas_owned_key(app.instance_id()), &owned_entry(saga, id)).await?;
     Ok(())
 }
 
@@ -58,6 +79,11 @@ pub(crate) async fn create<D: Serialize>(
     // Index first: the sweep finds every saga that may exist (a stale
     // entry is dropped by the sweep when it finds the saga finished).
     store.set_add(&index_key(def.name), id).await?;
+    // In this instance's own set before the lease: whoever holds a saga's
+    // lease has it in their set, so the survivors of an owner that dies
+    // find it. (If another instance has it, this entry is dropped by the
+    // sweep here.)
+    store.set_add(&sagas_owned_key(app.instance_id()), &owned_entry(def.name, id)).await?;
     // No read first: the write below expects no state, so an existing saga
     // is refused there (a new saga, the common case, saves a round trip).
     let Some(lease) = store.acquire_lease(&lease_key, &owner(app), app.config().saga_lease_ttl).await? else {

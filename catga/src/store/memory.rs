@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Claim, Expect, Key, Lease, StoreError, Versioned};
+use super::{Beat, Claim, Expect, Key, Lease, StoreError, Takeover, Versioned};
 use crate::clock::Clock;
 
 /// The embedded store. Cheap to clone; clones share the data.
@@ -45,6 +45,8 @@ enum Value {
     },
     /// A lease's latest token; never expires, so tokens only grow.
     Fence(u64),
+    /// An instance's heartbeat.
+    Beat(Beat),
 }
 
 /// Sweep expired entries every this many writes (keeps memory bounded
@@ -178,6 +180,53 @@ impl MemoryStore {
         true
     }
 
+    pub(super) fn take_over_claim(&self, key: &Key, from: &str, owner: &str, running_ttl: Duration) -> Claim {
+        let mut map = self.lock();
+        match map.live(key) {
+            Some(Value::Claimed { owner: held }) if held != from && held != owner => {
+                Claim::Running { owner: held.clone() }
+            }
+            Some(Value::Done(result)) => Claim::Done(result.clone()),
+            _ => {
+                map.set(key, Value::Claimed { owner: owner.to_owned() }, Some(running_ttl));
+                Claim::Won
+            }
+        }
+    }
+
+    pub(super) fn renew_claim(&self, key: &Key, owner: &str, ttl: Duration) -> bool {
+        let mut map = self.lock();
+        if !matches!(map.live(key), Some(Value::Claimed { owner: o }) if o == owner) {
+            return false;
+        }
+        map.set(key, Value::Claimed { owner: owner.to_owned() }, Some(ttl));
+        true
+    }
+
+    pub(super) fn beat(&self, key: &Key, beat: Beat, ttl: Duration) {
+        self.lock().set(key, Value::Beat(beat), Some(ttl));
+    }
+
+    pub(super) fn read_beat(&self, key: &Key) -> Option<Beat> {
+        match self.lock().live(key) {
+            Some(Value::Beat(beat)) => Some(*beat),
+            _ => None,
+        }
+    }
+
+    pub(super) fn take_over_lease(&self, key: &Key, from: &str, owner: &str, ttl: Duration) -> Takeover {
+        let mut map = self.lock();
+        if let Some(Value::Leased { owner: held, .. }) = map.live(key)
+            && !held_by(held, from)
+        {
+            return Takeover::Held { owner: held.clone() };
+        }
+        let token = map.fence(key) + 1;
+        map.set(&fence_key(key), Value::Fence(token), None);
+        map.set(key, Value::Leased { owner: owner.to_owned(), token }, Some(ttl));
+        Takeover::Taken(Lease { key: key.clone(), owner: owner.to_owned(), token })
+    }
+
     pub(super) fn acquire_lease(&self, key: &Key, owner: &str, ttl: Duration) -> Option<Lease> {
         let mut map = self.lock();
         let token = match map.live(key) {
@@ -247,6 +296,12 @@ impl Map {
     fn holds(&mut self, lease: &Lease) -> bool {
         matches!(self.live(&lease.key), Some(Value::Leased { owner, token }) if *owner == lease.owner && *token == lease.token)
     }
+}
+
+/// Whether a lease owner string names `instance`: `<instance>` or
+/// `<instance>#...` (what [`Store::take_over_lease`](super::Store::take_over_lease) matches).
+pub(super) fn held_by(owner: &str, instance: &str) -> bool {
+    owner.strip_prefix(instance).is_some_and(|rest| rest.is_empty() || rest.starts_with('#'))
 }
 
 /// Where a lease's latest token is kept: next to it, in its scope.

@@ -48,7 +48,7 @@ use crate::error::Result;
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
-pub use self::types::{Claim, Expect, Key, Lease, StoreError, Versioned};
+pub use self::types::{Beat, Claim, Expect, Key, Lease, StoreError, Takeover, Versioned};
 
 /// Where an instance keeps shared state. Cheap to clone; clones share it.
 #[derive(Clone)]
@@ -206,6 +206,77 @@ impl Store {
             Backend::Memory(m) => Ok(m.release(key, owner)),
             Backend::Redis(r) => Ok(r.release(key, owner).await?),
         }
+    }
+
+    /// Take over the running claim of `from` (exactly that owner string),
+    /// which the caller judged dead: atomically, `from`'s claim becomes
+    /// `owner`'s for `running_ttl`. Otherwise the same answers as
+    /// [`claim`](Store::claim): the recorded result, someone else's running
+    /// claim, or a claim won because there was none (or it was `owner`'s).
+    /// The old owner's [`complete`](Store::complete) is then refused.
+    pub async fn take_over_claim(&self, key: &Key, from: &str, owner: &str, running_ttl: Duration) -> Result<Claim> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.take_over_claim(key, from, owner, running_ttl)),
+            Backend::Redis(r) => Ok(r.take_over_claim(key, from, owner, running_ttl).await?),
+        }
+    }
+
+    /// Extend `owner`'s running claim to `ttl` from now; false if `owner`
+    /// no longer holds it (completed, released, taken over). Never creates
+    /// a claim.
+    pub async fn renew_claim(&self, key: &Key, owner: &str, ttl: Duration) -> Result<bool> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.renew_claim(key, owner, ttl)),
+            Backend::Redis(r) => Ok(r.renew_claim(key, owner, ttl).await?),
+        }
+    }
+
+    /// Write a heartbeat: `beat` at `key`, expiring after `ttl` (only to
+    /// clean up after an instance that is gone). Not confirmed by replicas:
+    /// a beat lost to a failover is replaced by the next one.
+    pub async fn beat(&self, key: &Key, beat: Beat, ttl: Duration) -> Result<()> {
+        match &self.backend {
+            Backend::Memory(m) => {
+                m.beat(key, beat, ttl);
+                Ok(())
+            }
+            Backend::Redis(r) => Ok(r.beat(key, beat, ttl).await?),
+        }
+    }
+
+    /// Read a heartbeat (`None`: there is none, or it expired).
+    pub async fn read_beat(&self, key: &Key) -> Result<Option<Beat>> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.read_beat(key)),
+            Backend::Redis(r) => Ok(r.read_beat(key).await?),
+        }
+    }
+
+    /// Take the lease on `key` for `owner` if it is free or held by instance
+    /// `from` (an owner named `from` or `from#...`), which the caller judged
+    /// dead: atomically, with a new fencing token, so `from`'s fenced writes
+    /// are refused from now on.
+    pub async fn take_over_lease(&self, key: &Key, from: &str, owner: &str, ttl: Duration) -> Result<Takeover> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.take_over_lease(key, from, owner, ttl)),
+            Backend::Redis(r) => Ok(r.take_over_lease(key, from, owner, ttl).await?),
+        }
+    }
+
+    /// A store on the same data with connections of its own (Redis: a new
+    /// connection made on the current tokio runtime; memory: a clone), for
+    /// work that must not share the instance's connections or runtime —
+    /// the heartbeat.
+    pub async fn reconnect(&self) -> Result<Store> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.clone().into()),
+            Backend::Redis(r) => Ok(r.reconnect().await?.into()),
+        }
+    }
+
+    /// Whether this store is in this process's memory.
+    pub fn is_memory(&self) -> bool {
+        matches!(self.backend, Backend::Memory(_))
     }
 
     /// Take the lease on `key` for `ttl`, unless someone else holds it.

@@ -21,6 +21,7 @@
 //! | `done`  | `r` recorded result          | result TTL    | `Done`                |
 //! | `lease` | `o` owner, `t` token         | lease TTL     | `Leased`              |
 //! | `fence` | `t` latest token             | none          | `Fence`               |
+//! | `beat`  | `n` count, `g` gone (`1`/`0`) | beat TTL (60 s) | `Beat`              |
 //!
 //! A lease `catga:{scope}:name` keeps its latest token in
 //! `catga:{scope}:name:fence`, next to it in the same scope (and so the same
@@ -51,7 +52,7 @@ use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use ::redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, Script, ScriptInvocation, Value};
 
-use super::{Claim, Expect, Key, Lease, StoreError, Versioned, memory::fence_key};
+use super::{Beat, Claim, Expect, Key, Lease, StoreError, Takeover, Versioned, memory::fence_key};
 use crate::error::Error;
 
 /// The most one store operation may take, retries and reconnection
@@ -84,6 +85,9 @@ pub struct RedisStore {
     target: String,
     /// Replicas that must confirm a write before it is acknowledged.
     replica_acks: u32,
+    /// The URL as given (passwords included), to open more connections
+    /// ([`reconnect`](RedisStore::reconnect)); never logged.
+    url: std::sync::Arc<str>,
 }
 
 /// The two kinds of connection behind one code path: both are multiplexed
@@ -190,7 +194,16 @@ impl RedisStore {
         }
         // A cluster's shards have replicas; a single server usually has none.
         let replica_acks = u32::from(matches!(conn, Conn::Cluster(_)));
-        Ok(RedisStore { conn, target, replica_acks })
+        Ok(RedisStore { conn, target, replica_acks, url: url.into() })
+    }
+
+    /// The same server or cluster through connections of its own, made on
+    /// the current tokio runtime (the heartbeat's thread), with the same
+    /// replica acknowledgements.
+    pub(super) async fn reconnect(&self) -> Result<RedisStore, Error> {
+        let mut fresh = RedisStore::connect(&self.url).await?;
+        fresh.replica_acks = self.replica_acks;
+        Ok(fresh)
     }
 
     /// Whether this is a Redis Cluster (a node list) rather than one server.
@@ -452,6 +465,77 @@ impl RedisStore {
         self.confirmed("release", key, released).await
     }
 
+    pub(super) async fn take_over_claim(
+        &self,
+        key: &Key,
+        from: &str,
+        owner: &str,
+        running_ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        let mut inv = SCRIPTS.take_over_claim.prepare_invoke();
+        inv.key(key.stored()).arg(from).arg(owner).arg(millis(running_ttl));
+        let reply: Vec<Vec<u8>> = self.eval("take_over_claim", key, &inv).await?;
+        match reply.as_slice() {
+            [status] if status == b"won" => {
+                self.replicated("take_over_claim", key).await?;
+                Ok(Claim::Won)
+            }
+            [status, owner] if status == b"running" => {
+                Ok(Claim::Running { owner: String::from_utf8_lossy(owner).into_owned() })
+            }
+            [status, result] if status == b"done" => Ok(Claim::Done(result.clone())),
+            _ => Err(StoreError::Unavailable {
+                op: "take_over_claim",
+                key: key.stored(),
+                reason: format!("unexpected reply from Redis at {} ({} parts)", self.target, reply.len()),
+            }),
+        }
+    }
+
+    pub(super) async fn renew_claim(&self, key: &Key, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut inv = SCRIPTS.renew_claim.prepare_invoke();
+        inv.key(key.stored()).arg(owner).arg(millis(ttl));
+        let renewed = self.eval("renew_claim", key, &inv).await?;
+        self.confirmed("renew_claim", key, renewed).await
+    }
+
+    /// Beats are not confirmed by a replica (`WAIT`): the next beat replaces
+    /// one a failover lost, and a judge never reads across a failover.
+    pub(super) async fn beat(&self, key: &Key, beat: Beat, ttl: Duration) -> Result<(), StoreError> {
+        let mut inv = SCRIPTS.beat.prepare_invoke();
+        inv.key(key.stored()).arg(beat.count).arg(if beat.gone { "1" } else { "0" }).arg(millis(ttl));
+        let _: i64 = self.eval("beat", key, &inv).await?;
+        Ok(())
+    }
+
+    pub(super) async fn read_beat(&self, key: &Key) -> Result<Option<Beat>, StoreError> {
+        let mut inv = SCRIPTS.read_beat.prepare_invoke();
+        inv.key(key.stored());
+        let found: Option<(String, String)> = self.eval("read_beat", key, &inv).await?;
+        found.map(|(n, g)| Ok(Beat { count: number(&n, "read_beat", key)?, gone: g == "1" })).transpose()
+    }
+
+    pub(super) async fn take_over_lease(
+        &self,
+        key: &Key,
+        from: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Takeover, StoreError> {
+        let mut inv = SCRIPTS.take_over_lease.prepare_invoke();
+        inv.key(key.stored()).key(fence_key(key).stored()).arg(from).arg(owner).arg(millis(ttl));
+        let reply: Vec<String> = self.eval("take_over_lease", key, &inv).await?;
+        match reply_parts(&reply) {
+            ("taken", Some(token)) => {
+                let token = number(token, "take_over_lease", key)?;
+                self.replicated("take_over_lease", key).await?;
+                Ok(Takeover::Taken(Lease { key: key.clone(), owner: owner.to_owned(), token }))
+            }
+            ("held", Some(holder)) => Ok(Takeover::Held { owner: holder.to_owned() }),
+            _ => Err(unexpected("take_over_lease", key, &reply)),
+        }
+    }
+
     pub(super) async fn acquire_lease(
         &self,
         key: &Key,
@@ -553,6 +637,11 @@ struct Scripts {
     acquire_lease: Script,
     renew_lease: Script,
     release_lease: Script,
+    take_over_claim: Script,
+    renew_claim: Script,
+    beat: Script,
+    read_beat: Script,
+    take_over_lease: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
@@ -568,6 +657,11 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         acquire_lease: script(include_str!("scripts/acquire_lease.lua")),
         renew_lease: script(include_str!("scripts/renew_lease.lua")),
         release_lease: script(include_str!("scripts/release_lease.lua")),
+        take_over_claim: script(include_str!("scripts/take_over_claim.lua")),
+        renew_claim: script(include_str!("scripts/renew_claim.lua")),
+        beat: script(include_str!("scripts/beat.lua")),
+        read_beat: script(include_str!("scripts/read_beat.lua")),
+        take_over_lease: script(include_str!("scripts/take_over_lease.lua")),
     }
 });
 

@@ -77,6 +77,30 @@ pub enum Claim {
     Done(Vec<u8>),
 }
 
+/// An instance's heartbeat as stored ([`Store::beat`](super::Store::beat)):
+/// a counter its owner raises every beat, and whether it stopped cleanly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beat {
+    /// The owner's beat count (only its change matters: it shows the owner
+    /// reached the store since the last look).
+    pub count: u64,
+    /// The owner shut down cleanly and beats no more: whatever it held may
+    /// be taken over at once.
+    pub gone: bool,
+}
+
+/// The answer of [`Store::take_over_lease`](super::Store::take_over_lease).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Takeover {
+    /// The lease is the caller's now, with a new fencing token.
+    Taken(Lease),
+    /// Someone else (not the instance taken over from) holds it.
+    Held {
+        /// Who holds it.
+        owner: String,
+    },
+}
+
 /// A held lease. `token` is its fencing token: it grows with every grant of
 /// the lease, so a write carrying a smaller one comes from a holder that was
 /// superseded.
