@@ -4,6 +4,8 @@
 //! exact place in the saga, which a test's external kill could not hit.
 //!
 //! - `saga.start` starts a saga here (in the background) and answers at once.
+//! - `saga.hold` and `saga.start_slow` (a `slow-order` saga) serve the
+//!   takeover tests: a handling and sagas whose instance is killed mid-way.
 //! - `saga.effect` is the effect: it adds one to the ledger entry
 //!   `ledger:{saga id}` / `{step}:{direction}` in the store. It is
 //!   idempotent, and steps send it with their deterministic message ids, so
@@ -125,6 +127,71 @@ impl ChaosOrder {
 
     async fn release(plan: &Plan, ctx: &SagaContext) -> Result<(), StepError> {
         apply(plan, ctx).await
+    }
+}
+
+// ---------- takeover tests (tests/takeover.rs) ----------
+
+/// An idempotent command that takes `ms`: counts its starts and ends per
+/// message id in the store (`hold:<message id>` / `starts`, `ends`) and
+/// prints `HOLD START <message id> <instance>` when it starts.
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "saga.hold", reply = String)]
+pub struct Hold {
+    pub ms: u64,
+}
+
+#[catga::command(queue = "saga-svc", idempotent)]
+async fn hold(cmd: Hold, ctx: Context) -> Result<String, HandlerError> {
+    let scope = format!("hold:{}", ctx.message_id());
+    ctx.store().incr(&Key::new(&scope, "starts"), 1).await?;
+    eprintln!("HOLD START {} {}", ctx.message_id(), ctx.instance_id());
+    tokio::time::sleep(std::time::Duration::from_millis(cmd.ms)).await;
+    ctx.store().incr(&Key::new(&scope, "ends"), 1).await?;
+    Ok(format!("held by {}", ctx.instance_id()))
+}
+
+/// Starts a `slow-order` saga here (in the background) and answers at once.
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "saga.start_slow", reply = ())]
+pub struct StartSlow {
+    pub id: String,
+    pub slow_ms: u64,
+}
+
+#[catga::command(queue = "saga-svc")]
+async fn start_slow(cmd: StartSlow, ctx: Context) -> Result<(), HandlerError> {
+    ctx.app().submit_saga::<SlowOrder>(&cmd.id, Slow { slow_ms: cmd.slow_ms }).await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Slow {
+    pub slow_ms: u64,
+}
+
+pub struct SlowOrder;
+
+/// A saga whose first step takes `slow_ms`, then applies its effect (once
+/// per deterministic message id, like the chaos saga's).
+#[catga::saga(name = "slow-order")]
+impl SlowOrder {
+    #[step(compensate = undo_work)]
+    async fn work(slow: &mut Slow, ctx: &SagaContext) -> Result<(), StepError> {
+        tokio::time::sleep(std::time::Duration::from_millis(slow.slow_ms)).await;
+        ctx.send(Effect { saga_id: ctx.saga_id().to_owned(), what: "work:forward".into() }).await?;
+        Ok(())
+    }
+
+    #[step(pivot)]
+    async fn finish(_slow: &mut Slow, ctx: &SagaContext) -> Result<(), StepError> {
+        ctx.send(Effect { saga_id: ctx.saga_id().to_owned(), what: "finish:forward".into() }).await?;
+        Ok(())
+    }
+
+    async fn undo_work(_slow: &Slow, ctx: &SagaContext) -> Result<(), StepError> {
+        ctx.send(Effect { saga_id: ctx.saga_id().to_owned(), what: "work:compensate".into() }).await?;
+        Ok(())
     }
 }
 
