@@ -570,3 +570,33 @@ async fn a_step_that_fails_after_a_crashed_run_says_what_happened() {
     );
     assert_eq!(effects("crash-then-fail"), ["charge", "undo charge"]);
 }
+
+#[tokio::test]
+async fn a_drained_instances_saga_is_taken_over_at_once_not_after_a_lease_or_a_liveness_timeout() {
+    let store = Store::memory();
+    let leaving = instance(&store, "drain-leaving").await;
+    let staying = instance(&store, "drain-staying").await;
+    let plan = Plan { slow_step: Some(("charge".into(), 300)), ..Plan::default() };
+    assert!(leaving.submit_saga::<Order>("handed-over", plan).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The drain lets `charge` finish, stops at the step boundary, releases
+    // the lease, and its last beat says `gone`: taken over at the next sweep.
+    leaving.shutdown().await;
+    let stopped = std::time::Instant::now();
+    let info = finished(&staying, "handed-over").await;
+    let waited = stopped.elapsed();
+    assert_eq!(info.status, SagaStatus::Completed, "{info:?}");
+    assert_eq!(effects("handed-over"), ["charge", "reserve", "create", "notify"]);
+    assert!(waited < Duration::from_millis(900), "taken over {waited:?} after the shutdown");
+    let members = store.set_members(&Key::new("live", "instances")).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut members = members;
+    while members.iter().any(|m| m == "drain-leaving") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        members = store.set_members(&Key::new("live", "instances")).await.unwrap();
+    }
+    assert!(!members.iter().any(|m| m == "drain-leaving"), "it left the set once it owned nothing: {members:?}");
+    staying.shutdown().await;
+    let members = store.set_members(&Key::new("live", "instances")).await.unwrap();
+    assert!(!members.iter().any(|m| m == "drain-staying"), "a clean shutdown owning nothing leaves: {members:?}");
+}

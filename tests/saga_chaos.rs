@@ -107,12 +107,11 @@ fn env<'a>(nats: &'a str, redis: &'a str, id: &'a str) -> Vec<(&'a str, &'a str)
         ("CATGA_REDIS_URL", redis),
         ("CATGA_SERVICE", "saga-svc"),
         ("CATGA_INSTANCE_ID", id),
-        // A dead runner's sagas are taken over within about 1 s + 0.25 s.
-        ("CATGA_SAGA_LEASE_MS", "1000"),
-        ("CATGA_SAGA_SWEEP_MS", "250"),
-        // An effect handler that died holds its idempotency claim for
-        // 1 s + 1 s; a copy waits up to the request timeout for it, then
-        // the step retries (transient errors do not use up its retries).
+        // A dead runner's sagas, and a dead effect handler's idempotency
+        // claim, are taken over once it is judged dead by its heartbeat
+        // (about 1 s, by default); a copy waits up to the request timeout
+        // for a claim, then the step retries (transient errors do not use
+        // up its retries).
         ("CATGA_HANDLER_TIMEOUT_MS", "1000"),
         ("CATGA_REQUEST_TIMEOUT_MS", "2000"),
         ("CATGA_SEND_RETRIES", "3"),

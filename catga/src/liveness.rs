@@ -14,9 +14,9 @@
 //! marked `gone`, so what the instance left behind is taken over at once.
 //! Instances that may run sagas also join the set `catga:{live}:instances`
 //! (and those that recover a saga type `catga:{live}:sweepers:<saga name>`), which the saga
-//! sweep reads to find dead owners ([`crate::saga`]).
+//! sweep reads to find dead owners ([`crate::saga`](mod@crate::saga)).
 //!
-//! **Judging.** A [`Judge`] reads an instance's beat now and then and
+//! **Judging.** A judge reads an instance's beat now and then and
 //! calls it dead only when the count did not change across successful
 //! reads spanning [`Config::liveness_timeout`](crate::Config::liveness_timeout)
 //! (1 s by default) of the judge's own clock, each read at most half that

@@ -49,12 +49,15 @@
 //! compensation), at most one *pivot* (the point of no return), then
 //! *retriable* steps (retried until they succeed or their bound is hit).
 //!
-//! The instance running a saga holds its lease (with a fencing token) and
-//! renews it. Its state — data, position, status, history, version — is
-//! written with compare-and-set under that lease before and after every step
-//! and every compensation; a write from an instance whose lease was taken
-//! over is refused by the store. Every instance sweeps for sagas whose lease
-//! expired and continues them forward or continues compensating.
+//! The instance running a saga holds its lease (with a fencing token). Its
+//! state — data, position, status, history, version — is written with
+//! compare-and-set under that lease before and after every step and every
+//! compensation; a write from an instance whose lease was taken over is
+//! refused by the store. A saga follows its owner's life: each instance's
+//! sagas are indexed under it, and when its heartbeat in the store stops
+//! ([`crate::liveness`]) the surviving instances share its sagas out (about
+//! a second after the death, by default) and continue them forward or
+//! continue compensating. The lease's own TTL is only a last resort.
 //!
 //! A step that fails after its retries starts compensation: the completed
 //! steps' compensations run in reverse order (each persisted as it

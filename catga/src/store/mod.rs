@@ -1,6 +1,8 @@
 //! The store: state that every instance of a service shares — idempotency
 //! records, versioned records (a saga's state), leases with fencing tokens,
-//! and counters.
+//! counters, sets, and instances' heartbeats ([`crate::liveness`]) with the
+//! compare-and-swap takeovers of what a dead instance held
+//! ([`Store::take_over_claim`], [`Store::take_over_lease`]).
 //!
 //! Two implementations with one meaning:
 //! - [`memory`]: the embedded default, for instances in one process;
