@@ -22,10 +22,12 @@
 //!    default, read successfully throughout — a store failover never
 //!    counts) the copy takes the claim over with a compare-and-swap in the
 //!    claim's own slot ("if it is still that owner's, make it mine") and
-//!    runs the handler. A live owner's claim is never taken, however long
-//!    its handler runs: the claim's own TTL ([`CLAIM_TTL`], or the handler
-//!    timeout if longer) is only a last resort, renewed by the owner every
-//!    third of it while a long handling runs. An owner whose claim was
+//!    runs the handler (an owner never seen beating — a build from before
+//!    heartbeats — is left to the claim's TTL). A live owner's claim is
+//!    never taken, however long its handler runs: the claim's own TTL
+//!    ([`CLAIM_TTL`], or the handler timeout if longer) is only a last
+//!    resort, renewed by the owner every third of it while a long handling
+//!    runs. An owner whose claim was
 //!    taken (an instance frozen longer than the window, resuming) finds its
 //!    record refused and logs a warning: its effect may repeat the copy's.
 //!
@@ -117,6 +119,9 @@ where
     let mut polls = 0;
     let mut judge = Judge::new(instance.config.liveness_timeout, LOOK_EVERY);
     let mut last_look = None;
+    // Only an owner seen beating is judged: one that never beat (a build
+    // from before heartbeats, during an upgrade) is left to the claim's TTL.
+    let mut beating = false;
     // The owner judged dead, whose claim the next try takes over.
     let mut dead: Option<String> = None;
     loop {
@@ -180,7 +185,8 @@ where
                 {
                     let read = store.read_beat(&beat_key(held_by)).await;
                     last_look = Some(clock.now());
-                    if judge.look(held_by, &read, clock.now()) {
+                    beating |= matches!(read, Ok(Some(_)));
+                    if judge.look(held_by, &read, clock.now()) && beating {
                         dead = Some(held);
                         continue;
                     }
