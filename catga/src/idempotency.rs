@@ -27,9 +27,9 @@
 //!    never taken, however long its handler runs: the claim's own TTL
 //!    ([`CLAIM_TTL`], or the handler timeout if longer) is only a last
 //!    resort, renewed by the owner every third of it while a long handling
-//!    runs. An owner whose claim was
-//!    taken (an instance frozen longer than the window, resuming) finds its
-//!    record refused and logs a warning: its effect may repeat the copy's.
+//!    runs. An owner whose claim was taken (an instance frozen longer than
+//!    the window, resuming) finds its record refused and logs a warning:
+//!    its effect may repeat the copy's.
 //!
 //! What it cannot give: a handler that crashes after its effect but before
 //! the reply is recorded runs again on the next copy. Make the effect and

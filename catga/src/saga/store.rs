@@ -81,8 +81,8 @@ pub(crate) async fn create<D: Serialize>(
     store.set_add(&index_key(def.name), id).await?;
     // In this instance's own set before the lease: whoever holds a saga's
     // lease has it in their set, so the survivors of an owner that dies
-    // find it. (If another instance has it, this entry is dropped by the
-    // sweep here.)
+    // find it. (If another instance has it, this entry is dropped by this
+    // instance's sweep — or, on a client, by the survivors once it stops.)
     store.set_add(&sagas_owned_key(app.instance_id()), &owned_entry(def.name, id)).await?;
     // No read first: the write below expects no state, so an existing saga
     // is refused there (a new saga, the common case, saves a round trip).
