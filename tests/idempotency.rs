@@ -1,5 +1,6 @@
 //! Idempotent handlers in memory: one run per message id, whichever
-//! instance each copy reaches; copies get the recorded reply. (The same over
+//! instance each copy reaches; copies get the recorded reply; a claim whose
+//! owner stopped beating is taken over, one never seen beating is not. (The same over
 //! NATS with Redis, across processes, is in `tests/nats.rs` and on a Redis
 //! Cluster in `tests/store.rs`.)
 
@@ -231,4 +232,69 @@ async fn handlers_reach_the_shared_store_and_store_errors_convert() {
     let e: HandlerError =
         Error::from(catga::store::StoreError::ScopeMismatch { key: "k".into(), lease: "l".into() }).into();
     assert_eq!(e.code(), "store");
+}
+
+// ---------- a claim follows its owner's life ----------
+
+static ORPHAN_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "t.idem.orphan", reply = String)]
+struct Orphaned;
+
+#[catga::command(idempotent)]
+async fn orphaned(_: Orphaned, ctx: Context) -> Result<String, HandlerError> {
+    ORPHAN_RUNS.fetch_add(1, Ordering::SeqCst);
+    Ok(format!("run by {}", ctx.instance_id()))
+}
+
+/// The claim of `message` by `owner`, as a handling that never finished left it.
+async fn abandoned_claim(store: &Store, meta: Metadata, owner: &str) {
+    let key = catga::store::Key::new(meta.message_id.to_string(), "idem:t.idem.orphan:idem:idempotency::orphaned");
+    let claimed = store.claim(&key, owner, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claimed, catga::store::Claim::Won);
+}
+
+#[tokio::test]
+async fn a_claim_whose_owner_stopped_beating_is_taken_over_after_the_liveness_timeout_and_one_never_seen_is_not() {
+    let (bus, store) = (MemoryBus::new(), Store::memory());
+    let app = Catga::builder()
+        .service("idem")
+        .instance_id("idem-survivor")
+        .memory_bus(bus)
+        .store(store.clone())
+        .handlers_where(|h| h.subject == "t.idem.orphan")
+        .start()
+        .await
+        .unwrap();
+    // An owner that beat, then stopped (killed): its beat never changes again.
+    let beat = catga::store::Key::new("live:ghost", "beat");
+    store.beat(&beat, catga::store::Beat { count: 41, gone: false }, Duration::from_secs(60)).await.unwrap();
+    let meta = Metadata::root();
+    abandoned_claim(&store, meta, "ghost#0000beef").await;
+    let started = std::time::Instant::now();
+    let reply = app.send_as(Orphaned, meta, SendOptions::default()).await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(reply, "run by idem-survivor");
+    assert_eq!(ORPHAN_RUNS.load(Ordering::SeqCst), 1);
+    assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(3), "taken over after {waited:?}");
+
+    // An owner never seen beating (a build from before heartbeats): left to
+    // the claim's TTL — the copy answers `in_progress` at its limit.
+    let meta = Metadata::root();
+    abandoned_claim(&store, meta, "old-build#0000beef").await;
+    let limited = SendOptions::timeout(Duration::from_secs(10));
+    let patient = Catga::builder()
+        .service("idem")
+        .instance_id("idem-patient")
+        .memory_bus(MemoryBus::new())
+        .store(store.clone())
+        .handlers_where(|h| h.subject == "t.idem.orphan")
+        .request_timeout(Duration::from_millis(1500))
+        .start()
+        .await
+        .unwrap();
+    let e = patient.send_as(Orphaned, meta, limited).await.unwrap_err();
+    assert_eq!(e.code(), Some(catga::idempotency::IN_PROGRESS), "{e}");
+    assert_eq!(ORPHAN_RUNS.load(Ordering::SeqCst), 1, "not run again");
 }
