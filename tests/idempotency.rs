@@ -1,8 +1,8 @@
 //! Idempotent handlers in memory: one run per message id, whichever
 //! instance each copy reaches; copies get the recorded reply; a claim whose
-//! owner stopped beating is taken over, one never seen beating is not. (The same over
-//! NATS with Redis, across processes, is in `tests/nats.rs` and on a Redis
-//! Cluster in `tests/store.rs`.)
+//! owner stopped beating is taken over, one never seen beating is not. (The
+//! same over NATS with Redis, across processes, is in `tests/nats.rs`,
+//! `tests/takeover.rs` and on a Redis Cluster in `tests/store.rs`.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
