@@ -195,9 +195,9 @@ impl Builder {
 
     /// NATS: how long a request may go without a sign of life from its
     /// responder before it is sent again elsewhere; `None` never re-sends
-    /// (see [`Config::liveness_timeout`]).
-    pub fn liveness_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config.liveness_timeout = timeout;
+    /// (see [`Config::request_liveness`]).
+    pub fn request_liveness(mut self, timeout: Option<Duration>) -> Self {
+        self.config.request_liveness = timeout;
         self
     }
 

@@ -13,7 +13,7 @@
 //! | `CATGA_SEND_RETRIES`         | NATS: retries after a timeout or "no responders" | 2 |
 //! | `CATGA_MAX_IN_FLIGHT`        | NATS: concurrent handlings per handler     | 256 |
 //! | `CATGA_NATS_PING_INTERVAL_MS`| NATS: how often a silent server is probed  | 5000 |
-//! | `CATGA_LIVENESS_MS`          | NATS: a request whose responder sent no sign of life for this long is sent again (0: never) | 400 |
+//! | `CATGA_REQUEST_LIVENESS_MS`  | NATS: a request whose responder sent no sign of life for this long is sent again (0: never) | 400 |
 //! | `CATGA_IDEMPOTENT`           | handlers without `idempotent = ..` record results by message id (`true`/`false`) | false |
 //! | `CATGA_IDEMPOTENCY_TTL_MS`   | how long a recorded result answers copies  | 86400000 (24 h) |
 //! | `CATGA_SAGA_LEASE_MS`        | lease of the instance running a saga; a dead runner's sagas are taken over after it | 5000 |
@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// The shortest [`Config::liveness_timeout`]: two periods of the signals
+/// The shortest [`Config::request_liveness`]: two periods of the signals
 /// responders send (every 100 ms).
 const LIVENESS_MIN: Duration = Duration::from_millis(200);
 
@@ -67,7 +67,7 @@ pub struct Config {
     /// NATS: how many times a send is retried after "no responders" (no
     /// instance subscribed), with exponential backoff and jitter, reusing
     /// its message id. Re-sends after a responder stopped showing signs of
-    /// life ([`liveness_timeout`](Config::liveness_timeout)) do not count:
+    /// life ([`request_liveness`](Config::request_liveness)) do not count:
     /// the deadline bounds them.
     pub send_retries: u32,
     /// NATS: concurrent handlings per handler; further messages wait in the
@@ -84,9 +84,9 @@ pub struct Config {
     /// responder for dead and sends the request again (same message id) to
     /// another instance. 400 ms is four signals: three may be late or lost
     /// before a live responder is given up on, and a dead one is noticed
-    /// within half a second. `None` (`CATGA_LIVENESS_MS=0`): never re-send
+    /// within half a second. `None` (`CATGA_REQUEST_LIVENESS_MS=0`): never re-send
     /// — for responders that are not Catga and answer slowly.
-    pub liveness_timeout: Option<Duration>,
+    pub request_liveness: Option<Duration>,
     /// Whether handlers that do not say `idempotent = ..` are idempotent:
     /// their first handling of a message id records its reply in the store,
     /// later copies get that reply without running the handler.
@@ -159,7 +159,7 @@ impl Default for Config {
             send_retries: 2,
             max_in_flight: 256,
             nats_ping_interval: Duration::from_secs(5),
-            liveness_timeout: Some(Duration::from_millis(400)),
+            request_liveness: Some(Duration::from_millis(400)),
             idempotent_by_default: false,
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
             saga_lease_ttl: Duration::from_secs(5),
@@ -227,8 +227,8 @@ impl Config {
         if let Some(d) = millis("CATGA_NATS_PING_INTERVAL_MS")? {
             c.nats_ping_interval = d;
         }
-        if let Some(d) = millis("CATGA_LIVENESS_MS")? {
-            c.liveness_timeout = (!d.is_zero()).then_some(d);
+        if let Some(d) = millis("CATGA_REQUEST_LIVENESS_MS")? {
+            c.request_liveness = (!d.is_zero()).then_some(d);
         }
         if let Some(d) = millis("CATGA_SAGA_LEASE_MS")? {
             c.saga_lease_ttl = d;
@@ -320,7 +320,7 @@ impl Config {
             ("handler_timeout", "CATGA_HANDLER_TIMEOUT_MS", self.handler_timeout),
             ("grace_period", "CATGA_GRACE_PERIOD_MS", Some(self.grace_period)),
             ("nats_ping_interval", "CATGA_NATS_PING_INTERVAL_MS", Some(self.nats_ping_interval)),
-            ("liveness_timeout", "CATGA_LIVENESS_MS", self.liveness_timeout),
+            ("request_liveness", "CATGA_REQUEST_LIVENESS_MS", self.request_liveness),
             ("saga_lease_ttl", "CATGA_SAGA_LEASE_MS", Some(self.saga_lease_ttl)),
             ("saga_sweep_interval", "CATGA_SAGA_SWEEP_MS", Some(self.saga_sweep_interval)),
             ("idempotency_ttl", "CATGA_IDEMPOTENCY_TTL_MS", Some(self.idempotency_ttl)),
@@ -334,11 +334,11 @@ impl Config {
                 )));
             }
         }
-        if let Some(liveness) = self.liveness_timeout
+        if let Some(liveness) = self.request_liveness
             && liveness < LIVENESS_MIN
         {
             return Err(Error::Config(format!(
-                "liveness_timeout is {liveness:?} (CATGA_LIVENESS_MS): below {LIVENESS_MIN:?} the signals a live \
+                "request_liveness is {liveness:?} (CATGA_REQUEST_LIVENESS_MS): below {LIVENESS_MIN:?} the signals a live \
                  responder sends every 100 ms could not keep its requests from being sent again; set at least \
                  {LIVENESS_MIN:?}, or 0 to never re-send"
             )));

@@ -83,7 +83,7 @@ impl Nats {
                 durable: Settings::of(config),
                 inbox: tokio::sync::OnceCell::new(),
                 pulse: Arc::new(Pulse::start(config)),
-                liveness: config.liveness_timeout,
+                liveness: config.request_liveness,
                 max_in_flight: config.max_in_flight,
                 drain: watch::channel(false).0,
                 tasks: Mutex::new(JoinSet::new()),

@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::transport::envelope::working;
 
 /// How often a held request is signalled. A sender takes its responder for
-/// dead after [`Config::liveness_timeout`](crate::Config::liveness_timeout)
+/// dead after [`Config::request_liveness`](crate::Config::request_liveness)
 /// (400 ms by default) without one: four ticks, so three signals may be
 /// late or lost before a live responder is given up on.
 pub(crate) const TICK: Duration = Duration::from_millis(100);
