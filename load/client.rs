@@ -73,17 +73,18 @@ pub struct Spec {
     pub warmup_ms: u64,
     /// Measured stretch after the warm-up.
     pub duration_ms: u64,
-    /// Per-attempt request timeout.
+    /// Request timeout: Catga's deadline of a whole send (raw async-nats:
+    /// of its one request).
     pub timeout_ms: u64,
-    /// Catga's retries after a timeout or "no responders".
+    /// Catga's retries after "no responders".
     pub retries: u32,
     /// Where to write the report.
     pub out: PathBuf,
 }
 
 impl Spec {
-    /// The longest one request can take: every attempt times out, with
-    /// the backoff between them (at most 1 s each), plus a margin.
+    /// A bound on one request: the deadline, with room for the backoff of
+    /// "no responders" retries (at most 1 s each) and a margin.
     fn longest_request(&self) -> Duration {
         let attempts = u64::from(self.retries) + 1;
         Duration::from_millis(attempts * self.timeout_ms + u64::from(self.retries) * 1_000 + 2_000)

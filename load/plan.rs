@@ -79,7 +79,7 @@ pub struct Profile {
     pub cost_idle_ms: u64,
     /// Per-attempt request timeout of the clients, ms.
     pub timeout_ms: u64,
-    /// Catga's retries after a timeout or "no responders".
+    /// Catga's retries after "no responders".
     pub retries: u32,
 }
 
@@ -115,7 +115,9 @@ impl Profile {
             cost_ops: 1_000,
             cost_live_sagas: 200,
             cost_idle_ms: 4_000,
-            timeout_ms: 1_000,
+            // Catga's defaults: the recovery figures hold for a user who
+            // sets nothing but the server URLs.
+            timeout_ms: 5_000,
             retries: 2,
         }
     }

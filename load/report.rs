@@ -77,7 +77,7 @@ pub fn load_models(p: &Profile) -> LoadModels {
              earlier ones do, paced by a dedicated thread (sleep to 20 µs before the deadline, then spin; timer \
              slack set to 1 ns); each latency counts from the request's intended send time (as wrk2 does), so a \
              stall of the system or of the generator is in the figures, not omitted; HDR histograms (1 µs..60 s, \
-             3 significant digits); {} ms measured after {} ms of warm-up; request timeout {} ms, {} retries",
+             3 significant digits); {} ms measured after {} ms of warm-up; request timeout {} ms (Catga: the deadline of a whole send, re-sends included), {} retries after \"no responders\"",
             p.latency_ms, p.latency_warmup_ms, p.timeout_ms, p.retries
         ),
     }
@@ -375,7 +375,8 @@ pub fn markdown(r: &Results, plots: &[String]) -> String {
             "\n## Recovery under steady open-loop load\n\nRecovered = from the event to the start of the first 1 s \
              window whose p99 (failed requests counted as slowest) is ≤ 1.5× the pre-event p99 and stays so for 3 s. \
              Load: the I/O-bound handler at {:.0}% of the instances' capacity (Redis: idempotent commands and sagas). \
-             Clients: request timeout {} ms, {} retries.\n",
+             Clients: request timeout {} ms (the deadline of a whole send), {} retries after \"no responders\"; \
+             the retries column counts every re-send, including those after a responder went silent.\n",
             100.0 * r.settings.recovery_load,
             r.settings.timeout_ms,
             r.settings.retries

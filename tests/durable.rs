@@ -559,3 +559,33 @@ async fn a_deleted_durable_consumer_is_created_again_and_delivery_resumes() {
     }
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_default_settings_a_durable_command_whose_instance_dies_is_handled_elsewhere_and_its_caller_answered() {
+    // Defaults only (ack_wait 1.5 s, request timeout 5 s): the one instance
+    // running the command is killed mid-handling once a second one runs.
+    let nats = NatsServer::start_jetstream();
+    let ledger = Ledger::new();
+    let mut first = service(&nats.url(), "dies", &ledger, &[]);
+    let client =
+        Catga::builder().nats_url(nats.url()).service("tester").client_only().start().await.expect("a default client");
+    let meta = Metadata::root();
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.send_as(DurableWork { n: 1, sleep_ms: 1000 }, meta, SendOptions::default()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _second = service(&nats.url(), "takes-over", &ledger, &[]);
+    let killed = Instant::now();
+    first.kill();
+    let reply = tokio::time::timeout(Duration::from_secs(20), call).await.expect("bounded").unwrap();
+    let after_kill = killed.elapsed();
+    let (by, n) = reply.unwrap_or_else(|e| panic!("the caller, within its default deadline, got no reply: {e}"));
+    println!("durable 1 s handler killed mid-way: answered by {by} {after_kill:?} after the kill (ack_wait 1.5 s)");
+    assert_eq!((by.as_str(), n), ("takes-over", 1));
+    // Redelivery after ack_wait (1.5 s) + the 1 s handler: not 30 s.
+    assert!(after_kill < Duration::from_millis(4000), "{after_kill:?}");
+    let lines = ledger.wait_for_lines(1, Duration::from_secs(2));
+    assert_eq!(lines, vec![meta.message_id.to_string()], "the effect happened once");
+    client.shutdown().await;
+}

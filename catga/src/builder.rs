@@ -187,10 +187,18 @@ impl Builder {
         self
     }
 
-    /// Default timeout of `send` (over NATS: of each attempt; see
-    /// [`send_retries`](Builder::send_retries)).
+    /// Default timeout of `send`: the deadline of the whole send, every
+    /// attempt included (see [`Config::request_timeout`]).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.config.request_timeout = timeout;
+        self
+    }
+
+    /// NATS: how long a request may go without a sign of life from its
+    /// responder before it is sent again elsewhere; `None` never re-sends
+    /// (see [`Config::request_liveness`]).
+    pub fn request_liveness(mut self, timeout: Option<Duration>) -> Self {
+        self.config.request_liveness = timeout;
         self
     }
 
@@ -212,7 +220,7 @@ impl Builder {
         self
     }
 
-    /// NATS: retries of a send after a timeout or "no responders" (0 = none).
+    /// NATS: retries of a send after "no responders" (0 = none).
     pub fn send_retries(mut self, retries: u32) -> Self {
         self.config.send_retries = retries;
         self

@@ -6,13 +6,14 @@
 //! | `CATGA_INSTANCE_ID`          | this instance's id                         | `{service}-{8 random hex}` |
 //! | `CATGA_NATS_URL`             | NATS servers, comma-separated              | unset: in memory |
 //! | `CATGA_REDIS_URL`            | the store: a Redis URL, or Redis Cluster nodes comma-separated | unset: in memory |
-//! | `CATGA_REQUEST_TIMEOUT_MS`   | default timeout of `send`                  | 5000 |
+//! | `CATGA_REQUEST_TIMEOUT_MS`   | default timeout of `send`, every attempt included (its deadline) | 5000 |
 //! | `CATGA_HANDLER_TIMEOUT_MS`   | default limit on one handling              | none |
 //! | `CATGA_GRACE_PERIOD_MS`      | how long shutdown waits for in-flight work | 10000 |
 //! | `CATGA_SERVICE_VERSION`      | version reported by the NATS service API (semver) | 0.0.0 |
 //! | `CATGA_SEND_RETRIES`         | NATS: retries after a timeout or "no responders" | 2 |
 //! | `CATGA_MAX_IN_FLIGHT`        | NATS: concurrent handlings per handler     | 256 |
 //! | `CATGA_NATS_PING_INTERVAL_MS`| NATS: how often a silent server is probed  | 5000 |
+//! | `CATGA_REQUEST_LIVENESS_MS`  | NATS: a request whose responder sent no sign of life for this long is sent again (0: never) | 400 |
 //! | `CATGA_IDEMPOTENT`           | handlers without `idempotent = ..` record results by message id (`true`/`false`) | false |
 //! | `CATGA_IDEMPOTENCY_TTL_MS`   | how long a recorded result answers copies  | 86400000 (24 h) |
 //! | `CATGA_SAGA_LEASE_MS`        | lease of the instance running a saga (renewed every third): only a last resort now, for a saga whose owner is not judged by its heartbeat | 60000 |
@@ -22,7 +23,7 @@
 //! | `CATGA_SAGA_CRASH_RERUNS`    | re-runs of a step whose instance died mid-step before it counts as failed | 5 |
 //! | `CATGA_HEARTBEAT_MS`         | how often an instance with a store writes its heartbeat (four beats per liveness window: a live instance is judged dead only if four in a row do not reach the store) | 250 |
 //! | `CATGA_LIVENESS_TIMEOUT_MS`  | an instance whose heartbeat did not change for this long (read successfully throughout) is dead: its idempotency claims and sagas are taken over after about this plus one look | 1000 |
-//! | `CATGA_ACK_WAIT_MS`          | durable: how long a pulled message may go unacknowledged before it is redelivered | 30000 |
+//! | `CATGA_ACK_WAIT_MS`          | durable: how long a pulled message may go without a sign of life before it is redelivered | 1500 |
 //! | `CATGA_MAX_DELIVER`          | durable: deliveries of one message before it is dead-lettered | 5 |
 //! | `CATGA_EVENT_MAX_AGE_MS`     | durable: how long a durable event stream keeps events | 604800000 (7 days) |
 //!
@@ -33,6 +34,10 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+
+/// The shortest [`Config::request_liveness`]: two periods of the signals
+/// responders send (every 100 ms).
+const LIVENESS_MIN: Duration = Duration::from_millis(200);
 
 /// Settings of one instance.
 #[derive(Debug, Clone)]
@@ -49,8 +54,11 @@ pub struct Config {
     /// list of Redis Cluster nodes; `None` keeps state in memory (shared by
     /// the instances of one process only). See [`Store::connect`](crate::store::Store::connect).
     pub redis_url: Option<String>,
-    /// Default timeout of [`App::send`](crate::App::send); over NATS, of
-    /// each attempt (a send makes up to `1 + send_retries` attempts).
+    /// Default timeout of [`App::send`](crate::App::send): the deadline of
+    /// the whole send, every attempt included. It travels with the command
+    /// ([`Context::deadline`](crate::Context::deadline)), bounds the sends
+    /// its handler makes, and a command still waiting for a handling slot
+    /// when it passes is not handled.
     pub request_timeout: Duration,
     /// Default limit on one handling (a handler's `timeout` overrides it).
     pub handler_timeout: Option<Duration>,
@@ -58,9 +66,11 @@ pub struct Config {
     pub grace_period: Duration,
     /// The service's version (semver), reported by the NATS service API.
     pub version: String,
-    /// NATS: how many times a send is retried after a timeout or "no
-    /// responders", with exponential backoff and jitter, reusing its
-    /// message id. Each attempt waits up to the request timeout.
+    /// NATS: how many times a send is retried after "no responders" (no
+    /// instance subscribed), with exponential backoff and jitter, reusing
+    /// its message id. Re-sends after a responder stopped showing signs of
+    /// life ([`request_liveness`](Config::request_liveness)) do not count:
+    /// the deadline bounds them.
     pub send_retries: u32,
     /// NATS: concurrent handlings per handler; further messages wait in the
     /// subscription's buffer (4 × this, at least 1024 messages) and beyond
@@ -70,6 +80,15 @@ pub struct Config {
     /// NATS: ping interval. A server that dies silently (no TCP reset) is
     /// only noticed after about two missed pings.
     pub nats_ping_interval: Duration,
+    /// NATS: how long a sender waits for a sign of life of its request —
+    /// the reply, or a `working` signal its responder sends every 100 ms
+    /// while it holds the request (queued or running) — before it takes the
+    /// responder for dead and sends the request again (same message id) to
+    /// another instance. 400 ms is four signals: three may be late or lost
+    /// before a live responder is given up on, and a dead one is noticed
+    /// within half a second. `None` (`CATGA_REQUEST_LIVENESS_MS=0`): never re-send
+    /// — for responders that are not Catga and answer slowly.
+    pub request_liveness: Option<Duration>,
     /// Whether handlers that do not say `idempotent = ..` are idempotent:
     /// their first handling of a message id records its reply in the store,
     /// later copies get that reply without running the handler.
@@ -122,10 +141,12 @@ pub struct Config {
     /// before anyone relies on it; a shard with no live replica refuses
     /// writes until one is back), 0 on a single server.
     pub redis_replica_acks: Option<u32>,
-    /// Durable (JetStream) handlers: how long a delivered message may stay
-    /// unacknowledged before the server redelivers it (a running handler
-    /// extends it every `ack_wait / 3`). A caller that must survive a
-    /// crashed handler needs a request timeout above this.
+    /// Durable (JetStream) handlers: how long a delivered message may go
+    /// without a sign of life before the server redelivers it to another
+    /// instance. A running handling extends it every `ack_wait / 4` from the
+    /// instance's liveness thread (so a busy runtime does not miss it), so
+    /// only a dead or frozen instance's messages are redelivered: within
+    /// about 1.5 s by default, well inside the default request deadline.
     pub ack_wait: Duration,
     /// Durable handlers: deliveries of one message (the first included);
     /// when the last one fails, the message goes to the dead-letter stream.
@@ -157,6 +178,7 @@ impl Default for Config {
             send_retries: 2,
             max_in_flight: 256,
             nats_ping_interval: Duration::from_secs(5),
+            request_liveness: Some(Duration::from_millis(400)),
             idempotent_by_default: false,
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
             saga_lease_ttl: Duration::from_secs(60),
@@ -168,7 +190,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_millis(250),
             liveness_timeout: Duration::from_secs(1),
             redis_replica_acks: None,
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_millis(1500),
             max_deliver: 5,
             event_max_age: Duration::from_secs(7 * 24 * 3600),
         }
@@ -225,6 +247,9 @@ impl Config {
         }
         if let Some(d) = millis("CATGA_NATS_PING_INTERVAL_MS")? {
             c.nats_ping_interval = d;
+        }
+        if let Some(d) = millis("CATGA_REQUEST_LIVENESS_MS")? {
+            c.request_liveness = (!d.is_zero()).then_some(d);
         }
         if let Some(d) = millis("CATGA_SAGA_LEASE_MS")? {
             c.saga_lease_ttl = d;
@@ -322,6 +347,7 @@ impl Config {
             ("handler_timeout", "CATGA_HANDLER_TIMEOUT_MS", self.handler_timeout),
             ("grace_period", "CATGA_GRACE_PERIOD_MS", Some(self.grace_period)),
             ("nats_ping_interval", "CATGA_NATS_PING_INTERVAL_MS", Some(self.nats_ping_interval)),
+            ("request_liveness", "CATGA_REQUEST_LIVENESS_MS", self.request_liveness),
             ("saga_lease_ttl", "CATGA_SAGA_LEASE_MS", Some(self.saga_lease_ttl)),
             ("saga_sweep_interval", "CATGA_SAGA_SWEEP_MS", Some(self.saga_sweep_interval)),
             ("heartbeat_interval", "CATGA_HEARTBEAT_MS", Some(self.heartbeat_interval)),
@@ -342,6 +368,15 @@ impl Config {
                 "liveness_timeout ({:?}, CATGA_LIVENESS_TIMEOUT_MS) is less than twice heartbeat_interval ({:?}, \
                  CATGA_HEARTBEAT_MS): a live instance would be judged dead between two beats",
                 self.liveness_timeout, self.heartbeat_interval
+            )));
+        }
+        if let Some(liveness) = self.request_liveness
+            && liveness < LIVENESS_MIN
+        {
+            return Err(Error::Config(format!(
+                "request_liveness is {liveness:?} (CATGA_REQUEST_LIVENESS_MS): below {LIVENESS_MIN:?} the signals a live \
+                 responder sends every 100 ms could not keep its requests from being sent again; set at least \
+                 {LIVENESS_MIN:?}, or 0 to never re-send"
             )));
         }
         if self.max_in_flight == 0 {

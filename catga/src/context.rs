@@ -56,6 +56,32 @@ impl Context {
         self.meta.message_id
     }
 
+    /// When the sender of this command stops waiting for its reply, if it
+    /// said (Catga senders always do; events and plain NATS requests have
+    /// none). Sends made through this context never outlive it.
+    ///
+    /// ```
+    /// use catga::prelude::*;
+    /// # #[derive(Debug, Serialize, Deserialize, Command)]
+    /// # #[catga(subject = "doc.ctx.report", reply = u32)]
+    /// # pub struct Report;
+    /// #[catga::command(queue = "doc")]
+    /// async fn report(_: Report, ctx: Context) -> Result<u32, HandlerError> {
+    ///     // Do only as much as the caller will wait for.
+    ///     let budget = ctx.remaining().unwrap_or(std::time::Duration::from_secs(1));
+    ///     Ok(budget.as_millis().min(1000) as u32)
+    /// }
+    /// ```
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.meta.deadline
+    }
+
+    /// The time left until [`deadline`](Context::deadline) (zero once it
+    /// passed), if there is one.
+    pub fn remaining(&self) -> Option<std::time::Duration> {
+        self.meta.remaining()
+    }
+
     /// The subject of the message being handled.
     pub fn subject(&self) -> &'static str {
         self.subject
@@ -84,7 +110,8 @@ impl Context {
         &self.instance.store
     }
 
-    /// Send a command on behalf of this message (same correlation id).
+    /// Send a command on behalf of this message (same correlation id, and
+    /// within this message's deadline).
     pub fn send<C: Command>(&self, command: C) -> impl Future<Output = Result<C::Reply>> + Send + '_ {
         self.instance.send_as(command, self.meta.child(), SendOptions::default())
     }

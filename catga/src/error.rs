@@ -209,6 +209,10 @@ impl HandlerError {
     /// A durable message whose deliveries never finished (the instances
     /// handling it died or shut down); dead-lettered without running again.
     pub const NOT_FINISHED: &'static str = "not_finished";
+    /// A command that reached its handler after its sender's deadline (or
+    /// whose deadline passed while it waited for a handling slot): not
+    /// handled, since nobody waits for the outcome.
+    pub const DEADLINE: &'static str = "deadline";
 
     /// Whether `code` is a failure of the infrastructure rather than of a
     /// handler's own logic: no handler reachable, a timeout (the caller's or

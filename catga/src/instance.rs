@@ -68,12 +68,14 @@ pub(crate) struct Instance {
 #[derive(Debug, Clone, Copy, Default)]
 #[non_exhaustive]
 pub struct SendOptions {
-    /// Overrides the instance's default request timeout.
+    /// How long the send may take in all, every attempt and re-send
+    /// included; overrides the instance's request timeout. A send from a
+    /// handler never outlives the deadline of the message being handled.
     pub timeout: Option<Duration>,
 }
 
 impl SendOptions {
-    /// Options with this timeout.
+    /// Options with this total timeout.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -163,15 +165,19 @@ impl Instance {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// Send a command with explicit metadata; lazy until polled.
+    /// Send a command with explicit metadata; lazy until polled. Its
+    /// deadline is the options' (or the instance's) timeout from the first
+    /// poll, or the deadline `meta` inherited, whichever comes first.
     pub(crate) fn send_as<C: Command>(&self, command: C, meta: Metadata, options: SendOptions) -> Sending<'_, C> {
         let timeout = options.timeout.unwrap_or(self.config.request_timeout);
         Sending { state: SendState::Start { instance: self, command, meta, timeout } }
     }
 
-    /// Publish an event with explicit metadata.
-    pub(crate) async fn publish_as<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
+    /// Publish an event with explicit metadata. An event has no deadline:
+    /// it does not inherit the one of the handling that publishes it.
+    pub(crate) async fn publish_as<E: Event>(&self, event: E, mut meta: Metadata) -> Result<()> {
         self.check_open()?;
+        meta.deadline = None;
         self.transport.publish(event, meta).await
     }
 
@@ -329,11 +335,16 @@ impl<C: Command> Future for Sending<'_, C> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         loop {
             match std::mem::replace(&mut self.state, SendState::Done) {
-                SendState::Start { instance, command, meta, timeout } => {
+                SendState::Start { instance, command, mut meta, timeout } => {
                     if let Err(e) = instance.check_open() {
                         return Poll::Ready(Err(e));
                     }
-                    self.state = SendState::Pending(instance.transport.send(command, meta, timeout));
+                    let now = instance.clock.now();
+                    let left = meta
+                        .deadline
+                        .map_or(timeout, |inherited| timeout.min(inherited.saturating_duration_since(now)));
+                    meta.deadline = now.checked_add(left).or(meta.deadline);
+                    self.state = SendState::Pending(instance.transport.send(command, meta, left));
                 }
                 SendState::Pending(mut pending) => {
                     let poll = Pin::new(&mut pending).poll(cx);

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use tokio::time::Instant;
+
 /// A 128-bit message id, shown as 32 lowercase hex digits.
 ///
 /// ```
@@ -64,8 +66,11 @@ impl std::str::FromStr for MessageId {
 ///
 /// - `message_id`: unique per message (retries of one send reuse it);
 /// - `correlation_id`: shared by everything one original request caused;
-/// - `causation_id`: the id of the message whose handler sent this one.
+/// - `causation_id`: the id of the message whose handler sent this one;
+/// - `deadline`: when its sender stops waiting for the outcome (commands
+///   only; inherited by the sends of its handler).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Metadata {
     /// This message's id.
     pub message_id: MessageId,
@@ -73,22 +78,38 @@ pub struct Metadata {
     pub correlation_id: MessageId,
     /// The message that caused this one, if it was sent from a handler.
     pub causation_id: Option<MessageId>,
+    /// When the sender of a command stops waiting for its reply (on this
+    /// instance's monotonic clock); `None` for events and for messages from
+    /// senders that set no deadline.
+    pub deadline: Option<Instant>,
 }
 
 impl Metadata {
     /// Metadata of a message that starts a conversation.
     pub fn root() -> Self {
         let id = MessageId::new();
-        Metadata { message_id: id, correlation_id: id, causation_id: None }
+        Metadata { message_id: id, correlation_id: id, causation_id: None, deadline: None }
+    }
+
+    /// Metadata with explicit ids and no deadline (for deterministic ids,
+    /// e.g. a saga step's sends).
+    pub fn with_ids(message_id: MessageId, correlation_id: MessageId, causation_id: Option<MessageId>) -> Self {
+        Metadata { message_id, correlation_id, causation_id, deadline: None }
     }
 
     /// Metadata of a message sent while handling `self`: same correlation,
-    /// caused by `self`.
+    /// caused by `self`, within the same deadline.
     pub fn child(&self) -> Self {
         Metadata {
             message_id: MessageId::new(),
             correlation_id: self.correlation_id,
             causation_id: Some(self.message_id),
+            deadline: self.deadline,
         }
+    }
+
+    /// The time left until the deadline (zero once it passed), if there is one.
+    pub fn remaining(&self) -> Option<std::time::Duration> {
+        self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
     }
 }

@@ -94,6 +94,34 @@ async fn charge(cmd: Charge, ctx: Context) -> Result<(String, i64), HandlerError
     Ok((format!("{} charged {}", ctx.instance_id(), cmd.cents), runs))
 }
 
+/// Keeps a runtime worker busy for `ms` without yielding (CPU-bound work,
+/// or a blocking call): the instance must still show its requests alive.
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "svc.spin", reply = u64)]
+pub struct Spin {
+    pub ms: u64,
+}
+
+#[catga::command(queue = "svc")]
+async fn spin(cmd: Spin) -> Result<u64, HandlerError> {
+    let until = std::time::Instant::now() + Duration::from_millis(cmd.ms);
+    let mut turns = 0u64;
+    while std::time::Instant::now() < until {
+        turns = turns.wrapping_add(1);
+    }
+    Ok(turns)
+}
+
+/// Answers the time its caller still waits, in ms (`None`: no deadline).
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "svc.budget", reply = Option<u64>)]
+pub struct Budget;
+
+#[catga::command(queue = "svc")]
+async fn budget(_: Budget, ctx: Context) -> Result<Option<u64>, HandlerError> {
+    Ok(ctx.remaining().map(|left| left.as_millis() as u64))
+}
+
 // ---------- durable (JetStream) contracts and handlers: tests/durable.rs ----------
 //
 // Effects are recorded by appending one line to the ledger file named by

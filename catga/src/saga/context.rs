@@ -81,7 +81,7 @@ impl SagaContext {
             &n.to_le_bytes(),
         ]);
         let correlation_id = deterministic_id(&[self.saga.as_bytes(), self.id.as_bytes()]);
-        Metadata { message_id, correlation_id, causation_id: None }
+        Metadata::with_ids(message_id, correlation_id, None)
     }
 
     /// Send a command with this step's deterministic message id.

@@ -56,7 +56,7 @@ impl Connection {
             .max_reconnects(None)
             // What a subscription buffers beyond the handlings in flight;
             // past it the client drops messages and reports a slow consumer.
-            .subscription_capacity((config.max_in_flight * 4).max(1024))
+            .subscription_capacity(subscription_capacity(config.max_in_flight))
             .reconnect_delay_callback(|attempt| RECONNECT.delay(u32::try_from(attempt).unwrap_or(u32::MAX)))
             .event_callback(move |event: async_nats::Event| {
                 let instance = instance.clone();
@@ -116,6 +116,12 @@ impl Connection {
             }
         }
     }
+}
+
+/// What a subscription buffers beyond the handlings in flight: 4 × the
+/// handling slots, at least 1024 messages.
+pub(crate) fn subscription_capacity(max_in_flight: usize) -> usize {
+    max_in_flight.saturating_mul(4).max(1024)
 }
 
 /// Resolves once shutdown asks the subscriptions to drain.

@@ -2,18 +2,23 @@
 //! headers of a request or event, the ids read back from them, and how a
 //! reply is written and read. The format is `docs/WIRE.md`.
 //!
-//! A reply is read as a [`ReplyPart`]: today every reply is one message,
-//! the final one; a signal sent before it (a handler saying it is still
-//! working) would be another part, and a caller waits on until the final
-//! one.
+//! A reply is read as a [`ReplyPart`]: the final one, or — for a request
+//! that asked for them with `Catga-Liveness` — a signal that its responder
+//! is still working on it (see [`crate::transport::pulse`]).
+
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::clock::Clock;
 
 use crate::codec::{Codec, Json};
 use crate::error::{Error, HandlerError, Result};
 use crate::message::Command;
 use crate::metadata::{MessageId, Metadata};
+use crate::registry::HandlerRecord;
 
 /// Header names of the Catga wire format (see `docs/WIRE.md`).
 pub mod headers {
@@ -38,11 +43,22 @@ pub mod headers {
     /// On error replies, for NATS service-API clients (ADR-32): an HTTP-like
     /// integer — 400 `invalid`, 404 `no_handler`, 409 `in_progress`, 413
     /// `payload_too_large`, 503 `store`/`transport`/`shutdown`, 504
-    /// `timeout`/`handler_timeout`, 500 anything else.
+    /// `timeout`/`handler_timeout`/`deadline`, 500 anything else.
     pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
     /// On durable commands: the subject the reply goes to (the sender's
     /// reply inbox), since a JetStream message has no reply subject of its own.
     pub const REPLY_TO: &str = "Catga-Reply-To";
+    /// On core requests: the time left until the sender stops waiting, in
+    /// milliseconds, when the request was sent (relative, so the clocks of
+    /// sender and receiver need not agree).
+    pub const DEADLINE_IN: &str = "Catga-Deadline-In";
+    /// On durable commands: when the sender stops waiting, in milliseconds
+    /// since the Unix epoch (absolute: time spent in the stream counts).
+    pub const DEADLINE_AT: &str = "Catga-Deadline-At";
+    /// On core requests from a Catga sender (`1`): the responder sends
+    /// `Catga-Status: working` signals to the reply subject while it holds
+    /// the request, so the sender learns quickly if it died.
+    pub const LIVENESS: &str = "Catga-Liveness";
     /// On dead letters: the last error's message.
     pub const DLQ_REASON: &str = "Catga-Dlq-Reason";
     /// On dead letters: the last error's code.
@@ -77,20 +93,72 @@ fn traceparent(meta: &Metadata) -> String {
     format!("00-{}-{:016x}-01", meta.correlation_id, meta.message_id.as_u128() as u64)
 }
 
-/// The ids of a received message; a message without them (a plain NATS
-/// client) starts a conversation.
-pub(crate) fn metadata_of(message: &async_nats::Message) -> Metadata {
+/// A core request's deadline, as the time left when it is sent.
+pub(crate) fn with_deadline_in(mut h: HeaderMap, deadline: Instant) -> HeaderMap {
+    let left = deadline.saturating_duration_since(Instant::now());
+    h.insert(headers::DEADLINE_IN, left.as_millis().to_string());
+    h
+}
+
+/// A durable command's deadline, as wall-clock time (epoch ms by `clock`).
+pub(crate) fn with_deadline_at(mut h: HeaderMap, deadline: Instant, clock: Clock) -> HeaderMap {
+    let left = deadline.saturating_duration_since(clock.now());
+    h.insert(headers::DEADLINE_AT, (clock.epoch_ms() + left.as_millis() as u64).to_string());
+    h
+}
+
+/// The ids of a received message, and its deadline on this instance's
+/// clock; a message without them (a plain NATS client) starts a
+/// conversation with no deadline.
+pub(crate) fn metadata_of(message: &async_nats::Message, clock: Clock) -> Metadata {
     let id = |name: &str| -> Option<MessageId> { header(message, name)?.parse().ok() };
     let message_id = id(headers::MESSAGE_ID).unwrap_or_default();
     let trace_id = || {
         let tp = header(message, headers::TRACEPARENT)?;
         tp.split('-').nth(1)?.parse::<MessageId>().ok()
     };
-    Metadata {
+    let mut meta = Metadata::with_ids(
         message_id,
-        correlation_id: id(headers::CORRELATION_ID).or_else(trace_id).unwrap_or(message_id),
-        causation_id: id(headers::CAUSATION_ID),
+        id(headers::CORRELATION_ID).or_else(trace_id).unwrap_or(message_id),
+        id(headers::CAUSATION_ID),
+    );
+    meta.deadline = deadline_of(message, clock);
+    meta
+}
+
+/// `Catga-Deadline-In` counts from now; `Catga-Deadline-At` from the
+/// sender's wall clock (so it is off by the clocks' skew).
+fn deadline_of(message: &async_nats::Message, clock: Clock) -> Option<Instant> {
+    let ms = |name: &str| -> Option<u64> { header(message, name)?.parse().ok() };
+    if let Some(left) = ms(headers::DEADLINE_IN) {
+        return Some(clock.now() + Duration::from_millis(left));
     }
+    let at = ms(headers::DEADLINE_AT)?;
+    Some(clock.now() + Duration::from_millis(at.saturating_sub(clock.epoch_ms())))
+}
+
+/// The `deadline` error of a command whose sender's deadline passed before
+/// its handling could start; `None` while there is time (or no deadline).
+pub(crate) fn expired(meta: &Metadata, record: &HandlerRecord, clock: Clock) -> Option<HandlerError> {
+    let deadline = meta.deadline?;
+    let now = clock.now();
+    (now >= deadline).then(|| {
+        HandlerError::new(
+            HandlerError::DEADLINE,
+            format!(
+                "message {} on \"{}\" reached `{}` {:?} after its sender's deadline; not handled",
+                meta.message_id,
+                record.subject,
+                record.name,
+                now - deadline
+            ),
+        )
+    })
+}
+
+/// Whether the sender asked for liveness signals (and can take them).
+pub(crate) fn wants_signals(message: &async_nats::Message) -> bool {
+    header(message, headers::LIVENESS).is_some()
 }
 
 /// The longest `Nats-Service-Error` value sent (the body has the whole message).
@@ -106,7 +174,7 @@ const SERVICE_ERROR_MAX: usize = 1024;
 /// | `in_progress` | 409 |
 /// | `payload_too_large` | 413 |
 /// | `store`, `transport`, `shutdown` | 503 |
-/// | `timeout`, `handler_timeout` | 504 |
+/// | `timeout`, `handler_timeout`, `deadline` | 504 |
 /// | any other (a handler's own code, `internal`, `panic`) | 500 |
 pub(crate) fn service_error_code(code: &str) -> u16 {
     match code {
@@ -115,7 +183,7 @@ pub(crate) fn service_error_code(code: &str) -> u16 {
         HandlerError::IN_PROGRESS => 409,
         HandlerError::PAYLOAD_TOO_LARGE => 413,
         HandlerError::STORE | HandlerError::TRANSPORT | HandlerError::SHUTDOWN => 503,
-        HandlerError::TIMEOUT | HandlerError::HANDLER_TIMEOUT => 504,
+        HandlerError::TIMEOUT | HandlerError::HANDLER_TIMEOUT | HandlerError::DEADLINE => 504,
         _ => 500,
     }
 }
@@ -140,15 +208,31 @@ pub(crate) fn header<'a>(message: &'a async_nats::Message, name: &str) -> Option
 
 /// One message of a reply, as read by the caller.
 pub(crate) enum ReplyPart<'a> {
+    /// The responder still holds the request (`Catga-Status: working`).
+    Working,
     /// The outcome: the encoded reply, or the handler's error.
     Final(std::result::Result<&'a [u8], HandlerError>),
 }
 
+/// The status of a liveness signal.
+pub(crate) const WORKING: &str = "working";
+
+/// The headers of a liveness signal (its body is empty).
+pub(crate) fn working() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(headers::STATUS, WORKING);
+    h
+}
+
 /// Read one reply message: a success is the bare payload; an error has
 /// `Catga-Status: error`, its code in `Catga-Error-Code` and its message as
-/// the body.
+/// the body; a liveness signal has `Catga-Status: working`.
 pub(crate) fn read_reply(reply: &async_nats::Message) -> ReplyPart<'_> {
-    if header(reply, headers::STATUS) == Some("error") {
+    let status = header(reply, headers::STATUS);
+    if status == Some(WORKING) {
+        return ReplyPart::Working;
+    }
+    if status == Some("error") {
         let code = header(reply, headers::ERROR_CODE).unwrap_or(HandlerError::INTERNAL).to_owned();
         let message = String::from_utf8_lossy(&reply.payload).into_owned();
         return ReplyPart::Final(Err(HandlerError::new(code, message)));
@@ -205,6 +289,10 @@ pub(crate) fn decode_reply<C: Command>(reply: &async_nats::Message) -> Result<C:
             C::Codec::decode(body).map_err(|e| codec_error::<C::Reply>("decode", C::SUBJECT, e.0))
         }
         ReplyPart::Final(Err(error)) => Err(Error::Handler { subject: C::SUBJECT, error }),
+        ReplyPart::Working => Err(Error::Transport {
+            subject: C::SUBJECT,
+            reason: "a liveness signal was taken for the reply (a bug in catga)".into(),
+        }),
     }
 }
 

@@ -199,7 +199,7 @@ impl MemoryBus {
                 }
             }
         };
-        Pending { handling, subject: C::SUBJECT, timeout, deadline: Deadline::new(timeout) }
+        Pending { handling, subject: C::SUBJECT, deadline: Deadline::new(timeout) }
     }
 
     pub(crate) fn publish<E: Event>(&self, event: E, meta: Metadata) {
@@ -230,7 +230,7 @@ impl MemoryBus {
 pub(crate) struct Pending<R> {
     handling: Handling<R>,
     subject: &'static str,
-    timeout: Duration,
+    /// The time left until the send's deadline.
     deadline: Deadline,
 }
 
@@ -266,7 +266,7 @@ impl<R> Future for Pending<R> {
         match reply {
             Poll::Ready(reply) => Poll::Ready(reply),
             Poll::Pending => {
-                let after = this.timeout;
+                let after = this.deadline.limit;
                 this.deadline.poll_expired(cx).map(|()| Err(Error::Timeout { subject, after }))
             }
         }

@@ -12,8 +12,10 @@
 mod connection;
 mod durable;
 pub(crate) mod envelope;
+mod inbox;
 pub mod memory;
 pub(crate) mod nats;
+mod pulse;
 mod service;
 
 pub use durable::dlq::{DLQ_PREFIX, DLQ_STREAM, DeadLetter, DeadLetterPage, MAX_PAGE};
@@ -76,11 +78,12 @@ impl Transport {
     }
 
     /// Route a command and start its handling; the returned future
-    /// resolves to the reply.
-    pub(crate) fn send<C: Command>(&self, command: C, meta: Metadata, timeout: Duration) -> Sent<C::Reply> {
+    /// resolves to the reply, or to a timeout at `meta.deadline`, `left`
+    /// from now.
+    pub(crate) fn send<C: Command>(&self, command: C, meta: Metadata, left: Duration) -> Sent<C::Reply> {
         match self {
-            Transport::Memory(bus) => Sent::Memory(bus.send(command, meta, timeout)),
-            Transport::Nats(nats) => Sent::Nats(Box::pin(nats.clone().send::<C>(command, meta, timeout))),
+            Transport::Memory(bus) => Sent::Memory(bus.send(command, meta, left)),
+            Transport::Nats(nats) => Sent::Nats(Box::pin(nats.clone().send::<C>(command, meta))),
         }
     }
 

@@ -5,10 +5,12 @@
 //!   member. The reply goes to the request's reply subject, with a status.
 //! - A broadcast event handler is a plain subscription; a queued one a
 //!   queue subscription.
-//! - `send` is a NATS request with a per-attempt timeout, retried with
-//!   exponential backoff and full jitter on timeout and "no responders",
-//!   reusing the message id (receivers deduplicate with it once
-//!   idempotency exists).
+//! - `send` publishes a request on the connection's reply inbox
+//!   ([`super::inbox`]) and waits until its deadline. The responder signals
+//!   that it still holds the request ([`super::pulse`]); a request whose
+//!   responder went silent for the liveness timeout (it died, or the
+//!   message was lost) is sent again with the same message id, and "no
+//!   responders" is retried with backoff.
 //! - Shutdown drains: every subscription is drained (the server stops
 //!   routing here, messages already delivered are handled), in-flight
 //!   handlings finish, replies and publishes are flushed. One gap is not
@@ -20,12 +22,14 @@
 //! The wire format is in `docs/WIRE.md`; the service API (`$SRV.*`) in
 //! [`super::service`].
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::codec::Codec;
@@ -36,12 +40,16 @@ use crate::message::{Command, Event};
 use crate::metadata::Metadata;
 use crate::receiver::Receiver;
 use crate::registry::{HandlerKind, HandlerRecord};
-use crate::transport::connection::{Connection, SEND_RETRY, drained, send_reply};
+use crate::transport::connection::{Connection, SEND_RETRY, drained, send_reply, subscription_capacity};
 use crate::transport::durable::consumer::DurableServe;
 use crate::transport::durable::dlq::{self, DeadLetter, DeadLetterPage};
-use crate::transport::durable::sender::{self, Replies};
+use crate::transport::durable::sender;
 use crate::transport::durable::topology::{self, Settings};
-use crate::transport::envelope::{codec_error, decode_reply, metadata_of, request_headers};
+use crate::transport::envelope::{
+    codec_error, decode_reply, expired, metadata_of, request_headers, wants_signals, with_deadline_in,
+};
+use crate::transport::inbox::{Inbox, Waiting};
+use crate::transport::pulse::{self, Beat, Pulse, Signal};
 use crate::transport::service::{EndpointStats, Service};
 
 /// A connected NATS transport. Cheap to clone.
@@ -53,8 +61,11 @@ pub(crate) struct Nats {
 struct Inner {
     conn: Connection,
     durable: Settings,
-    /// The reply inbox of durable commands, subscribed on first use.
-    replies: tokio::sync::OnceCell<Arc<Replies>>,
+    /// The reply inbox of every command sent, subscribed on first use.
+    inbox: tokio::sync::OnceCell<Arc<Inbox>>,
+    /// Signs of life of the requests and durable messages held here.
+    pulse: Arc<Pulse>,
+    liveness: Option<Duration>,
     max_in_flight: usize,
     /// Tells the subscription tasks to drain.
     drain: watch::Sender<bool>,
@@ -70,7 +81,9 @@ impl Nats {
             inner: Arc::new(Inner {
                 conn: Connection::connect(config, clock).await?,
                 durable: Settings::of(config),
-                replies: tokio::sync::OnceCell::new(),
+                inbox: tokio::sync::OnceCell::new(),
+                pulse: Arc::new(Pulse::start(config)),
+                liveness: config.request_liveness,
                 max_in_flight: config.max_in_flight,
                 drain: watch::channel(false).0,
                 tasks: Mutex::new(JoinSet::new()),
@@ -95,7 +108,8 @@ impl Nats {
             if record.durable() {
                 let consumer =
                     topology::consumer_for(&self.inner.conn.js_admin, record, config, self.inner.durable).await?;
-                let serve = DurableServe::new(&self.inner.conn, self.inner.durable, receiver, stats);
+                let serve =
+                    DurableServe::new(&self.inner.conn, self.inner.durable, receiver, stats, self.inner.pulse.clone());
                 self.tasks().spawn(serve.run(consumer, drain));
                 continue;
             }
@@ -111,6 +125,8 @@ impl Nats {
                 receiver,
                 stats,
                 permits: Arc::new(Semaphore::new(self.inner.max_in_flight)),
+                pulse: self.inner.pulse.clone(),
+                buffer: subscription_capacity(self.inner.max_in_flight),
             };
             self.tasks().spawn(serve.run(subscriber, drain));
         }
@@ -163,48 +179,86 @@ impl Nats {
         self.inner.conn.close().await;
     }
 
-    /// Send a command as a NATS request, with retries.
-    pub(crate) async fn send<C: Command>(self, command: C, meta: Metadata, timeout: Duration) -> Result<C::Reply> {
+    /// The connection's reply inbox, subscribed on first use.
+    async fn inbox(&self) -> Result<&Arc<Inbox>> {
+        self.inner.inbox.get_or_try_init(|| Inbox::subscribe(&self.inner.conn.client)).await
+    }
+
+    /// Send a command as a NATS request on the reply inbox, until its
+    /// deadline (`meta.deadline`): sent again (same message id, same reply
+    /// token) when the responder shows no sign of life for the liveness
+    /// timeout, and after "no responders" (with backoff, up to
+    /// `send_retries` times).
+    pub(crate) async fn send<C: Command>(self, command: C, meta: Metadata) -> Result<C::Reply> {
+        let inbox = self.inbox().await?;
+        let conn = &self.inner.conn;
         if C::DURABLE {
-            let replies = self.inner.replies.get_or_try_init(|| Replies::subscribe(&self.inner.conn.client)).await?;
-            return sender::send::<C>(&self.inner.conn, replies, command, meta, timeout).await;
+            return sender::send::<C>(conn, inbox, command, meta).await;
         }
-        let payload = C::Codec::encode(&command).map_err(|e| codec_error::<C>("encode", C::SUBJECT, e.0))?.into();
-        let headers = request_headers(&meta, C::Codec::CONTENT_TYPE);
-        let mut attempt = 0;
-        let started = self.inner.conn.clock.now();
+        let payload: bytes::Bytes =
+            C::Codec::encode(&command).map_err(|e| codec_error::<C>("encode", C::SUBJECT, e.0))?.into();
+        let mut headers = request_headers(&meta, C::Codec::CONTENT_TYPE);
+        let liveness = self.inner.liveness;
+        if liveness.is_some() {
+            headers.insert(crate::transport::headers::LIVENESS, "1");
+        }
+        let started = conn.clock.now();
+        let timeout = || Error::Timeout { subject: C::SUBJECT, after: started.elapsed() };
+        let mut waiting = inbox.wait();
+        let mut retries = 0;
         loop {
-            let request = async_nats::Request::new()
-                .headers(headers.clone())
-                .payload(Clone::clone(&payload))
-                .timeout(Some(timeout));
-            let failure = match self.inner.conn.client.send_request(C::SUBJECT, request).await {
-                Ok(reply) => return decode_reply::<C>(&reply),
-                Err(e) => e,
+            let headers = match meta.deadline {
+                Some(deadline) => with_deadline_in(headers.clone(), deadline),
+                None => headers.clone(),
             };
-            use async_nats::RequestErrorKind as Kind;
-            let error = match failure.kind() {
-                Kind::NoResponders => Error::NoHandler { subject: C::SUBJECT },
-                Kind::TimedOut => Error::Timeout { subject: C::SUBJECT, after: started.elapsed() },
-                Kind::MaxPayloadExceeded => {
-                    return Err(Error::PayloadTooLarge {
+            let published = conn.client.publish_with_reply_and_headers(
+                C::SUBJECT,
+                waiting.reply_to.clone(),
+                headers,
+                payload.clone(),
+            );
+            if let Err(e) = published.await {
+                return Err(match e.kind() {
+                    async_nats::client::PublishErrorKind::MaxPayloadExceeded => Error::PayloadTooLarge {
                         subject: C::SUBJECT,
                         size: payload.len(),
-                        max: self.inner.conn.client.server_info().max_payload,
-                    });
-                }
-                Kind::InvalidSubject | Kind::Other => {
-                    return Err(Error::Transport { subject: C::SUBJECT, reason: failure.to_string() });
-                }
-            };
-            if attempt >= self.inner.conn.retries {
-                return Err(error);
+                        max: conn.client.server_info().max_payload,
+                    },
+                    _ => Error::Transport { subject: C::SUBJECT, reason: e.to_string() },
+                });
             }
-            attempt += 1;
-            self.inner.conn.retried.fetch_add(1, Ordering::Relaxed);
-            let pause = SEND_RETRY.delay(attempt);
-            tracing::debug!(subject = C::SUBJECT, attempt, ?pause, message_id = %meta.message_id, %error, "retrying send");
-            self.inner.conn.clock.sleep(pause).await;
+            match awaited(&mut waiting, meta.deadline, liveness, conn.clock).await {
+                Awaited::Reply(reply) if reply.status != Some(async_nats::StatusCode::NO_RESPONDERS) => {
+                    return decode_reply::<C>(&reply);
+                }
+                Awaited::Reply(_no_responders) => {
+                    if retries >= conn.retries {
+                        return Err(Error::NoHandler { subject: C::SUBJECT });
+                    }
+                    retries += 1;
+                    conn.retried.fetch_add(1, Ordering::Relaxed);
+                    let pause = SEND_RETRY.delay(retries);
+                    if meta.deadline.is_some_and(|d| conn.clock.now() + pause >= d) {
+                        return Err(Error::NoHandler { subject: C::SUBJECT });
+                    }
+                    tracing::debug!(subject = C::SUBJECT, retries, ?pause, message_id = %meta.message_id, "no responders; retrying");
+                    conn.clock.sleep(pause).await;
+                    waiting = inbox.wait(); // the status took the token
+                }
+                Awaited::Silent => {
+                    conn.retried.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        subject = C::SUBJECT,
+                        message_id = %meta.message_id,
+                        after = ?started.elapsed(),
+                        "no sign of life from the responder; sending again"
+                    );
+                }
+                Awaited::Deadline => return Err(timeout()),
+                Awaited::Closed => {
+                    return Err(Error::Transport { subject: C::SUBJECT, reason: "the reply inbox closed".into() });
+                }
+            }
         }
     }
 
@@ -248,7 +302,64 @@ impl Nats {
     }
 }
 
-/// One subscription's loop: receive, admit (bounded), handle, reply.
+/// What one attempt of a send came to.
+enum Awaited {
+    /// A final message: the reply, or the server's "no responders".
+    Reply(async_nats::Message),
+    /// No reply and no signal for the liveness timeout.
+    Silent,
+    /// The send's deadline passed.
+    Deadline,
+    /// The inbox is gone (the connection closed).
+    Closed,
+}
+
+/// Wait for the final reply of one attempt until the deadline, watching
+/// the responder's signals: none (and no reply) for `liveness` → `Silent`.
+async fn awaited(
+    waiting: &mut Waiting,
+    deadline: Option<Instant>,
+    liveness: Option<Duration>,
+    clock: Clock,
+) -> Awaited {
+    let (mut seen, mut quiet_since) = (waiting.signals(), clock.now());
+    loop {
+        let now = clock.now();
+        // Look at the signals four times per liveness period.
+        let look = liveness.map(|l| now + l / 4);
+        let wake = match (look, deadline) {
+            (Some(look), Some(deadline)) => Some(look.min(deadline)),
+            (look, deadline) => look.or(deadline),
+        };
+        let reply = match wake {
+            Some(wake) => match clock.timeout(wake.saturating_duration_since(now), &mut waiting.reply).await {
+                Ok(reply) => reply,
+                Err(_) => {
+                    let now = clock.now();
+                    if deadline.is_some_and(|d| now >= d) {
+                        return Awaited::Deadline;
+                    }
+                    let signals = waiting.signals();
+                    if signals != seen {
+                        (seen, quiet_since) = (signals, now);
+                    } else if liveness.is_some_and(|l| now.duration_since(quiet_since) >= l) {
+                        return Awaited::Silent;
+                    }
+                    continue;
+                }
+            },
+            None => (&mut waiting.reply).await,
+        };
+        return reply.map_or(Awaited::Closed, Awaited::Reply);
+    }
+}
+
+/// One subscription's loop: receive, hold (signalled), admit (bounded),
+/// handle, reply.
+///
+/// It reads the subscription as fast as messages come (up to `buffer`
+/// waiting for a handling slot), so every request it holds is signalled to
+/// its sender — a request waiting for a slot shows signs of life too.
 ///
 /// It holds the client and a weak reference to the instance, never the
 /// transport itself: the transport owns these tasks, and dropping the last
@@ -258,48 +369,58 @@ struct Serve {
     receiver: Receiver,
     stats: Arc<EndpointStats>,
     permits: Arc<Semaphore>,
+    pulse: Arc<Pulse>,
+    buffer: usize,
 }
 
 impl Serve {
     async fn run(self, mut subscriber: async_nats::Subscriber, mut drain: watch::Receiver<bool>) {
         use futures_util::StreamExt;
         let subject = self.receiver.record().subject;
-        let mut draining = false;
+        let mut waiting: VecDeque<(async_nats::Message, Option<Beat>)> = VecDeque::new();
+        let (mut draining, mut ended) = (false, false);
         loop {
-            // Back-pressure: take no message until a handling slot is free
-            // (meanwhile the client buffers, then reports a slow consumer);
-            // a drain request is seen even while every slot is busy.
-            let permit = tokio::select! {
-                permit = self.permits.clone().acquire_owned() => permit,
+            if ended && waiting.is_empty() {
+                return; // drained (or the connection closed), and all handed over
+            }
+            tokio::select! {
+                biased;
+                // A drain request is seen even while every slot is busy.
                 _ = drained(&mut drain), if !draining => {
                     draining = true;
                     if let Err(e) = subscriber.drain().await {
                         tracing::warn!(subject, error = %e, "nats: drain failed");
                         return;
                     }
-                    continue;
                 }
-            };
-            let Ok(permit) = permit else { return };
-            let next = tokio::select! {
-                message = subscriber.next() => message,
-                _ = drained(&mut drain), if !draining => {
-                    draining = true;
-                    if let Err(e) = subscriber.drain().await {
-                        tracing::warn!(subject, error = %e, "nats: drain failed");
-                        return;
+                // Back-pressure: a waiting message starts when a slot is free.
+                permit = self.permits.clone().acquire_owned(), if !waiting.is_empty() => {
+                    let Ok(permit) = permit else { return };
+                    let Some((message, beat)) = waiting.pop_front() else { continue };
+                    // The handling's count and the reply's (see `Receiver::accept`).
+                    let Some((in_flight, replying)) = self.receiver.accept(permit) else { return }; // every handle dropped
+                    let (client, record, stats) = (self.client.clone(), self.receiver.record(), self.stats.clone());
+                    tokio::spawn(async move {
+                        handle(&client, record, stats, in_flight, message).await;
+                        drop((replying, beat));
+                    });
+                }
+                // Past `buffer` waiting, the client buffers, then drops
+                // messages (a slow consumer): their senders see no signal
+                // and send them again elsewhere.
+                next = subscriber.next(), if !ended && waiting.len() < self.buffer => match next {
+                    Some(message) => {
+                        let beat = match &message.reply {
+                            Some(to) if wants_signals(&message) => {
+                                Some(self.pulse.hold(to.clone(), Signal::Working, pulse::TICK))
+                            }
+                            _ => None,
+                        };
+                        waiting.push_back((message, beat));
                     }
-                    continue;
-                }
-            };
-            let Some(message) = next else { return }; // drained (or connection closed)
-            // The handling's count and the reply's (see `Receiver::accept`).
-            let Some((in_flight, replying)) = self.receiver.accept(permit) else { return }; // every handle dropped
-            let (client, record, stats) = (self.client.clone(), self.receiver.record(), self.stats.clone());
-            tokio::spawn(async move {
-                handle(&client, record, stats, in_flight, message).await;
-                drop(replying);
-            });
+                    None => ended = true,
+                },
+            }
         }
     }
 }
@@ -311,11 +432,18 @@ async fn handle(
     in_flight: InFlight,
     message: async_nats::Message,
 ) {
-    let meta = metadata_of(&message);
-    let started = in_flight.instance().clock.now();
-    // To the end for an event too: its delivery is counted with its outcome
-    // and processing time (for `$SRV.STATS`).
-    let outcome = record.entry.call_to_end(&message.payload, record, in_flight, meta).await;
+    let clock = in_flight.instance().clock;
+    let meta = metadata_of(&message, clock);
+    let started = clock.now();
+    let outcome = match expired(&meta, record, clock) {
+        Some(expired) => {
+            drop(in_flight);
+            Err(expired)
+        }
+        // To the end for an event too: its delivery is counted with its
+        // outcome and processing time (for `$SRV.STATS`).
+        None => record.entry.call_to_end(&message.payload, record, in_flight, meta).await,
+    };
     stats.record(started.elapsed(), outcome.as_ref().err());
     if record.kind == HandlerKind::Event {
         if let Err(error) = outcome {

@@ -20,12 +20,9 @@ use crate::transport::connection::{Connection, drained, send_reply};
 use crate::transport::durable::decision::{self, Decision};
 use crate::transport::durable::dlq::{self, DLQ_PREFIX};
 use crate::transport::durable::topology::{self, Settings};
-use crate::transport::envelope::{header, headers, metadata_of};
+use crate::transport::envelope::{expired, header, headers, metadata_of};
+use crate::transport::pulse::{PROGRESS_LIMIT, Pulse, Signal};
 use crate::transport::service::EndpointStats;
-
-/// How long a running durable handling is kept alive with progress acks;
-/// past it, it is taken as hung and the message is redelivered.
-const PROGRESS_LIMIT: Duration = Duration::from_secs(600);
 
 /// How long one pull request waits on the server for messages.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
@@ -39,6 +36,7 @@ pub(crate) struct DurableServe {
     receiver: Receiver,
     stats: Arc<EndpointStats>,
     settings: Settings,
+    pulse: Arc<Pulse>,
 }
 
 impl DurableServe {
@@ -47,9 +45,10 @@ impl DurableServe {
         settings: Settings,
         receiver: Receiver,
         stats: Arc<EndpointStats>,
+        pulse: Arc<Pulse>,
     ) -> DurableServe {
         let (client, js, clock) = (conn.client.clone(), conn.js_admin.clone(), conn.clock);
-        DurableServe { client, js, clock, receiver, stats, settings }
+        DurableServe { client, js, clock, receiver, stats, settings, pulse }
     }
 
     /// Pull from `consumer` until drained. A consumer that stops answering
@@ -177,18 +176,34 @@ impl DurableServe {
 
     async fn handle(&self, message: jetstream::Message, in_flight: InFlight) {
         let record = self.receiver.record();
-        let meta = metadata_of(&message.message);
+        let meta = metadata_of(&message.message, self.clock);
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
         let reply_to = header(&message.message, headers::REPLY_TO).map(Subject::from);
         let started = self.clock.now();
-        let outcome = match decision::refuse_before_running(delivered, &self.settings) {
+        let refused =
+            decision::refuse_before_running(delivered, &self.settings).or_else(|| expired(&meta, record, self.clock));
+        let outcome = match refused {
             Some(refused) => {
                 drop(in_flight);
                 Err(refused)
             }
             None => {
-                let handling = record.entry.call_to_end(&message.payload, record, in_flight, meta);
-                self.keep_alive(&message, handling).await
+                // Progress acks from the instance's liveness thread while
+                // it runs, so only a dead instance's messages are redelivered.
+                let _alive = message.message.reply.clone().map(|ack| {
+                    let every = (self.settings.ack_wait / 4).max(Duration::from_millis(10));
+                    self.pulse.hold(ack, Signal::Progress, every)
+                });
+                let outcome = record.entry.call_to_end(&message.payload, record, in_flight, meta).await;
+                if started.elapsed() > PROGRESS_LIMIT {
+                    tracing::warn!(
+                        subject = record.subject,
+                        handler = record.name,
+                        "durable handling ran over {PROGRESS_LIMIT:?}: progress acks stopped at that point and the \
+                         message was redelivered (give the handler a timeout)"
+                    );
+                }
+                outcome
             }
         };
         self.stats.record(started.elapsed(), outcome.as_ref().err());
@@ -259,39 +274,6 @@ impl DurableServe {
         let record = self.receiver.record();
         if let (HandlerKind::Command, Some(to)) = (record.kind, reply_to) {
             send_reply(&self.client, record, to, outcome).await;
-        }
-    }
-
-    /// Await the handling, telling the server every `ack_wait / 3` that it
-    /// is still in progress (so a long handler is not redelivered).
-    async fn keep_alive<T>(&self, message: &jetstream::Message, handling: impl std::future::Future<Output = T>) -> T {
-        let period = (self.settings.ack_wait / 3).max(Duration::from_millis(10));
-        let mut tick = tokio::time::interval_at(self.clock.now() + period, period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut handling = std::pin::pin!(handling);
-        let started = self.clock.now();
-        let mut alive = true;
-        loop {
-            tokio::select! {
-                outcome = &mut handling => return outcome,
-                _ = tick.tick(), if alive => {
-                    if started.elapsed() > PROGRESS_LIMIT {
-                        // A handler this slow is taken as hung: let the
-                        // server redeliver the message after ack_wait.
-                        alive = false;
-                        tracing::warn!(
-                            subject = self.receiver.record().subject,
-                            handler = self.receiver.record().name,
-                            "durable handling still running after {PROGRESS_LIMIT:?}; no more progress acks, the \
-                             message will be redelivered (give the handler a timeout)"
-                        );
-                        continue;
-                    }
-                    if let Err(e) = message.ack_with(AckKind::Progress).await {
-                        tracing::debug!(subject = self.receiver.record().subject, error = %e, "jetstream: progress ack failed");
-                    }
-                }
-            }
         }
     }
 }

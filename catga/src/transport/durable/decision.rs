@@ -45,7 +45,7 @@ pub(crate) fn after_failure(code: &str, delivered: i64, settings: &Settings) -> 
     if code == HandlerError::IN_PROGRESS {
         return Decision::Later { delay: settings.ack_wait };
     }
-    let hopeless = code == HandlerError::INVALID || code == HandlerError::NOT_FINISHED;
+    let hopeless = [HandlerError::INVALID, HandlerError::NOT_FINISHED, HandlerError::DEADLINE].contains(&code);
     if hopeless || delivered >= i64::from(settings.max_deliver) {
         return Decision::DeadLetter;
     }

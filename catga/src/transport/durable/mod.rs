@@ -28,17 +28,20 @@
 //!   a delayed negative ack (redelivery with backoff), except on the last
 //!   delivery or for an `invalid` message (retrying cannot help): then the
 //!   message is copied to the dead-letter stream [`DLQ_STREAM`] with the
-//!   reason, the error reply is sent, and the message is terminated. A
-//!   long handling tells the server it is alive every `ack_wait / 3`.
-//! - **Replies** to a durable command go to a per-connection inbox named in
-//!   the `Catga-Reply-To` header (one wildcard subscription).
+//!   reason, the error reply is sent, and the message is terminated (so is
+//!   a command whose `Catga-Deadline-At` passed before it ran, code
+//!   `deadline`). A running handling tells the server it is alive every
+//!   `ack_wait / 4`, from the instance's liveness thread
+//!   ([`super::pulse`]), so only a dead instance's messages are redelivered.
+//! - **Replies** to a durable command go to the connection's reply inbox
+//!   ([`super::inbox`]), named in the `Catga-Reply-To` header.
 //!
 //! The wire format is in `docs/WIRE.md` ("Durable delivery").
 //!
 //! ## Where things are
 //! - `topology`: stream and consumer names, settings, creating them;
-//! - `sender`: storing a message (with retries) and the reply inbox of
-//!   durable commands;
+//! - `sender`: storing a message (with retries), and a durable command's
+//!   wait for its reply;
 //! - `consumer`: a durable handler's pull loop and the handling of one
 //!   message (keep-alive, reply, ack);
 //! - `decision`: ack, redeliver later, or dead-letter — a pure function of

@@ -2,14 +2,11 @@
 //! acknowledges it) with retries of a lost acknowledgement, and a durable
 //! command's reply comes back on the connection's reply inbox.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use futures_util::StreamExt;
-use tokio::sync::oneshot;
 
 use crate::codec::Codec;
 use crate::error::{Error, Result};
@@ -17,24 +14,25 @@ use crate::message::Command;
 use crate::metadata::Metadata;
 use crate::transport::connection::{Connection, SEND_RETRY};
 use crate::transport::durable::js_error;
-use crate::transport::envelope::{codec_error, decode_reply, headers, request_headers};
+use crate::transport::envelope::{codec_error, decode_reply, headers, request_headers, with_deadline_at};
+use crate::transport::inbox::Inbox;
 
 /// JetStream's deduplication header: the Catga message id, so a retried
 /// publish is stored once.
 pub(crate) const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
 /// A durable command: stored in its stream (acknowledged by the
-/// server), then the reply awaited on this connection's reply inbox
-/// for up to `timeout`.
+/// server), then the reply awaited on this connection's reply inbox until
+/// the deadline, which travels as wall-clock time (time in the stream
+/// counts).
 pub(crate) async fn send<C: Command>(
     inner: &Connection,
-    replies: &Arc<Replies>,
+    inbox: &Arc<Inbox>,
     command: C,
     meta: Metadata,
-    timeout: Duration,
 ) -> Result<C::Reply> {
     let payload = C::Codec::encode(&command).map_err(|e| codec_error::<C>("encode", C::SUBJECT, e.0))?;
-    let mut waiting = replies.wait();
+    let mut waiting = inbox.wait();
     // The JetStream deduplication id is this send's own (kept across
     // `publish_stored`'s retries of a lost acknowledgement), not the
     // message id: a caller that sends the same message id again (a
@@ -44,9 +42,13 @@ pub(crate) async fn send<C: Command>(
     let dedup = format!("{}.{:016x}", meta.message_id, fastrand::u64(..));
     let mut headers = with_msg_id(request_headers(&meta, C::Codec::CONTENT_TYPE), &dedup);
     headers.insert(headers::REPLY_TO, waiting.reply_to.as_str());
+    if let Some(deadline) = meta.deadline {
+        headers = with_deadline_at(headers, deadline, inner.clock);
+    }
     let started = inner.clock.now();
     publish_stored(inner, C::SUBJECT, headers, payload).await?;
-    match inner.clock.timeout(timeout, &mut waiting.reply).await {
+    let left = meta.deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(inner.clock.now()));
+    match inner.clock.timeout(left, &mut waiting.reply).await {
         Ok(Ok(reply)) => decode_reply::<C>(&reply),
         Ok(Err(_)) => Err(Error::Transport {
             subject: C::SUBJECT,
@@ -97,68 +99,6 @@ pub(crate) async fn publish_stored(
         attempt += 1;
         retried.fetch_add(1, Ordering::Relaxed);
         inner.clock.sleep(SEND_RETRY.delay(attempt)).await;
-    }
-}
-
-/// The reply inbox of one connection: one subscription to `<inbox>.*`;
-/// each durable send waits on its own token.
-pub(crate) struct Replies {
-    prefix: String,
-    next: AtomicU64,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<async_nats::Message>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Replies {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A registered wait for one reply; dropping it forgets the token.
-pub(crate) struct Waiting {
-    replies: Arc<Replies>,
-    token: u64,
-    pub(crate) reply_to: String,
-    pub(crate) reply: oneshot::Receiver<async_nats::Message>,
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.replies.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.token);
-    }
-}
-
-impl Replies {
-    pub(crate) async fn subscribe(client: &async_nats::Client) -> Result<Arc<Replies>> {
-        let prefix = client.new_inbox();
-        let mut subscriber = client
-            .subscribe(format!("{prefix}.*"))
-            .await
-            .map_err(|e| js_error("_INBOX", format!("cannot subscribe to the durable reply inbox: {e}")))?;
-        Ok(Arc::new_cyclic(|weak: &Weak<Replies>| {
-            let weak = weak.clone();
-            let task = tokio::spawn(async move {
-                while let Some(message) = subscriber.next().await {
-                    let Some(replies) = weak.upgrade() else { return };
-                    let token = message.subject.rsplit('.').next().and_then(|t| t.parse::<u64>().ok());
-                    let waiter =
-                        token.and_then(|t| replies.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&t));
-                    match waiter {
-                        Some(waiter) => drop(waiter.send(message)),
-                        None => tracing::debug!(subject = %message.subject, "durable reply for nobody (timed out?)"),
-                    }
-                }
-            });
-            Replies { prefix, next: AtomicU64::new(0), waiting: Mutex::new(HashMap::new()), task }
-        }))
-    }
-
-    pub(crate) fn wait(self: &Arc<Self>) -> Waiting {
-        let token = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, reply) = oneshot::channel();
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(token, tx);
-        Waiting { replies: self.clone(), token, reply_to: format!("{}.{token}", self.prefix), reply }
     }
 }
 
