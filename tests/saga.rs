@@ -600,3 +600,19 @@ async fn a_drained_instances_saga_is_taken_over_at_once_not_after_a_lease_or_a_l
     let members = store.set_members(&Key::new("live", "instances")).await.unwrap();
     assert!(!members.iter().any(|m| m == "drain-staying"), "a clean shutdown owning nothing leaves: {members:?}");
 }
+
+#[tokio::test]
+async fn a_saga_whose_creator_died_between_its_lease_and_its_state_can_be_started_again() {
+    let store = Store::memory();
+    // The creator took the lease, then died before writing the state.
+    let lease = Key::new("saga:t-order:half-made", "lease");
+    store.acquire_lease(&lease, "dead-creator#1", Duration::from_secs(60)).await.unwrap().unwrap();
+    store.set_add(&Key::new("saga-owner:dead-creator", "sagas"), "t-order:half-made").await.unwrap();
+    store.set_add(&Key::new("live", "instances"), "dead-creator").await.unwrap();
+    let app = instance(&store, "half-made-starter").await;
+    // Not "it exists": once the creator is judged dead its lease is freed,
+    // and the saga starts here.
+    let outcome = app.start_saga::<Order>("half-made", Plan::default()).await.unwrap();
+    assert_eq!(outcome, SagaOutcome::Completed);
+    assert_eq!(effects("half-made"), ["charge", "reserve", "create", "notify"]);
+}

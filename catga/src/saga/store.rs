@@ -65,8 +65,17 @@ pub(crate) async fn unindex(app: &App, saga: &str, id: &str, status: SagaStatus)
     Ok(())
 }
 
+/// Between tries of `create` to take a lease that another instance holds
+/// while the saga's state is not written yet.
+const CREATE_RETRY: Backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+
 /// Write a new saga's first state under a fresh lease; `None` if saga `id`
-/// exists (or is being created by another instance right now).
+/// exists. A lease held by someone else while no state is written means the
+/// saga is being created elsewhere right now, or its creator died between
+/// the two writes (the lease then lives until a survivor takes the dead
+/// instance's sagas over and finds nothing to run, about the liveness
+/// timeout later), or a sweep is looking at it: it waits (up to three
+/// liveness timeouts) for the state to appear or the lease to be free.
 pub(crate) async fn create<D: Serialize>(
     def: &'static SagaDef<D>,
     app: &App,
@@ -86,8 +95,28 @@ pub(crate) async fn create<D: Serialize>(
     store.set_add(&sagas_owned_key(app.instance_id()), &owned_entry(def.name, id)).await?;
     // No read first: the write below expects no state, so an existing saga
     // is refused there (a new saga, the common case, saves a round trip).
-    let Some(lease) = store.acquire_lease(&lease_key, &owner(app), app.config().saga_lease_ttl).await? else {
-        return Ok(None);
+    let (me, clock) = (owner(app), app.instance().clock);
+    let (started, limit) = (clock.now(), app.config().liveness_timeout * 3);
+    let mut tries = 0;
+    let lease = loop {
+        if let Some(lease) = store.acquire_lease(&lease_key, &me, app.config().saga_lease_ttl).await? {
+            break lease;
+        }
+        if store.get(&state_key).await?.is_some() {
+            return Ok(None);
+        }
+        if started.elapsed() >= limit {
+            return Err(Error::Saga {
+                saga: def.name.to_owned(),
+                id: id.to_owned(),
+                reason: format!(
+                    "another instance holds its lease but wrote no state within {limit:?} (it is being created \
+                     there, or its creator died and a survivor has not freed it yet); try again"
+                ),
+            });
+        }
+        tries += 1;
+        clock.sleep(CREATE_RETRY.delay(tries)).await;
     };
     let state = State {
         saga: def.name.to_owned(),
