@@ -25,6 +25,13 @@ struct Work {
     sleep_ms: u64,
 }
 
+/// Idempotent (50 ms): answers (who charged, how often this message id ran).
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "svc.charge", reply = (String, i64))]
+struct Charge {
+    cents: u64,
+}
+
 #[derive(Debug, Serialize, Deserialize, Command)]
 #[catga(subject = "svc.spin", reply = u64)]
 struct Spin {
@@ -119,6 +126,74 @@ async fn kill_9_of_one_of_three_under_load_fails_nothing_and_no_caller_waits_a_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_one_of_three_under_load_with_an_idempotent_handler_fails_nothing_and_reruns_only_what_died() {
+    // The dead instance's claims: a re-sent copy finds one, judges its owner
+    // dead by its heartbeat and runs the handling (the issue's first
+    // symptom: these failed after 15 s, waiting on 60 s claims).
+    let nats = NatsServer::start();
+    let redis = catga_suite::RedisServer::start();
+    let (url, redis_url) = (nats.url(), redis.url());
+    let mut instances: Vec<ServiceProcess> = (0..3)
+        .map(|i| {
+            let id = format!("idem-{i}");
+            ServiceProcess::started(
+                SERVICE,
+                &[
+                    ("CATGA_NATS_URL", url.as_str()),
+                    ("CATGA_REDIS_URL", redis_url.as_str()),
+                    ("CATGA_SERVICE", "svc"),
+                    ("CATGA_INSTANCE_ID", id.as_str()),
+                ],
+            )
+        })
+        .collect();
+    let client = client(&url).await;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, answered) = (client.clone(), answered.clone());
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for _ in 0..30 {
+                    let started = Instant::now();
+                    let outcome = client.send(Charge { cents: 1 }).await;
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    outcomes.push((started.elapsed(), outcome.map(|(_, runs)| runs).map_err(|e| e.to_string())));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let bound = Instant::now() + Duration::from_secs(60);
+    while answered.load(Ordering::SeqCst) < 80 && Instant::now() < bound {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    instances.remove(0).kill();
+    let mut outcomes = Vec::new();
+    for caller in callers {
+        outcomes.extend(tokio::time::timeout(Duration::from_secs(60), caller).await.expect("bounded").unwrap());
+    }
+    let failed: Vec<_> = outcomes.iter().filter_map(|(_, o)| o.as_ref().err()).collect();
+    let reruns = outcomes.iter().filter(|(_, o)| matches!(o, Ok(runs) if *runs > 1)).count();
+    let worst = outcomes.iter().map(|(took, _)| *took).max().unwrap_or_default();
+    println!(
+        "kill -9 of 1 of 3, 8 in flight, 50 ms idempotent handler, defaults: {} answered, {} failed, worst {worst:?}, \
+         {reruns} run again, {} re-sends",
+        outcomes.len(),
+        failed.len(),
+        client.retries()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(outcomes.len(), 240);
+    // Only a handling the dead instance had started (its effect done, its
+    // reply not recorded) runs again: at most the 8 in flight.
+    assert!(reruns <= 8, "{reruns} handlings ran twice");
+    // Detection (≤ 0.5 s) + the claim's takeover (≈ 1 s), not 15 s.
+    assert!(worst < Duration::from_secs(3), "a caller waited {worst:?}");
+    client.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_one_of_three_under_load_fails_nothing_and_no_caller_waits_a_timeout() {
     let nats = NatsServer::start();
     let url = nats.url();
@@ -163,9 +238,12 @@ async fn an_instance_frozen_for_3_s_under_load_fails_nothing_and_its_callers_go_
     );
     assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
     // Each caller got exactly one answer per send (the frozen instance's
-    // late replies go to tokens nobody waits on), and none waited the freeze out.
+    // late replies go to tokens nobody waits on). A re-send lands on the
+    // frozen instance again with chance 1/3 (NATS picks a queue member at
+    // random), each time costing one liveness timeout: the worst case is a
+    // few of those (≈ 1.5–2 s), never the 5 s deadline.
     assert_eq!(outcome.answered, 480);
-    assert!(outcome.worst < Duration::from_millis(2900), "a caller waited {:?}", outcome.worst);
+    assert!(outcome.worst < Duration::from_secs(4), "a caller waited {:?}", outcome.worst);
     client.shutdown().await;
 }
 

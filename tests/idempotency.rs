@@ -256,7 +256,7 @@ async fn abandoned_claim(store: &Store, meta: Metadata, owner: &str) {
 }
 
 #[tokio::test]
-async fn a_claim_whose_owner_stopped_beating_is_taken_over_after_the_liveness_timeout_and_one_never_seen_is_not() {
+async fn a_claim_whose_owner_stopped_beating_is_taken_over_after_the_heartbeat_timeout_and_one_never_seen_is_not() {
     let (bus, store) = (MemoryBus::new(), Store::memory());
     let app = Catga::builder()
         .service("idem")

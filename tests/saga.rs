@@ -572,7 +572,7 @@ async fn a_step_that_fails_after_a_crashed_run_says_what_happened() {
 }
 
 #[tokio::test]
-async fn a_drained_instances_saga_is_taken_over_at_once_not_after_a_lease_or_a_liveness_timeout() {
+async fn a_drained_instances_saga_is_taken_over_at_once_not_after_a_lease_or_a_heartbeat_timeout() {
     let store = Store::memory();
     let leaving = instance(&store, "drain-leaving").await;
     let staying = instance(&store, "drain-staying").await;

@@ -22,7 +22,7 @@
 //! | `CATGA_SAGA_COMPENSATION_RETRIES` | retries of a failing compensation before the saga is `Failed` | 5 |
 //! | `CATGA_SAGA_CRASH_RERUNS`    | re-runs of a step whose instance died mid-step before it counts as failed | 5 |
 //! | `CATGA_HEARTBEAT_MS`         | how often an instance with a store writes its heartbeat (four beats per liveness window: a live instance is judged dead only if four in a row do not reach the store) | 250 |
-//! | `CATGA_LIVENESS_TIMEOUT_MS`  | an instance whose heartbeat did not change for this long (read successfully throughout) is dead: its idempotency claims and sagas are taken over after about this plus one look | 1000 |
+//! | `CATGA_HEARTBEAT_TIMEOUT_MS`  | an instance whose heartbeat did not change for this long (read successfully throughout) is dead: its idempotency claims and sagas are taken over after about this plus one look | 1000 |
 //! | `CATGA_ACK_WAIT_MS`          | durable: how long a pulled message may go without a sign of life before it is redelivered | 1500 |
 //! | `CATGA_MAX_DELIVER`          | durable: deliveries of one message before it is dead-lettered | 5 |
 //! | `CATGA_EVENT_MAX_AGE_MS`     | durable: how long a durable event stream keeps events | 604800000 (7 days) |
@@ -101,7 +101,7 @@ pub struct Config {
     pub idempotency_ttl: Duration,
     /// The lease an instance holds on a saga it runs (renewed every third
     /// of it). A saga whose runner died is taken over once the runner is
-    /// judged dead by its heartbeat ([`liveness_timeout`](Config::liveness_timeout)),
+    /// judged dead by its heartbeat ([`heartbeat_timeout`](Config::heartbeat_timeout)),
     /// not when this expires: the lease is the last resort, for a saga no
     /// owner's heartbeat accounts for (a saga written by an older build),
     /// which a slower sweep of every saga (every lease TTL) takes over
@@ -135,7 +135,7 @@ pub struct Config {
     /// take over its sagas. A failed read starts the window again, so a
     /// store failover never makes a live instance look dead. At least twice
     /// the heartbeat interval.
-    pub liveness_timeout: Duration,
+    pub heartbeat_timeout: Duration,
     /// Redis: replicas that must confirm each write (`WAIT`) before it is
     /// acknowledged. `None`: 1 on a Redis Cluster (a write is on two nodes
     /// before anyone relies on it; a shard with no live replica refuses
@@ -188,7 +188,7 @@ impl Default for Config {
             saga_crash_reruns: 5,
             saga_transient_retries: 20,
             heartbeat_interval: Duration::from_millis(250),
-            liveness_timeout: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(1),
             redis_replica_acks: None,
             ack_wait: Duration::from_millis(1500),
             max_deliver: 5,
@@ -260,8 +260,8 @@ impl Config {
         if let Some(d) = millis("CATGA_HEARTBEAT_MS")? {
             c.heartbeat_interval = d;
         }
-        if let Some(d) = millis("CATGA_LIVENESS_TIMEOUT_MS")? {
-            c.liveness_timeout = d;
+        if let Some(d) = millis("CATGA_HEARTBEAT_TIMEOUT_MS")? {
+            c.heartbeat_timeout = d;
         }
         if let Some(d) = millis("CATGA_IDEMPOTENCY_TTL_MS")? {
             c.idempotency_ttl = d;
@@ -351,7 +351,7 @@ impl Config {
             ("saga_lease_ttl", "CATGA_SAGA_LEASE_MS", Some(self.saga_lease_ttl)),
             ("saga_sweep_interval", "CATGA_SAGA_SWEEP_MS", Some(self.saga_sweep_interval)),
             ("heartbeat_interval", "CATGA_HEARTBEAT_MS", Some(self.heartbeat_interval)),
-            ("liveness_timeout", "CATGA_LIVENESS_TIMEOUT_MS", Some(self.liveness_timeout)),
+            ("heartbeat_timeout", "CATGA_HEARTBEAT_TIMEOUT_MS", Some(self.heartbeat_timeout)),
             ("idempotency_ttl", "CATGA_IDEMPOTENCY_TTL_MS", Some(self.idempotency_ttl)),
             ("ack_wait", "CATGA_ACK_WAIT_MS", Some(self.ack_wait)),
             ("event_max_age", "CATGA_EVENT_MAX_AGE_MS", Some(self.event_max_age)),
@@ -363,11 +363,11 @@ impl Config {
                 )));
             }
         }
-        if self.liveness_timeout < self.heartbeat_interval * 2 {
+        if self.heartbeat_timeout < self.heartbeat_interval * 2 {
             return Err(Error::Config(format!(
-                "liveness_timeout ({:?}, CATGA_LIVENESS_TIMEOUT_MS) is less than twice heartbeat_interval ({:?}, \
+                "heartbeat_timeout ({:?}, CATGA_HEARTBEAT_TIMEOUT_MS) is less than twice heartbeat_interval ({:?}, \
                  CATGA_HEARTBEAT_MS): a live instance would be judged dead between two beats",
-                self.liveness_timeout, self.heartbeat_interval
+                self.heartbeat_timeout, self.heartbeat_interval
             )));
         }
         if let Some(liveness) = self.request_liveness

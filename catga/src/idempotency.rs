@@ -12,13 +12,13 @@
 //!    failed handling is taken to have had no effect).
 //! 3. A copy that finds the reply recorded answers with it, without running
 //!    the handler. A copy that finds the work running waits for the reply
-//!    (up to the request timeout), then answers `in_progress` — never a
+//!    (up to its caller's deadline), then answers `in_progress` — never a
 //!    second run while the owner lives.
 //! 4. **A claim follows its owner's life.** The claim names its owner's
 //!    instance (`<instance id>#<random>`). While a copy waits, it watches
 //!    that instance's heartbeat ([`crate::liveness`]); once the owner is
 //!    judged dead (its beat did not change for
-//!    [`Config::liveness_timeout`](crate::Config::liveness_timeout), 1 s by
+//!    [`Config::heartbeat_timeout`](crate::Config::heartbeat_timeout), 1 s by
 //!    default, read successfully throughout — a store failover never
 //!    counts) the copy takes the claim over with a compare-and-swap in the
 //!    claim's own slot ("if it is still that owner's, make it mine") and
@@ -117,7 +117,7 @@ where
     let (wait, clock) = (wait_limit(&ctx), instance.clock);
     let started = clock.now();
     let mut polls = 0;
-    let mut judge = Judge::new(instance.config.liveness_timeout, LOOK_EVERY);
+    let mut judge = Judge::new(instance.config.heartbeat_timeout, LOOK_EVERY);
     let mut last_look = None;
     // Only an owner seen beating is judged: one that never beat (a build
     // from before heartbeats, during an upgrade) is left to the claim's TTL.
@@ -243,9 +243,16 @@ where
 }
 
 /// How long a copy waits for a running claim's outcome before answering
-/// `in_progress`: the one place the limit is computed.
+/// `in_progress`: the one place the limit is computed. Within its caller's
+/// deadline (a tenth of it kept, so the answer arrives before the caller
+/// gives up); with no deadline (an event, a plain NATS request), the
+/// request timeout. Meanwhile the copy's own caller gets signs of life:
+/// the copy is a handling like any other.
 fn wait_limit(ctx: &Context) -> Duration {
-    ctx.instance().config.request_timeout
+    match ctx.remaining() {
+        Some(left) => left.saturating_sub(left / 10),
+        None => ctx.instance().config.request_timeout,
+    }
 }
 
 /// Renews a claim every third of its TTL on a task of its own (so a handler

@@ -18,7 +18,7 @@
 //!
 //! **Judging.** A judge reads an instance's beat now and then and
 //! calls it dead only when the count did not change across successful
-//! reads spanning [`Config::liveness_timeout`](crate::Config::liveness_timeout)
+//! reads spanning [`Config::heartbeat_timeout`](crate::Config::heartbeat_timeout)
 //! (1 s by default) of the judge's own clock, each read at most half that
 //! after the previous one (or twice the judge's own look interval, if that
 //! is longer). A missing beat counts as no change; a `gone` beat is dead at

@@ -58,7 +58,7 @@ pub(crate) async fn start(instance: &Arc<Instance>, sagas: Vec<&'static SagaReco
     let sweep = Sweep {
         instance: Arc::downgrade(instance),
         sagas,
-        judge: Judge::new(instance.config.liveness_timeout, instance.config.saga_sweep_interval),
+        judge: Judge::new(instance.config.heartbeat_timeout, instance.config.saga_sweep_interval),
         dead: HashMap::new(),
         round: 0,
         taking: Arc::default(),

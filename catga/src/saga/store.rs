@@ -96,7 +96,7 @@ pub(crate) async fn create<D: Serialize>(
     // No read first: the write below expects no state, so an existing saga
     // is refused there (a new saga, the common case, saves a round trip).
     let (me, clock) = (owner(app), app.instance().clock);
-    let (started, limit) = (clock.now(), app.config().liveness_timeout * 3);
+    let (started, limit) = (clock.now(), app.config().heartbeat_timeout * 3);
     let mut tries = 0;
     let lease = loop {
         if let Some(lease) = store.acquire_lease(&lease_key, &me, app.config().saga_lease_ttl).await? {
