@@ -111,22 +111,25 @@ async fn slow(_: Slow, ctx: Context) -> Result<String, HandlerError> {
 }
 
 #[tokio::test]
-async fn a_copy_that_outwaits_the_receivers_limit_gets_in_progress_never_a_second_run() {
-    // Receivers wait for a running copy up to their request timeout (100 ms).
-    let apps = instances(2, "t.idem.slow", |b| b.request_timeout(Duration::from_millis(100))).await;
+async fn a_copy_whose_caller_would_give_up_first_gets_in_progress_never_a_second_run() {
+    // A copy waits for the running handling within its own caller's
+    // deadline: here 150 ms, while the first handling takes 400 ms.
+    let apps = instances(2, "t.idem.slow", |b| b).await;
     let meta = Metadata::root();
-    let long = SendOptions::timeout(Duration::from_secs(5));
     let first = {
         let app = apps[0].clone();
-        tokio::spawn(async move { app.send_as(Slow, meta, long).await })
+        tokio::spawn(async move { app.send_as(Slow, meta, SendOptions::timeout(Duration::from_secs(5))).await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let copy = apps[1].send_as(Slow, meta, long).await.unwrap_err();
+    let copy = apps[1].send_as(Slow, meta, SendOptions::timeout(Duration::from_millis(150))).await.unwrap_err();
     assert_eq!(copy.code(), Some(catga::idempotency::IN_PROGRESS), "{copy}");
     assert!(copy.to_string().contains("retry later with the same message id"), "{copy}");
+    // A copy whose caller waits long enough gets the first handling's reply.
+    let waited = apps[1].send_as(Slow, meta, SendOptions::timeout(Duration::from_secs(5))).await.unwrap();
     let winner = first.await.unwrap().unwrap();
-    // Once recorded, the copy gets the first reply.
-    assert_eq!(apps[1].send_as(Slow, meta, long).await.unwrap(), winner);
+    assert_eq!(waited, winner);
+    // Once recorded, any copy gets it at once.
+    assert_eq!(apps[1].send_as(Slow, meta, SendOptions::timeout(Duration::from_millis(150))).await.unwrap(), winner);
 }
 
 // ---------- opting in and out ----------

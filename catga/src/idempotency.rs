@@ -192,7 +192,10 @@ where
                     }
                 }
                 polls += 1;
-                clock.sleep(CLAIM_POLL.delay(polls)).await;
+                // Never past the wait limit: the answer must reach the
+                // caller before its deadline.
+                let left = wait.saturating_sub(started.elapsed());
+                clock.sleep(CLAIM_POLL.delay(polls).min(left)).await;
             }
         }
     }
