@@ -248,14 +248,15 @@ struct Orphaned;
 #[catga::command(idempotent)]
 async fn orphaned(_: Orphaned, ctx: Context) -> Result<String, HandlerError> {
     ORPHAN_RUNS.fetch_add(1, Ordering::SeqCst);
-    Ok(format!("run by {}", ctx.instance_id()))
+    let fence = ctx.fencing_token().expect("an idempotent handling has a fencing token");
+    Ok(format!("run by {} with fence {fence}", ctx.instance_id()))
 }
 
 /// The claim of `message` by `owner`, as a handling that never finished left it.
 async fn abandoned_claim(store: &Store, meta: Metadata, owner: &str) {
     let key = catga::store::Key::new(meta.message_id.to_string(), "idem:t.idem.orphan:idem:idempotency::orphaned");
     let claimed = store.claim(&key, owner, Duration::from_secs(60)).await.unwrap();
-    assert_eq!(claimed, catga::store::Claim::Won);
+    assert_eq!(claimed, catga::store::Claim::Won { fence: 1 });
 }
 
 #[tokio::test]
@@ -278,22 +279,24 @@ async fn a_claim_whose_owner_stopped_beating_is_taken_over_after_the_heartbeat_t
     let started = std::time::Instant::now();
     let reply = app.send_as(Orphaned, meta, SendOptions::default()).await.unwrap();
     let waited = started.elapsed();
-    assert_eq!(reply, "run by idem-survivor");
+    // The copy took the claim over: the next grant, so its token fences
+    // out the dead owner's (1) in any store the effect goes to.
+    assert_eq!(reply, "run by idem-survivor with fence 2");
     assert_eq!(ORPHAN_RUNS.load(Ordering::SeqCst), 1);
     assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(3), "taken over after {waited:?}");
 
     // An owner never seen beating (a build from before heartbeats): left to
-    // the claim's TTL — the copy answers `in_progress` at its limit.
+    // the claim's TTL — the copy answers `in_progress` before its caller's
+    // deadline.
     let meta = Metadata::root();
     abandoned_claim(&store, meta, "old-build#0000beef").await;
-    let limited = SendOptions::timeout(Duration::from_secs(10));
+    let limited = SendOptions::timeout(Duration::from_millis(1500));
     let patient = Catga::builder()
         .service("idem")
         .instance_id("idem-patient")
         .memory_bus(MemoryBus::new())
         .store(store.clone())
         .handlers_where(|h| h.subject == "t.idem.orphan")
-        .request_timeout(Duration::from_millis(1500))
         .start()
         .await
         .unwrap();

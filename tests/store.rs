@@ -89,7 +89,7 @@ async fn sets(store: &Store, tag: &str) {
 async fn claims(store: &Store, tag: &str) {
     let key = Key::new(format!("{tag}-idem"), "msg");
     let ttl = Duration::from_secs(30);
-    assert_eq!(store.claim(&key, "a", ttl).await.unwrap(), Claim::Won);
+    assert_eq!(store.claim(&key, "a", ttl).await.unwrap(), Claim::Won { fence: 1 });
     assert_eq!(store.claim(&key, "b", ttl).await.unwrap(), Claim::Running { owner: "a".into() });
     // Only the owner completes or releases.
     assert!(!store.complete(&key, "b", b"x", ttl).await.unwrap());
@@ -100,29 +100,29 @@ async fn claims(store: &Store, tag: &str) {
 
     // The owner claiming again (a retry whose first answer was lost) wins again.
     let key = Key::new(format!("{tag}-idem"), "retried");
-    assert_eq!(store.claim(&key, "a", ttl).await.unwrap(), Claim::Won);
-    assert_eq!(store.claim(&key, "a", ttl).await.unwrap(), Claim::Won);
+    assert_eq!(store.claim(&key, "a", ttl).await.unwrap(), Claim::Won { fence: 1 });
+    assert_eq!(store.claim(&key, "a", ttl).await.unwrap(), Claim::Won { fence: 1 });
     assert_eq!(store.claim(&key, "b", ttl).await.unwrap(), Claim::Running { owner: "a".into() });
 
     // A released claim can be won again.
     let key = Key::new(format!("{tag}-idem"), "failed");
-    assert_eq!(store.claim(&key, "a", ttl).await.unwrap(), Claim::Won);
+    assert_eq!(store.claim(&key, "a", ttl).await.unwrap(), Claim::Won { fence: 1 });
     assert!(store.release(&key, "a").await.unwrap());
-    assert_eq!(store.claim(&key, "b", ttl).await.unwrap(), Claim::Won);
+    assert_eq!(store.claim(&key, "b", ttl).await.unwrap(), Claim::Won { fence: 1 });
 
     // A claim whose owner died lapses; the late owner cannot complete it.
     let key = Key::new(format!("{tag}-idem"), "lapsed");
-    assert_eq!(store.claim(&key, "a", Duration::from_millis(50)).await.unwrap(), Claim::Won);
+    assert_eq!(store.claim(&key, "a", Duration::from_millis(50)).await.unwrap(), Claim::Won { fence: 1 });
     tokio::time::sleep(Duration::from_millis(120)).await;
-    assert_eq!(store.claim(&key, "b", ttl).await.unwrap(), Claim::Won);
+    assert_eq!(store.claim(&key, "b", ttl).await.unwrap(), Claim::Won { fence: 1 });
     assert!(!store.complete(&key, "a", b"late", ttl).await.unwrap());
 
     // A recorded result expires after its TTL.
     let key = Key::new(format!("{tag}-idem"), "expires");
-    assert_eq!(store.claim(&key, "a", ttl).await.unwrap(), Claim::Won);
+    assert_eq!(store.claim(&key, "a", ttl).await.unwrap(), Claim::Won { fence: 1 });
     assert!(store.complete(&key, "a", b"r", Duration::from_millis(50)).await.unwrap());
     tokio::time::sleep(Duration::from_millis(120)).await;
-    assert_eq!(store.claim(&key, "b", ttl).await.unwrap(), Claim::Won);
+    assert_eq!(store.claim(&key, "b", ttl).await.unwrap(), Claim::Won { fence: 1 });
 }
 
 async fn leases(store: &Store, tag: &str) {
@@ -170,11 +170,13 @@ async fn leases(store: &Store, tag: &str) {
 async fn takeovers(store: &Store, tag: &str) {
     let ttl = Duration::from_secs(30);
     let key = Key::new(format!("{tag}-idem"), "taken");
-    assert_eq!(store.claim(&key, "a#1", ttl).await.unwrap(), Claim::Won);
+    assert_eq!(store.claim(&key, "a#1", ttl).await.unwrap(), Claim::Won { fence: 1 });
     // Only from exactly the owner judged dead.
     assert_eq!(store.take_over_claim(&key, "x#1", "b#1", ttl).await.unwrap(), Claim::Running { owner: "a#1".into() });
-    assert_eq!(store.take_over_claim(&key, "a#1", "b#1", ttl).await.unwrap(), Claim::Won);
-    assert_eq!(store.take_over_claim(&key, "a#1", "b#1", ttl).await.unwrap(), Claim::Won, "re-entrant");
+    // The takeover is the next grant: its fencing token is one more.
+    assert_eq!(store.take_over_claim(&key, "a#1", "b#1", ttl).await.unwrap(), Claim::Won { fence: 2 });
+    assert_eq!(store.take_over_claim(&key, "a#1", "b#1", ttl).await.unwrap(), Claim::Won { fence: 2 }, "re-entrant");
+    assert_eq!(store.claim(&key, "b#1", ttl).await.unwrap(), Claim::Won { fence: 2 }, "claiming again keeps it");
     assert_eq!(store.take_over_claim(&key, "a#1", "c#1", ttl).await.unwrap(), Claim::Running { owner: "b#1".into() });
     // The old owner (a frozen instance, resuming) can neither renew nor complete.
     assert!(!store.renew_claim(&key, "a#1", ttl).await.unwrap());
@@ -185,7 +187,7 @@ async fn takeovers(store: &Store, tag: &str) {
     // A renewal never brings a released claim back.
     let key = Key::new(format!("{tag}-idem"), "renewed");
     assert!(!store.renew_claim(&key, "a#1", ttl).await.unwrap());
-    assert_eq!(store.claim(&key, "b#1", ttl).await.unwrap(), Claim::Won);
+    assert_eq!(store.claim(&key, "b#1", ttl).await.unwrap(), Claim::Won { fence: 1 });
 
     let scope = format!("{tag}-taken-saga");
     let (lease_key, record) = (Key::new(&scope, "lease"), Key::new(&scope, "state"));
@@ -231,7 +233,7 @@ async fn kinds_replace_each_other(store: &Store, tag: &str) {
     assert_eq!(store.get(&key).await.unwrap(), None, "a counter is not a record");
     assert_eq!(store.put(&key, Expect::Absent, b"r").await.unwrap(), 1);
     assert_eq!(store.incr(&key, 2).await.unwrap(), 2, "a record is not a counter");
-    assert_eq!(store.claim(&key, "a", Duration::from_millis(50)).await.unwrap(), Claim::Won);
+    assert_eq!(store.claim(&key, "a", Duration::from_millis(50)).await.unwrap(), Claim::Won { fence: 1 });
     assert_eq!(store.put(&key, Expect::Absent, b"r").await.unwrap(), 1, "a claim is not a record");
     tokio::time::sleep(Duration::from_millis(120)).await;
     assert_eq!(store.get(&key).await.unwrap().unwrap().value, b"r", "the claim's expiry went with it");
@@ -250,7 +252,7 @@ async fn concurrent_claims_have_one_winner(store: &Store, tag: &str) {
         .collect();
     let mut won = 0;
     for t in tasks {
-        if t.await.unwrap() == Claim::Won {
+        if matches!(t.await.unwrap(), Claim::Won { .. }) {
             won += 1;
         }
     }
@@ -522,7 +524,7 @@ async fn steady_loop<T: Send + 'static>(
         assert!(Instant::now() < hard_stop, "the loop ran past 60 s: {seen}");
         let claim = store.claim(&Key::new(scope, format!("claim-{i}")), "loop", Duration::from_secs(60)).await;
         let put = match claim {
-            Ok(Claim::Won) => store.put(&rec, Expect::Version(version), format!("{i}").as_bytes()).await,
+            Ok(Claim::Won { .. }) => store.put(&rec, Expect::Version(version), format!("{i}").as_bytes()).await,
             Ok(other) => panic!("a fresh claim key was {other:?}"),
             Err(e) => Err(e),
         };

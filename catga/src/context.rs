@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::Result;
 use crate::instance::{Instance, SendOptions};
@@ -33,11 +34,19 @@ pub struct Context {
     instance: Arc<Instance>,
     meta: Metadata,
     subject: &'static str,
+    /// An `idempotent` handling's fencing token, set once its claim is won.
+    fence: Option<Arc<AtomicU64>>,
 }
 
 impl Context {
     pub(crate) fn new(instance: Arc<Instance>, meta: Metadata, subject: &'static str) -> Self {
-        Context { instance, meta, subject }
+        Context { instance, meta, subject, fence: None }
+    }
+
+    /// Give this handling a fencing token, filled in by the idempotency
+    /// stage once it has won the claim (before the handler runs).
+    pub(crate) fn fenced(&mut self) -> Arc<AtomicU64> {
+        self.fence.get_or_insert_with(|| Arc::new(AtomicU64::new(0))).clone()
     }
 
     /// The instance handling this message (the pipeline's stages read its
@@ -80,6 +89,35 @@ impl Context {
     /// passed), if there is one.
     pub fn remaining(&self) -> Option<std::time::Duration> {
         self.meta.remaining()
+    }
+
+    /// The fencing token of an `idempotent` handling: 1 for the first
+    /// instance to claim the message, one more each time a copy took the
+    /// claim over from an instance judged dead (its heartbeat stopped — it
+    /// crashed, or froze and may yet resume). `None` for handlers that are
+    /// not idempotent.
+    ///
+    /// A handler whose effect lives in another store can fence it: write
+    /// the token with the effect and refuse a write whose token is smaller
+    /// than the largest seen for this message id, so a frozen instance that
+    /// resumes cannot repeat what its copy did.
+    ///
+    /// ```
+    /// use catga::prelude::*;
+    /// # #[derive(Debug, Serialize, Deserialize, Command)]
+    /// # #[catga(subject = "doc.ctx.ship", reply = ())]
+    /// # pub struct Ship { order: String }
+    /// #[catga::command(queue = "doc", idempotent)]
+    /// async fn ship(cmd: Ship, ctx: Context) -> Result<(), HandlerError> {
+    ///     let fence = ctx.fencing_token().expect("an idempotent handling has one");
+    ///     // e.g. UPDATE shipments SET .., fence = $fence WHERE order = $order AND fence <= $fence
+    ///     let _ = (cmd.order, fence);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn fencing_token(&self) -> Option<u64> {
+        let fence = self.fence.as_ref()?.load(Ordering::Acquire);
+        (fence > 0).then_some(fence)
     }
 
     /// The subject of the message being handled.

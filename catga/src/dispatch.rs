@@ -143,7 +143,7 @@ where
     R: Send + 'static,
     E: Into<HandlerError> + 'static,
 {
-    let Delivery { message, ctx, record, in_flight, done: _ } = delivery;
+    let Delivery { message, mut ctx, record, in_flight, done: _ } = delivery;
     let validated = catch_unwind(AssertUnwindSafe(|| message.validate())).unwrap_or_else(|p| Err(panicked(record, p)));
     if let Err(invalid) = validated {
         drop(in_flight);
@@ -159,10 +159,12 @@ where
         correlation_id = %meta.correlation_id,
         causation_id = meta.causation_id.map(tracing::field::display),
     );
-    let instance = ctx.instance();
-    let timeout = record.timeout_ms.map(Duration::from_millis).or(instance.config.handler_timeout);
-    let chained = (!instance.middleware.is_empty()).then(|| ctx.clone());
-    let once = idempotency::applies(record, &ctx).then(|| ctx.clone());
+    let timeout = record.timeout_ms.map(Duration::from_millis).or(ctx.instance().config.handler_timeout);
+    let once = idempotency::applies(record, &ctx).then(|| {
+        let fence = ctx.fenced();
+        (ctx.clone(), fence)
+    });
+    let chained = (!ctx.instance().middleware.is_empty()).then(|| ctx.clone());
     let guarded = Guarded {
         future: handler(message, ctx),
         record,
@@ -174,8 +176,8 @@ where
     if let Some(ctx) = chained {
         staged = Staged::Boxed { boxed: Box::pin(caught(record, ctx, staged)) };
     }
-    if let Some(ctx) = once {
-        staged = Staged::Boxed { boxed: Box::pin(idempotency::once(record, ctx, timeout, recorder, staged)) };
+    if let Some((ctx, fence)) = once {
+        staged = Staged::Boxed { boxed: Box::pin(idempotency::once(record, ctx, fence, timeout, recorder, staged)) };
     }
     staged.instrument(span)
 }

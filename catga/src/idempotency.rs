@@ -42,6 +42,8 @@
 //! event each handle it once.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::backoff::Backoff;
@@ -102,6 +104,7 @@ pub(crate) fn key(record: &HandlerRecord, ctx: &Context) -> Key {
 pub(crate) async fn once<R, F>(
     record: &'static HandlerRecord,
     ctx: Context,
+    fence: Arc<AtomicU64>,
     handler_timeout: Option<Duration>,
     recorder: Recorder<R>,
     handling: F,
@@ -139,7 +142,9 @@ where
             }
         };
         match claimed {
-            Claim::Won => {
+            Claim::Won { fence: granted } => {
+                // The handler reads it through its `Context`.
+                fence.store(granted, Ordering::Release);
                 if let Some(dead) = dead {
                     tracing::warn!(
                         key = %key,

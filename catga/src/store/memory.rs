@@ -37,6 +37,7 @@ enum Value {
     Set(std::collections::BTreeSet<String>),
     Claimed {
         owner: String,
+        fence: u64,
     },
     Done(Vec<u8>),
     Leased {
@@ -153,18 +154,23 @@ impl MemoryStore {
     pub(super) fn claim(&self, key: &Key, owner: &str, running_ttl: Duration) -> Claim {
         let mut map = self.lock();
         match map.live(key) {
-            Some(Value::Claimed { owner: held }) if held != owner => Claim::Running { owner: held.clone() },
+            Some(Value::Claimed { owner: held, .. }) if held != owner => Claim::Running { owner: held.clone() },
             Some(Value::Done(result)) => Claim::Done(result.clone()),
-            _ => {
-                map.set(key, Value::Claimed { owner: owner.to_owned() }, Some(running_ttl));
-                Claim::Won
+            held => {
+                // Claiming again keeps the grant's fence.
+                let fence = match held {
+                    Some(Value::Claimed { fence, .. }) => *fence,
+                    _ => 1,
+                };
+                map.set(key, Value::Claimed { owner: owner.to_owned(), fence }, Some(running_ttl));
+                Claim::Won { fence }
             }
         }
     }
 
     pub(super) fn complete(&self, key: &Key, owner: &str, result: &[u8], ttl: Duration) -> bool {
         let mut map = self.lock();
-        if !matches!(map.live(key), Some(Value::Claimed { owner: o }) if o == owner) {
+        if !matches!(map.live(key), Some(Value::Claimed { owner: o, .. }) if o == owner) {
             return false;
         }
         map.set(key, Value::Done(result.to_vec()), Some(ttl));
@@ -173,7 +179,7 @@ impl MemoryStore {
 
     pub(super) fn release(&self, key: &Key, owner: &str) -> bool {
         let mut map = self.lock();
-        if !matches!(map.live(key), Some(Value::Claimed { owner: o }) if o == owner) {
+        if !matches!(map.live(key), Some(Value::Claimed { owner: o, .. }) if o == owner) {
             return false;
         }
         map.entries.remove(key);
@@ -183,23 +189,32 @@ impl MemoryStore {
     pub(super) fn take_over_claim(&self, key: &Key, from: &str, owner: &str, running_ttl: Duration) -> Claim {
         let mut map = self.lock();
         match map.live(key) {
-            Some(Value::Claimed { owner: held }) if held != from && held != owner => {
+            Some(Value::Claimed { owner: held, .. }) if held != from && held != owner => {
                 Claim::Running { owner: held.clone() }
             }
             Some(Value::Done(result)) => Claim::Done(result.clone()),
-            _ => {
-                map.set(key, Value::Claimed { owner: owner.to_owned() }, Some(running_ttl));
-                Claim::Won
+            held => {
+                // A takeover from `from` is the next grant.
+                let fence = match held {
+                    Some(Value::Claimed { owner: held, fence }) => fence + u64::from(held == from),
+                    _ => 1,
+                };
+                map.set(key, Value::Claimed { owner: owner.to_owned(), fence }, Some(running_ttl));
+                Claim::Won { fence }
             }
         }
     }
 
     pub(super) fn renew_claim(&self, key: &Key, owner: &str, ttl: Duration) -> bool {
         let mut map = self.lock();
-        if !matches!(map.live(key), Some(Value::Claimed { owner: o }) if o == owner) {
+        if !matches!(map.live(key), Some(Value::Claimed { owner: o, .. }) if o == owner) {
             return false;
         }
-        map.set(key, Value::Claimed { owner: owner.to_owned() }, Some(ttl));
+        let fence = match map.live(key) {
+            Some(Value::Claimed { fence, .. }) => *fence,
+            _ => 1,
+        };
+        map.set(key, Value::Claimed { owner: owner.to_owned(), fence }, Some(ttl));
         true
     }
 

@@ -429,9 +429,9 @@ impl RedisStore {
         inv.key(key.stored()).arg(owner).arg(millis(running_ttl));
         let reply: Vec<Vec<u8>> = self.eval("claim", key, &inv).await?;
         match reply.as_slice() {
-            [status] if status == b"won" => {
+            [status, fence] if status == b"won" => {
                 self.replicated("claim", key).await?;
-                Ok(Claim::Won)
+                Ok(Claim::Won { fence: String::from_utf8_lossy(fence).parse().unwrap_or(1) })
             }
             [status, owner] if status == b"running" => {
                 Ok(Claim::Running { owner: String::from_utf8_lossy(owner).into_owned() })
@@ -476,9 +476,9 @@ impl RedisStore {
         inv.key(key.stored()).arg(from).arg(owner).arg(millis(running_ttl));
         let reply: Vec<Vec<u8>> = self.eval("take_over_claim", key, &inv).await?;
         match reply.as_slice() {
-            [status] if status == b"won" => {
+            [status, fence] if status == b"won" => {
                 self.replicated("take_over_claim", key).await?;
-                Ok(Claim::Won)
+                Ok(Claim::Won { fence: String::from_utf8_lossy(fence).parse().unwrap_or(1) })
             }
             [status, owner] if status == b"running" => {
                 Ok(Claim::Running { owner: String::from_utf8_lossy(owner).into_owned() })

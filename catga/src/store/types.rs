@@ -67,7 +67,14 @@ pub enum Expect {
 pub enum Claim {
     /// This caller owns the work now: do it, then [`Store::complete`](super::Store::complete) or
     /// [`Store::release`](super::Store::release).
-    Won,
+    Won {
+        /// The fencing token of this grant: 1 for the first owner of a
+        /// running claim, one more at each takeover from an owner judged
+        /// dead. An owner that was taken over (a frozen instance resuming)
+        /// holds a smaller one, so a store that keeps the largest token it
+        /// saw per message id can refuse its late writes.
+        fence: u64,
+    },
     /// Someone else is doing it right now.
     Running {
         /// Who claimed it.
