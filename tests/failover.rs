@@ -44,7 +44,14 @@ struct Budget;
 
 /// An instance with the default configuration: the server URL and its names.
 fn instance(nats: &str, id: &str) -> ServiceProcess {
-    ServiceProcess::started(SERVICE, &[("CATGA_NATS_URL", nats), ("CATGA_SERVICE", "svc"), ("CATGA_INSTANCE_ID", id)])
+    instance_with(nats, id, &[])
+}
+
+/// An instance with the default configuration and `extra` variables.
+fn instance_with(nats: &str, id: &str, extra: &[(&str, &str)]) -> ServiceProcess {
+    let mut env = vec![("CATGA_NATS_URL", nats), ("CATGA_SERVICE", "svc"), ("CATGA_INSTANCE_ID", id)];
+    env.extend_from_slice(extra);
+    ServiceProcess::started(SERVICE, &env)
 }
 
 /// A client with the default configuration.
@@ -52,22 +59,27 @@ async fn client(nats: &str) -> App {
     Catga::builder().nats_url(nats).service("tester").client_only().start().await.unwrap()
 }
 
-/// What a load of sends came to.
+/// What a load of sends came to: each answer's value (e.g. how often its
+/// handler ran), the failures, the slowest send.
 struct Outcome {
-    answered: usize,
+    answers: Vec<i64>,
     failed: Vec<String>,
     worst: Duration,
 }
 
-/// `callers` callers each sending `each` 20 ms commands in a row; `event`
-/// runs once `at` have been answered. Bounded: 60 s for the whole load.
-async fn under_load(
+/// `callers` callers each sending `each` commands in a row with `send`;
+/// `event` runs once `at` have been answered. Bounded: 60 s for the load.
+async fn under_load<F>(
     client: &App,
     callers: usize,
     each: usize,
     at: usize,
     event: impl FnOnce() + Send + 'static,
-) -> Outcome {
+    send: fn(App, u64) -> F,
+) -> Outcome
+where
+    F: std::future::Future<Output = catga::Result<i64>> + Send + 'static,
+{
     let answered = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..callers)
         .map(|c| {
@@ -76,9 +88,9 @@ async fn under_load(
                 let mut outcomes = Vec::new();
                 for i in 0..each {
                     let started = Instant::now();
-                    let outcome = client.send(Work { n: (c * each + i) as u64, sleep_ms: 20 }).await;
+                    let outcome = send(client.clone(), (c * each + i) as u64).await;
                     answered.fetch_add(1, Ordering::SeqCst);
-                    outcomes.push((started.elapsed(), outcome.map(drop).map_err(|e| e.to_string())));
+                    outcomes.push((started.elapsed(), outcome.map_err(|e| e.to_string())));
                 }
                 outcomes
             })
@@ -89,18 +101,34 @@ async fn under_load(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     event();
-    let mut outcome = Outcome { answered: 0, failed: Vec::new(), worst: Duration::ZERO };
+    let mut outcome = Outcome { answers: Vec::new(), failed: Vec::new(), worst: Duration::ZERO };
     for task in tasks {
         let results = tokio::time::timeout(Duration::from_secs(60), task).await.expect("the load is bounded").unwrap();
         for (took, result) in results {
-            outcome.answered += 1;
             outcome.worst = outcome.worst.max(took);
-            if let Err(e) = result {
-                outcome.failed.push(e);
+            match result {
+                Ok(value) => outcome.answers.push(value),
+                Err(e) => outcome.failed.push(e),
             }
         }
     }
     outcome
+}
+
+impl Outcome {
+    fn answered(&self) -> usize {
+        self.answers.len() + self.failed.len()
+    }
+}
+
+/// A 20 ms command; its value is unused.
+async fn work(client: App, n: u64) -> catga::Result<i64> {
+    client.send(Work { n, sleep_ms: 20 }).await.map(|_| 0)
+}
+
+/// The idempotent command; its value is how often its handler ran.
+async fn charge(client: App, _: u64) -> catga::Result<i64> {
+    client.send(Charge { cents: 1 }).await.map(|(_, runs)| runs)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,16 +138,16 @@ async fn kill_9_of_one_of_three_under_load_fails_nothing_and_no_caller_waits_a_t
     let mut instances: Vec<ServiceProcess> = (0..3).map(|i| instance(&url, &format!("kill-{i}"))).collect();
     let client = client(&url).await;
     let mut victim = instances.remove(0);
-    let outcome = under_load(&client, 8, 40, 80, move || victim.kill()).await;
+    let outcome = under_load(&client, 8, 40, 80, move || victim.kill(), work).await;
     println!(
         "kill -9 of 1 of 3, 8 in flight, 20 ms handler, defaults: {} answered, {} failed, worst {:?}, {} re-sends",
-        outcome.answered,
+        outcome.answered(),
         outcome.failed.len(),
         outcome.worst,
         client.retries()
     );
     assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
-    assert_eq!(outcome.answered, 320);
+    assert_eq!(outcome.answered(), 320);
     // Goal: handler time + 1 s. Before liveness signals: a request timeout (5 s).
     assert!(outcome.worst < Duration::from_millis(2500), "a caller waited {:?}", outcome.worst);
     client.shutdown().await;
@@ -133,63 +161,27 @@ async fn kill_9_of_one_of_three_under_load_with_an_idempotent_handler_fails_noth
     let nats = NatsServer::start();
     let redis = catga_suite::RedisServer::start();
     let (url, redis_url) = (nats.url(), redis.url());
-    let mut instances: Vec<ServiceProcess> = (0..3)
-        .map(|i| {
-            let id = format!("idem-{i}");
-            ServiceProcess::started(
-                SERVICE,
-                &[
-                    ("CATGA_NATS_URL", url.as_str()),
-                    ("CATGA_REDIS_URL", redis_url.as_str()),
-                    ("CATGA_SERVICE", "svc"),
-                    ("CATGA_INSTANCE_ID", id.as_str()),
-                ],
-            )
-        })
-        .collect();
+    let mut instances: Vec<ServiceProcess> =
+        (0..3).map(|i| instance_with(&url, &format!("idem-{i}"), &[("CATGA_REDIS_URL", &redis_url)])).collect();
     let client = client(&url).await;
-    let answered = Arc::new(AtomicUsize::new(0));
-    let callers: Vec<_> = (0..8)
-        .map(|_| {
-            let (client, answered) = (client.clone(), answered.clone());
-            tokio::spawn(async move {
-                let mut outcomes = Vec::new();
-                for _ in 0..30 {
-                    let started = Instant::now();
-                    let outcome = client.send(Charge { cents: 1 }).await;
-                    answered.fetch_add(1, Ordering::SeqCst);
-                    outcomes.push((started.elapsed(), outcome.map(|(_, runs)| runs).map_err(|e| e.to_string())));
-                }
-                outcomes
-            })
-        })
-        .collect();
-    let bound = Instant::now() + Duration::from_secs(60);
-    while answered.load(Ordering::SeqCst) < 80 && Instant::now() < bound {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    instances.remove(0).kill();
-    let mut outcomes = Vec::new();
-    for caller in callers {
-        outcomes.extend(tokio::time::timeout(Duration::from_secs(60), caller).await.expect("bounded").unwrap());
-    }
-    let failed: Vec<_> = outcomes.iter().filter_map(|(_, o)| o.as_ref().err()).collect();
-    let reruns = outcomes.iter().filter(|(_, o)| matches!(o, Ok(runs) if *runs > 1)).count();
-    let worst = outcomes.iter().map(|(took, _)| *took).max().unwrap_or_default();
+    let mut victim = instances.remove(0);
+    let outcome = under_load(&client, 8, 30, 80, move || victim.kill(), charge).await;
+    let reruns = outcome.answers.iter().filter(|runs| **runs > 1).count();
     println!(
-        "kill -9 of 1 of 3, 8 in flight, 50 ms idempotent handler, defaults: {} answered, {} failed, worst {worst:?}, \
+        "kill -9 of 1 of 3, 8 in flight, 50 ms idempotent handler, defaults: {} answered, {} failed, worst {:?}, \
          {reruns} run again, {} re-sends",
-        outcomes.len(),
-        failed.len(),
+        outcome.answered(),
+        outcome.failed.len(),
+        outcome.worst,
         client.retries()
     );
-    assert!(failed.is_empty(), "{failed:?}");
-    assert_eq!(outcomes.len(), 240);
+    assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+    assert_eq!(outcome.answered(), 240);
     // Only a handling the dead instance had started (its effect done, its
     // reply not recorded) runs again: at most the 8 in flight.
     assert!(reruns <= 8, "{reruns} handlings ran twice");
     // Detection (≤ 0.5 s) + the claim's takeover (≈ 1 s), not 15 s.
-    assert!(worst < Duration::from_secs(3), "a caller waited {worst:?}");
+    assert!(outcome.worst < Duration::from_secs(3), "a caller waited {:?}", outcome.worst);
     client.shutdown().await;
 }
 
@@ -200,10 +192,10 @@ async fn sigterm_of_one_of_three_under_load_fails_nothing_and_no_caller_waits_a_
     let instances: Vec<ServiceProcess> = (0..3).map(|i| instance(&url, &format!("term-{i}"))).collect();
     let client = client(&url).await;
     let pid = instances[0].pid();
-    let outcome = under_load(&client, 8, 40, 80, move || catga_suite::signal(pid, "TERM")).await;
+    let outcome = under_load(&client, 8, 40, 80, move || catga_suite::signal(pid, "TERM"), work).await;
     println!(
         "SIGTERM of 1 of 3, 8 in flight, 20 ms handler, defaults: {} answered, {} failed, worst {:?}, {} re-sends",
-        outcome.answered,
+        outcome.answered(),
         outcome.failed.len(),
         outcome.worst,
         client.retries()
@@ -221,17 +213,17 @@ async fn an_instance_frozen_for_3_s_under_load_fails_nothing_and_its_callers_go_
     let instances: Vec<ServiceProcess> = (0..3).map(|i| instance(&url, &format!("stop-{i}"))).collect();
     let client = client(&url).await;
     let pid = instances[0].pid();
-    let outcome = under_load(&client, 8, 60, 80, move || {
+    let freeze = move || {
         catga_suite::signal(pid, "STOP");
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_secs(3));
             catga_suite::signal(pid, "CONT");
         });
-    })
-    .await;
+    };
+    let outcome = under_load(&client, 8, 60, 80, freeze, work).await;
     println!(
         "SIGSTOP 3 s of 1 of 3, 8 in flight, 20 ms handler, defaults: {} answered, {} failed, worst {:?}, {} re-sends",
-        outcome.answered,
+        outcome.answered(),
         outcome.failed.len(),
         outcome.worst,
         client.retries()
@@ -242,7 +234,7 @@ async fn an_instance_frozen_for_3_s_under_load_fails_nothing_and_its_callers_go_
     // frozen instance again with chance 1/3 (NATS picks a queue member at
     // random), each time costing one liveness timeout: the worst case is a
     // few of those (≈ 1.5–2 s), never the 5 s deadline.
-    assert_eq!(outcome.answered, 480);
+    assert_eq!(outcome.answered(), 480);
     assert!(outcome.worst < Duration::from_secs(4), "a caller waited {:?}", outcome.worst);
     client.shutdown().await;
 }

@@ -35,3 +35,18 @@ end
 local function claimed(key, owner)
   return kind(key) == 'run' and redis.call('HGET', key, 'o') == owner
 end
+-- Grant lease `lease` to `owner` for `ttl` ms with the next
+-- fencing token of `fence` (a counter that never expires); the token.
+local function grant(lease, fence, owner, ttl)
+  local f = kind(fence)
+  if f ~= 'fence' then
+    clear(fence, f)
+    redis.call('HSET', fence, 'k', 'fence', 't', '0')
+  end
+  redis.call('HINCRBY', fence, 't', 1)
+  local token = redis.call('HGET', fence, 't')
+  clear(lease, kind(lease))
+  redis.call('HSET', lease, 'k', 'lease', 'o', owner, 't', token)
+  redis.call('PEXPIRE', lease, ttl)
+  return token
+end
