@@ -23,6 +23,13 @@ struct DurableWork {
 }
 
 #[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "dur.charge", reply = (String, u64), durable)]
+struct DurableCharge {
+    n: u64,
+    sleep_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, Command)]
 #[catga(subject = "dur.flaky", reply = String, durable)]
 struct Flaky {
     ok: bool,
@@ -587,5 +594,37 @@ async fn with_default_settings_a_durable_command_whose_instance_dies_is_handled_
     assert!(after_kill < Duration::from_millis(4000), "{after_kill:?}");
     let lines = ledger.wait_for_lines(1, Duration::from_secs(2));
     assert_eq!(lines, vec![meta.message_id.to_string()], "the effect happened once");
+    client.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_default_settings_a_durable_idempotent_command_whose_instance_dies_runs_once_elsewhere() {
+    // The redelivered copy finds the dead instance's claim, judges it dead
+    // by its heartbeat and runs the handler: once, with the next fence.
+    let nats = NatsServer::start_jetstream();
+    let redis = catga_suite::RedisServer::start();
+    let ledger = Ledger::new();
+    let store = [("CATGA_REDIS_URL", redis.url())];
+    let store: Vec<(&str, &str)> = store.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut first = service(&nats.url(), "dies", &ledger, &store);
+    let client =
+        Catga::builder().nats_url(nats.url()).service("tester").client_only().start().await.expect("a default client");
+    let meta = Metadata::root();
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.send_as(DurableCharge { n: 2, sleep_ms: 500 }, meta, SendOptions::default()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _second = service(&nats.url(), "takes-over", &ledger, &store);
+    let killed = Instant::now();
+    first.kill();
+    let reply = tokio::time::timeout(Duration::from_secs(20), call).await.expect("bounded").unwrap();
+    let after_kill = killed.elapsed();
+    let (by, n) = reply.unwrap_or_else(|e| panic!("the caller, within its default deadline, got no reply: {e}"));
+    println!("durable idempotent 0.5 s handler killed mid-way: answered by {by} {after_kill:?} after the kill");
+    assert_eq!((by.as_str(), n), ("takes-over", 2));
+    let lines = ledger.wait_for_lines(1, Duration::from_secs(2));
+    // Once, by the copy that took the claim over (the second grant).
+    assert_eq!(lines, vec![format!("charged {} fence 2", meta.message_id)]);
     client.shutdown().await;
 }

@@ -153,6 +153,23 @@ async fn durable_work(cmd: DurableWork, ctx: Context) -> Result<(String, u64), H
     Ok((ctx.instance_id().to_owned(), cmd.n))
 }
 
+/// Durable and idempotent (with `CATGA_REDIS_URL`): sleeps `sleep_ms`,
+/// then records `charged <message id> fence <fencing token>` in the
+/// ledger; answers (instance id, n).
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "dur.charge", reply = (String, u64), durable)]
+pub struct DurableCharge {
+    pub n: u64,
+    pub sleep_ms: u64,
+}
+
+#[catga::command(queue = "dur", idempotent)]
+async fn durable_charge(cmd: DurableCharge, ctx: Context) -> Result<(String, u64), HandlerError> {
+    tokio::time::sleep(Duration::from_millis(cmd.sleep_ms)).await;
+    record_effect(&format!("charged {} fence {}", ctx.message_id(), ctx.fencing_token().unwrap_or(0)))?;
+    Ok((ctx.instance_id().to_owned(), cmd.n))
+}
+
 /// Durable: fails with `code` until the file `<ledger>.heal` exists, then
 /// records `healed <message id>` and answers "healed"; with `ok`, answers
 /// "fine" at once.
