@@ -26,8 +26,9 @@ pub struct Catga;
 
 impl Catga {
     /// Run this program as a service instance: read the `CATGA_*`
-    /// environment (see [`Config`]), subscribe every registered handler, run
-    /// until ctrl-c or SIGTERM, then shut down gracefully.
+    /// environment (see [`Config`]), install a log subscriber if the program
+    /// has none (`RUST_LOG`, `CATGA_LOG_FORMAT`), subscribe every registered
+    /// handler, run until ctrl-c or SIGTERM, then shut down gracefully.
     ///
     /// ```no_run
     /// #[tokio::main]
@@ -47,7 +48,10 @@ impl Catga {
 
 impl Builder {
     /// [`start`](Builder::start) this instance, run until ctrl-c or SIGTERM,
-    /// then shut down gracefully — [`Catga::run`] with these settings.
+    /// then shut down gracefully — [`Catga::run`] with these settings. When
+    /// the program has no `tracing` subscriber, it installs one: log lines
+    /// on standard error, filtered by `RUST_LOG` (`info` by default), plain
+    /// or JSON ([`Config::log_format`], `CATGA_LOG_FORMAT`).
     ///
     /// ```no_run
     /// #[tokio::main]
@@ -56,6 +60,9 @@ impl Builder {
     /// }
     /// ```
     pub async fn run(self) -> Result<()> {
+        // A program with no log subscriber of its own gets one, so the
+        // handlers found and every warning are seen (see `logging`).
+        crate::logging::install_default(self.config.log_format);
         // Listen before subscribing, so a signal that arrives right after
         // startup is a graceful stop and not the default "terminate now".
         let mut signals = Signals::listen();

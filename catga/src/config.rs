@@ -13,6 +13,7 @@
 //! | `CATGA_SEND_RETRIES`         | NATS: retries after a timeout or "no responders" | 2 |
 //! | `CATGA_MAX_IN_FLIGHT`        | NATS: concurrent handlings per handler     | 256 |
 //! | `CATGA_NATS_PING_INTERVAL_MS`| NATS: how often a silent server is probed  | 5000 |
+//! | `CATGA_LOG_FORMAT`           | `Catga::run()`'s default log lines: `plain` or `json` (one object per line); filtered by `RUST_LOG` (default `info`) | plain |
 //! | `CATGA_REQUEST_LIVENESS_MS`  | NATS: a request whose responder sent no sign of life for this long is sent again (0: never) | 400 |
 //! | `CATGA_IDEMPOTENT`           | handlers without `idempotent = ..` record results by message id (`true`/`false`) | false |
 //! | `CATGA_IDEMPOTENCY_TTL_MS`   | how long a recorded result answers copies  | 86400000 (24 h) |
@@ -34,6 +35,17 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+
+/// How [`Catga::run`](crate::Catga::run)'s default subscriber writes log
+/// lines (`CATGA_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Plain,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
 
 /// The shortest [`Config::request_liveness`]: two periods of the signals
 /// responders send (every 100 ms).
@@ -80,6 +92,9 @@ pub struct Config {
     /// NATS: ping interval. A server that dies silently (no TCP reset) is
     /// only noticed after about two missed pings.
     pub nats_ping_interval: Duration,
+    /// How the default log subscriber of [`Catga::run`](crate::Catga::run)
+    /// writes (when the program installed none).
+    pub log_format: LogFormat,
     /// NATS: how long a sender waits for a sign of life of its request —
     /// the reply, or a `working` signal its responder sends every 100 ms
     /// while it holds the request (queued or running) — before it takes the
@@ -178,6 +193,7 @@ impl Default for Config {
             send_retries: 2,
             max_in_flight: 256,
             nats_ping_interval: Duration::from_secs(5),
+            log_format: LogFormat::Plain,
             request_liveness: Some(Duration::from_millis(400)),
             idempotent_by_default: false,
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
@@ -247,6 +263,13 @@ impl Config {
         }
         if let Some(d) = millis("CATGA_NATS_PING_INTERVAL_MS")? {
             c.nats_ping_interval = d;
+        }
+        if let Some(v) = set("CATGA_LOG_FORMAT") {
+            c.log_format = match v.to_ascii_lowercase().as_str() {
+                "plain" | "text" => LogFormat::Plain,
+                "json" => LogFormat::Json,
+                _ => return Err(Error::Config(format!("CATGA_LOG_FORMAT={v:?} is not `plain` or `json`"))),
+            };
         }
         if let Some(d) = millis("CATGA_REQUEST_LIVENESS_MS")? {
             c.request_liveness = (!d.is_zero()).then_some(d);

@@ -30,6 +30,7 @@ pub use crate::future::BoxFuture;
 use crate::future::{Deadline, panic_message};
 use crate::idempotency::{self, Recorder};
 use crate::instance::InFlight;
+use crate::logging::warn_limited;
 use crate::message::{Command, Event, Message};
 use crate::metadata::Metadata;
 use crate::middleware::{Handling, Next, Terminal};
@@ -96,9 +97,9 @@ where
     E: Into<HandlerError> + 'static,
 {
     let mut delivery = delivery;
-    let (record, done) = (delivery.record, delivery.done.take());
+    let done = delivery.done.take();
     let handling = prepare(delivery, handler, idempotency::unit_recorder());
-    drop(tokio::spawn(Logged { handling, record, done }));
+    drop(tokio::spawn(Spawned { handling, done }));
 }
 
 pin_project! {
@@ -135,7 +136,7 @@ fn prepare<M, F, Fut, R, E>(
     delivery: Delivery<M>,
     handler: F,
     recorder: Recorder<R>,
-) -> tracing::instrument::Instrumented<Staged<Fut, R>>
+) -> tracing::instrument::Instrumented<Reported<Staged<Fut, R>>>
 where
     M: Message,
     F: FnOnce(M, Context) -> Fut,
@@ -147,8 +148,22 @@ where
     let validated = catch_unwind(AssertUnwindSafe(|| message.validate())).unwrap_or_else(|p| Err(panicked(record, p)));
     if let Err(invalid) = validated {
         drop(in_flight);
+        let meta = ctx.metadata();
+        let (message_id, correlation_id) = (meta.message_id, meta.correlation_id);
+        warn_limited!(
+            record.name,
+            invalid.code(),
+            subject = record.subject,
+            handler = record.name,
+            %message_id,
+            %correlation_id,
+            code = invalid.code(),
+            error = invalid.message(),
+            "message refused by its validation hook"
+        );
         let failed = std::future::ready(Err(invalid));
-        return Staged::Boxed { boxed: Box::pin(failed) }.instrument(tracing::Span::none());
+        let staged = Staged::Boxed { boxed: Box::pin(failed) };
+        return Reported { inner: staged, record: None }.instrument(tracing::Span::none());
     }
     let meta = ctx.metadata();
     let span = tracing::info_span!(
@@ -179,7 +194,50 @@ where
     if let Some((ctx, fence)) = once {
         staged = Staged::Boxed { boxed: Box::pin(idempotency::once(record, ctx, fence, timeout, recorder, staged)) };
     }
-    staged.instrument(span)
+    Reported { inner: staged, record: Some(record) }.instrument(span)
+}
+
+pin_project! {
+    /// The outermost stage: a failed handling is logged at `warn` where it
+    /// happened — inside the handling's span, so with its subject, handler
+    /// and ids — through the rate limit of [`crate::logging`]. (`None`: the
+    /// failure was logged already.)
+    struct Reported<F> {
+        #[pin]
+        inner: F,
+        record: Option<&'static HandlerRecord>,
+    }
+}
+
+impl<F, R> Future for Reported<F>
+where
+    F: Future<Output = Result<R, HandlerError>>,
+{
+    type Output = Result<R, HandlerError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let outcome = std::task::ready!(this.inner.poll(cx));
+        if let (Err(error), Some(record)) = (&outcome, *this.record) {
+            report(record, error);
+        }
+        Poll::Ready(outcome)
+    }
+}
+
+/// Log one failed handling (not the `in_progress` answer to a copy: that
+/// is no failure of this message).
+fn report(record: &'static HandlerRecord, error: &HandlerError) {
+    if error.code() == HandlerError::IN_PROGRESS {
+        tracing::debug!(
+            code = error.code(),
+            error = error.message(),
+            "answered a copy: its first handling runs elsewhere"
+        );
+        return;
+    }
+    // Subject, handler and ids are the fields of the span this runs in.
+    warn_limited!(record.name, error.code(), code = error.code(), error = error.message(), "handling failed");
 }
 
 /// The middleware chain around the guarded handler; a panicking middleware
@@ -269,17 +327,16 @@ where
 }
 
 pin_project! {
-    /// An event handling on its own task: its error is logged, or its
-    /// outcome reported to whoever waits for it.
-    struct Logged<F> {
+    /// An event handling on its own task: its outcome is reported to
+    /// whoever waits for it (a failure was logged by the pipeline).
+    struct Spawned<F> {
         #[pin]
         handling: F,
-        record: &'static HandlerRecord,
         done: Option<Done>,
     }
 }
 
-impl<F: Future<Output = Result<(), HandlerError>>> Future for Logged<F> {
+impl<F: Future<Output = Result<(), HandlerError>>> Future for Spawned<F> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
@@ -287,11 +344,6 @@ impl<F: Future<Output = Result<(), HandlerError>>> Future for Logged<F> {
         this.handling.poll(cx).map(|result| {
             if let Some(done) = this.done.take() {
                 let _ = done.send(result);
-                return;
-            }
-            if let Err(error) = result {
-                let record = *this.record;
-                tracing::error!(subject = record.subject, handler = record.name, %error, "event handler failed");
             }
         })
     }
@@ -312,12 +364,14 @@ fn panicked(record: &'static HandlerRecord, panic: Box<dyn Any + Send>) -> Handl
 /// type, and goes back to the sender as an `invalid` reply.
 pub(crate) fn decode<M: Message>(payload: &[u8]) -> Result<M, HandlerError> {
     M::Codec::decode(payload).map_err(|e| {
-        HandlerError::invalid(format!(
+        let invalid = HandlerError::invalid(format!(
             "malformed payload for \"{}\": expected a `{}` encoded as {}: {e}",
             M::SUBJECT,
             std::any::type_name::<M>(),
             M::Codec::CONTENT_TYPE
-        ))
+        ));
+        warn_limited!(M::SUBJECT, invalid.code(), subject = M::SUBJECT, error = invalid.message(), "message refused");
+        invalid
     })
 }
 

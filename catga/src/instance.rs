@@ -226,6 +226,8 @@ impl Instance {
         self.closed.store(true, Ordering::Release);
         let report =
             ShutdownReport { abandoned: if drained.is_ok() { 0 } else { self.in_flight() }, waited: started.elapsed() };
+        // Failure lines still counted by the rate limit are said now.
+        crate::logging::flush();
         if report.abandoned > 0 {
             tracing::warn!(
                 instance = self.instance_id(),

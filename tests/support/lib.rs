@@ -236,6 +236,11 @@ impl ServiceProcess {
         self.child.try_wait().ok().flatten().is_some()
     }
 
+    /// Every log line collected so far (by `wait_for` and `drain_lines`).
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
     /// Log lines seen so far (collected by `wait_for` and `drain_lines`).
     pub fn drain_lines(&mut self) -> Vec<String> {
         let fresh: Vec<String> = self.lines.try_iter().collect();

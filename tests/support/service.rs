@@ -213,7 +213,11 @@ async fn bill_noted(ev: Noted, ctx: Context) -> Result<(), HandlerError> {
 
 #[tokio::main]
 async fn main() {
-    catga_suite::log_to_stderr();
+    // With CATGA_TEST_DEFAULT_LOGS, the subscriber is the one `run()`
+    // installs for a program that has none (tests/process.rs).
+    if std::env::var_os("CATGA_TEST_DEFAULT_LOGS").is_none() {
+        catga_suite::log_to_stderr();
+    }
     // The durable handlers need JetStream (`nats-server -js`): they run
     // instead of the others when CATGA_TEST_DURABLE is set, so the core
     // tests keep running on a plain server.

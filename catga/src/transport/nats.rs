@@ -36,6 +36,7 @@ use crate::codec::Codec;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::instance::{InFlight, Instance};
+use crate::logging::warn_limited;
 use crate::message::{Command, Event};
 use crate::metadata::Metadata;
 use crate::receiver::Receiver;
@@ -232,15 +233,21 @@ impl Nats {
                     return decode_reply::<C>(&reply);
                 }
                 Awaited::Reply(_no_responders) => {
-                    if retries >= conn.retries {
+                    let pause = SEND_RETRY.delay(retries + 1);
+                    let late = meta.deadline.is_some_and(|d| conn.clock.now() + pause >= d);
+                    if retries >= conn.retries || late {
+                        warn_limited!(
+                            C::SUBJECT,
+                            "no_handler",
+                            subject = C::SUBJECT,
+                            message_id = %meta.message_id,
+                            retries,
+                            "send failed: no instance subscribed (no responders)"
+                        );
                         return Err(Error::NoHandler { subject: C::SUBJECT });
                     }
                     retries += 1;
                     conn.retried.fetch_add(1, Ordering::Relaxed);
-                    let pause = SEND_RETRY.delay(retries);
-                    if meta.deadline.is_some_and(|d| conn.clock.now() + pause >= d) {
-                        return Err(Error::NoHandler { subject: C::SUBJECT });
-                    }
                     tracing::debug!(subject = C::SUBJECT, retries, ?pause, message_id = %meta.message_id, "no responders; retrying");
                     conn.clock.sleep(pause).await;
                     waiting = inbox.wait(); // the status took the token
@@ -254,7 +261,18 @@ impl Nats {
                         "no sign of life from the responder; sending again"
                     );
                 }
-                Awaited::Deadline => return Err(timeout()),
+                Awaited::Deadline => {
+                    warn_limited!(
+                        C::SUBJECT,
+                        "timeout",
+                        subject = C::SUBJECT,
+                        message_id = %meta.message_id,
+                        after = ?started.elapsed(),
+                        signals = waiting.signals(),
+                        "send failed: no reply by its deadline"
+                    );
+                    return Err(timeout());
+                }
                 Awaited::Closed => {
                     return Err(Error::Transport { subject: C::SUBJECT, reason: "the reply inbox closed".into() });
                 }
@@ -438,6 +456,16 @@ async fn handle(
     let outcome = match expired(&meta, record, clock) {
         Some(expired) => {
             drop(in_flight);
+            warn_limited!(
+                record.name,
+                expired.code(),
+                subject = record.subject,
+                handler = record.name,
+                message_id = %meta.message_id,
+                correlation_id = %meta.correlation_id,
+                error = expired.message(),
+                "message refused"
+            );
             Err(expired)
         }
         // To the end for an event too: its delivery is counted with its
@@ -446,10 +474,7 @@ async fn handle(
     };
     stats.record(started.elapsed(), outcome.as_ref().err());
     if record.kind == HandlerKind::Event {
-        if let Err(error) = outcome {
-            tracing::error!(subject = record.subject, handler = record.name, %error, "event not handled");
-        }
-        return;
+        return; // a failure was logged where it happened (decoding, or the pipeline)
     }
     let Some(reply_to) = message.reply else {
         tracing::debug!(subject = record.subject, "command without a reply subject (published, not requested)");
