@@ -64,8 +64,10 @@ struct Inner {
     durable: Settings,
     /// The reply inbox of every command sent, subscribed on first use.
     inbox: tokio::sync::OnceCell<Arc<Inbox>>,
-    /// Signs of life of the requests and durable messages held here.
-    pulse: Arc<Pulse>,
+    /// Signs of life of the requests and durable messages held here;
+    /// started with the first handler (a client holds nothing: no thread,
+    /// no second connection).
+    pulse: std::sync::OnceLock<Arc<Pulse>>,
     liveness: Option<Duration>,
     max_in_flight: usize,
     /// Tells the subscription tasks to drain.
@@ -83,7 +85,7 @@ impl Nats {
                 conn: Connection::connect(config, clock).await?,
                 durable: Settings::of(config),
                 inbox: tokio::sync::OnceCell::new(),
-                pulse: Arc::new(Pulse::start(config)),
+                pulse: std::sync::OnceLock::new(),
                 liveness: config.request_liveness,
                 max_in_flight: config.max_in_flight,
                 drain: watch::channel(false).0,
@@ -91,6 +93,11 @@ impl Nats {
                 service: Mutex::new(None),
             }),
         })
+    }
+
+    /// The pulse, started on first use.
+    fn pulse(&self, config: &Config) -> Arc<Pulse> {
+        self.inner.pulse.get_or_init(|| Arc::new(Pulse::start(config))).clone()
     }
 
     /// Sends that were retried (after a timeout or "no responders").
@@ -110,7 +117,7 @@ impl Nats {
                 let consumer =
                     topology::consumer_for(&self.inner.conn.js_admin, record, config, self.inner.durable).await?;
                 let serve =
-                    DurableServe::new(&self.inner.conn, self.inner.durable, receiver, stats, self.inner.pulse.clone());
+                    DurableServe::new(&self.inner.conn, self.inner.durable, receiver, stats, self.pulse(config));
                 self.tasks().spawn(serve.run(consumer, drain));
                 continue;
             }
@@ -126,7 +133,8 @@ impl Nats {
                 receiver,
                 stats,
                 permits: Arc::new(Semaphore::new(self.inner.max_in_flight)),
-                pulse: self.inner.pulse.clone(),
+                // Only requests are signalled: an event-only instance needs no pulse.
+                pulse: (record.kind == HandlerKind::Command).then(|| self.pulse(config)),
                 buffer: subscription_capacity(self.inner.max_in_flight),
             };
             self.tasks().spawn(serve.run(subscriber, drain));
@@ -387,7 +395,7 @@ struct Serve {
     receiver: Receiver,
     stats: Arc<EndpointStats>,
     permits: Arc<Semaphore>,
-    pulse: Arc<Pulse>,
+    pulse: Option<Arc<Pulse>>,
     buffer: usize,
 }
 
@@ -428,9 +436,9 @@ impl Serve {
                 // and send them again elsewhere.
                 next = subscriber.next(), if !ended && waiting.len() < self.buffer => match next {
                     Some(message) => {
-                        let beat = match &message.reply {
-                            Some(to) if wants_signals(&message) => {
-                                Some(self.pulse.hold(to.clone(), Signal::Working, pulse::TICK))
+                        let beat = match (&self.pulse, &message.reply) {
+                            (Some(pulse), Some(to)) if wants_signals(&message) => {
+                                Some(pulse.hold(to.clone(), Signal::Working, pulse::TICK))
                             }
                             _ => None,
                         };
