@@ -60,6 +60,8 @@ fi
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Every rustdoc link of the public API resolves.
+RUSTDOCFLAGS="-D warnings" cargo doc -p catga --no-deps --locked
 
 step "tests (integration, UI, unit)"
 run_tests --locked
