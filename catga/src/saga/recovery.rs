@@ -30,6 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -43,6 +44,9 @@ use crate::saga::runner::run;
 use crate::saga::status::{SagaOutcome, State};
 use crate::saga::store::{index_key, owned_entry, owner, parse_owned, state_key, unindex};
 use crate::store::Takeover;
+
+/// Beats a sweep reads at once.
+const BEAT_READS: usize = 64;
 
 /// Start this instance's recovery sweep for `sagas`. Call before the
 /// instance handles anything: the sagas its id owns now are a previous
@@ -256,8 +260,23 @@ impl Sweep {
             }
         };
         let clock = app.instance().clock;
-        for member in members.iter().filter(|m| **m != me) {
-            let read = store.read_beat(&beat_key(member)).await;
+        // Read the beats concurrently (a round costs about one round trip,
+        // not one per member): read one by one, a round of many members
+        // would outlast the judge's gap between two looks at a member.
+        let others: Vec<String> = members.iter().filter(|m| **m != me).cloned().collect();
+        let reads: Vec<_> = futures_util::stream::iter(others)
+            .map(|member| {
+                let store = store.clone();
+                async move {
+                    let read = store.read_beat(&beat_key(&member)).await;
+                    (member, read)
+                }
+            })
+            .buffered(BEAT_READS)
+            .collect()
+            .await;
+        for (member, read) in reads {
+            let member = &member;
             if self.judge.look(member, &read, clock.now()) {
                 self.dead.entry(member.clone()).or_insert(self.round);
             } else {
