@@ -428,9 +428,15 @@ impl RedisStore {
         let mut inv = SCRIPTS.claim.prepare_invoke();
         inv.key(key.stored()).arg(owner).arg(millis(running_ttl));
         let reply: Vec<Vec<u8>> = self.eval("claim", key, &inv).await?;
+        self.claimed("claim", key, reply).await
+    }
+
+    /// A claim script's reply (`claim.lua`, `take_over_claim.lua`); a won
+    /// claim is confirmed by a replica first.
+    async fn claimed(&self, op: &'static str, key: &Key, reply: Vec<Vec<u8>>) -> Result<Claim, StoreError> {
         match reply.as_slice() {
             [status, fence] if status == b"won" => {
-                self.replicated("claim", key).await?;
+                self.replicated(op, key).await?;
                 Ok(Claim::Won { fence: String::from_utf8_lossy(fence).parse().unwrap_or(1) })
             }
             [status, owner] if status == b"running" => {
@@ -438,7 +444,7 @@ impl RedisStore {
             }
             [status, result] if status == b"done" => Ok(Claim::Done(result.clone())),
             _ => Err(StoreError::Unavailable {
-                op: "claim",
+                op,
                 key: key.stored(),
                 reason: format!("unexpected reply from Redis at {} ({} parts)", self.target, reply.len()),
             }),
@@ -475,21 +481,7 @@ impl RedisStore {
         let mut inv = SCRIPTS.take_over_claim.prepare_invoke();
         inv.key(key.stored()).arg(from).arg(owner).arg(millis(running_ttl));
         let reply: Vec<Vec<u8>> = self.eval("take_over_claim", key, &inv).await?;
-        match reply.as_slice() {
-            [status, fence] if status == b"won" => {
-                self.replicated("take_over_claim", key).await?;
-                Ok(Claim::Won { fence: String::from_utf8_lossy(fence).parse().unwrap_or(1) })
-            }
-            [status, owner] if status == b"running" => {
-                Ok(Claim::Running { owner: String::from_utf8_lossy(owner).into_owned() })
-            }
-            [status, result] if status == b"done" => Ok(Claim::Done(result.clone())),
-            _ => Err(StoreError::Unavailable {
-                op: "take_over_claim",
-                key: key.stored(),
-                reason: format!("unexpected reply from Redis at {} ({} parts)", self.target, reply.len()),
-            }),
-        }
+        self.claimed("take_over_claim", key, reply).await
     }
 
     pub(super) async fn renew_claim(&self, key: &Key, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
