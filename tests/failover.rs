@@ -240,6 +240,48 @@ async fn an_instance_frozen_for_3_s_under_load_fails_nothing_and_its_callers_go_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_frozen_under_idempotent_load_has_its_claims_taken_over_and_its_late_replies_not_recorded() {
+    let nats = NatsServer::start();
+    let redis = catga_suite::RedisServer::start();
+    let (url, redis_url) = (nats.url(), redis.url());
+    let mut instances: Vec<ServiceProcess> =
+        (0..3).map(|i| instance_with(&url, &format!("frozen-{i}"), &[("CATGA_REDIS_URL", &redis_url)])).collect();
+    let client = client(&url).await;
+    let pid = instances[0].pid();
+    let freeze = move || {
+        catga_suite::signal(pid, "STOP");
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            catga_suite::signal(pid, "CONT");
+        });
+    };
+    let outcome = under_load(&client, 8, 40, 80, freeze, charge).await;
+    let reruns = outcome.answers.iter().filter(|runs| **runs > 1).count();
+    println!(
+        "SIGSTOP 3 s of 1 of 3, 50 ms idempotent handler, defaults: {} answered, {} failed, worst {:?}, {reruns} run \
+         again by a copy, {} re-sends",
+        outcome.answered(),
+        outcome.failed.len(),
+        outcome.worst,
+        client.retries()
+    );
+    assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+    assert_eq!(outcome.answered(), 320, "each caller gets exactly one answer per send");
+    // Only handlings the frozen instance had started run again (by a copy
+    // that took their claims over): at most the 8 in flight.
+    assert!(reruns <= 8, "{reruns} handlings ran twice");
+    if reruns > 0 {
+        // Resumed, the frozen instance finds its claims taken: its late
+        // outcomes are not recorded (the copy's reply is the one kept).
+        std::thread::sleep(Duration::from_secs(1));
+        instances[0].drain_lines();
+        let refused = instances[0].seen().iter().filter(|l| l.contains("claim was taken over")).count();
+        assert!(refused > 0, "the resumed instance recorded nothing over its copies: {:?}", instances[0].seen());
+    }
+    client.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_instance_dies_mid_handling_is_sent_again_and_answered_elsewhere() {
     let nats = NatsServer::start();
     let url = nats.url();
