@@ -121,6 +121,18 @@ impl Outcome {
     }
 }
 
+/// `SIGSTOP` process `pid`, and `SIGCONT` it 3 s later (as a long pause
+/// or an overloaded host looks).
+fn freeze_for_3_s(pid: u32) -> impl FnOnce() + Send + 'static {
+    move || {
+        catga_suite::signal(pid, "STOP");
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            catga_suite::signal(pid, "CONT");
+        });
+    }
+}
+
 /// A 20 ms command; its value is unused.
 async fn work(client: App, n: u64) -> catga::Result<i64> {
     client.send(Work { n, sleep_ms: 20 }).await.map(|_| 0)
@@ -213,14 +225,7 @@ async fn an_instance_frozen_for_3_s_under_load_fails_nothing_and_its_callers_go_
     let instances: Vec<ServiceProcess> = (0..3).map(|i| instance(&url, &format!("stop-{i}"))).collect();
     let client = client(&url).await;
     let pid = instances[0].pid();
-    let freeze = move || {
-        catga_suite::signal(pid, "STOP");
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(3));
-            catga_suite::signal(pid, "CONT");
-        });
-    };
-    let outcome = under_load(&client, 8, 60, 80, freeze, work).await;
+    let outcome = under_load(&client, 8, 60, 80, freeze_for_3_s(pid), work).await;
     println!(
         "SIGSTOP 3 s of 1 of 3, 8 in flight, 20 ms handler, defaults: {} answered, {} failed, worst {:?}, {} re-sends",
         outcome.answered(),
@@ -248,14 +253,7 @@ async fn an_instance_frozen_under_idempotent_load_has_its_claims_taken_over_and_
         (0..3).map(|i| instance_with(&url, &format!("frozen-{i}"), &[("CATGA_REDIS_URL", &redis_url)])).collect();
     let client = client(&url).await;
     let pid = instances[0].pid();
-    let freeze = move || {
-        catga_suite::signal(pid, "STOP");
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(3));
-            catga_suite::signal(pid, "CONT");
-        });
-    };
-    let outcome = under_load(&client, 8, 40, 80, freeze, charge).await;
+    let outcome = under_load(&client, 8, 40, 80, freeze_for_3_s(pid), charge).await;
     let reruns = outcome.answers.iter().filter(|runs| **runs > 1).count();
     println!(
         "SIGSTOP 3 s of 1 of 3, 50 ms idempotent handler, defaults: {} answered, {} failed, worst {:?}, {reruns} run \

@@ -39,6 +39,7 @@
 //! # Ok(()) }
 //! ```
 
+mod lua;
 pub mod memory;
 pub mod redis;
 pub(crate) mod types;

@@ -43,15 +43,15 @@
 //! reports a conflict with its own new version.
 
 use std::future::Future;
-use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClientBuilder;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
-use ::redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, Script, ScriptInvocation, Value};
+use ::redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, ScriptInvocation, Value};
 
+use super::lua::{SCRIPTS, expect_arg, millis, number, reply_parts, unexpected};
 use super::{Beat, Claim, Expect, Key, Lease, StoreError, Takeover, Versioned, memory::fence_key};
 use crate::error::Error;
 
@@ -558,43 +558,6 @@ impl RedisStore {
     }
 }
 
-/// The expectation as a script argument: `absent`, `any` or the version.
-fn expect_arg(expect: Expect) -> String {
-    match expect {
-        Expect::Absent => "absent".to_owned(),
-        Expect::Any => "any".to_owned(),
-        Expect::Version(v) => v.to_string(),
-    }
-}
-
-/// A TTL in whole milliseconds for `PEXPIRE`, rounded up (so a sub-millisecond
-/// TTL does not delete at once) and capped where Redis still accepts it.
-fn millis(ttl: Duration) -> u64 {
-    let ms = ttl.as_nanos().div_ceil(1_000_000);
-    ms.min(i64::MAX as u128 / 4) as u64
-}
-
-/// `{status}` or `{status, value}`.
-fn reply_parts(reply: &[String]) -> (&str, Option<&str>) {
-    match reply {
-        [status] => (status.as_str(), None),
-        [status, value] => (status.as_str(), Some(value.as_str())),
-        _ => ("", None),
-    }
-}
-
-fn number(text: &str, op: &'static str, key: &Key) -> Result<u64, StoreError> {
-    text.parse().map_err(|_| unexpected(op, key, &[text.to_owned()]))
-}
-
-fn unexpected(op: &'static str, key: &Key, reply: &[String]) -> StoreError {
-    StoreError::Unavailable {
-        op,
-        key: key.stored(),
-        reason: format!("unexpected reply from Redis: {reply:?}; is another program writing catga:* keys?"),
-    }
-}
-
 /// The URL without the password (`redis://user:secret@host` →
 /// `redis://user:***@host`), fit for error messages and logs.
 fn redact(url: &str) -> String {
@@ -615,48 +578,6 @@ fn redact(url: &str) -> String {
         .join(",")
 }
 
-// One file per script in `scripts/` (each says its KEYS and ARGV), run after the prelude.
-const PRELUDE: &str = include_str!("scripts/prelude.lua");
-
-struct Scripts {
-    get: Script,
-    put: Script,
-    delete: Script,
-    incr: Script,
-    claim: Script,
-    complete: Script,
-    release: Script,
-    acquire_lease: Script,
-    renew_lease: Script,
-    release_lease: Script,
-    take_over_claim: Script,
-    renew_claim: Script,
-    beat: Script,
-    read_beat: Script,
-    take_over_lease: Script,
-}
-
-static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
-    let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
-    Scripts {
-        get: script(include_str!("scripts/get.lua")),
-        put: script(include_str!("scripts/put.lua")),
-        delete: script(include_str!("scripts/delete.lua")),
-        incr: script(include_str!("scripts/incr.lua")),
-        claim: script(include_str!("scripts/claim.lua")),
-        complete: script(include_str!("scripts/complete.lua")),
-        release: script(include_str!("scripts/release.lua")),
-        acquire_lease: script(include_str!("scripts/acquire_lease.lua")),
-        renew_lease: script(include_str!("scripts/renew_lease.lua")),
-        release_lease: script(include_str!("scripts/release_lease.lua")),
-        take_over_claim: script(include_str!("scripts/take_over_claim.lua")),
-        renew_claim: script(include_str!("scripts/renew_claim.lua")),
-        beat: script(include_str!("scripts/beat.lua")),
-        read_beat: script(include_str!("scripts/read_beat.lua")),
-        take_over_lease: script(include_str!("scripts/take_over_lease.lua")),
-    }
-});
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -666,12 +587,5 @@ mod tests {
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redact("redis://:secret@h:1"), "redis://:***@h:1");
         assert_eq!(redact("redis://app:secret@h:1, redis://h2:2"), "redis://app:***@h:1,redis://h2:2");
-    }
-
-    #[test]
-    fn ttls_round_up_and_stay_in_range() {
-        assert_eq!(millis(Duration::from_micros(1)), 1);
-        assert_eq!(millis(Duration::from_millis(1500)), 1500);
-        assert!(millis(Duration::MAX) < i64::MAX as u64);
     }
 }
