@@ -29,7 +29,7 @@
 //! are written by `HINCRBY` and read back as decimal strings, so they stay
 //! exact 64-bit integers (a Lua number is a double).
 //!
-//! **Atomicity.** Every operation is one Lua script ([`Script`]: `EVALSHA`,
+//! **Atomicity.** Every operation is one Lua script ([`Script`](::redis::Script): `EVALSHA`,
 //! with `SCRIPT LOAD` and a retry on `NOSCRIPT`) whose keys are all in one
 //! scope, so on a Cluster they hash to one slot. No `WATCH`/`MULTI`: those
 //! need a connection of one's own, and these connections are shared.
