@@ -39,6 +39,10 @@ struct Spin {
 }
 
 #[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "svc.whoami", reply = String)]
+struct WhoAmI;
+
+#[derive(Debug, Serialize, Deserialize, Command)]
 #[catga(subject = "svc.budget", reply = Option<u64>)]
 struct Budget;
 
@@ -307,6 +311,34 @@ async fn a_request_whose_instance_dies_mid_handling_is_sent_again_and_answered_e
     assert_eq!(client.retries(), 1, "sent again exactly once");
     // Detection (≤ 0.5 s) + the handler's 1.5 s, not a request timeout.
     assert!(after_kill < Duration::from_millis(3500), "{after_kill:?}");
+    client.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_publishes_then_blocks_its_worker_does_not_stop_the_instance() {
+    // The spin handler publishes an event, then computes for 3 s without
+    // yielding. The publish wakes the connection's task on the worker the
+    // handler then blocks; the instance keeps sending, taking in requests
+    // and answering them on its other worker all the same.
+    use futures_util::StreamExt;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let _instance = instance(&url, "busy");
+    let client = client(&url).await;
+    let watcher = async_nats::connect(&url).await.unwrap();
+    let mut events = watcher.subscribe("svc.pong").await.unwrap();
+    watcher.flush().await.unwrap();
+    let spin = tokio::spawn({
+        let client = client.clone();
+        async move { client.send(Spin { ms: 3000 }).await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), events.next()).await.expect("bounded").expect("the event");
+    assert!(!spin.is_finished(), "the event went out only once the handler was done");
+    let who = tokio::time::timeout(Duration::from_secs(10), client.send(WhoAmI)).await.expect("bounded").unwrap();
+    assert_eq!(who, "busy");
+    assert!(!spin.is_finished(), "another request was answered only once the handler was done");
+    spin.await.unwrap().expect("the spin is answered");
+    assert_eq!(client.retries(), 0, "a live responder's request was sent again");
     client.shutdown().await;
 }
 

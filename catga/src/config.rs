@@ -159,7 +159,7 @@ pub struct Config {
     /// Durable (JetStream) handlers: how long a delivered message may go
     /// without a sign of life before the server redelivers it to another
     /// instance. A running handling extends it every `ack_wait / 4` from the
-    /// instance's liveness thread (so a busy runtime does not miss it), so
+    /// instance's I/O thread (so a busy runtime does not miss it), so
     /// only a dead or frozen instance's messages are redelivered: within
     /// about 1.5 s by default, well inside the default request deadline.
     pub ack_wait: Duration,

@@ -94,8 +94,10 @@ async fn charge(cmd: Charge, ctx: Context) -> Result<(String, i64), HandlerError
     Ok((format!("{} charged {}", ctx.instance_id(), cmd.cents), runs))
 }
 
-/// Keeps a runtime worker busy for `ms` without yielding (CPU-bound work,
-/// or a blocking call): the instance must still show its requests alive.
+/// Publishes an event, then keeps a runtime worker busy for `ms` without
+/// yielding (CPU-bound work, or a blocking call): the instance must still
+/// show its requests alive. The publish wakes the connection's task on
+/// this worker just before it is blocked — where tokio cannot steal it.
 #[derive(Debug, Serialize, Deserialize, Command)]
 #[catga(subject = "svc.spin", reply = u64)]
 pub struct Spin {
@@ -103,7 +105,9 @@ pub struct Spin {
 }
 
 #[catga::command(queue = "svc")]
-async fn spin(cmd: Spin) -> Result<u64, HandlerError> {
+async fn spin(cmd: Spin, ctx: Context) -> Result<u64, HandlerError> {
+    let correlation = ctx.metadata().correlation_id.to_string();
+    ctx.publish(Pong { n: cmd.ms, from: ctx.instance_id().to_owned(), correlation }).await?;
     let until = std::time::Instant::now() + Duration::from_millis(cmd.ms);
     let mut turns = 0u64;
     while std::time::Instant::now() < until {
@@ -211,7 +215,9 @@ async fn bill_noted(ev: Noted, ctx: Context) -> Result<(), HandlerError> {
     record_effect(&format!("dur-billing {} {}", ev.n, ctx.instance_id()))
 }
 
-#[tokio::main]
+// Two workers whatever the machine: the tests that block one with a
+// handler see what the other does meanwhile.
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // With CATGA_TEST_DEFAULT_LOGS, the subscriber is the one `run()`
     // installs for a program that has none (tests/process.rs).

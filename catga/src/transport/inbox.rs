@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::transport::envelope::{ReplyPart, read_reply};
+use crate::transport::io::Io;
 
 /// The reply inbox of one connection.
 pub(crate) struct Inbox {
@@ -65,7 +66,9 @@ impl Drop for Waiting {
 
 impl Inbox {
     /// Subscribe to a fresh inbox prefix on `client`.
-    pub(crate) async fn subscribe(client: &async_nats::Client) -> Result<Arc<Inbox>> {
+    /// Its messages are read on the I/O thread, so a signal is counted
+    /// when it comes even while the program's runtime is busy.
+    pub(crate) async fn subscribe(client: &async_nats::Client, io: &Io) -> Result<Arc<Inbox>> {
         let prefix = client.new_inbox();
         let mut subscriber = client.subscribe(format!("{prefix}.*")).await.map_err(|e| Error::Transport {
             subject: "_INBOX",
@@ -73,7 +76,7 @@ impl Inbox {
         })?;
         Ok(Arc::new_cyclic(|weak: &Weak<Inbox>| {
             let weak = weak.clone();
-            let task = tokio::spawn(async move {
+            let task = io.spawn(async move {
                 while let Some(message) = subscriber.next().await {
                     let Some(inbox) = weak.upgrade() else { return };
                     inbox.deliver(message);

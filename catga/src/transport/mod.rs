@@ -13,6 +13,7 @@ mod connection;
 mod durable;
 pub(crate) mod envelope;
 mod inbox;
+mod io;
 pub mod memory;
 pub(crate) mod nats;
 mod pulse;

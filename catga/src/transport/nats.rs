@@ -50,6 +50,7 @@ use crate::transport::envelope::{
     codec_error, decode_reply, expired, metadata_of, request_headers, wants_signals, with_deadline_in,
 };
 use crate::transport::inbox::{Inbox, Waiting};
+use crate::transport::io::Io;
 use crate::transport::pulse::{self, Beat, Pulse, Signal};
 use crate::transport::service::{EndpointStats, Service};
 
@@ -61,12 +62,13 @@ pub(crate) struct Nats {
 
 struct Inner {
     conn: Connection,
+    /// The program's runtime, where handlers run.
+    runtime: tokio::runtime::Handle,
     durable: Settings,
     /// The reply inbox of every command sent, subscribed on first use.
     inbox: tokio::sync::OnceCell<Arc<Inbox>>,
     /// Signs of life of the requests and durable messages held here;
-    /// started with the first handler (a client holds nothing: no thread,
-    /// no second connection).
+    /// started with the first handler (a client holds nothing).
     pulse: std::sync::OnceLock<Arc<Pulse>>,
     liveness: Option<Duration>,
     max_in_flight: usize,
@@ -75,14 +77,25 @@ struct Inner {
     /// The subscription tasks; they end once drained.
     tasks: Mutex<JoinSet<()>>,
     service: Mutex<Option<Arc<Service>>>,
+    /// The thread the connection, the intake, the inbox and the signals
+    /// run on ([`super::io`]); dropped last, it stops them.
+    io: Io,
 }
 
 impl Nats {
-    /// Connect to the configured servers (see [`Connection::connect`]).
+    /// Start the instance's I/O thread and connect there to the configured
+    /// servers (see [`Connection::connect`]).
     pub(crate) async fn connect(config: &Config, clock: Clock) -> Result<Nats> {
+        let io = Io::start("catga-io")?;
+        let connecting = {
+            let config = config.clone();
+            io.spawn(async move { Connection::connect(&config, clock).await })
+        };
+        let conn = connecting.await.map_err(|e| Error::Config(format!("the NATS I/O thread failed: {e}")))??;
         Ok(Nats {
             inner: Arc::new(Inner {
-                conn: Connection::connect(config, clock).await?,
+                conn,
+                runtime: tokio::runtime::Handle::current(),
                 durable: Settings::of(config),
                 inbox: tokio::sync::OnceCell::new(),
                 pulse: std::sync::OnceLock::new(),
@@ -91,13 +104,14 @@ impl Nats {
                 drain: watch::channel(false).0,
                 tasks: Mutex::new(JoinSet::new()),
                 service: Mutex::new(None),
+                io,
             }),
         })
     }
 
     /// The pulse, started on first use.
-    fn pulse(&self, config: &Config) -> Arc<Pulse> {
-        self.inner.pulse.get_or_init(|| Arc::new(Pulse::start(config))).clone()
+    fn pulse(&self) -> Arc<Pulse> {
+        self.inner.pulse.get_or_init(|| Arc::new(Pulse::start(&self.inner.io, self.inner.conn.client.clone()))).clone()
     }
 
     /// Sends that were retried (after a timeout or "no responders").
@@ -116,9 +130,15 @@ impl Nats {
             if record.durable() {
                 let consumer =
                     topology::consumer_for(&self.inner.conn.js_admin, record, config, self.inner.durable).await?;
-                let serve =
-                    DurableServe::new(&self.inner.conn, self.inner.durable, receiver, stats, self.pulse(config));
-                self.tasks().spawn(serve.run(consumer, drain));
+                let serve = DurableServe::new(
+                    &self.inner.conn,
+                    self.inner.durable,
+                    receiver,
+                    stats,
+                    self.pulse(),
+                    self.inner.runtime.clone(),
+                );
+                self.spawn(serve.run(consumer, drain));
                 continue;
             }
             let client = &self.inner.conn.client;
@@ -130,21 +150,19 @@ impl Nats {
                 .map_err(|e| Error::Transport { subject: record.subject, reason: format!("cannot subscribe: {e}") })?;
             let serve = Serve {
                 client: client.clone(),
+                runtime: self.inner.runtime.clone(),
                 receiver,
                 stats,
                 permits: Arc::new(Semaphore::new(self.inner.max_in_flight)),
                 // Only requests are signalled: an event-only instance needs no pulse.
-                pulse: (record.kind == HandlerKind::Command).then(|| self.pulse(config)),
+                pulse: (record.kind == HandlerKind::Command).then(|| self.pulse()),
                 buffer: subscription_capacity(self.inner.max_in_flight),
             };
-            self.tasks().spawn(serve.run(subscriber, drain));
+            self.spawn(serve.run(subscriber, drain));
         }
         let answering = service.subscribe(&self.inner.conn.client, self.inner.drain.subscribe()).await?;
-        {
-            let mut tasks = self.tasks();
-            for task in answering {
-                tasks.spawn(task);
-            }
+        for task in answering {
+            self.spawn(task);
         }
         *self.inner.service.lock().unwrap_or_else(|e| e.into_inner()) = Some(service);
         self.round_trip().await
@@ -171,6 +189,11 @@ impl Nats {
         self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Run a subscription's task on the I/O thread.
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks().spawn_on(task, self.inner.io.handle());
+    }
+
     /// Drain every subscription and wait (up to `limit`) until each has
     /// handed over its last delivered message.
     pub(crate) async fn drain(&self, limit: Duration) {
@@ -190,7 +213,7 @@ impl Nats {
 
     /// The connection's reply inbox, subscribed on first use.
     async fn inbox(&self) -> Result<&Arc<Inbox>> {
-        self.inner.inbox.get_or_try_init(|| Inbox::subscribe(&self.inner.conn.client)).await
+        self.inner.inbox.get_or_try_init(|| Inbox::subscribe(&self.inner.conn.client, &self.inner.io)).await
     }
 
     /// Send a command as a NATS request on the reply inbox, until its
@@ -392,6 +415,9 @@ async fn awaited(
 /// `App` handle drops the transport, which aborts them and unsubscribes.
 struct Serve {
     client: async_nats::Client,
+    /// Where handlings run: the program's runtime (this loop runs on the
+    /// I/O thread).
+    runtime: tokio::runtime::Handle,
     receiver: Receiver,
     stats: Arc<EndpointStats>,
     permits: Arc<Semaphore>,
@@ -426,7 +452,7 @@ impl Serve {
                     // The handling's count and the reply's (see `Receiver::accept`).
                     let Some((in_flight, replying)) = self.receiver.accept(permit) else { return }; // every handle dropped
                     let (client, record, stats) = (self.client.clone(), self.receiver.record(), self.stats.clone());
-                    tokio::spawn(async move {
+                    self.runtime.spawn(async move {
                         handle(&client, record, stats, in_flight, message).await;
                         drop((replying, beat));
                     });

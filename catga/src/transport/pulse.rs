@@ -12,21 +12,21 @@
 //!   its instance stopped (up to [`PROGRESS_LIMIT`], past which it is taken
 //!   as hung).
 //!
-//! The signals come from one thread of the instance's own, with a NATS
-//! connection of its own: handlers that keep the runtime's workers busy
-//! (CPU-heavy work, blocking calls) do not silence them. What a held
+//! The signals go out from the instance's I/O thread ([`super::io`]), as
+//! the requests come in there: handlers that keep the program's runtime
+//! busy (CPU-heavy work, blocking calls) do not silence them. What a held
 //! message costs on the hot path is one insert and one remove in a map.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::Subject;
 use bytes::Bytes;
 
-use crate::config::Config;
 use crate::transport::envelope::working;
+use crate::transport::io::Io;
 
 /// How often a held request is signalled. A sender takes its responder for
 /// dead after [`Config::request_liveness`](crate::Config::request_liveness)
@@ -47,17 +47,17 @@ pub(crate) enum Signal {
     Progress,
 }
 
-/// The pulse of one instance: the messages it holds and the thread that
-/// signals them. Stops when dropped.
+/// The pulse of one instance: the messages it holds and the task (on the
+/// I/O thread) that signals them. Stops when dropped.
 pub(crate) struct Pulse {
     held: Arc<Held>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 #[derive(Default)]
 struct Held {
     entries: Mutex<HashMap<u64, Entry>>,
     next: AtomicU64,
-    stopped: AtomicBool,
 }
 
 struct Entry {
@@ -82,83 +82,55 @@ impl Drop for Beat {
 
 impl Drop for Pulse {
     fn drop(&mut self) {
-        self.held.stopped.store(true, Ordering::Relaxed);
+        self.task.abort();
     }
 }
 
 impl Pulse {
-    /// Start the pulse thread; it connects to the configured servers on its
-    /// own (and keeps trying while they cannot be reached).
-    pub(crate) fn start(config: &Config) -> Pulse {
+    /// Start signalling, on `io`'s thread, through `client`.
+    pub(crate) fn start(io: &Io, client: async_nats::Client) -> Pulse {
         let held = Arc::new(Held::default());
-        let servers: Vec<String> = config
-            .nats_url
-            .as_deref()
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
-        let name = format!("catga:{}:{}:pulse", config.service, config.instance_id);
-        let thread = held.clone();
-        let spawned = std::thread::Builder::new().name("catga-pulse".into()).spawn(move || beat(thread, servers, name));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "nats: cannot start the liveness thread; senders will re-send slow requests");
-        }
-        Pulse { held }
+        let task = io.spawn(beat(held.clone(), client));
+        Pulse { held, task }
     }
 
     /// Hold a message: `signal` goes to `to` every `every`, the first one
     /// `every` from now, until the returned [`Beat`] is dropped.
     pub(crate) fn hold(&self, to: Subject, signal: Signal, every: Duration) -> Beat {
-        let id = self.held.next.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        let until = matches!(signal, Signal::Progress).then(|| now + PROGRESS_LIMIT);
-        let entry = Entry { to, signal, every, due: now + every, until };
-        self.held.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(id, entry);
-        Beat { held: self.held.clone(), id }
+        Held::hold(&self.held, to, signal, every)
     }
 }
 
-/// The pulse thread: its own runtime and connection, a tick every [`TICK`].
-fn beat(held: Arc<Held>, servers: Vec<String>, name: String) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => return tracing::error!(error = %e, "nats: cannot start the liveness thread's runtime"),
-    };
-    runtime.block_on(async move {
-        let options = async_nats::ConnectOptions::new()
-            .name(name)
-            .max_reconnects(None)
-            // Connects in the background: an instance starts (or keeps
-            // serving) while this connection is still being made.
-            .retry_on_initial_connect();
-        let client = match async_nats::connect_with_options(servers, options).await {
-            Ok(client) => client,
-            Err(e) => return tracing::error!(error = %e, "nats: the liveness connection failed"),
-        };
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut due = Vec::new();
-        while !held.stopped.load(Ordering::Relaxed) {
-            tick.tick().await;
-            held.due(Instant::now(), &mut due);
-            for (to, signal) in due.drain(..) {
-                let sent = match signal {
-                    Signal::Working => client.publish_with_headers(to, working(), Bytes::new()).await,
-                    Signal::Progress => client.publish(to, Bytes::from_static(b"+WPI")).await,
-                };
-                if let Err(e) = sent {
-                    tracing::debug!(error = %e, "nats: a liveness signal was not sent");
-                }
+/// The pulse's task: a tick every [`TICK`], sending what is due.
+async fn beat(held: Arc<Held>, client: async_nats::Client) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut due = Vec::new();
+    loop {
+        tick.tick().await;
+        held.due(Instant::now(), &mut due);
+        for (to, signal) in due.drain(..) {
+            let sent = match signal {
+                Signal::Working => client.publish_with_headers(to, working(), Bytes::new()).await,
+                Signal::Progress => client.publish(to, Bytes::from_static(b"+WPI")).await,
+            };
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "nats: a liveness signal was not sent");
             }
         }
-        let _ = client.drain().await;
-    });
+    }
 }
 
 impl Held {
+    fn hold(held: &Arc<Held>, to: Subject, signal: Signal, every: Duration) -> Beat {
+        let id = held.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let until = matches!(signal, Signal::Progress).then(|| now + PROGRESS_LIMIT);
+        let entry = Entry { to, signal, every, due: now + every, until };
+        held.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(id, entry);
+        Beat { held: held.clone(), id }
+    }
+
     /// The signals due at `now`, into `out`; each entry's next one is
     /// scheduled. An entry past its limit is signalled no more.
     fn due(&self, now: Instant, out: &mut Vec<(Subject, Signal)>) {
@@ -180,8 +152,7 @@ mod tests {
     #[test]
     fn a_held_message_is_signalled_from_one_period_on_until_released() {
         let held = Arc::new(Held::default());
-        let pulse = Pulse { held: held.clone() };
-        let beat = pulse.hold(Subject::from("_INBOX.a.1"), Signal::Working, TICK);
+        let beat = Held::hold(&held, Subject::from("_INBOX.a.1"), Signal::Working, TICK);
         let start = Instant::now();
         let mut out = Vec::new();
         held.due(start, &mut out);
@@ -193,17 +164,14 @@ mod tests {
         drop(beat);
         held.due(start + TICK * 5, &mut out);
         assert_eq!(out.len(), 1, "nothing once released");
-        std::mem::forget(pulse); // no thread was started
     }
 
     #[test]
     fn progress_acks_stop_at_the_limit() {
         let held = Arc::new(Held::default());
-        let pulse = Pulse { held: held.clone() };
-        let _beat = pulse.hold(Subject::from("$JS.ACK.x"), Signal::Progress, Duration::from_secs(1));
+        let _beat = Held::hold(&held, Subject::from("$JS.ACK.x"), Signal::Progress, Duration::from_secs(1));
         let mut out = Vec::new();
         held.due(Instant::now() + PROGRESS_LIMIT + Duration::from_secs(1), &mut out);
         assert!(out.is_empty());
-        std::mem::forget(pulse);
     }
 }

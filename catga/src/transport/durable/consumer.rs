@@ -37,6 +37,9 @@ pub(crate) struct DurableServe {
     stats: Arc<EndpointStats>,
     settings: Settings,
     pulse: Arc<Pulse>,
+    /// Where handlings run: the program's runtime (the pull loop runs on
+    /// the instance's I/O thread).
+    runtime: tokio::runtime::Handle,
 }
 
 impl DurableServe {
@@ -46,9 +49,10 @@ impl DurableServe {
         receiver: Receiver,
         stats: Arc<EndpointStats>,
         pulse: Arc<Pulse>,
+        runtime: tokio::runtime::Handle,
     ) -> DurableServe {
         let (client, js, clock) = (conn.client.clone(), conn.js_admin.clone(), conn.clock);
-        DurableServe { client, js, clock, receiver, stats, settings, pulse }
+        DurableServe { client, js, clock, receiver, stats, settings, pulse, runtime }
     }
 
     /// Pull from `consumer` until drained. A consumer that stops answering
@@ -121,10 +125,16 @@ impl DurableServe {
                 // The handling's count and the reply's and ack's (see
                 // `Receiver::accept`).
                 let Some((in_flight, acking)) = this.receiver.accept(permit) else { return };
+                // Progress acks from the moment it is taken in, so only a
+                // dead instance's messages are redelivered.
+                let alive = message.message.reply.clone().map(|ack| {
+                    let every = (this.settings.ack_wait / 4).max(Duration::from_millis(10));
+                    this.pulse.hold(ack, Signal::Progress, every)
+                });
                 let this = this.clone();
-                tokio::spawn(async move {
+                this.runtime.clone().spawn(async move {
                     this.handle(message, in_flight).await;
-                    drop(acking);
+                    drop((alive, acking));
                 });
             }
             if failed {
@@ -188,12 +198,6 @@ impl DurableServe {
                 Err(refused)
             }
             None => {
-                // Progress acks from the instance's liveness thread while
-                // it runs, so only a dead instance's messages are redelivered.
-                let _alive = message.message.reply.clone().map(|ack| {
-                    let every = (self.settings.ack_wait / 4).max(Duration::from_millis(10));
-                    self.pulse.hold(ack, Signal::Progress, every)
-                });
                 let outcome = record.entry.call_to_end(&message.payload, record, in_flight, meta).await;
                 if started.elapsed() > PROGRESS_LIMIT {
                     tracing::warn!(

@@ -31,7 +31,7 @@
 //!   reason, the error reply is sent, and the message is terminated (so is
 //!   a command whose `Catga-Deadline-At` passed before it ran, code
 //!   `deadline`). A running handling tells the server it is alive every
-//!   `ack_wait / 4`, from the instance's liveness thread
+//!   `ack_wait / 4`, from the instance's I/O thread
 //!   ([`super::pulse`]), so only a dead instance's messages are redelivered.
 //! - **Replies** to a durable command go to the connection's reply inbox
 //!   ([`super::inbox`]), named in the `Catga-Reply-To` header.
