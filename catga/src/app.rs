@@ -48,6 +48,26 @@ impl App {
         &self.instance.store
     }
 
+    /// This instance's metrics in the Prometheus text format (see
+    /// [`crate::metrics`]): what `GET /metrics` answers on
+    /// [`Config::http_addr`], for a program that serves them itself.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> catga::Result<()> {
+    /// let app = catga::Catga::builder().service("docs-metrics").client_only().start().await?;
+    /// assert!(app.metrics_text().contains("# TYPE catga_nats_connected gauge"));
+    /// # app.shutdown().await; Ok(()) }
+    /// ```
+    pub fn metrics_text(&self) -> String {
+        self.instance.metrics.render()
+    }
+
+    /// Where `GET /metrics` answers (the port chosen when port 0 was
+    /// asked for), when [`Config::http_addr`] is set.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.instance.http_addr()
+    }
+
     /// The handlers this instance subscribed, sorted.
     pub fn handlers(&self) -> &[&'static HandlerRecord] {
         &self.instance.handlers

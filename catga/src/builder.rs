@@ -11,8 +11,10 @@ use crate::app::App;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::instance::{Instance, State};
+use crate::http::HttpServer;
+use crate::instance::{Instance, Parts, State};
 use crate::liveness::{self, Heartbeat};
+use crate::metrics::Metrics;
 use crate::middleware::Middleware;
 use crate::registry::{self, HandlerRecord};
 use crate::saga::{definition, recovery};
@@ -201,6 +203,13 @@ impl Builder {
         self
     }
 
+    /// Serve `GET /metrics` on `addr` (port 0: any free one; see
+    /// [`Config::http_addr`]).
+    pub fn http_addr(mut self, addr: std::net::SocketAddr) -> Self {
+        self.config.http_addr = Some(addr);
+        self
+    }
+
     /// NATS: how long a request may go without a sign of life from its
     /// responder before it is sent again elsewhere; `None` never re-sends
     /// (see [`Config::request_liveness`]).
@@ -384,14 +393,23 @@ impl Builder {
                  add `use my_handlers as _;`"
             );
         }
+        let metrics = Arc::new(Metrics::new(&config.metric_error_codes));
         let transport = match (&config.nats_url, self.bus) {
             (Some(_), Some(_)) => {
                 return Err(Error::Config("both a NATS URL and a memory bus are set; choose one transport".into()));
             }
-            (Some(_), None) => Transport::Nats(crate::transport::nats::Nats::connect(&config, self.clock).await?),
+            (Some(_), None) => {
+                Transport::Nats(crate::transport::nats::Nats::connect(&config, self.clock, metrics.clone()).await?)
+            }
             (None, bus) => Transport::Memory(bus.unwrap_or_else(MemoryBus::global)),
         };
-        let instance = Instance::new(config, transport, store, self.middleware, self.state, handlers, self.clock);
+        let http = match config.http_addr {
+            Some(addr) => Some(HttpServer::start(addr, metrics.clone()).await?),
+            None => None,
+        };
+        let parts =
+            Parts { middleware: self.middleware, state: self.state, handlers, clock: self.clock, metrics, http };
+        let instance = Instance::new(config, transport, store, parts);
         // Beat before handling anything: a copy of a message this instance
         // claims judges it by its beats. An instance that may run sagas
         // joins the set the saga sweeps read; one that recovers them, the

@@ -13,6 +13,8 @@
 //! | `CATGA_SEND_RETRIES`         | NATS: retries after a timeout or "no responders" | 2 |
 //! | `CATGA_MAX_IN_FLIGHT`        | NATS: concurrent handlings per handler     | 256 |
 //! | `CATGA_NATS_PING_INTERVAL_MS`| NATS: how often a silent server is probed  | 5000 |
+//! | `CATGA_HTTP_ADDR`            | where `GET /metrics` answers (Prometheus text), e.g. `0.0.0.0:9464` | unset: no HTTP endpoint |
+//! | `CATGA_METRIC_ERROR_CODES`   | handler error codes that get a metric label of their own, comma-separated (others are `other`) | none |
 //! | `CATGA_LOG_FORMAT`           | `Catga::run()`'s default log lines: `plain` or `json` (one object per line); filtered by `RUST_LOG` (default `info`) | plain |
 //! | `CATGA_REQUEST_LIVENESS_MS`  | NATS: a request whose responder sent no sign of life for this long is sent again (0: never) | 400 |
 //! | `CATGA_IDEMPOTENT`           | handlers without `idempotent = ..` record results by message id (`true`/`false`) | false |
@@ -95,6 +97,15 @@ pub struct Config {
     /// How the default log subscriber of [`Catga::run`](crate::Catga::run)
     /// writes (when the program installed none).
     pub log_format: LogFormat,
+    /// Where the instance's HTTP endpoint listens: `GET /metrics` (see
+    /// [`crate::metrics`]). `None`: no endpoint (the metrics are still
+    /// kept: [`App::metrics_text`](crate::App::metrics_text)).
+    pub http_addr: Option<std::net::SocketAddr>,
+    /// Error codes of the program's handlers that get a label value of
+    /// their own in the metrics; any other code is counted as `other`, so
+    /// a code built from data cannot grow the metrics without bound.
+    /// Catga's own codes always have theirs.
+    pub metric_error_codes: Vec<String>,
     /// NATS: how long a sender waits for a sign of life of its request —
     /// the reply, or a `working` signal its responder sends every 100 ms
     /// while it holds the request (queued or running) — before it takes the
@@ -194,6 +205,8 @@ impl Default for Config {
             max_in_flight: 256,
             nats_ping_interval: Duration::from_secs(5),
             log_format: LogFormat::Plain,
+            http_addr: None,
+            metric_error_codes: Vec::new(),
             request_liveness: Some(Duration::from_millis(400)),
             idempotent_by_default: false,
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
@@ -304,6 +317,14 @@ impl Config {
         }
         if let Some(v) = set("CATGA_SERVICE_VERSION") {
             c.version = v;
+        }
+        if let Some(v) = set("CATGA_HTTP_ADDR") {
+            c.http_addr = Some(v.parse().map_err(|_| {
+                Error::Config(format!("CATGA_HTTP_ADDR={v:?} is not an address with a port, like 0.0.0.0:9464"))
+            })?);
+        }
+        if let Some(v) = set("CATGA_METRIC_ERROR_CODES") {
+            c.metric_error_codes = v.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned).collect();
         }
         let number = |key: &str| -> Result<Option<u64>> {
             set(key)

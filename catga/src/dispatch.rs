@@ -17,12 +17,14 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tracing::Instrument;
 
+use crate::clock::Clock;
 use crate::codec::Codec;
 use crate::context::Context;
 use crate::error::HandlerError;
@@ -33,8 +35,9 @@ use crate::instance::InFlight;
 use crate::logging::warn_limited;
 use crate::message::{Command, Event, Message};
 use crate::metadata::Metadata;
+use crate::metrics::{HandlingGauge, Metrics};
 use crate::middleware::{Handling, Next, Terminal};
-use crate::registry::HandlerRecord;
+use crate::registry::{HandlerKind, HandlerRecord};
 
 /// An encoded reply payload.
 pub(crate) type RawReply = Vec<u8>;
@@ -147,6 +150,7 @@ where
     let Delivery { message, mut ctx, record, in_flight, done: _ } = delivery;
     let validated = catch_unwind(AssertUnwindSafe(|| message.validate())).unwrap_or_else(|p| Err(panicked(record, p)));
     if let Err(invalid) = validated {
+        ctx.instance().metrics.refused(record.labels(), invalid.code());
         drop(in_flight);
         let meta = ctx.metadata();
         let (message_id, correlation_id) = (meta.message_id, meta.correlation_id);
@@ -163,7 +167,7 @@ where
         );
         let failed = std::future::ready(Err(invalid));
         let staged = Staged::Boxed { boxed: Box::pin(failed) };
-        return Reported { inner: staged, record: None }.instrument(tracing::Span::none());
+        return Reported { inner: staged, record: None, measured: None }.instrument(tracing::Span::none());
     }
     let meta = ctx.metadata();
     let span = tracing::info_span!(
@@ -180,6 +184,16 @@ where
         (ctx.clone(), fence)
     });
     let chained = (!ctx.instance().middleware.is_empty()).then(|| ctx.clone());
+    let instance = ctx.instance();
+    if record.kind == HandlerKind::Event {
+        instance.metrics.delivered(record.labels());
+    }
+    let measured = Measured {
+        _in_flight: instance.metrics.handling(record.labels()),
+        metrics: instance.metrics.clone(),
+        clock: instance.clock,
+        started: instance.clock.now(),
+    };
     let guarded = Guarded {
         future: handler(message, ctx),
         record,
@@ -194,18 +208,29 @@ where
     if let Some((ctx, fence)) = once {
         staged = Staged::Boxed { boxed: Box::pin(idempotency::once(record, ctx, fence, timeout, recorder, staged)) };
     }
-    Reported { inner: staged, record: Some(record) }.instrument(span)
+    Reported { inner: staged, record: Some(record), measured: Some(measured) }.instrument(span)
+}
+
+/// A handling's metrics: in flight until dropped, then its duration and
+/// outcome (see [`crate::metrics`]).
+struct Measured {
+    _in_flight: HandlingGauge,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    started: tokio::time::Instant,
 }
 
 pin_project! {
     /// The outermost stage: a failed handling is logged at `warn` where it
     /// happened — inside the handling's span, so with its subject, handler
-    /// and ids — through the rate limit of [`crate::logging`]. (`None`: the
-    /// failure was logged already.)
+    /// and ids — through the rate limit of [`crate::logging`], and every
+    /// handling is measured. (`None`: refused before, logged and counted
+    /// already.)
     struct Reported<F> {
         #[pin]
         inner: F,
         record: Option<&'static HandlerRecord>,
+        measured: Option<Measured>,
     }
 }
 
@@ -220,6 +245,10 @@ where
         let outcome = std::task::ready!(this.inner.poll(cx));
         if let (Err(error), Some(record)) = (&outcome, *this.record) {
             report(record, error);
+        }
+        if let (Some(m), Some(record)) = (this.measured.take(), *this.record) {
+            let took = m.clock.now().saturating_duration_since(m.started);
+            m.metrics.ended(record.labels(), took, outcome.as_ref().err());
         }
         Poll::Ready(outcome)
     }

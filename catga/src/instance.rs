@@ -31,9 +31,11 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, HandlerError, Result};
+use crate::http::HttpServer;
 use crate::liveness::Heartbeat;
 use crate::message::{Command, Event};
 use crate::metadata::Metadata;
+use crate::metrics::Metrics;
 use crate::middleware::Middleware;
 use crate::registry::HandlerRecord;
 use crate::store::Store;
@@ -52,6 +54,10 @@ pub(crate) struct Instance {
     pub(crate) state: State,
     pub(crate) handlers: Vec<&'static HandlerRecord>,
     pub(crate) clock: Clock,
+    /// What this instance counts ([`crate::metrics`]).
+    pub(crate) metrics: Arc<Metrics>,
+    /// `GET /metrics`, when `http_addr` is set; stopped by shutdown.
+    http: Mutex<Option<HttpServer>>,
     in_flight: AtomicUsize,
     /// Set when shutdown starts: only then do finished handlings wake it.
     draining: AtomicBool,
@@ -62,6 +68,17 @@ pub(crate) struct Instance {
     /// This instance's heartbeat in the store (set by the builder), stopped
     /// by shutdown.
     pub(crate) heartbeat: Mutex<Option<Heartbeat>>,
+}
+
+/// What an instance is built from besides its configuration, transport
+/// and store.
+pub(crate) struct Parts {
+    pub(crate) middleware: Vec<Arc<dyn Middleware>>,
+    pub(crate) state: State,
+    pub(crate) handlers: Vec<&'static HandlerRecord>,
+    pub(crate) clock: Clock,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) http: Option<HttpServer>,
 }
 
 /// Options of one `send`.
@@ -97,15 +114,8 @@ pub struct ShutdownReport {
 }
 
 impl Instance {
-    pub(crate) fn new(
-        config: Config,
-        transport: Transport,
-        store: Store,
-        middleware: Vec<Arc<dyn Middleware>>,
-        state: State,
-        handlers: Vec<&'static HandlerRecord>,
-        clock: Clock,
-    ) -> Arc<Instance> {
+    pub(crate) fn new(config: Config, transport: Transport, store: Store, parts: Parts) -> Arc<Instance> {
+        let Parts { middleware, state, handlers, clock, metrics, http } = parts;
         Arc::new(Instance {
             config,
             transport,
@@ -114,6 +124,8 @@ impl Instance {
             state,
             handlers,
             clock,
+            metrics,
+            http: Mutex::new(http),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             idle: Notify::new(),
@@ -122,6 +134,11 @@ impl Instance {
             running_sagas: RunningSagas::default(),
             heartbeat: Mutex::new(None),
         })
+    }
+
+    /// Where `GET /metrics` answers, when it does.
+    pub(crate) fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(HttpServer::addr)
     }
 
     pub(crate) fn service(&self) -> &str {
@@ -178,7 +195,9 @@ impl Instance {
     pub(crate) async fn publish_as<E: Event>(&self, event: E, mut meta: Metadata) -> Result<()> {
         self.check_open()?;
         meta.deadline = None;
-        self.transport.publish(event, meta).await
+        self.transport.publish(event, meta).await?;
+        self.metrics.published(E::SUBJECT);
+        Ok(())
     }
 
     /// The sagas running here now.
@@ -223,6 +242,7 @@ impl Instance {
         if let Some(mut heartbeat) = heartbeat {
             heartbeat.stop(&self.store).await;
         }
+        drop(self.http.lock().unwrap_or_else(|e| e.into_inner()).take());
         self.closed.store(true, Ordering::Release);
         let report =
             ShutdownReport { abandoned: if drained.is_ok() { 0 } else { self.in_flight() }, waited: started.elapsed() };
@@ -323,7 +343,7 @@ pub(crate) struct Sending<'a, C: Command> {
 
 enum SendState<'a, C: Command> {
     Start { instance: &'a Instance, command: C, meta: Metadata, timeout: Duration },
-    Pending(Sent<C::Reply>),
+    Pending { sent: Sent<C::Reply>, instance: &'a Instance, started: tokio::time::Instant },
     Done,
 }
 
@@ -346,12 +366,18 @@ impl<C: Command> Future for Sending<'_, C> {
                         .deadline
                         .map_or(timeout, |inherited| timeout.min(inherited.saturating_duration_since(now)));
                     meta.deadline = now.checked_add(left).or(meta.deadline);
-                    self.state = SendState::Pending(instance.transport.send(command, meta, left));
+                    instance.metrics.sent(C::SUBJECT);
+                    let sent = instance.transport.send(command, meta, left);
+                    self.state = SendState::Pending { sent, instance, started: now };
                 }
-                SendState::Pending(mut pending) => {
-                    let poll = Pin::new(&mut pending).poll(cx);
-                    if poll.is_pending() {
-                        self.state = SendState::Pending(pending);
+                SendState::Pending { mut sent, instance, started } => {
+                    let poll = Pin::new(&mut sent).poll(cx);
+                    match &poll {
+                        Poll::Pending => self.state = SendState::Pending { sent, instance, started },
+                        Poll::Ready(outcome) => {
+                            let took = instance.clock.now().saturating_duration_since(started);
+                            instance.metrics.send_ended(C::SUBJECT, took, outcome.as_ref().err());
+                        }
                     }
                     return poll;
                 }

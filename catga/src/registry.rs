@@ -11,8 +11,9 @@ use crate::dispatch::{Delivery, RawReply};
 use crate::error::{Error, HandlerError};
 use crate::future::BoxFuture;
 use crate::instance::InFlight;
-use crate::message::{Command, Event};
+use crate::message::{Command, Event, Message};
 use crate::metadata::Metadata;
+use crate::metrics::HandlerLabels;
 
 /// Whether a handler answers commands or receives events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -188,6 +189,24 @@ pub trait Entry: Send + Sync + 'static {
     }
 }
 
+impl HandlerRecord {
+    /// The labels of this handler's metrics.
+    pub(crate) fn labels(&self) -> HandlerLabels {
+        HandlerLabels { handler: self.name, subject: self.subject }
+    }
+}
+
+/// Decode a payload for `record`'s handler; one that cannot be decoded is
+/// counted as a refused handling.
+fn decoded<M: Message>(
+    payload: &[u8],
+    record: &'static HandlerRecord,
+    in_flight: &InFlight,
+) -> Result<M, HandlerError> {
+    crate::dispatch::decode::<M>(payload)
+        .inspect_err(|e| in_flight.instance().metrics.refused(record.labels(), e.code()))
+}
+
 /// A generated command thunk: runs one delivery through the pipeline.
 #[doc(hidden)]
 pub type CommandThunk<C> = fn(Delivery<C>) -> BoxFuture<'static, Result<<C as Command>::Reply, HandlerError>>;
@@ -221,7 +240,7 @@ impl<C: Command> Entry for CommandEntry<C> {
         in_flight: InFlight,
         meta: Metadata,
     ) -> RawFuture {
-        let handling = crate::dispatch::decode::<C>(payload)
+        let handling = decoded::<C>(payload, record, &in_flight)
             .map(|message| (self.thunk)(Delivery::new(message, record, in_flight, meta)));
         Box::pin(async move {
             let reply = handling?.await?;
@@ -260,7 +279,7 @@ impl<E: Event> Entry for EventEntry<E> {
         meta: Metadata,
     ) -> RawFuture {
         let (done, outcome) = tokio::sync::oneshot::channel();
-        let started = crate::dispatch::decode::<E>(payload)
+        let started = decoded::<E>(payload, record, &in_flight)
             .map(|message| (self.thunk)(Delivery::new(message, record, in_flight, meta).reporting_to(done)));
         Box::pin(async move {
             started?;
@@ -281,7 +300,7 @@ impl<E: Event> Entry for EventEntry<E> {
         in_flight: InFlight,
         meta: Metadata,
     ) -> RawFuture {
-        let delivered = crate::dispatch::decode::<E>(payload)
+        let delivered = decoded::<E>(payload, record, &in_flight)
             .map(|message| (self.thunk)(Delivery::new(message, record, in_flight, meta)));
         Box::pin(std::future::ready(delivered.map(|()| RawReply::default())))
     }

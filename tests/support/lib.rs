@@ -160,6 +160,82 @@ impl Drop for NatsServer {
     }
 }
 
+/// `GET path` from 127.0.0.1:`port` over HTTP/1.0 (one request, the
+/// connection closed by the server): the status code and the body. Enough
+/// for the tests' few reads of a Catga `/metrics` and Prometheus' API.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
+
+/// One `prometheus` server (Debian package `prometheus`) on a free
+/// 127.0.0.1 port, scraping `targets` every second; its data in a fresh
+/// temporary directory, removed on drop.
+pub struct Prometheus {
+    child: Option<Child>,
+    /// The web and API port.
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Prometheus {
+    pub fn scraping(targets: &[std::net::SocketAddr]) -> Prometheus {
+        let dir = temp_dir("catga-prometheus");
+        let targets = targets.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: catga\n    static_configs:\n      - targets: [{targets}]\n"
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).expect("write prometheus.yml");
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus (is it installed? ./scripts/test.sh installs it)");
+        let mut server = Prometheus { child: Some(child), port, dir };
+        let listening = wait_for_port(port, Duration::from_secs(30));
+        if let Some(Ok(Some(status))) = server.child.as_mut().map(Child::try_wait) {
+            panic!("prometheus on port {port} exited at start ({status}); was the port taken?");
+        }
+        assert!(listening, "prometheus did not listen on {port} within 30 s");
+        server
+    }
+
+    /// The value of an instant PromQL query's first sample, if it has one.
+    pub fn query(&self, promql: &str) -> Option<f64> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (status, body) = http_get(self.port, &format!("/api/v1/query?query={encoded}")).ok()?;
+        if status != 200 {
+            return None;
+        }
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A fresh, empty directory under the system temp dir (the caller removes it).
 pub fn temp_dir(prefix: &str) -> std::path::PathBuf {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();

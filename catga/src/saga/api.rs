@@ -60,6 +60,7 @@ async fn start<S: Saga>(app: &App, id: &str, data: S::Data) -> Result<SagaOutcom
     let Some((lease, state, version)) = store::create(def, app, id, data).await? else {
         return store::wait_for_outcome(def.name, app, id).await;
     };
+    app.instance().metrics.saga_started(def.name);
     // The run is a task of its own: a started saga reaches its outcome
     // whatever its caller does (a caller that times out or is cancelled
     // drops only this wait, not the saga).
@@ -79,6 +80,7 @@ async fn start<S: Saga>(app: &App, id: &str, data: S::Data) -> Result<SagaOutcom
 async fn submit<S: Saga>(app: &App, id: &str, data: S::Data) -> Result<bool> {
     let def = S::definition();
     let Some((lease, state, version)) = store::create(def, app, id, data).await? else { return Ok(false) };
+    app.instance().metrics.saga_started(def.name);
     let app = app.clone();
     tokio::spawn(async move {
         let id = state.id.clone();

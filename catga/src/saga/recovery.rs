@@ -148,6 +148,7 @@ where
     }
     let from = if from.is_empty() { "(free lease)" } else { from };
     tracing::info!(saga = def.name, id, from, status = ?state.status, step = state.next, "saga taken over");
+    app.instance().metrics.taken_over(def.name);
     run(def, app, lease, state, stored.version, false).await.map(Some)
 }
 

@@ -42,6 +42,14 @@ where
     let mut run = Run { def, app, lease, state, version, attempt_recorded };
     let outcome = run.drive().instrument(span).await;
     drop(renewer);
+    if let Ok(ended) = &outcome {
+        let status = match ended {
+            SagaOutcome::Completed => "completed",
+            SagaOutcome::Compensated { .. } => "compensated",
+            SagaOutcome::Failed { .. } => "failed",
+        };
+        app.instance().metrics.saga_ended(def.name, status);
+    }
     let store = app.store();
     if outcome.is_ok()
         && let Err(e) = unindex(app, def.name, &run.state.id, run.state.status).await
@@ -230,6 +238,8 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             }
             let ctx = self.context(step.name, index, direction);
             let span = tracing::info_span!("catga.saga.step", step = step.name, ?direction, attempt = ctx.attempt());
+            let clock = self.app.instance().clock;
+            let started = clock.now();
             let result = match (direction, step.compensation) {
                 (Direction::Forward, _) => {
                     // The step changes a copy, kept only if it succeeds: a
@@ -246,6 +256,12 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
                 }
                 (Direction::Compensate, None) => return Ok(None),
             };
+            let way = match direction {
+                Direction::Forward => "forward",
+                Direction::Compensate => "compensate",
+            };
+            let took = clock.now().saturating_duration_since(started);
+            self.app.instance().metrics.step(self.def.name, step.name, way, took);
             match result {
                 Ok(()) => return Ok(None),
                 Err(error)

@@ -2,7 +2,8 @@
 //! JetStream contexts, the send retry policy, and the pieces the core and
 //! durable paths share — sending a reply, waiting for a drain.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::Subject;
@@ -12,6 +13,7 @@ use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, HandlerError, Result};
+use crate::metrics::Metrics;
 use crate::registry::HandlerRecord;
 use crate::transport::envelope;
 
@@ -44,11 +46,13 @@ impl Connection {
     /// Connect to the configured servers. A server that cannot be reached
     /// at startup is an error naming it; after that, the client reconnects
     /// on its own (with backoff) and resubscribes.
-    pub(crate) async fn connect(config: &Config, clock: Clock) -> Result<Connection> {
+    pub(crate) async fn connect(config: &Config, clock: Clock, metrics: Arc<Metrics>) -> Result<Connection> {
         let url = config.nats_url.as_deref().unwrap_or_default();
         let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
         let instance = config.instance_id.clone();
         let (closed_tx, closed) = watch::channel(false);
+        let lost = Arc::new(AtomicBool::new(false));
+        let on_event = metrics.clone();
         let options = async_nats::ConnectOptions::new()
             .name(format!("catga:{}:{}", config.service, config.instance_id))
             .ping_interval(config.nats_ping_interval)
@@ -61,14 +65,20 @@ impl Connection {
             .event_callback(move |event: async_nats::Event| {
                 let instance = instance.clone();
                 let closed_tx = closed_tx.clone();
+                let (metrics, lost) = (on_event.clone(), lost.clone());
                 async move {
                     match event {
                         async_nats::Event::Closed => {
                             tracing::info!(%instance, "nats: connection closed");
                             let _ = closed_tx.send(true);
                         }
-                        async_nats::Event::Connected => tracing::info!(%instance, "nats: connected"),
+                        async_nats::Event::Connected => {
+                            metrics.nats_connection(true, lost.swap(false, Ordering::Relaxed));
+                            tracing::info!(%instance, "nats: connected")
+                        }
                         async_nats::Event::Disconnected => {
+                            lost.store(true, Ordering::Relaxed);
+                            metrics.nats_connection(false, false);
                             tracing::warn!(%instance, "nats: disconnected, reconnecting")
                         }
                         async_nats::Event::SlowConsumer(sid) => tracing::warn!(
@@ -85,6 +95,7 @@ impl Connection {
                 "cannot connect to NATS at {url:?}: {e}; check CATGA_NATS_URL and that nats-server is running"
             ))
         })?;
+        metrics.nats_connection(true, false);
         Ok(Connection {
             js: async_nats::jetstream::ContextBuilder::new().timeout(config.request_timeout).build(client.clone()),
             js_admin: async_nats::jetstream::ContextBuilder::new()

@@ -39,6 +39,7 @@ use crate::instance::{InFlight, Instance};
 use crate::logging::warn_limited;
 use crate::message::{Command, Event};
 use crate::metadata::Metadata;
+use crate::metrics::{Metrics, Retry};
 use crate::receiver::Receiver;
 use crate::registry::{HandlerKind, HandlerRecord};
 use crate::transport::connection::{Connection, SEND_RETRY, drained, send_reply, subscription_capacity};
@@ -62,6 +63,7 @@ pub(crate) struct Nats {
 
 struct Inner {
     conn: Connection,
+    metrics: Arc<Metrics>,
     /// The program's runtime, where handlers run.
     runtime: tokio::runtime::Handle,
     durable: Settings,
@@ -85,16 +87,17 @@ struct Inner {
 impl Nats {
     /// Start the instance's I/O thread and connect there to the configured
     /// servers (see [`Connection::connect`]).
-    pub(crate) async fn connect(config: &Config, clock: Clock) -> Result<Nats> {
+    pub(crate) async fn connect(config: &Config, clock: Clock, metrics: Arc<Metrics>) -> Result<Nats> {
         let io = Io::start("catga-io")?;
         let connecting = {
-            let config = config.clone();
-            io.spawn(async move { Connection::connect(&config, clock).await })
+            let (config, metrics) = (config.clone(), metrics.clone());
+            io.spawn(async move { Connection::connect(&config, clock, metrics).await })
         };
         let conn = connecting.await.map_err(|e| Error::Config(format!("the NATS I/O thread failed: {e}")))??;
         Ok(Nats {
             inner: Arc::new(Inner {
                 conn,
+                metrics,
                 runtime: tokio::runtime::Handle::current(),
                 durable: Settings::of(config),
                 inbox: tokio::sync::OnceCell::new(),
@@ -279,12 +282,14 @@ impl Nats {
                     }
                     retries += 1;
                     conn.retried.fetch_add(1, Ordering::Relaxed);
+                    self.inner.metrics.retried(C::SUBJECT, Retry::NoResponders);
                     tracing::debug!(subject = C::SUBJECT, retries, ?pause, message_id = %meta.message_id, "no responders; retrying");
                     conn.clock.sleep(pause).await;
                     waiting = inbox.wait(); // the status took the token
                 }
                 Awaited::Silent => {
                     conn.retried.fetch_add(1, Ordering::Relaxed);
+                    self.inner.metrics.retried(C::SUBJECT, Retry::Silent);
                     tracing::debug!(
                         subject = C::SUBJECT,
                         message_id = %meta.message_id,
@@ -489,6 +494,7 @@ async fn handle(
     let started = clock.now();
     let outcome = match expired(&meta, record, clock) {
         Some(expired) => {
+            in_flight.instance().metrics.refused(record.labels(), expired.code());
             drop(in_flight);
             warn_limited!(
                 record.name,

@@ -190,10 +190,15 @@ impl DurableServe {
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
         let reply_to = header(&message.message, headers::REPLY_TO).map(Subject::from);
         let started = self.clock.now();
+        let metrics = in_flight.instance().metrics.clone();
+        if delivered > 1 {
+            metrics.redelivered(record.labels());
+        }
         let refused =
             decision::refuse_before_running(delivered, &self.settings).or_else(|| expired(&meta, record, self.clock));
         let outcome = match refused {
             Some(refused) => {
+                metrics.refused(record.labels(), refused.code());
                 drop(in_flight);
                 Err(refused)
             }
@@ -256,6 +261,7 @@ impl DurableServe {
                     let _ = message.ack_with(AckKind::Nak(Some(self.settings.ack_wait))).await;
                     return;
                 }
+                metrics.dead_lettered(record.labels());
                 tracing::error!(
                     subject = record.subject,
                     handler = record.name,

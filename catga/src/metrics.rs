@@ -1,0 +1,375 @@
+//! Metrics of one instance, in the Prometheus text format: every name
+//! starts with `catga_`. [`App::metrics_text`](crate::App::metrics_text)
+//! renders them; with `CATGA_HTTP_ADDR` set, `GET /metrics` serves them
+//! ([`crate::http`]).
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `catga_handlings_total` | `handler`, `subject` | handlings that ended (refused ones included) |
+//! | `catga_handling_errors_total` | `handler`, `subject`, `code` | handlings that failed, by error code |
+//! | `catga_handling_duration_seconds` | `handler`, `subject` | histogram of handlings' durations |
+//! | `catga_handlings_in_flight` | `handler`, `subject` | handlings running now |
+//! | `catga_events_delivered_total` | `handler`, `subject` | event deliveries to a handler |
+//! | `catga_sends_total` | `subject` | commands sent |
+//! | `catga_send_retries_total` | `subject`, `reason` | publishes again: `no_responders`, or `silent` (the responder showed no sign of life: a liveness re-send) |
+//! | `catga_send_failures_total` | `subject`, `code` | sends that failed, by code (`timeout`, `no_handler`, a handler's code…) |
+//! | `catga_send_duration_seconds` | `subject` | histogram of sends' durations, every attempt included |
+//! | `catga_events_published_total` | `subject` | events published |
+//! | `catga_sagas_started_total` | `saga` | sagas started here |
+//! | `catga_sagas_ended_total` | `saga`, `status` | runs that ended here: `completed`, `compensated`, `failed` |
+//! | `catga_saga_step_duration_seconds` | `saga`, `step`, `direction` | histogram of step attempts' durations |
+//! | `catga_saga_takeovers_total` | `saga` | sagas taken over here from a dead or stopped instance |
+//! | `catga_durable_redeliveries_total` | `handler`, `subject` | durable messages delivered more than once |
+//! | `catga_dead_letters_total` | `handler`, `subject` | durable messages dead-lettered |
+//! | `catga_nats_connected` | | 1 while the NATS connection is up (0: down, or no NATS configured) |
+//! | `catga_nats_reconnects_total` | | connections made again after a loss |
+//!
+//! Labels stay bounded: handlers, subjects, sagas and steps are fixed at
+//! compile time; an error code is Catga's own or one of the codes named in
+//! [`Config::metric_error_codes`](crate::Config::metric_error_codes), and
+//! `other` for any other.
+//!
+//! Recording costs a few atomic adds and, per handling or send, one lookup
+//! in a read-locked map (`docs/BENCHMARKS.md` measures it).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::error::{Error, HandlerError};
+
+/// The content type of [`Metrics::render`]'s text.
+pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Catga's own error codes: always a label value of their own.
+const BUILT_IN: &[&str] = &[
+    HandlerError::INTERNAL,
+    HandlerError::PANIC,
+    HandlerError::INVALID,
+    HandlerError::HANDLER_TIMEOUT,
+    HandlerError::NO_HANDLER,
+    HandlerError::TIMEOUT,
+    HandlerError::CODEC,
+    HandlerError::SHUTDOWN,
+    HandlerError::TRANSPORT,
+    HandlerError::PAYLOAD_TOO_LARGE,
+    HandlerError::STORE,
+    HandlerError::SAGA,
+    HandlerError::CONFIG,
+    HandlerError::IN_PROGRESS,
+    HandlerError::NOT_FINISHED,
+    HandlerError::DEADLINE,
+];
+
+/// The labels of one handler's metrics (`HandlerRecord::labels`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct HandlerLabels {
+    pub(crate) handler: &'static str,
+    pub(crate) subject: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandlerErrorLabels {
+    handler: &'static str,
+    subject: &'static str,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubjectLabels {
+    subject: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabels {
+    subject: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SendErrorLabels {
+    subject: &'static str,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SagaLabels {
+    saga: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SagaEndLabels {
+    saga: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    saga: &'static str,
+    step: &'static str,
+    direction: &'static str,
+}
+
+type Seconds = fn() -> Histogram;
+
+/// 0.5 ms to ~16 s, doubling.
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Why a send published again.
+#[derive(Clone, Copy)]
+pub(crate) enum Retry {
+    /// The server said no instance is subscribed.
+    NoResponders,
+    /// The responder showed no sign of life for the liveness timeout.
+    Silent,
+}
+
+/// The metrics of one instance.
+pub(crate) struct Metrics {
+    registry: Registry,
+    codes: Vec<String>,
+    handlings: Family<HandlerLabels, Counter>,
+    handling_errors: Family<HandlerErrorLabels, Counter>,
+    handling_seconds: Family<HandlerLabels, Histogram, Seconds>,
+    in_flight: Family<HandlerLabels, Gauge>,
+    events_delivered: Family<HandlerLabels, Counter>,
+    sends: Family<SubjectLabels, Counter>,
+    send_retries: Family<RetryLabels, Counter>,
+    send_failures: Family<SendErrorLabels, Counter>,
+    send_seconds: Family<SubjectLabels, Histogram, Seconds>,
+    events_published: Family<SubjectLabels, Counter>,
+    sagas_started: Family<SagaLabels, Counter>,
+    sagas_ended: Family<SagaEndLabels, Counter>,
+    step_seconds: Family<StepLabels, Histogram, Seconds>,
+    takeovers: Family<SagaLabels, Counter>,
+    redeliveries: Family<HandlerLabels, Counter>,
+    dead_letters: Family<HandlerLabels, Counter>,
+    nats_connected: Gauge,
+    nats_reconnects: Counter,
+}
+
+impl Metrics {
+    /// Every metric registered, none recorded yet; `codes`: the user error
+    /// codes that get a label value of their own.
+    pub(crate) fn new(codes: &[String]) -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("catga"),
+            codes: codes.to_vec(),
+            handlings: Family::default(),
+            handling_errors: Family::default(),
+            handling_seconds: Family::new_with_constructor(seconds),
+            in_flight: Family::default(),
+            events_delivered: Family::default(),
+            sends: Family::default(),
+            send_retries: Family::default(),
+            send_failures: Family::default(),
+            send_seconds: Family::new_with_constructor(seconds),
+            events_published: Family::default(),
+            sagas_started: Family::default(),
+            sagas_ended: Family::default(),
+            step_seconds: Family::new_with_constructor(seconds),
+            takeovers: Family::default(),
+            redeliveries: Family::default(),
+            dead_letters: Family::default(),
+            nats_connected: Gauge::default(),
+            nats_reconnects: Counter::default(),
+        };
+        let r = &mut m.registry;
+        r.register("handlings", "Handlings that ended, refused ones included", m.handlings.clone());
+        r.register("handling_errors", "Handlings that failed, by error code", m.handling_errors.clone());
+        r.register("handling_duration_seconds", "Durations of handlings", m.handling_seconds.clone());
+        r.register("handlings_in_flight", "Handlings running now", m.in_flight.clone());
+        r.register("events_delivered", "Event deliveries to a handler", m.events_delivered.clone());
+        r.register("sends", "Commands sent", m.sends.clone());
+        r.register("send_retries", "Publishes again of a send, by reason", m.send_retries.clone());
+        r.register("send_failures", "Sends that failed, by error code", m.send_failures.clone());
+        r.register("send_duration_seconds", "Durations of sends, every attempt included", m.send_seconds.clone());
+        r.register("events_published", "Events published", m.events_published.clone());
+        r.register("sagas_started", "Sagas started here", m.sagas_started.clone());
+        r.register("sagas_ended", "Saga runs that ended here, by status", m.sagas_ended.clone());
+        r.register("saga_step_duration_seconds", "Durations of saga step attempts", m.step_seconds.clone());
+        r.register("saga_takeovers", "Sagas taken over here", m.takeovers.clone());
+        r.register("durable_redeliveries", "Durable messages delivered more than once", m.redeliveries.clone());
+        r.register("dead_letters", "Durable messages dead-lettered", m.dead_letters.clone());
+        r.register("nats_connected", "1 while the NATS connection is up", m.nats_connected.clone());
+        r.register("nats_reconnects", "NATS connections made again after a loss", m.nats_reconnects.clone());
+        m
+    }
+
+    /// Every metric, in the Prometheus text format.
+    pub(crate) fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// A code as a label value: Catga's own, a configured one, or `other`.
+    fn code(&self, code: &str) -> String {
+        if BUILT_IN.contains(&code) || self.codes.iter().any(|c| c == code) {
+            code.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+
+    /// A handling of a handler started: counted in flight until the guard
+    /// drops, then its duration and outcome are recorded by `ended`.
+    pub(crate) fn handling(&self, labels: HandlerLabels) -> HandlingGauge {
+        let gauge = self.in_flight.get_or_create_owned(&labels);
+        gauge.inc();
+        HandlingGauge(gauge)
+    }
+
+    /// A handling of a handler ended after `took`.
+    pub(crate) fn ended(&self, labels: HandlerLabels, took: Duration, error: Option<&HandlerError>) {
+        self.handlings.get_or_create(&labels).inc();
+        self.handling_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+        if let Some(error) = error {
+            self.refused_with(labels, error.code());
+        }
+    }
+
+    /// A message for a handler refused before its handler (undecodable, past
+    /// its deadline): a handling that failed at once.
+    pub(crate) fn refused(&self, labels: HandlerLabels, code: &str) {
+        self.handlings.get_or_create(&labels).inc();
+        self.refused_with(labels, code);
+    }
+
+    fn refused_with(&self, labels: HandlerLabels, code: &str) {
+        let HandlerLabels { handler, subject } = labels;
+        self.handling_errors.get_or_create(&HandlerErrorLabels { handler, subject, code: self.code(code) }).inc();
+    }
+
+    /// An event was delivered to a handler.
+    pub(crate) fn delivered(&self, labels: HandlerLabels) {
+        self.events_delivered.get_or_create(&labels).inc();
+    }
+
+    /// A command was sent to `subject`.
+    pub(crate) fn sent(&self, subject: &'static str) {
+        self.sends.get_or_create(&SubjectLabels { subject }).inc();
+    }
+
+    /// A send to `subject` published again.
+    pub(crate) fn retried(&self, subject: &'static str, why: Retry) {
+        let reason = match why {
+            Retry::NoResponders => "no_responders",
+            Retry::Silent => "silent",
+        };
+        self.send_retries.get_or_create(&RetryLabels { subject, reason }).inc();
+    }
+
+    /// A send to `subject` ended after `took`.
+    pub(crate) fn send_ended(&self, subject: &'static str, took: Duration, error: Option<&Error>) {
+        self.send_seconds.get_or_create(&SubjectLabels { subject }).observe(took.as_secs_f64());
+        if let Some(error) = error {
+            let code = self.code(error_code(error));
+            self.send_failures.get_or_create(&SendErrorLabels { subject, code }).inc();
+        }
+    }
+
+    /// An event was published on `subject`.
+    pub(crate) fn published(&self, subject: &'static str) {
+        self.events_published.get_or_create(&SubjectLabels { subject }).inc();
+    }
+
+    /// A saga was started here.
+    pub(crate) fn saga_started(&self, saga: &'static str) {
+        self.sagas_started.get_or_create(&SagaLabels { saga }).inc();
+    }
+
+    /// A saga's run ended here with `status` (`completed`, `compensated`, `failed`).
+    pub(crate) fn saga_ended(&self, saga: &'static str, status: &'static str) {
+        self.sagas_ended.get_or_create(&SagaEndLabels { saga, status }).inc();
+    }
+
+    /// One attempt of a saga step took `took`.
+    pub(crate) fn step(&self, saga: &'static str, step: &'static str, direction: &'static str, took: Duration) {
+        self.step_seconds.get_or_create(&StepLabels { saga, step, direction }).observe(took.as_secs_f64());
+    }
+
+    /// A saga was taken over here.
+    pub(crate) fn taken_over(&self, saga: &'static str) {
+        self.takeovers.get_or_create(&SagaLabels { saga }).inc();
+    }
+
+    /// A durable message for a handler came again.
+    pub(crate) fn redelivered(&self, labels: HandlerLabels) {
+        self.redeliveries.get_or_create(&labels).inc();
+    }
+
+    /// A durable message for a handler was dead-lettered.
+    pub(crate) fn dead_lettered(&self, labels: HandlerLabels) {
+        self.dead_letters.get_or_create(&labels).inc();
+    }
+
+    /// The NATS connection came up (`again`: after a loss) or went down.
+    pub(crate) fn nats_connection(&self, up: bool, again: bool) {
+        self.nats_connected.set(i64::from(up));
+        if up && again {
+            self.nats_reconnects.inc();
+        }
+    }
+}
+
+/// Counts one handling in flight until dropped.
+pub(crate) struct HandlingGauge(Gauge);
+
+impl Drop for HandlingGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The code of a failed send: the handler's, or what failed.
+fn error_code(error: &Error) -> &str {
+    match error {
+        Error::Handler { error, .. } => error.code(),
+        Error::NoHandler { .. } => HandlerError::NO_HANDLER,
+        Error::Timeout { .. } => HandlerError::TIMEOUT,
+        Error::Codec { .. } => HandlerError::CODEC,
+        Error::Shutdown { .. } => HandlerError::SHUTDOWN,
+        Error::Transport { .. } => HandlerError::TRANSPORT,
+        Error::PayloadTooLarge { .. } => HandlerError::PAYLOAD_TOO_LARGE,
+        Error::Store(_) => HandlerError::STORE,
+        Error::Saga { .. } => HandlerError::SAGA,
+        Error::Config(_) | Error::DuplicateHandler { .. } => HandlerError::CONFIG,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_outside_the_configured_set_are_other() {
+        let m = Metrics::new(&["out_of_stock".to_owned()]);
+        assert_eq!(m.code("timeout"), "timeout");
+        assert_eq!(m.code("out_of_stock"), "out_of_stock");
+        assert_eq!(m.code("customer-4711-blocked"), "other");
+    }
+
+    #[test]
+    fn the_text_names_every_metric_with_the_prefix() {
+        let m = Metrics::new(&[]);
+        m.sent("orders.place");
+        m.retried("orders.place", Retry::Silent);
+        m.nats_connection(true, false);
+        let text = m.render();
+        assert!(text.contains("catga_sends_total{subject=\"orders.place\"} 1"), "{text}");
+        assert!(text.contains("catga_send_retries_total{subject=\"orders.place\",reason=\"silent\"} 1"), "{text}");
+        assert!(text.contains("catga_nats_connected 1"), "{text}");
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            assert!(line.starts_with("catga_"), "{line}");
+        }
+    }
+}
