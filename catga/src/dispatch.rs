@@ -17,7 +17,6 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -35,7 +34,7 @@ use crate::instance::InFlight;
 use crate::logging::warn_limited;
 use crate::message::{Command, Event, Message};
 use crate::metadata::Metadata;
-use crate::metrics::{HandlingGauge, Metrics};
+use crate::metrics::HandlingGauge;
 use crate::middleware::{Handling, Next, Terminal};
 use crate::registry::{HandlerKind, HandlerRecord};
 
@@ -189,8 +188,7 @@ where
         instance.metrics.delivered(record.labels());
     }
     let measured = Measured {
-        _in_flight: instance.metrics.handling(record.labels()),
-        metrics: instance.metrics.clone(),
+        gauge: instance.metrics.handling(record.labels()),
         clock: instance.clock,
         started: instance.clock.now(),
     };
@@ -214,8 +212,7 @@ where
 /// A handling's metrics: in flight until dropped, then its duration and
 /// outcome (see [`crate::metrics`]).
 struct Measured {
-    _in_flight: HandlingGauge,
-    metrics: Arc<Metrics>,
+    gauge: HandlingGauge,
     clock: Clock,
     started: tokio::time::Instant,
 }
@@ -246,9 +243,9 @@ where
         if let (Err(error), Some(record)) = (&outcome, *this.record) {
             report(record, error);
         }
-        if let (Some(m), Some(record)) = (this.measured.take(), *this.record) {
+        if let Some(m) = this.measured.take() {
             let took = m.clock.now().saturating_duration_since(m.started);
-            m.metrics.ended(record.labels(), took, outcome.as_ref().err());
+            m.gauge.ended(took, outcome.as_ref().err());
         }
         Poll::Ready(outcome)
     }

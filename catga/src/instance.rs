@@ -35,7 +35,7 @@ use crate::http::HttpServer;
 use crate::liveness::Heartbeat;
 use crate::message::{Command, Event};
 use crate::metadata::Metadata;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SendSet};
 use crate::middleware::Middleware;
 use crate::registry::HandlerRecord;
 use crate::store::Store;
@@ -343,7 +343,7 @@ pub(crate) struct Sending<'a, C: Command> {
 
 enum SendState<'a, C: Command> {
     Start { instance: &'a Instance, command: C, meta: Metadata, timeout: Duration },
-    Pending { sent: Sent<C::Reply>, instance: &'a Instance, started: tokio::time::Instant },
+    Pending { sent: Sent<C::Reply>, instance: &'a Instance, metrics: Arc<SendSet>, started: tokio::time::Instant },
     Done,
 }
 
@@ -366,17 +366,17 @@ impl<C: Command> Future for Sending<'_, C> {
                         .deadline
                         .map_or(timeout, |inherited| timeout.min(inherited.saturating_duration_since(now)));
                     meta.deadline = now.checked_add(left).or(meta.deadline);
-                    instance.metrics.sent(C::SUBJECT);
+                    let metrics = instance.metrics.sent(C::SUBJECT);
                     let sent = instance.transport.send(command, meta, left);
-                    self.state = SendState::Pending { sent, instance, started: now };
+                    self.state = SendState::Pending { sent, instance, metrics, started: now };
                 }
-                SendState::Pending { mut sent, instance, started } => {
+                SendState::Pending { mut sent, instance, metrics, started } => {
                     let poll = Pin::new(&mut sent).poll(cx);
                     match &poll {
-                        Poll::Pending => self.state = SendState::Pending { sent, instance, started },
+                        Poll::Pending => self.state = SendState::Pending { sent, instance, metrics, started },
                         Poll::Ready(outcome) => {
                             let took = instance.clock.now().saturating_duration_since(started);
-                            instance.metrics.send_ended(C::SUBJECT, took, outcome.as_ref().err());
+                            metrics.ended(took, outcome.as_ref().err());
                         }
                     }
                     return poll;

@@ -32,6 +32,8 @@
 //! Recording costs a few atomic adds and, per handling or send, one lookup
 //! in a read-locked map (`docs/BENCHMARKS.md` measures it).
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -134,7 +136,12 @@ pub(crate) enum Retry {
 /// The metrics of one instance.
 pub(crate) struct Metrics {
     registry: Registry,
-    codes: Vec<String>,
+    codes: Arc<[String]>,
+    /// Each handler's and each send subject's metrics, looked up in their
+    /// families once: a handling or send then costs a lookup by address
+    /// here instead of hashing its label strings several times.
+    handlers: RwLock<HashMap<(usize, usize), Arc<HandlerSet>, rustc_hash::FxBuildHasher>>,
+    subjects: RwLock<HashMap<usize, Arc<SendSet>, rustc_hash::FxBuildHasher>>,
     handlings: Family<HandlerLabels, Counter>,
     handling_errors: Family<HandlerErrorLabels, Counter>,
     handling_seconds: Family<HandlerLabels, Histogram, Seconds>,
@@ -161,7 +168,9 @@ impl Metrics {
     pub(crate) fn new(codes: &[String]) -> Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("catga"),
-            codes: codes.to_vec(),
+            codes: codes.into(),
+            handlers: RwLock::default(),
+            subjects: RwLock::default(),
             handlings: Family::default(),
             handling_errors: Family::default(),
             handling_seconds: Family::new_with_constructor(seconds),
@@ -213,28 +222,27 @@ impl Metrics {
 
     /// A code as a label value: Catga's own, a configured one, or `other`.
     fn code(&self, code: &str) -> String {
-        if BUILT_IN.contains(&code) || self.codes.iter().any(|c| c == code) {
-            code.to_owned()
-        } else {
-            "other".to_owned()
-        }
+        bounded(&self.codes, code)
     }
 
-    /// A handling of a handler started: counted in flight until the guard
-    /// drops, then its duration and outcome are recorded by `ended`.
+    /// A handling of the handler `labels` names started: counted in flight
+    /// until the guard drops; [`HandlingGauge::ended`] records its outcome.
     pub(crate) fn handling(&self, labels: HandlerLabels) -> HandlingGauge {
-        let gauge = self.in_flight.get_or_create_owned(&labels);
-        gauge.inc();
-        HandlingGauge(gauge)
-    }
-
-    /// A handling of a handler ended after `took`.
-    pub(crate) fn ended(&self, labels: HandlerLabels, took: Duration, error: Option<&HandlerError>) {
-        self.handlings.get_or_create(&labels).inc();
-        self.handling_seconds.get_or_create(&labels).observe(took.as_secs_f64());
-        if let Some(error) = error {
-            self.refused_with(labels, error.code());
-        }
+        let key = (labels.handler.as_ptr() as usize, labels.subject.as_ptr() as usize);
+        let cached = self.handlers.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+        let set = cached.unwrap_or_else(|| {
+            let set = Arc::new(HandlerSet {
+                labels,
+                handlings: self.handlings.get_or_create_owned(&labels),
+                seconds: self.handling_seconds.get_or_create_owned(&labels),
+                in_flight: self.in_flight.get_or_create_owned(&labels),
+                errors: self.handling_errors.clone(),
+                codes: self.codes.clone(),
+            });
+            self.handlers.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(set).clone()
+        });
+        set.in_flight.inc();
+        HandlingGauge(set)
     }
 
     /// A message for a handler refused before its handler (undecodable, past
@@ -254,9 +262,23 @@ impl Metrics {
         self.events_delivered.get_or_create(&labels).inc();
     }
 
-    /// A command was sent to `subject`.
-    pub(crate) fn sent(&self, subject: &'static str) {
-        self.sends.get_or_create(&SubjectLabels { subject }).inc();
+    /// A command was sent to `subject`: its metrics, to record its end by.
+    pub(crate) fn sent(&self, subject: &'static str) -> Arc<SendSet> {
+        let key = subject.as_ptr() as usize;
+        let cached = self.subjects.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+        let set = cached.unwrap_or_else(|| {
+            let labels = SubjectLabels { subject };
+            let set = Arc::new(SendSet {
+                subject,
+                sends: self.sends.get_or_create_owned(&labels),
+                seconds: self.send_seconds.get_or_create_owned(&labels),
+                failures: self.send_failures.clone(),
+                codes: self.codes.clone(),
+            });
+            self.subjects.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(set).clone()
+        });
+        set.sends.inc();
+        set
     }
 
     /// A send to `subject` published again.
@@ -266,15 +288,6 @@ impl Metrics {
             Retry::Silent => "silent",
         };
         self.send_retries.get_or_create(&RetryLabels { subject, reason }).inc();
-    }
-
-    /// A send to `subject` ended after `took`.
-    pub(crate) fn send_ended(&self, subject: &'static str, took: Duration, error: Option<&Error>) {
-        self.send_seconds.get_or_create(&SubjectLabels { subject }).observe(took.as_secs_f64());
-        if let Some(error) = error {
-            let code = self.code(error_code(error));
-            self.send_failures.get_or_create(&SendErrorLabels { subject, code }).inc();
-        }
     }
 
     /// An event was published on `subject`.
@@ -321,12 +334,61 @@ impl Metrics {
     }
 }
 
+/// A code as a label value: Catga's own, one of `codes`, or `other`.
+fn bounded(codes: &[String], code: &str) -> String {
+    if BUILT_IN.contains(&code) || codes.iter().any(|c| c == code) { code.to_owned() } else { "other".to_owned() }
+}
+
+/// One handler's metrics.
+pub(crate) struct HandlerSet {
+    labels: HandlerLabels,
+    handlings: Counter,
+    seconds: Histogram,
+    in_flight: Gauge,
+    errors: Family<HandlerErrorLabels, Counter>,
+    codes: Arc<[String]>,
+}
+
 /// Counts one handling in flight until dropped.
-pub(crate) struct HandlingGauge(Gauge);
+pub(crate) struct HandlingGauge(Arc<HandlerSet>);
+
+impl HandlingGauge {
+    /// The handling ended after `took`.
+    pub(crate) fn ended(&self, took: Duration, error: Option<&HandlerError>) {
+        let set = &self.0;
+        set.handlings.inc();
+        set.seconds.observe(took.as_secs_f64());
+        if let Some(error) = error {
+            let HandlerLabels { handler, subject } = set.labels;
+            let code = bounded(&set.codes, error.code());
+            set.errors.get_or_create(&HandlerErrorLabels { handler, subject, code }).inc();
+        }
+    }
+}
 
 impl Drop for HandlingGauge {
     fn drop(&mut self) {
-        self.0.dec();
+        self.0.in_flight.dec();
+    }
+}
+
+/// One send subject's metrics.
+pub(crate) struct SendSet {
+    subject: &'static str,
+    sends: Counter,
+    seconds: Histogram,
+    failures: Family<SendErrorLabels, Counter>,
+    codes: Arc<[String]>,
+}
+
+impl SendSet {
+    /// A send ended after `took`.
+    pub(crate) fn ended(&self, took: Duration, error: Option<&Error>) {
+        self.seconds.observe(took.as_secs_f64());
+        if let Some(error) = error {
+            let code = bounded(&self.codes, error_code(error));
+            self.failures.get_or_create(&SendErrorLabels { subject: self.subject, code }).inc();
+        }
     }
 }
 
