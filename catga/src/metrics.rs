@@ -1,7 +1,8 @@
 //! Metrics of one instance, in the Prometheus text format: every name
 //! starts with `catga_`. [`App::metrics_text`](crate::App::metrics_text)
-//! renders them; with `CATGA_HTTP_ADDR` set, `GET /metrics` serves them
-//! ([`crate::http`]).
+//! renders them; with `CATGA_HTTP_ADDR` set
+//! ([`Config::http_addr`](crate::Config::http_addr)), `GET /metrics` serves
+//! them.
 //!
 //! | metric | labels | what |
 //! |---|---|---|
