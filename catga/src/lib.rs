@@ -111,6 +111,7 @@ pub mod registry;
 pub mod saga;
 mod signals;
 pub mod store;
+pub mod trace;
 pub mod transport;
 
 pub use app::App;
@@ -124,6 +125,7 @@ pub use future::BoxFuture;
 pub use instance::{SendOptions, ShutdownReport};
 pub use message::{Command, Event, Message, Validate};
 pub use metadata::{MessageId, Metadata};
+pub use trace::{SpanId, TraceContext, TraceId};
 pub use transport::{DeadLetter, DeadLetterPage};
 
 /// Attribute macros for handlers, derives for contracts.
