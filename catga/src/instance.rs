@@ -27,6 +27,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -178,7 +179,8 @@ impl Instance {
     pub(crate) async fn publish_as<E: Event>(&self, event: E, mut meta: Metadata) -> Result<()> {
         self.check_open()?;
         meta.deadline = None;
-        self.transport.publish(event, meta).await
+        let span = hop_span!("catga.publish", E::SUBJECT, meta);
+        self.transport.publish(event, meta).instrument(span).await
     }
 
     /// The sagas running here now.
@@ -322,10 +324,35 @@ pub(crate) struct Sending<'a, C: Command> {
 }
 
 enum SendState<'a, C: Command> {
-    Start { instance: &'a Instance, command: C, meta: Metadata, timeout: Duration },
-    Pending(Sent<C::Reply>),
+    Start {
+        instance: &'a Instance,
+        command: C,
+        meta: Metadata,
+        timeout: Duration,
+    },
+    /// The send under way, in its span (`catga.send`).
+    Pending(Sent<C::Reply>, tracing::Span),
     Done,
 }
+
+/// The span of one send (`catga.send`) or publish (`catga.publish`): the
+/// hop whose id goes on the wire as `traceparent`'s parent id (its own
+/// parent: the handling or saga step it was made from), so the hop's log
+/// lines join the trace.
+macro_rules! hop_span {
+    ($name:literal, $subject:expr, $meta:expr) => {{
+        let (meta, trace) = (&$meta, &$meta.trace);
+        tracing::info_span!(
+            $name,
+            subject = $subject,
+            message_id = %meta.message_id,
+            trace_id = %trace.trace_id(),
+            span_id = %trace.span_id(),
+            parent_span_id = trace.parent_span_id().map(tracing::field::display),
+        )
+    }};
+}
+use hop_span;
 
 // The command is only ever moved, never pinned, so `Sending` is `Unpin`
 // whatever the command type is.
@@ -346,12 +373,14 @@ impl<C: Command> Future for Sending<'_, C> {
                         .deadline
                         .map_or(timeout, |inherited| timeout.min(inherited.saturating_duration_since(now)));
                     meta.deadline = now.checked_add(left).or(meta.deadline);
-                    self.state = SendState::Pending(instance.transport.send(command, meta, left));
+                    let span = hop_span!("catga.send", C::SUBJECT, meta);
+                    let sent = span.in_scope(|| instance.transport.send(command, meta, left));
+                    self.state = SendState::Pending(sent, span);
                 }
-                SendState::Pending(mut pending) => {
-                    let poll = Pin::new(&mut pending).poll(cx);
+                SendState::Pending(mut pending, span) => {
+                    let poll = span.in_scope(|| Pin::new(&mut pending).poll(cx));
                     if poll.is_pending() {
-                        self.state = SendState::Pending(pending);
+                        self.state = SendState::Pending(pending, span);
                     }
                     return poll;
                 }

@@ -195,6 +195,67 @@ impl SlowOrder {
     }
 }
 
+// ---------- trace context tests (tests/trace.rs) ----------
+
+/// Where a span is in its trace, as a handler or step sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Seen {
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub tracestate: Option<String>,
+    pub correlation: String,
+    pub instance: String,
+}
+
+fn seen(trace: &catga::TraceContext, correlation: catga::MessageId, instance: &str) -> Seen {
+    Seen {
+        trace_id: trace.trace_id().to_string(),
+        span_id: trace.span_id().to_string(),
+        parent_span_id: trace.parent_span_id().map(|p| p.to_string()),
+        tracestate: trace.tracestate().map(str::to_owned),
+        correlation: correlation.to_string(),
+        instance: instance.to_owned(),
+    }
+}
+
+fn handling(ctx: &Context) -> Seen {
+    seen(&ctx.metadata().trace, ctx.metadata().correlation_id, ctx.instance_id())
+}
+
+/// Answers where its handling is in the trace, and publishes `Traced`.
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "trace.probe", reply = Seen)]
+pub struct Probe;
+
+/// Published by `probe`: where the publishing handling was.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[catga(subject = "trace.traced")]
+pub struct Traced {
+    pub by: Seen,
+}
+
+/// Published by the handler of `Traced`: the publisher's place and its own.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[catga(subject = "trace.report")]
+pub struct TraceReport {
+    pub by: Seen,
+    pub handler: Seen,
+}
+
+#[catga::command(queue = "saga-svc")]
+async fn probe(_: Probe, ctx: Context) -> Result<Seen, HandlerError> {
+    let me = handling(&ctx);
+    ctx.publish(Traced { by: me.clone() }).await?;
+    Ok(me)
+}
+
+#[catga::event(queue = "saga-svc")]
+async fn on_traced(ev: Traced, ctx: Context) -> Result<(), HandlerError> {
+    ctx.publish(TraceReport { by: ev.by, handler: handling(&ctx) }).await?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     catga_suite::log_to_stderr();
