@@ -1,6 +1,7 @@
 //! W3C trace context across hops: every send, publish and handling is a
 //! span of one trace, each the child of the one before it; `tracestate`
-//! is passed on.
+//! is passed on; a saga's steps continue the trace of the request that
+//! started it, also after a takeover by another instance.
 //!
 //! In memory (the spans recorded by a tracing layer, so the whole tree is
 //! checked), and across real processes (`catga-saga-service` instances over
@@ -12,12 +13,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use catga::prelude::*;
+use catga::saga::{SagaContext, SagaStatus, StepError};
+use catga::store::Key;
 use catga::transport::memory::MemoryBus;
 use catga::{Metadata, SendOptions, TraceContext};
 use catga_suite::{NatsServer, RedisServer, ServiceProcess};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
+/// Another caller span of the same trace (a second request).
+const OTHER_CALLER_SPAN: &str = "00f067aa0ba902b8";
 const STATE: &str = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
 
 fn caller_traceparent() -> String {
@@ -129,6 +134,45 @@ async fn mem_traced(ev: MemTraced, ctx: Context) -> Result<(), HandlerError> {
     Ok(())
 }
 
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "t.trace.start_saga", reply = Place)]
+struct MemStartSaga {
+    id: String,
+}
+
+#[catga::command(queue = "trace")]
+async fn mem_start_saga(cmd: MemStartSaga, ctx: Context) -> Result<Place, HandlerError> {
+    let outcome = ctx.app().start_saga::<MemSaga>(&cmd.id, ()).await?;
+    if outcome != catga::saga::SagaOutcome::Completed {
+        return Err(HandlerError::new("saga", format!("{outcome:?}")));
+    }
+    Ok(place(&ctx.metadata().trace, ctx.metadata().correlation_id))
+}
+
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "t.trace.effect", reply = Place)]
+struct MemEffect;
+
+#[catga::command(queue = "trace")]
+async fn mem_effect(_: MemEffect, ctx: Context) -> Result<Place, HandlerError> {
+    Ok(place(&ctx.metadata().trace, ctx.metadata().correlation_id))
+}
+
+/// (step's place, the place of the handling of its send)
+static STEPS: Mutex<Vec<(Place, Place)>> = Mutex::new(Vec::new());
+
+struct MemSaga;
+
+#[catga::saga(name = "t-trace-saga")]
+impl MemSaga {
+    #[step(pivot)]
+    async fn only(_: &mut (), ctx: &SagaContext) -> Result<(), StepError> {
+        let effect = ctx.send(MemEffect).await?;
+        STEPS.lock().unwrap().push((place(ctx.trace(), catga::MessageId::from_u128(0)), effect));
+        Ok(())
+    }
+}
+
 /// Two instances with the handlers of `t.trace.*` (kept: dropping an
 /// instance's every handle unsubscribes it) and a client.
 async fn memory_instances() -> (Vec<App>, App) {
@@ -164,20 +208,22 @@ fn path(tree: &HashMap<String, (String, String, Option<String>)>, span: &str) ->
 }
 
 #[test]
-fn in_memory_a_command_and_its_event_form_one_tree() {
+fn in_memory_a_command_its_event_and_a_saga_step_form_one_tree() {
     use tracing_subscriber::layer::SubscriberExt;
     let spans = Spans::default();
     let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let probe = rt.block_on(async {
+    let (probe, started) = rt.block_on(async {
         let (_instances, client) = memory_instances().await;
         let probe = client.send_as(MemProbe, from_caller(), SendOptions::default()).await.unwrap();
+        let saga = MemStartSaga { id: format!("s-{}", catga::MessageId::new()) };
+        let started = client.send_as(saga, sent_as(OTHER_CALLER_SPAN), SendOptions::default()).await.unwrap();
         // The event's handling runs on a task of its own.
         let deadline = Instant::now() + Duration::from_secs(10);
         while EVENTS.lock().unwrap().is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        probe
+        (probe, started)
     });
 
     // The handler continues the caller's trace, its parent the caller's span.
@@ -196,6 +242,16 @@ fn in_memory_a_command_and_its_event_form_one_tree() {
     assert_eq!(event.tracestate.as_deref(), Some(STATE));
     assert_eq!(event.correlation, TRACE);
 
+    // The saga's step and its send continue the request that started it.
+    let steps = STEPS.lock().unwrap().clone();
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    let (step, effect) = &steps[0];
+    assert_eq!(step.trace_id, TRACE);
+    assert_eq!(step.parent_span_id.as_ref(), Some(&started.span_id), "the step's parent is its starter's span");
+    assert_eq!(effect.trace_id, TRACE);
+    assert_eq!(effect.tracestate.as_deref(), Some(STATE));
+    assert_ne!(effect.correlation, TRACE, "a saga's sends keep the saga's own correlation id");
+
     // And the spans recorded form one tree, hop after hop.
     let tree = spans.tree();
     let up = |span: &str| path(&tree, span);
@@ -206,6 +262,16 @@ fn in_memory_a_command_and_its_event_form_one_tree() {
             "catga.publish t.trace.traced",
             "catga.handle t.trace.probe",
             "catga.send t.trace.probe",
+        ],
+    );
+    assert_eq!(
+        up(&effect.span_id),
+        [
+            "catga.handle t.trace.effect",
+            "catga.send t.trace.effect",
+            "catga.saga.step only",
+            "catga.handle t.trace.start_saga",
+            "catga.send t.trace.start_saga",
         ],
     );
     assert_eq!(up(&probe.span_id).last().map(String::as_str), Some("catga.send t.trace.probe"));
@@ -236,6 +302,20 @@ struct Probe;
 struct TraceReport {
     by: Seen,
     handler: Seen,
+}
+
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "trace.start_saga", reply = Seen)]
+struct StartTraced {
+    id: String,
+    park: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Recorded {
+    what: String,
+    attempt: u32,
+    seen: Seen,
 }
 
 fn start(nats: &NatsServer, redis: &RedisServer, id: &str) -> ServiceProcess {
@@ -346,4 +426,81 @@ async fn across_processes_a_plain_nats_callers_trace_reaches_the_handler_and_its
     assert_ne!(fresh.trace_id, TRACE.to_lowercase());
     assert_eq!(fresh.tracestate, None);
     assert_eq!(fresh.trace_id, fresh.correlation, "a new conversation: its trace id is its correlation id");
+}
+
+/// The records of saga `id` (steps and the handlings of their sends).
+async fn recorded(app: &App, id: &str) -> Vec<Recorded> {
+    let members = app.store().set_members(&Key::new(format!("trace:{id}"), "seen")).await.unwrap();
+    members.iter().map(|m| serde_json::from_str(m).unwrap()).collect()
+}
+
+/// Wait (bounded) until one of `instances` logs a line containing `text`;
+/// the index of the instance.
+fn who_logged(instances: &mut [ServiceProcess], text: &str) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        for (i, instance) in instances.iter_mut().enumerate() {
+            if instance.drain_lines().iter().any(|l| l.contains(text)) {
+                return i;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("no instance logged {text:?} within 20 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sagas_steps_continue_its_starters_trace_after_a_takeover() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let mut instances = vec![start(&nats, &redis, "trace-a"), start(&nats, &redis, "trace-b")];
+    let app = client(&nats, &redis).await;
+    let id = format!("traced-{}", catga::MessageId::new());
+    let starter = app.send_as(StartTraced { id: id.clone(), park: true }, from_caller(), SendOptions::default());
+    let starter = starter.await.unwrap();
+    assert_eq!(starter.trace_id, TRACE);
+    assert_eq!(starter.parent_span_id.as_deref(), Some(CALLER_SPAN));
+
+    // The second step parks on its first attempt; kill its instance there.
+    let victim = who_logged(&mut instances, &format!("TRACE PARKED {id}"));
+    instances[victim].kill();
+
+    // A survivor takes the saga over and finishes it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let info = app.saga_status_by_name("traced-order", &id).await.unwrap().expect("the saga exists");
+        if info.status.is_finished() || Instant::now() > deadline {
+            break info.status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, SagaStatus::Completed);
+
+    let records = recorded(&app, &id).await;
+    let find = |what: &str| -> Vec<&Recorded> { records.iter().filter(|r| r.what == what).collect() };
+    let (first, parked) = (find("step:first"), find("step:parked"));
+    assert_eq!(first.len(), 1, "{records:#?}");
+    assert_eq!(parked.len(), 1, "the parked attempt recorded nothing before the kill: {records:#?}");
+    let (first, parked) = (first[0], parked[0]);
+    assert_eq!(first.seen.instance, starter.instance, "the saga started where it was submitted");
+    assert_ne!(parked.seen.instance, starter.instance, "the parked step ran again on the survivor");
+    assert_eq!(parked.attempt, 2);
+    for step in [first, parked] {
+        assert_eq!(step.seen.trace_id, TRACE, "{step:?}");
+        assert_eq!(step.seen.parent_span_id.as_ref(), Some(&starter.span_id), "{step:?}: its parent is the starter");
+        assert_eq!(step.seen.tracestate.as_deref(), Some(STATE), "{step:?}");
+    }
+    assert_ne!(first.seen.span_id, parked.seen.span_id, "each step is a span of its own");
+    for effect in [find("effect:first"), find("effect:parked")] {
+        assert_eq!(effect.len(), 1, "{records:#?}");
+        let effect = &effect[0].seen;
+        assert_eq!(effect.trace_id, TRACE, "{effect:?}");
+        assert_eq!(effect.tracestate.as_deref(), Some(STATE), "{effect:?}");
+        assert_ne!(effect.correlation, TRACE, "a saga's sends keep its own correlation id: {effect:?}");
+        assert!(
+            ![starter.span_id.as_str(), &first.seen.span_id, &parked.seen.span_id, CALLER_SPAN]
+                .contains(&effect.span_id.as_str()),
+            "{effect:?}"
+        );
+    }
 }
