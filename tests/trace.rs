@@ -295,7 +295,9 @@ struct Seen {
 
 #[derive(Debug, Serialize, Deserialize, Command)]
 #[catga(subject = "trace.probe", reply = Seen)]
-struct Probe;
+struct Probe {
+    saga: Option<String>,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
 #[catga(subject = "trace.report")]
@@ -377,7 +379,7 @@ async fn across_processes_a_plain_nats_callers_trace_reaches_the_handler_and_its
     headers.insert("tracestate", STATE);
     let reply = tokio::time::timeout(
         Duration::from_secs(10),
-        raw.request_with_headers("trace.probe", headers, serde_json::to_vec(&Probe).unwrap().into()),
+        raw.request_with_headers("trace.probe", headers, serde_json::to_vec(&Probe { saga: None }).unwrap().into()),
     )
     .await
     .expect("a reply within 10 s")
@@ -410,7 +412,7 @@ async fn across_processes_a_plain_nats_callers_trace_reaches_the_handler_and_its
     // A Catga caller's span is the parent in the same way.
     let app = client(&nats, &redis).await;
     let meta = from_caller();
-    let handler = app.send_as(Probe, meta, SendOptions::default()).await.unwrap();
+    let handler = app.send_as(Probe { saga: None }, meta, SendOptions::default()).await.unwrap();
     assert_eq!(handler.trace_id, TRACE);
     assert_eq!(handler.parent_span_id.as_deref(), Some(CALLER_SPAN));
     assert_eq!(handler.tracestate.as_deref(), Some(STATE));
@@ -420,7 +422,8 @@ async fn across_processes_a_plain_nats_callers_trace_reaches_the_handler_and_its
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("traceparent", format!("00-{}-{CALLER_SPAN}-01", TRACE.to_uppercase()));
     headers.insert("tracestate", STATE);
-    let reply = raw.request_with_headers("trace.probe", headers, serde_json::to_vec(&Probe).unwrap().into());
+    let reply =
+        raw.request_with_headers("trace.probe", headers, serde_json::to_vec(&Probe { saga: None }).unwrap().into());
     let reply = tokio::time::timeout(Duration::from_secs(10), reply).await.expect("a reply within 10 s").unwrap();
     let fresh: Seen = serde_json::from_slice(&reply.payload).unwrap();
     assert_ne!(fresh.trace_id, TRACE.to_lowercase());

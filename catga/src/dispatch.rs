@@ -177,6 +177,7 @@ where
         span_id = %meta.trace.span_id(),
         parent_span_id = meta.trace.parent_span_id().map(tracing::field::display),
     );
+    crate::otel::adopt(&span, &meta.trace);
     let timeout = record.timeout_ms.map(Duration::from_millis).or(ctx.instance().config.handler_timeout);
     let once = idempotency::applies(record, &ctx).then(|| {
         let fence = ctx.fenced();

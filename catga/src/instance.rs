@@ -342,14 +342,16 @@ enum SendState<'a, C: Command> {
 macro_rules! hop_span {
     ($name:literal, $subject:expr, $meta:expr) => {{
         let (meta, trace) = (&$meta, &$meta.trace);
-        tracing::info_span!(
+        let span = tracing::info_span!(
             $name,
             subject = $subject,
             message_id = %meta.message_id,
             trace_id = %trace.trace_id(),
             span_id = %trace.span_id(),
             parent_span_id = trace.parent_span_id().map(tracing::field::display),
-        )
+        );
+        crate::otel::adopt(&span, trace);
+        span
     }};
 }
 use hop_span;

@@ -106,6 +106,7 @@ mod logging;
 pub mod message;
 pub mod metadata;
 pub mod middleware;
+pub mod otel;
 mod receiver;
 pub mod registry;
 pub mod saga;

@@ -226,13 +226,19 @@ fn handling(ctx: &Context) -> Seen {
 /// Answers where its handling is in the trace, and publishes `Traced`.
 #[derive(Debug, Serialize, Deserialize, Command)]
 #[catga(subject = "trace.probe", reply = Seen)]
-pub struct Probe;
+pub struct Probe {
+    /// The handler of `Traced` starts a `traced-order` saga with this id.
+    #[serde(default)]
+    pub saga: Option<String>,
+}
 
 /// Published by `probe`: where the publishing handling was.
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
 #[catga(subject = "trace.traced")]
 pub struct Traced {
     pub by: Seen,
+    #[serde(default)]
+    pub saga: Option<String>,
 }
 
 /// Published by the handler of `Traced`: the publisher's place and its own.
@@ -244,14 +250,17 @@ pub struct TraceReport {
 }
 
 #[catga::command(queue = "saga-svc")]
-async fn probe(_: Probe, ctx: Context) -> Result<Seen, HandlerError> {
+async fn probe(cmd: Probe, ctx: Context) -> Result<Seen, HandlerError> {
     let me = handling(&ctx);
-    ctx.publish(Traced { by: me.clone() }).await?;
+    ctx.publish(Traced { by: me.clone(), saga: cmd.saga }).await?;
     Ok(me)
 }
 
 #[catga::event(queue = "saga-svc")]
 async fn on_traced(ev: Traced, ctx: Context) -> Result<(), HandlerError> {
+    if let Some(saga) = &ev.saga {
+        ctx.app().submit_saga::<TracedOrder>(saga, Parking { park: false }).await?;
+    }
     ctx.publish(TraceReport { by: ev.by, handler: handling(&ctx) }).await?;
     Ok(())
 }

@@ -239,6 +239,7 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
                 span_id = %trace.span_id(),
                 parent_span_id = trace.parent_span_id().map(tracing::field::display),
             );
+            crate::otel::adopt(&span, trace);
             let result = match (direction, step.compensation) {
                 (Direction::Forward, _) => {
                     // The step changes a copy, kept only if it succeeds: a
