@@ -431,6 +431,30 @@ async fn across_processes_a_plain_nats_callers_trace_reaches_the_handler_and_its
     assert_eq!(fresh.trace_id, fresh.correlation, "a new conversation: its trace id is its correlation id");
 }
 
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "dur.traced", reply = (String, Option<String>, Option<String>), durable)]
+struct DurableTraced;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_command_through_jetstream_continues_its_callers_trace() {
+    let nats = NatsServer::start_jetstream();
+    let url = nats.url();
+    let env = [
+        ("CATGA_NATS_URL", url.as_str()),
+        ("CATGA_SERVICE", "dur"),
+        ("CATGA_INSTANCE_ID", "d-1"),
+        ("CATGA_TEST_DURABLE", "1"),
+    ];
+    let _service = ServiceProcess::started(env!("CARGO_BIN_EXE_catga-test-service"), &env);
+    let app = Catga::builder().nats_url(url.as_str()).service("tester").client_only().start().await.unwrap();
+    let sent = app.send_as(DurableTraced, from_caller(), SendOptions::timeout(Duration::from_secs(10)));
+    let (trace_id, parent, state) = sent.await.unwrap();
+    assert_eq!(trace_id, TRACE);
+    assert_eq!(parent.as_deref(), Some(CALLER_SPAN), "the caller's span is the parent of the durable handling");
+    assert_eq!(state.as_deref(), Some(STATE));
+    app.shutdown().await;
+}
+
 /// The records of saga `id` (steps and the handlings of their sends).
 async fn recorded(app: &App, id: &str) -> Vec<Recorded> {
     let members = app.store().set_members(&Key::new(format!("trace:{id}"), "seen")).await.unwrap();
