@@ -122,8 +122,7 @@ pub(crate) fn with_deadline_at(mut h: HeaderMap, deadline: Instant, clock: Clock
 pub(crate) fn metadata_of(message: &async_nats::Message, clock: Clock) -> Metadata {
     let id = |name: &str| -> Option<MessageId> { header(message, name)?.parse().ok() };
     let message_id = id(headers::MESSAGE_ID).unwrap_or_default();
-    let trace =
-        header(message, headers::TRACEPARENT).and_then(|tp| TraceContext::parse(tp, tracestate(message).as_deref()));
+    let trace = traceparent(message).and_then(|tp| TraceContext::parse(tp, tracestate(message).as_deref()));
     let correlation_id = id(headers::CORRELATION_ID)
         .or_else(|| Some(MessageId::from_u128(trace.as_ref()?.trace_id().as_u128())))
         .unwrap_or(message_id);
@@ -133,6 +132,14 @@ pub(crate) fn metadata_of(message: &async_nats::Message, clock: Clock) -> Metada
     }
     meta.deadline = deadline_of(message, clock);
     meta
+}
+
+/// The message's `traceparent`; `None` when it has none or several (the
+/// specification makes several invalid).
+fn traceparent(message: &async_nats::Message) -> Option<&str> {
+    let mut values = message.headers.as_ref()?.get_all(headers::TRACEPARENT);
+    let first = values.next()?;
+    values.next().is_none().then(|| first.as_str())
 }
 
 /// The message's `tracestate`: several headers of that name are one list,
@@ -388,6 +395,16 @@ mod tests {
         assert_eq!(meta.correlation_id.to_string(), "000000000000000000000000000000ab");
         assert_eq!(meta.trace.trace_id().as_u128(), 0xab);
         assert_eq!(meta.trace.tracestate(), None);
+    }
+
+    #[test]
+    fn several_traceparent_headers_start_a_new_trace() {
+        let mut h = HeaderMap::new();
+        h.append(headers::TRACEPARENT, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        h.append(headers::TRACEPARENT, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b8-01");
+        let meta = received(Some(h));
+        assert_ne!(meta.trace.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(meta.correlation_id, meta.message_id);
     }
 
     #[test]
