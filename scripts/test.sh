@@ -72,6 +72,14 @@ RUSTDOCFLAGS="-D warnings" cargo doc -p catga --no-deps --locked
 step "tests (integration, UI, unit)"
 run_tests --locked
 
+step "OpenTelemetry export (feature otel)"
+cargo clippy -p catga-suite --all-targets --features otel --locked -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run -p catga-suite --features otel --locked --test otel
+else
+  cargo test -p catga-suite --features otel --locked --test otel
+fi
+
 step "doctests (README quick start included)"
 cargo test --workspace --doc --locked
 

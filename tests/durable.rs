@@ -120,7 +120,8 @@ async fn durable_command_between_processes_returns_typed_replies_and_errors() {
     // window while the caller waits on a new reply token.
     let meta = catga::Metadata::root();
     for _ in 0..2 {
-        let reply = client.send_as(DurableWork { n: 8, sleep_ms: 0 }, meta, SendOptions::default()).await.unwrap();
+        let reply =
+            client.send_as(DurableWork { n: 8, sleep_ms: 0 }, meta.clone(), SendOptions::default()).await.unwrap();
         assert_eq!(reply, ("d-1".to_owned(), 8));
     }
     client.shutdown().await;
@@ -145,6 +146,7 @@ async fn kill_9_mid_handling_redelivers_to_another_instance_and_each_effect_is_r
         let meta = Metadata::root();
         ids.push(meta.message_id.to_string());
         let client = client.clone();
+        let meta = meta.clone();
         sends.push(tokio::spawn(async move {
             let options = SendOptions::timeout(Duration::from_secs(30));
             client.send_as(DurableWork { n, sleep_ms: 1500 }, meta, options).await
@@ -220,6 +222,7 @@ async fn a_poison_message_is_dead_lettered_after_max_deliver_and_replay_works() 
     let meta = Metadata::root();
     let poison = {
         let client = client.clone();
+        let meta = meta.clone();
         tokio::spawn(async move {
             let options = SendOptions::default();
             client.send_as(Flaky { ok: false, code: "poison".into() }, meta, options).await
@@ -579,6 +582,7 @@ async fn with_default_settings_a_durable_command_whose_instance_dies_is_handled_
     let meta = Metadata::root();
     let call = tokio::spawn({
         let client = client.clone();
+        let meta = meta.clone();
         async move { client.send_as(DurableWork { n: 1, sleep_ms: 1000 }, meta, SendOptions::default()).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -612,6 +616,7 @@ async fn with_default_settings_a_durable_idempotent_command_whose_instance_dies_
     let meta = Metadata::root();
     let call = tokio::spawn({
         let client = client.clone();
+        let meta = meta.clone();
         async move { client.send_as(DurableCharge { n: 2, sleep_ms: 500 }, meta, SendOptions::default()).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;

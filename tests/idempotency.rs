@@ -56,6 +56,7 @@ async fn a_hundred_concurrent_copies_run_the_handler_once_and_get_one_reply() {
     let before = CHARGES.load(Ordering::SeqCst);
     let sends = (0..100).map(|i| {
         let app = apps[i % 3].clone();
+        let meta = meta.clone();
         tokio::spawn(async move { app.send_as(Charge { cents: 500 }, meta, SendOptions::default()).await })
     });
     let mut replies = Vec::new();
@@ -66,7 +67,7 @@ async fn a_hundred_concurrent_copies_run_the_handler_once_and_get_one_reply() {
     assert!(replies.iter().all(|r| *r == replies[0]), "every copy got the first reply: {replies:?}");
 
     // A later copy is answered from the record; a new id runs again.
-    let late = apps[1].send_as(Charge { cents: 500 }, meta, SendOptions::default()).await.unwrap();
+    let late = apps[1].send_as(Charge { cents: 500 }, meta.clone(), SendOptions::default()).await.unwrap();
     assert_eq!(late, replies[0]);
     assert_eq!(CHARGES.load(Ordering::SeqCst) - before, 1);
     apps[0].send(Charge { cents: 500 }).await.unwrap();
@@ -91,10 +92,10 @@ async fn flaky(_: Flaky) -> Result<u64, HandlerError> {
 async fn a_failed_handling_is_not_recorded_so_a_retry_runs_it_again() {
     let apps = instances(1, "t.idem.flaky", no_change).await;
     let meta = Metadata::root();
-    let first = apps[0].send_as(Flaky, meta, SendOptions::default()).await.unwrap_err();
+    let first = apps[0].send_as(Flaky, meta.clone(), SendOptions::default()).await.unwrap_err();
     assert_eq!(first.code(), Some("try_again"));
-    assert_eq!(apps[0].send_as(Flaky, meta, SendOptions::default()).await.unwrap(), 1);
-    assert_eq!(apps[0].send_as(Flaky, meta, SendOptions::default()).await.unwrap(), 1, "now recorded");
+    assert_eq!(apps[0].send_as(Flaky, meta.clone(), SendOptions::default()).await.unwrap(), 1);
+    assert_eq!(apps[0].send_as(Flaky, meta.clone(), SendOptions::default()).await.unwrap(), 1, "now recorded");
     assert_eq!(FLAKY_RUNS.load(Ordering::SeqCst), 2);
 }
 
@@ -118,18 +119,22 @@ async fn a_copy_whose_caller_would_give_up_first_gets_in_progress_never_a_second
     let meta = Metadata::root();
     let first = {
         let app = apps[0].clone();
+        let meta = meta.clone();
         tokio::spawn(async move { app.send_as(Slow, meta, SendOptions::timeout(Duration::from_secs(5))).await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let copy = apps[1].send_as(Slow, meta, SendOptions::timeout(Duration::from_millis(150))).await.unwrap_err();
+    let copy = apps[1].send_as(Slow, meta.clone(), SendOptions::timeout(Duration::from_millis(150))).await.unwrap_err();
     assert_eq!(copy.code(), Some(catga::idempotency::IN_PROGRESS), "{copy}");
     assert!(copy.to_string().contains("retry later with the same message id"), "{copy}");
     // A copy whose caller waits long enough gets the first handling's reply.
-    let waited = apps[1].send_as(Slow, meta, SendOptions::timeout(Duration::from_secs(5))).await.unwrap();
+    let waited = apps[1].send_as(Slow, meta.clone(), SendOptions::timeout(Duration::from_secs(5))).await.unwrap();
     let winner = first.await.unwrap().unwrap();
     assert_eq!(waited, winner);
     // Once recorded, any copy gets it at once.
-    assert_eq!(apps[1].send_as(Slow, meta, SendOptions::timeout(Duration::from_millis(150))).await.unwrap(), winner);
+    assert_eq!(
+        apps[1].send_as(Slow, meta.clone(), SendOptions::timeout(Duration::from_millis(150))).await.unwrap(),
+        winner
+    );
 }
 
 // ---------- opting in and out ----------
@@ -162,15 +167,15 @@ async fn handlers_are_not_idempotent_unless_asked_and_can_opt_out_of_a_service_d
     let meta = Metadata::root();
     let off = instances(1, "t.idem.opt.", no_change).await;
     for _ in 0..2 {
-        off[0].send_as(Plain, meta, SendOptions::default()).await.unwrap();
+        off[0].send_as(Plain, meta.clone(), SendOptions::default()).await.unwrap();
     }
     assert_eq!(PLAIN_RUNS.load(Ordering::SeqCst), 2, "not idempotent by default");
     off[0].shutdown().await;
 
     let on = instances(1, "t.idem.opt.", |b| b.idempotent_by_default(true)).await;
     for _ in 0..2 {
-        on[0].send_as(Plain, meta, SendOptions::default()).await.unwrap();
-        on[0].send_as(OptedOut, meta, SendOptions::default()).await.unwrap();
+        on[0].send_as(Plain, meta.clone(), SendOptions::default()).await.unwrap();
+        on[0].send_as(OptedOut, meta.clone(), SendOptions::default()).await.unwrap();
     }
     assert_eq!(PLAIN_RUNS.load(Ordering::SeqCst), 3, "the service default made it idempotent");
     assert_eq!(OPTED_OUT_RUNS.load(Ordering::SeqCst), 2, "`idempotent = false` opts out");
@@ -202,7 +207,7 @@ async fn a_redelivered_event_is_handled_once_per_broadcast_subscriber_and_once_p
     let apps = instances(2, "t.idem.ev.", no_change).await;
     let meta = Metadata::root();
     for _ in 0..3 {
-        apps[0].publish_as(Placed, meta).await.unwrap();
+        apps[0].publish_as(Placed, meta.clone()).await.unwrap();
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while (AUDITS.load(Ordering::SeqCst) < 2 || EMAILS.load(Ordering::SeqCst) < 1)
@@ -275,9 +280,9 @@ async fn a_claim_whose_owner_stopped_beating_is_taken_over_after_the_heartbeat_t
     let beat = catga::store::Key::new("live:ghost", "beat");
     store.beat(&beat, catga::store::Beat { count: 41, gone: false }, Duration::from_secs(60)).await.unwrap();
     let meta = Metadata::root();
-    abandoned_claim(&store, meta, "ghost#0000beef").await;
+    abandoned_claim(&store, meta.clone(), "ghost#0000beef").await;
     let started = std::time::Instant::now();
-    let reply = app.send_as(Orphaned, meta, SendOptions::default()).await.unwrap();
+    let reply = app.send_as(Orphaned, meta.clone(), SendOptions::default()).await.unwrap();
     let waited = started.elapsed();
     // The copy took the claim over: the next grant, so its token fences
     // out the dead owner's (1) in any store the effect goes to.
@@ -289,7 +294,7 @@ async fn a_claim_whose_owner_stopped_beating_is_taken_over_after_the_heartbeat_t
     // the claim's TTL — the copy answers `in_progress` before its caller's
     // deadline.
     let meta = Metadata::root();
-    abandoned_claim(&store, meta, "old-build#0000beef").await;
+    abandoned_claim(&store, meta.clone(), "old-build#0000beef").await;
     let limited = SendOptions::timeout(Duration::from_millis(1500));
     let patient = Catga::builder()
         .service("idem")
@@ -300,7 +305,7 @@ async fn a_claim_whose_owner_stopped_beating_is_taken_over_after_the_heartbeat_t
         .start()
         .await
         .unwrap();
-    let e = patient.send_as(Orphaned, meta, limited).await.unwrap_err();
+    let e = patient.send_as(Orphaned, meta.clone(), limited).await.unwrap_err();
     assert_eq!(e.code(), Some(catga::idempotency::IN_PROGRESS), "{e}");
     assert_eq!(ORPHAN_RUNS.load(Ordering::SeqCst), 1, "not run again");
 }

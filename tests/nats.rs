@@ -135,7 +135,7 @@ async fn commands_and_events_cross_processes_with_typed_replies_and_errors() {
 
     // An event to the service; its handler publishes one back, correlated.
     let meta = catga::Metadata::root();
-    app.publish_as(Ping { n: 42 }, meta).await.unwrap();
+    app.publish_as(Ping { n: 42 }, meta.clone()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while PONGS.lock().unwrap().iter().all(|p| p.n != 42) {
         assert!(Instant::now() < deadline, "no pong within 5 s");
@@ -511,6 +511,7 @@ async fn a_hundred_copies_of_one_command_across_three_processes_run_the_handler_
     let copies: Vec<_> = (0..100)
         .map(|_| {
             let client = client.clone();
+            let meta = meta.clone();
             tokio::spawn(async move { client.send_as(Charge { cents: 500 }, meta, SendOptions::default()).await })
         })
         .collect();

@@ -600,6 +600,7 @@ async fn idempotent_handler_runs_once_for_a_hundred_copies_across_instances_on_a
     let meta = Metadata::root();
     let sends = (0..100).map(|i| {
         let app = apps[i % 3].clone();
+        let meta = meta.clone();
         tokio::spawn(async move { app.send_as(ClusterCharge { cents: 700 }, meta, SendOptions::default()).await })
     });
     let mut replies = Vec::new();
@@ -609,7 +610,7 @@ async fn idempotent_handler_runs_once_for_a_hundred_copies_across_instances_on_a
     assert_eq!(CLUSTER_CHARGES.load(Ordering::SeqCst), 1, "the handler ran once");
     assert!(replies.iter().all(|r| *r == replies[0]), "every copy got the first reply: {replies:?}");
     // A later copy is answered from the record; a new message id runs again.
-    let late = apps[2].send_as(ClusterCharge { cents: 700 }, meta, SendOptions::default()).await.unwrap();
+    let late = apps[2].send_as(ClusterCharge { cents: 700 }, meta.clone(), SendOptions::default()).await.unwrap();
     assert_eq!(late, replies[0]);
     apps[0].send(ClusterCharge { cents: 700 }).await.unwrap();
     assert_eq!(CLUSTER_CHARGES.load(Ordering::SeqCst), 2);
@@ -673,7 +674,7 @@ async fn pay_through(tag: &str, url: &str, disrupt: impl FnOnce() + Send + 'stat
             loop {
                 assert!(Instant::now() < hard_stop, "{tag}: the load ran past 60 s");
                 let app = &apps[(n as usize + copy) % 3];
-                match app.send_as(Pay { n }, meta, SendOptions::timeout(Duration::from_secs(5))).await {
+                match app.send_as(Pay { n }, meta.clone(), SendOptions::timeout(Duration::from_secs(5))).await {
                     Ok(reply) => {
                         assert_eq!(reply, n);
                         longest = longest.max(last_ok.elapsed());

@@ -90,6 +90,7 @@ async fn an_idempotent_handling_whose_instance_is_killed_runs_elsewhere_within_a
     let id = meta.message_id.to_string();
     let first = {
         let app = app.clone();
+        let meta = meta.clone();
         tokio::spawn(async move { app.send_as(Hold { ms: 3000 }, meta, SendOptions::default()).await })
     };
     let (victim, _, _) = first_line(&mut instances, &format!("HOLD START {id}"), Duration::from_secs(10));
@@ -99,6 +100,7 @@ async fn an_idempotent_handling_whose_instance_is_killed_runs_elsewhere_within_a
     // A copy (the caller's retry) sent after the kill, with the same id.
     let copy = {
         let app = app.clone();
+        let meta = meta.clone();
         tokio::spawn(async move { app.send_as(Hold { ms: 3000 }, meta, SendOptions::default()).await })
     };
     let (runner, seen, _) = first_line(&mut instances, &format!("HOLD START {id}"), Duration::from_secs(10));
@@ -128,6 +130,7 @@ async fn a_live_owners_long_handling_is_never_run_by_a_copy() {
     let id = meta.message_id.to_string();
     let first = {
         let app = app.clone();
+        let meta = meta.clone();
         tokio::spawn(async move { app.send_as(Hold { ms: 4000 }, meta, SendOptions::default()).await })
     };
     first_line(&mut instances, &format!("HOLD START {id}"), Duration::from_secs(10));
@@ -137,6 +140,7 @@ async fn a_live_owners_long_handling_is_never_run_by_a_copy() {
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let app = app.clone();
+        let meta = meta.clone();
         copies.push(tokio::spawn(async move { app.send_as(Hold { ms: 4000 }, meta, SendOptions::default()).await }));
     }
     let first = first.await.unwrap().unwrap();

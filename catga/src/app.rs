@@ -17,6 +17,7 @@ use crate::metadata::Metadata;
 use crate::registry::HandlerRecord;
 use crate::signals::Signals;
 use crate::store::Store;
+use crate::trace::{TraceContext, TraceId};
 
 /// A running instance: send commands, publish events, shut down. Cheap to
 /// clone; every clone is the same instance. Dropping every handle stops the
@@ -25,6 +26,9 @@ use crate::store::Store;
 #[derive(Clone)]
 pub struct App {
     instance: Arc<Instance>,
+    /// The span of the handling this handle was taken from
+    /// ([`Context::app`]): the sagas it starts continue that trace.
+    trace: Option<TraceContext>,
 }
 
 impl App {
@@ -208,7 +212,13 @@ impl fmt::Debug for App {
 
 impl App {
     pub(crate) fn from_instance(instance: Arc<Instance>) -> App {
-        App { instance }
+        App { instance, trace: None }
+    }
+
+    /// The span a saga started through this handle continues: the handling
+    /// it was taken from, or the first span of a new trace.
+    pub(crate) fn trace_origin(&self) -> TraceContext {
+        self.trace.clone().unwrap_or_else(|| TraceContext::root(TraceId::random()))
     }
 
     /// The instance core behind this handle.
@@ -220,8 +230,9 @@ impl App {
 impl Context {
     /// The instance handling this message. Holding a `Context` (or this
     /// handle) beyond the handling keeps the instance alive and subscribed
-    /// until [`App::shutdown`].
+    /// until [`App::shutdown`]. Sagas started through it continue this
+    /// handling's trace (their steps are spans of it).
     pub fn app(&self) -> App {
-        App::from_instance(self.instance().clone())
+        App { instance: self.instance().clone(), trace: Some(self.metadata().trace.clone()) }
     }
 }

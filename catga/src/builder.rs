@@ -77,6 +77,8 @@ impl Builder {
                 tracing::warn!(instance = app.instance_id(), "second signal: stopping without waiting for in-flight handlings");
             }
         }
+        // The spans of the last handlings go out before the process ends.
+        crate::otel::stop();
         Ok(())
     }
 }

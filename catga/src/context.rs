@@ -39,8 +39,10 @@ pub struct Context {
 }
 
 impl Context {
+    /// The context of a delivered message's handling: its metadata in a
+    /// span of its own, child of the send's (see [`Metadata::trace`]).
     pub(crate) fn new(instance: Arc<Instance>, meta: Metadata, subject: &'static str) -> Self {
-        Context { instance, meta, subject, fence: None }
+        Context { instance, meta: meta.delivered(), subject, fence: None }
     }
 
     /// Give this handling a fencing token, filled in by the idempotency

@@ -176,7 +176,11 @@ where
         message_id = %meta.message_id,
         correlation_id = %meta.correlation_id,
         causation_id = meta.causation_id.map(tracing::field::display),
+        trace_id = %meta.trace.trace_id(),
+        span_id = %meta.trace.span_id(),
+        parent_span_id = meta.trace.parent_span_id().map(tracing::field::display),
     );
+    crate::otel::adopt(&span, &meta.trace);
     let timeout = record.timeout_ms.map(Duration::from_millis).or(ctx.instance().config.handler_timeout);
     let once = idempotency::applies(record, &ctx).then(|| {
         let fence = ctx.fenced();
@@ -283,7 +287,7 @@ async fn with_middleware<R: Send + 'static>(
     guarded: impl Future<Output = Result<R, HandlerError>> + Send + 'static,
 ) -> Result<R, HandlerError> {
     let mut terminal = Once { future: Some(Box::pin(guarded)), reply: None };
-    let handling = Handling { record, metadata: *ctx.metadata(), instance_id: ctx.instance_id() };
+    let handling = Handling { record, metadata: ctx.metadata().clone(), instance_id: ctx.instance_id() };
     let outcome = Next::new(&ctx.instance().middleware, &handling, &mut terminal).run().await;
     match (outcome, terminal.reply) {
         (Err(error), _) => Err(error),

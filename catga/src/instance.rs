@@ -27,6 +27,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -195,7 +196,8 @@ impl Instance {
     pub(crate) async fn publish_as<E: Event>(&self, event: E, mut meta: Metadata) -> Result<()> {
         self.check_open()?;
         meta.deadline = None;
-        self.transport.publish(event, meta).await?;
+        let span = hop_span!("catga.publish", E::SUBJECT, meta);
+        self.transport.publish(event, meta).instrument(span).await?;
         self.metrics.published(E::SUBJECT);
         Ok(())
     }
@@ -342,10 +344,43 @@ pub(crate) struct Sending<'a, C: Command> {
 }
 
 enum SendState<'a, C: Command> {
-    Start { instance: &'a Instance, command: C, meta: Metadata, timeout: Duration },
-    Pending { sent: Sent<C::Reply>, instance: &'a Instance, metrics: Arc<SendSet>, started: tokio::time::Instant },
+    Start {
+        instance: &'a Instance,
+        command: C,
+        meta: Metadata,
+        timeout: Duration,
+    },
+    /// The send under way, in its span (`catga.send`), measured.
+    Pending {
+        sent: Sent<C::Reply>,
+        span: tracing::Span,
+        instance: &'a Instance,
+        metrics: Arc<SendSet>,
+        started: tokio::time::Instant,
+    },
     Done,
 }
+
+/// The span of one send (`catga.send`) or publish (`catga.publish`): the
+/// hop whose id goes on the wire as `traceparent`'s parent id (its own
+/// parent: the handling or saga step it was made from), so the hop's log
+/// lines join the trace.
+macro_rules! hop_span {
+    ($name:literal, $subject:expr, $meta:expr) => {{
+        let (meta, trace) = (&$meta, &$meta.trace);
+        let span = tracing::info_span!(
+            $name,
+            subject = $subject,
+            message_id = %meta.message_id,
+            trace_id = %trace.trace_id(),
+            span_id = %trace.span_id(),
+            parent_span_id = trace.parent_span_id().map(tracing::field::display),
+        );
+        crate::otel::adopt(&span, trace);
+        span
+    }};
+}
+use hop_span;
 
 // The command is only ever moved, never pinned, so `Sending` is `Unpin`
 // whatever the command type is.
@@ -367,13 +402,14 @@ impl<C: Command> Future for Sending<'_, C> {
                         .map_or(timeout, |inherited| timeout.min(inherited.saturating_duration_since(now)));
                     meta.deadline = now.checked_add(left).or(meta.deadline);
                     let metrics = instance.metrics.sent(C::SUBJECT);
-                    let sent = instance.transport.send(command, meta, left);
-                    self.state = SendState::Pending { sent, instance, metrics, started: now };
+                    let span = hop_span!("catga.send", C::SUBJECT, meta);
+                    let sent = span.in_scope(|| instance.transport.send(command, meta, left));
+                    self.state = SendState::Pending { sent, span, instance, metrics, started: now };
                 }
-                SendState::Pending { mut sent, instance, metrics, started } => {
-                    let poll = Pin::new(&mut sent).poll(cx);
+                SendState::Pending { mut sent, span, instance, metrics, started } => {
+                    let poll = span.in_scope(|| Pin::new(&mut sent).poll(cx));
                     match &poll {
-                        Poll::Pending => self.state = SendState::Pending { sent, instance, metrics, started },
+                        Poll::Pending => self.state = SendState::Pending { sent, span, instance, metrics, started },
                         Poll::Ready(outcome) => {
                             let took = instance.clock.now().saturating_duration_since(started);
                             metrics.ended(took, outcome.as_ref().err());

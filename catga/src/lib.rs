@@ -108,11 +108,13 @@ pub mod message;
 pub mod metadata;
 pub mod metrics;
 pub mod middleware;
+pub mod otel;
 mod receiver;
 pub mod registry;
 pub mod saga;
 mod signals;
 pub mod store;
+pub mod trace;
 pub mod transport;
 
 pub use app::App;
@@ -126,6 +128,7 @@ pub use future::BoxFuture;
 pub use instance::{SendOptions, ShutdownReport};
 pub use message::{Command, Event, Message, Validate};
 pub use metadata::{MessageId, Metadata};
+pub use trace::{SpanId, TraceContext, TraceId};
 pub use transport::{DeadLetter, DeadLetterPage};
 
 /// Attribute macros for handlers, derives for contracts.

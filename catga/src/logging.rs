@@ -29,13 +29,42 @@ pub(crate) fn install_default(format: LogFormat) -> bool {
     if tracing::dispatcher::has_been_set() {
         return false;
     }
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    #[cfg(feature = "otel")]
+    if let Some(installed) = with_otel(format, filter()) {
+        return installed;
+    }
+    let filter = filter();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
     let installed = match format {
         LogFormat::Plain => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
     installed.is_ok()
+}
+
+/// The default subscriber with OpenTelemetry export too, when an
+/// `OTEL_EXPORTER_OTLP_*ENDPOINT` variable asks for it (`None` otherwise,
+/// or when the exporter cannot be made: the error is printed and spans are
+/// not exported).
+#[cfg(feature = "otel")]
+fn with_otel(format: LogFormat, filter: tracing_subscriber::EnvFilter) -> Option<bool> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let otel = match crate::otel::layer_from_env::<tracing_subscriber::Registry>() {
+        Ok(otel) => otel?,
+        Err(e) => {
+            eprintln!("catga: {e}; spans are not exported");
+            return None;
+        }
+    };
+    let fmt = || tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false);
+    let registry = tracing_subscriber::registry().with(otel).with(filter);
+    let installed = match format {
+        LogFormat::Plain => registry.with(fmt()).try_init(),
+        LogFormat::Json => registry.with(fmt().json()).try_init(),
+    };
+    Some(installed.is_ok())
 }
 
 /// Counts failures per place and kind; lets one line per [`WINDOW`] through.

@@ -22,6 +22,17 @@ use std::time::{Duration, Instant};
 /// Log to stderr (no colours) at `RUST_LOG`, `info` by default: what the
 /// test service binaries do, so tests can read their log lines.
 pub fn log_to_stderr() {
+    // With the `otel` feature and an `OTEL_EXPORTER_OTLP_ENDPOINT`, spans
+    // are exported too (tests/otel.rs); `Catga::run` flushes them at the end.
+    #[cfg(feature = "otel")]
+    if let Ok(Some(otel)) = catga::otel::layer_from_env::<tracing_subscriber::Registry>() {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let filter = tracing_subscriber::EnvFilter::new(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false);
+        tracing_subscriber::registry().with(otel).with(filter).with(fmt).init();
+        return;
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)

@@ -195,6 +195,160 @@ impl SlowOrder {
     }
 }
 
+// ---------- trace context tests (tests/trace.rs) ----------
+
+/// Where a span is in its trace, as a handler or step sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Seen {
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub tracestate: Option<String>,
+    pub correlation: String,
+    pub instance: String,
+}
+
+fn seen(trace: &catga::TraceContext, correlation: catga::MessageId, instance: &str) -> Seen {
+    Seen {
+        trace_id: trace.trace_id().to_string(),
+        span_id: trace.span_id().to_string(),
+        parent_span_id: trace.parent_span_id().map(|p| p.to_string()),
+        tracestate: trace.tracestate().map(str::to_owned),
+        correlation: correlation.to_string(),
+        instance: instance.to_owned(),
+    }
+}
+
+fn handling(ctx: &Context) -> Seen {
+    seen(&ctx.metadata().trace, ctx.metadata().correlation_id, ctx.instance_id())
+}
+
+/// Answers where its handling is in the trace, and publishes `Traced`.
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "trace.probe", reply = Seen)]
+pub struct Probe {
+    /// The handler of `Traced` starts a `traced-order` saga with this id.
+    #[serde(default)]
+    pub saga: Option<String>,
+}
+
+/// Published by `probe`: where the publishing handling was.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[catga(subject = "trace.traced")]
+pub struct Traced {
+    pub by: Seen,
+    #[serde(default)]
+    pub saga: Option<String>,
+}
+
+/// Published by the handler of `Traced`: the publisher's place and its own.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[catga(subject = "trace.report")]
+pub struct TraceReport {
+    pub by: Seen,
+    pub handler: Seen,
+}
+
+#[catga::command(queue = "saga-svc")]
+async fn probe(cmd: Probe, ctx: Context) -> Result<Seen, HandlerError> {
+    let me = handling(&ctx);
+    ctx.publish(Traced { by: me.clone(), saga: cmd.saga }).await?;
+    Ok(me)
+}
+
+#[catga::event(queue = "saga-svc")]
+async fn on_traced(ev: Traced, ctx: Context) -> Result<(), HandlerError> {
+    if let Some(saga) = &ev.saga {
+        ctx.app().submit_saga::<TracedOrder>(saga, Parking { park: false }).await?;
+    }
+    ctx.publish(TraceReport { by: ev.by, handler: handling(&ctx) }).await?;
+    Ok(())
+}
+
+/// Submits a `traced-order` saga here and answers where its handling is.
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "trace.start_saga", reply = Seen)]
+pub struct StartTraced {
+    pub id: String,
+    /// The `parked` step's first attempt waits a minute (its instance is
+    /// killed meanwhile), after printing `TRACE PARKED <id> <instance>`.
+    pub park: bool,
+}
+
+#[catga::command(queue = "saga-svc")]
+async fn start_traced(cmd: StartTraced, ctx: Context) -> Result<Seen, HandlerError> {
+    ctx.app().submit_saga::<TracedOrder>(&cmd.id, Parking { park: cmd.park }).await?;
+    Ok(handling(&ctx))
+}
+
+/// What a traced saga's step or the handling of its send saw, kept in the
+/// store: set `trace:<saga id>` / `seen`, one JSON `Recorded` per member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recorded {
+    pub what: String,
+    pub attempt: u32,
+    pub seen: Seen,
+}
+
+async fn record(store: &catga::store::Store, saga_id: &str, recorded: Recorded) -> Result<(), HandlerError> {
+    let member = serde_json::to_string(&recorded).map_err(|e| HandlerError::new("encode", e.to_string()))?;
+    store.set_add(&Key::new(format!("trace:{saga_id}"), "seen"), &member).await?;
+    Ok(())
+}
+
+/// Records where its handling is (as `effect:<step>`).
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "trace.effect", reply = ())]
+pub struct TracedEffect {
+    pub saga_id: String,
+    pub step: String,
+}
+
+#[catga::command(queue = "saga-svc")]
+async fn traced_effect(cmd: TracedEffect, ctx: Context) -> Result<(), HandlerError> {
+    let what = format!("effect:{}", cmd.step);
+    record(ctx.store(), &cmd.saga_id, Recorded { what, attempt: 0, seen: handling(&ctx) }).await
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Parking {
+    pub park: bool,
+}
+
+async fn traced_step(ctx: &SagaContext) -> Result<(), StepError> {
+    let app = ctx.app();
+    let me = seen(ctx.trace(), catga::MessageId::from_u128(0), app.instance_id());
+    let recorded = Recorded { what: format!("step:{}", ctx.step()), attempt: ctx.attempt(), seen: me };
+    record(app.store(), ctx.saga_id(), recorded).await?;
+    ctx.send(TracedEffect { saga_id: ctx.saga_id().to_owned(), step: ctx.step().to_owned() }).await?;
+    Ok(())
+}
+
+pub struct TracedOrder;
+
+/// Two steps that record their trace context and send `trace.effect`; the
+/// second can park on its first attempt (for a takeover).
+#[catga::saga(name = "traced-order")]
+impl TracedOrder {
+    #[step(compensate = forget)]
+    async fn first(_: &mut Parking, ctx: &SagaContext) -> Result<(), StepError> {
+        traced_step(ctx).await
+    }
+
+    #[step(pivot)]
+    async fn parked(parking: &mut Parking, ctx: &SagaContext) -> Result<(), StepError> {
+        if parking.park && ctx.attempt() == 1 {
+            eprintln!("TRACE PARKED {} {}", ctx.saga_id(), ctx.app().instance_id());
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        }
+        traced_step(ctx).await
+    }
+
+    async fn forget(_: &Parking, _: &SagaContext) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() {
     catga_suite::log_to_stderr();

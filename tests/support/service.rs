@@ -157,6 +157,22 @@ async fn durable_work(cmd: DurableWork, ctx: Context) -> Result<(String, u64), H
     Ok((ctx.instance_id().to_owned(), cmd.n))
 }
 
+/// Durable: answers where its handling is in the trace (trace id, parent
+/// span id, tracestate) — tests/trace.rs.
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "dur.traced", reply = (String, Option<String>, Option<String>), durable)]
+pub struct DurableTraced;
+
+#[catga::command(queue = "dur")]
+async fn durable_traced(
+    _: DurableTraced,
+    ctx: Context,
+) -> Result<(String, Option<String>, Option<String>), HandlerError> {
+    let trace = &ctx.metadata().trace;
+    let parent = trace.parent_span_id().map(|p| p.to_string());
+    Ok((trace.trace_id().to_string(), parent, trace.tracestate().map(str::to_owned)))
+}
+
 /// Durable and idempotent (with `CATGA_REDIS_URL`): sleeps `sleep_ms`,
 /// then records `charged <message id> fence <fencing token>` in the
 /// ledger; answers (instance id, n).

@@ -9,6 +9,7 @@ use crate::instance::SendOptions;
 use crate::message::{Command, Event};
 use crate::metadata::{MessageId, Metadata};
 use crate::saga::status::Direction;
+use crate::trace::{TraceContext, TraceId};
 
 /// What a step gets besides the data: sending and publishing with
 /// deterministic message ids, and the saga's identity.
@@ -21,6 +22,8 @@ pub struct SagaContext {
     direction: Direction,
     attempt: u32,
     sends: AtomicU32,
+    /// This step's span: a child of the span that started the saga.
+    trace: TraceContext,
 }
 
 impl SagaContext {
@@ -31,8 +34,26 @@ impl SagaContext {
         step: (&'static str, usize),
         direction: Direction,
         attempt: u32,
+        origin: Option<TraceContext>,
     ) -> SagaContext {
-        SagaContext { app, saga, id, step: step.0, step_index: step.1, direction, attempt, sends: AtomicU32::new(0) }
+        // A state written before the trace was kept: the saga's own trace,
+        // whose id is its correlation id (the same for all its steps).
+        let origin = origin.unwrap_or_else(|| {
+            let correlation = correlation_id(saga, &id).as_u128();
+            TraceContext::root(TraceId::from_u128(correlation).unwrap_or_else(TraceId::random))
+        });
+        let trace = origin.child();
+        SagaContext {
+            app,
+            saga,
+            id,
+            step: step.0,
+            step_index: step.1,
+            direction,
+            attempt,
+            sends: AtomicU32::new(0),
+            trace,
+        }
     }
 }
 
@@ -63,6 +84,15 @@ impl SagaContext {
         self.attempt
     }
 
+    /// This step's span: a span of the trace of the request that started
+    /// the saga, whose parent is that request's handling (on every attempt
+    /// and whichever instance runs it: a saga parked for a long time does
+    /// not keep one span open, each step points back at its starter). The
+    /// step's sends and publishes are children of it.
+    pub fn trace(&self) -> &TraceContext {
+        &self.trace
+    }
+
     /// The instance running the step.
     pub fn app(&self) -> &App {
         &self.app
@@ -80,8 +110,7 @@ impl SagaContext {
             &[self.direction as u8],
             &n.to_le_bytes(),
         ]);
-        let correlation_id = deterministic_id(&[self.saga.as_bytes(), self.id.as_bytes()]);
-        Metadata::with_ids(message_id, correlation_id, None)
+        Metadata::with_ids(message_id, correlation_id(self.saga, &self.id), None).in_trace(&self.trace)
     }
 
     /// Send a command with this step's deterministic message id.
@@ -102,6 +131,11 @@ impl SagaContext {
 
 /// A 128-bit id from the parts: FNV-1a, twice with different bases (stable
 /// across builds and platforms, unlike std's hasher).
+/// The correlation id of everything a saga sends.
+fn correlation_id(saga: &str, id: &str) -> MessageId {
+    deterministic_id(&[saga.as_bytes(), id.as_bytes()])
+}
+
 pub(crate) fn deterministic_id(parts: &[&[u8]]) -> MessageId {
     let fnv = |mut h: u64| {
         for part in parts {

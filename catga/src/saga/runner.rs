@@ -237,7 +237,17 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
                 self.persist().await?;
             }
             let ctx = self.context(step.name, index, direction);
-            let span = tracing::info_span!("catga.saga.step", step = step.name, ?direction, attempt = ctx.attempt());
+            let trace = ctx.trace();
+            let span = tracing::info_span!(
+                "catga.saga.step",
+                step = step.name,
+                ?direction,
+                attempt = ctx.attempt(),
+                trace_id = %trace.trace_id(),
+                span_id = %trace.span_id(),
+                parent_span_id = trace.parent_span_id().map(tracing::field::display),
+            );
+            crate::otel::adopt(&span, trace);
             let clock = self.app.instance().clock;
             let started = clock.now();
             let result = match (direction, step.compensation) {
@@ -357,6 +367,7 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             (step, step_index),
             direction,
             self.state.attempts,
+            self.state.trace_origin(),
         )
     }
 }

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::trace::TraceContext;
+
 /// Where a saga is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -94,11 +96,25 @@ pub(crate) struct State<D> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) step: Option<String>,
     pub(crate) data: D,
+    /// The trace context (`traceparent`) of the span that started the saga:
+    /// every step, on whichever instance, is a span of that trace whose
+    /// parent is that span. Absent in states written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) traceparent: Option<String>,
+    /// Its `tracestate`, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tracestate: Option<String>,
     pub(crate) history: Vec<HistoryEntry>,
     pub(crate) error: Option<String>,
 }
 
 impl<D> State<D> {
+    /// The span that started the saga, as persisted (`None` in a state
+    /// written before it was kept, or one whose header no longer parses).
+    pub(crate) fn trace_origin(&self) -> Option<TraceContext> {
+        TraceContext::parse(self.traceparent.as_deref()?, self.tracestate.as_deref())
+    }
+
     pub(crate) fn reset_attempts(&mut self) {
         self.attempts = 0;
         self.failures = 0;

@@ -118,6 +118,7 @@ pub(crate) async fn create<D: Serialize>(
         tries += 1;
         clock.sleep(CREATE_RETRY.delay(tries)).await;
     };
+    let origin = app.trace_origin();
     let state = State {
         saga: def.name.to_owned(),
         id: id.to_owned(),
@@ -130,6 +131,8 @@ pub(crate) async fn create<D: Serialize>(
         last_error: None,
         step: def.steps.first().map(|s| s.name.to_owned()),
         data,
+        traceparent: Some(origin.traceparent()),
+        tracestate: origin.tracestate().map(str::to_owned),
         history: Vec::new(),
         error: None,
     };

@@ -19,18 +19,22 @@ use crate::error::{Error, HandlerError, Result};
 use crate::message::Command;
 use crate::metadata::{MessageId, Metadata};
 use crate::registry::HandlerRecord;
+use crate::trace::TraceContext;
 
 /// Header names of the Catga wire format (see `docs/WIRE.md`).
 pub mod headers {
     /// The message id (32 hex digits); retries of one send reuse it.
     pub const MESSAGE_ID: &str = "Catga-Message-Id";
-    /// The conversation id (32 hex digits). Catga sends it as the trace id
-    /// of `traceparent`; this header, when a sender sets it, takes precedence.
+    /// The conversation id (32 hex digits), when it is not the trace id of
+    /// `traceparent` (a saga step's sends); it takes precedence over it.
     pub const CORRELATION_ID: &str = "Catga-Correlation-Id";
     /// The id of the message whose handler sent this one.
     pub const CAUSATION_ID: &str = "Catga-Causation-Id";
-    /// W3C trace context: trace id = correlation id, parent id = message id.
+    /// W3C trace context `00-{trace id}-{parent id}-{flags}`: the parent id
+    /// is the sending span's (a fresh one per send or publish).
     pub const TRACEPARENT: &str = "traceparent";
+    /// W3C vendor trace state, passed on verbatim (at most 512 bytes).
+    pub const TRACESTATE: &str = "tracestate";
     /// The codec's MIME type; absent means `application/json`.
     pub const CONTENT_TYPE: &str = "Content-Type";
     /// On error replies: `error` (a reply without it is a success).
@@ -73,12 +77,19 @@ pub mod headers {
 
 /// The headers of a request or event: kept to what a receiver needs,
 /// because every header costs parsing on the server and both clients.
-/// The correlation id travels as the W3C trace id; the content type only
-/// when it is not JSON (the default).
+/// The correlation id travels as the W3C trace id, and on its own only when
+/// it differs from it; `tracestate` only when there is one; the content
+/// type only when it is not JSON (the default).
 pub(crate) fn request_headers(meta: &Metadata, content_type: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(headers::MESSAGE_ID, meta.message_id.to_string());
-    h.insert(headers::TRACEPARENT, traceparent(meta));
+    h.insert(headers::TRACEPARENT, meta.trace.traceparent());
+    if let Some(state) = meta.trace.tracestate() {
+        h.insert(headers::TRACESTATE, state);
+    }
+    if meta.trace.trace_id().as_u128() != meta.correlation_id.as_u128() {
+        h.insert(headers::CORRELATION_ID, meta.correlation_id.to_string());
+    }
     if let Some(cause) = meta.causation_id {
         h.insert(headers::CAUSATION_ID, cause.to_string());
     }
@@ -86,11 +97,6 @@ pub(crate) fn request_headers(meta: &Metadata, content_type: &str) -> HeaderMap 
         h.insert(headers::CONTENT_TYPE, content_type);
     }
     h
-}
-
-/// `00-{trace id = correlation id}-{parent id = low 64 bits of the message id}-01`.
-fn traceparent(meta: &Metadata) -> String {
-    format!("00-{}-{:016x}-01", meta.correlation_id, meta.message_id.as_u128() as u64)
 }
 
 /// A core request's deadline, as the time left when it is sent.
@@ -107,23 +113,52 @@ pub(crate) fn with_deadline_at(mut h: HeaderMap, deadline: Instant, clock: Clock
     h
 }
 
-/// The ids of a received message, and its deadline on this instance's
-/// clock; a message without them (a plain NATS client) starts a
-/// conversation with no deadline.
+/// The ids of a received message, its trace context (the sender's span)
+/// and its deadline on this instance's clock. A message without them (a
+/// plain NATS client) starts a conversation with no deadline; one without
+/// a valid `traceparent` starts a new trace (its `tracestate` ignored).
+/// The correlation id is `Catga-Correlation-Id`, else the trace id, else
+/// the message id.
 pub(crate) fn metadata_of(message: &async_nats::Message, clock: Clock) -> Metadata {
     let id = |name: &str| -> Option<MessageId> { header(message, name)?.parse().ok() };
     let message_id = id(headers::MESSAGE_ID).unwrap_or_default();
-    let trace_id = || {
-        let tp = header(message, headers::TRACEPARENT)?;
-        tp.split('-').nth(1)?.parse::<MessageId>().ok()
-    };
-    let mut meta = Metadata::with_ids(
-        message_id,
-        id(headers::CORRELATION_ID).or_else(trace_id).unwrap_or(message_id),
-        id(headers::CAUSATION_ID),
-    );
+    let trace = traceparent(message).and_then(|tp| TraceContext::parse(tp, tracestate(message).as_deref()));
+    let correlation_id = id(headers::CORRELATION_ID)
+        .or_else(|| Some(MessageId::from_u128(trace.as_ref()?.trace_id().as_u128())))
+        .unwrap_or(message_id);
+    let mut meta = Metadata::with_ids(message_id, correlation_id, id(headers::CAUSATION_ID));
+    if let Some(trace) = trace {
+        meta.trace = trace;
+    }
     meta.deadline = deadline_of(message, clock);
     meta
+}
+
+/// The message's `traceparent`; `None` when it has none or several (the
+/// specification makes several invalid).
+fn traceparent(message: &async_nats::Message) -> Option<&str> {
+    let mut values = message.headers.as_ref()?.get_all(headers::TRACEPARENT);
+    let first = values.next()?;
+    values.next().is_none().then(|| first.as_str())
+}
+
+/// The message's `tracestate`: several headers of that name are one list,
+/// joined with commas (as the specification says).
+fn tracestate(message: &async_nats::Message) -> Option<std::borrow::Cow<'_, str>> {
+    let all = message.headers.as_ref()?.get_all(headers::TRACESTATE);
+    let mut values = all.map(|v| v.as_str());
+    let first = values.next()?;
+    match values.next() {
+        None => Some(first.into()),
+        Some(second) => {
+            let mut joined = format!("{first},{second}");
+            values.for_each(|v| {
+                joined.push(',');
+                joined.push_str(v);
+            });
+            Some(joined.into())
+        }
+    }
 }
 
 /// `Catga-Deadline-In` counts from now; `Catga-Deadline-At` from the
@@ -299,6 +334,89 @@ pub(crate) fn decode_reply<C: Command>(reply: &async_nats::Message) -> Result<C:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn received(headers: Option<HeaderMap>) -> Metadata {
+        let message = async_nats::Message {
+            subject: "t.s".into(),
+            reply: None,
+            payload: Bytes::new(),
+            headers,
+            status: None,
+            description: None,
+            length: 0,
+        };
+        metadata_of(&message, Clock::system())
+    }
+
+    #[test]
+    fn a_message_without_headers_starts_a_trace_named_by_its_correlation_id() {
+        let meta = received(None);
+        assert_eq!(meta.correlation_id, meta.message_id);
+        assert_eq!(meta.trace.trace_id().as_u128(), meta.correlation_id.as_u128());
+        assert_eq!(meta.trace.parent_span_id(), None);
+        assert_eq!(meta.trace.tracestate(), None);
+    }
+
+    #[test]
+    fn the_trace_context_survives_the_headers() {
+        let mut sent = Metadata::root().child();
+        sent.trace = sent.trace.with_tracestate(Some("vendor=abc,other=1"));
+        let h = request_headers(&sent, Json::CONTENT_TYPE);
+        assert_eq!(h.get(headers::TRACEPARENT).map(|v| v.as_str().to_owned()), Some(sent.trace.traceparent()));
+        assert!(h.get(headers::CORRELATION_ID).is_none(), "not sent when it is the trace id");
+        let meta = received(Some(h));
+        assert_eq!(meta.message_id, sent.message_id);
+        assert_eq!(meta.correlation_id, sent.correlation_id);
+        assert_eq!(meta.causation_id, sent.causation_id);
+        assert_eq!(meta.trace.trace_id(), sent.trace.trace_id());
+        assert_eq!(meta.trace.span_id(), sent.trace.span_id(), "the sender's span, until it is delivered");
+        assert_eq!(meta.trace.tracestate(), Some("vendor=abc,other=1"));
+    }
+
+    #[test]
+    fn a_correlation_id_other_than_the_trace_id_travels_on_its_own() {
+        let other = Metadata::root();
+        let sent = Metadata::with_ids(MessageId::new(), MessageId::new(), None).in_trace(&other.trace);
+        let h = request_headers(&sent, Json::CONTENT_TYPE);
+        assert!(h.get(headers::CORRELATION_ID).is_some());
+        let meta = received(Some(h));
+        assert_eq!(meta.correlation_id, sent.correlation_id);
+        assert_eq!(meta.trace.trace_id(), other.trace.trace_id());
+        assert_eq!(meta.trace.span_id(), sent.trace.span_id());
+    }
+
+    #[test]
+    fn an_invalid_traceparent_starts_a_new_trace_and_drops_tracestate() {
+        let mut h = HeaderMap::new();
+        h.insert(headers::MESSAGE_ID, "000000000000000000000000000000ab");
+        h.insert(headers::TRACEPARENT, "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01");
+        h.insert(headers::TRACESTATE, "vendor=abc");
+        let meta = received(Some(h));
+        assert_eq!(meta.correlation_id.to_string(), "000000000000000000000000000000ab");
+        assert_eq!(meta.trace.trace_id().as_u128(), 0xab);
+        assert_eq!(meta.trace.tracestate(), None);
+    }
+
+    #[test]
+    fn several_traceparent_headers_start_a_new_trace() {
+        let mut h = HeaderMap::new();
+        h.append(headers::TRACEPARENT, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        h.append(headers::TRACEPARENT, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b8-01");
+        let meta = received(Some(h));
+        assert_ne!(meta.trace.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(meta.correlation_id, meta.message_id);
+    }
+
+    #[test]
+    fn several_tracestate_headers_are_one_list() {
+        let mut h = HeaderMap::new();
+        h.insert(headers::TRACEPARENT, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        h.append(headers::TRACESTATE, "a=1");
+        h.append(headers::TRACESTATE, "b=2");
+        let meta = received(Some(h));
+        assert_eq!(meta.correlation_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(meta.trace.tracestate(), Some("a=1,b=2"));
+    }
 
     #[test]
     fn error_replies_carry_the_service_api_headers() {

@@ -214,7 +214,7 @@ impl MemoryBus {
         let mut pending = None;
         for target in targets {
             if let Some(previous) = pending.replace(target) {
-                deliver(previous, event.clone(), meta);
+                deliver(previous, event.clone(), meta.clone());
             }
         }
         if let Some(last) = pending {

@@ -203,7 +203,7 @@ impl DurableServe {
                 Err(refused)
             }
             None => {
-                let outcome = record.entry.call_to_end(&message.payload, record, in_flight, meta).await;
+                let outcome = record.entry.call_to_end(&message.payload, record, in_flight, meta.clone()).await;
                 if started.elapsed() > PROGRESS_LIMIT {
                     tracing::warn!(
                         subject = record.subject,
