@@ -1,12 +1,13 @@
 //! Metrics (issue 12, item 3): what an instance counts, in memory and over
 //! NATS, and a real Prometheus server scraping a service process's
-//! `GET /metrics` on `CATGA_HTTP_ADDR`.
+//! `GET /metrics` on `CATGA_HTTP_ADDR`; and the health routes beside it
+//! (`/healthz`, `/readyz`) while NATS and Redis go away under a service.
 
 use std::time::{Duration, Instant};
 
 use catga::prelude::*;
 use catga::saga::{SagaContext, SagaOutcome, StepError};
-use catga_suite::{NatsServer, Prometheus, ServiceProcess, free_port, http_get};
+use catga_suite::{NatsServer, Prometheus, RedisServer, ServiceProcess, free_port, http_get};
 
 #[derive(Debug, Serialize, Deserialize, Command)]
 #[catga(subject = "metrics.charge", reply = u64)]
@@ -170,4 +171,61 @@ async fn prometheus_scrapes_a_service_process_and_finds_its_handlings_and_connec
     assert_eq!(seen, Some(25.0), "Prometheus' answer to {query}");
     assert_eq!(prometheus.query(r#"catga_nats_connected{job="catga"}"#), Some(1.0));
     client.shutdown().await;
+}
+
+/// Polls `GET path` (bounded: 20 s) until `done` holds for (status, body).
+fn poll(port: u16, path: &str, done: impl Fn(u16, &serde_json::Value) -> bool) -> (u16, serde_json::Value) {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = http_get(port, path).expect("the endpoint answers");
+        let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+        if done(status, &json) || Instant::now() > until {
+            return (status, json);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn readyz_follows_the_nats_connection_and_reports_the_store_without_flipping_on_it() {
+    let mut nats = NatsServer::start();
+    let mut redis = RedisServer::start();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (nats_url, redis_url) = (nats.url(), redis.url());
+    let _instance = ServiceProcess::started(
+        env!("CARGO_BIN_EXE_catga-test-service"),
+        &[
+            ("CATGA_NATS_URL", &nats_url),
+            ("CATGA_REDIS_URL", &redis_url),
+            ("CATGA_SERVICE", "svc"),
+            ("CATGA_INSTANCE_ID", "probed"),
+            ("CATGA_HTTP_ADDR", &http.to_string()),
+        ],
+    );
+    let port = http.port();
+    assert_eq!(http_get(port, "/healthz").unwrap(), (200, "ok\n".to_owned()));
+    let (status, ready) = poll(port, "/readyz", |status, _| status == 200);
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["ready"], true);
+    assert_eq!(ready["instance"], "probed");
+    assert_eq!(ready["transport"]["connected"], true);
+    assert_eq!(ready["store"]["reachable"], true);
+
+    // Redis goes: reported, but the instance stays ready.
+    redis.kill();
+    let (status, ready) = poll(port, "/readyz", |_, json| json["store"]["reachable"] == false);
+    assert_eq!(ready["store"]["reachable"], false, "{ready}");
+    assert_eq!(status, 200, "a store blip does not take the instance out: {ready}");
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    assert_eq!(value(&metrics, "catga_store_up"), Some(0.0));
+
+    // NATS goes: not ready, with the reason; still alive.
+    nats.kill();
+    let (status, ready) = poll(port, "/readyz", |status, _| status == 503);
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["ready"], false);
+    assert!(ready["reasons"].to_string().contains("nats: not connected"), "{ready}");
+    assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    assert_eq!(value(&metrics, "catga_nats_connected"), Some(0.0), "{metrics}");
 }

@@ -11,7 +11,7 @@ use crate::app::App;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::http::HttpServer;
+use crate::http;
 use crate::instance::{Instance, Parts, State};
 use crate::liveness::{self, Heartbeat};
 use crate::metrics::Metrics;
@@ -405,13 +405,13 @@ impl Builder {
             }
             (None, bus) => Transport::Memory(bus.unwrap_or_else(MemoryBus::global)),
         };
-        let http = match config.http_addr {
-            Some(addr) => Some(HttpServer::start(addr, metrics.clone()).await?),
-            None => None,
-        };
-        let parts =
-            Parts { middleware: self.middleware, state: self.state, handlers, clock: self.clock, metrics, http };
+        let parts = Parts { middleware: self.middleware, state: self.state, handlers, clock: self.clock, metrics };
         let instance = Instance::new(config, transport, store, parts);
+        // Up before the handlers: `/readyz` says "starting" meanwhile.
+        if let Some(addr) = instance.config.http_addr {
+            let (addr, task) = http::start(addr, &instance).await?;
+            instance.serve_http(addr, task);
+        }
         // Beat before handling anything: a copy of a message this instance
         // claims judges it by its beats. An instance that may run sagas
         // joins the set the saga sweeps read; one that recovers them, the
@@ -440,6 +440,7 @@ impl Builder {
             recovery::start(&instance, sagas).await;
         }
         instance.transport.subscribe(&instance, &instance.handlers).await?;
+        instance.mark_subscribed();
         tracing::info!(
             service = instance.config.service,
             instance = instance.config.instance_id,

@@ -13,7 +13,7 @@
 //! | `CATGA_SEND_RETRIES`         | NATS: retries after a timeout or "no responders" | 2 |
 //! | `CATGA_MAX_IN_FLIGHT`        | NATS: concurrent handlings per handler     | 256 |
 //! | `CATGA_NATS_PING_INTERVAL_MS`| NATS: how often a silent server is probed  | 5000 |
-//! | `CATGA_HTTP_ADDR`            | where `GET /metrics` answers (Prometheus text), e.g. `0.0.0.0:9464` | unset: no HTTP endpoint |
+//! | `CATGA_HTTP_ADDR`            | where `GET /metrics` (Prometheus text), `/healthz` and `/readyz` answer, e.g. `0.0.0.0:9464` | unset: no HTTP endpoint |
 //! | `CATGA_METRIC_ERROR_CODES`   | handler error codes that get a metric label of their own, comma-separated (others are `other`) | none |
 //! | `CATGA_LOG_FORMAT`           | `Catga::run()`'s default log lines: `plain` or `json` (one object per line); filtered by `RUST_LOG` (default `info`) | plain |
 //! | `CATGA_REQUEST_LIVENESS_MS`  | NATS: a request whose responder sent no sign of life for this long is sent again (0: never) | 400 |

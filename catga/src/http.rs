@@ -1,11 +1,20 @@
 //! The instance's HTTP endpoint, on `CATGA_HTTP_ADDR`
-//! ([`Config::http_addr`](crate::Config::http_addr)): `GET /metrics`, the
-//! [metrics](crate::metrics) in the Prometheus text format. Off unless the
-//! address is set. HTTP/1.1 by hyper; every other path is a 404.
+//! ([`Config::http_addr`](crate::Config::http_addr)); off unless the
+//! address is set. HTTP/1.1 by hyper; any other path is a 404.
+//!
+//! - `GET /metrics`: the [metrics](crate::metrics) in the Prometheus text
+//!   format.
+//! - `GET /healthz`: 200 while the process answers (liveness).
+//! - `GET /readyz`: 200 when the instance takes work — its transport is
+//!   connected, every handler is subscribed, it is not draining — else 503
+//!   with the reason. The store's reachability is in the body (and in
+//!   `catga_store_up`) but does not make the instance unready: one store
+//!   blip must not take every instance out of rotation at once.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -13,41 +22,30 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::task::AbortHandle;
 
 use crate::error::{Error, Result};
-use crate::metrics::{self, Metrics};
+use crate::instance::Instance;
+use crate::metrics;
+use crate::store::Key;
 
-/// The listening endpoint; stops accepting when dropped.
-pub(crate) struct HttpServer {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+/// How long `/readyz` and `/metrics` wait for the store's answer.
+const STORE_PROBE: Duration = Duration::from_secs(1);
+
+/// Listen on `addr` (port 0: any free port) and answer there for
+/// `instance`: where it listens, and the accepting task (the instance
+/// aborts it at shutdown; it also ends once the instance is gone).
+pub(crate) async fn start(addr: SocketAddr, instance: &Arc<Instance>) -> Result<(SocketAddr, AbortHandle)> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        Error::Config(format!("cannot listen on CATGA_HTTP_ADDR={addr}: {e}; choose a free address or unset it"))
+    })?;
+    let addr = listener.local_addr().map_err(|e| Error::Config(format!("CATGA_HTTP_ADDR={addr}: {e}")))?;
+    tracing::info!(%addr, "http: serving /metrics, /healthz, /readyz");
+    let task = tokio::spawn(accept(listener, Arc::downgrade(instance)));
+    Ok((addr, task.abort_handle()))
 }
 
-impl HttpServer {
-    /// Listen on `addr` (port 0: any free port) and answer there.
-    pub(crate) async fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<HttpServer> {
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
-            Error::Config(format!("cannot listen on CATGA_HTTP_ADDR={addr}: {e}; choose a free address or unset it"))
-        })?;
-        let addr = listener.local_addr().map_err(|e| Error::Config(format!("CATGA_HTTP_ADDR={addr}: {e}")))?;
-        tracing::info!(%addr, "http: serving /metrics");
-        let task = tokio::spawn(accept(listener, metrics));
-        Ok(HttpServer { addr, task })
-    }
-
-    /// Where it listens (the port chosen when 0 was asked for).
-    pub(crate) fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn accept(listener: TcpListener, metrics: Arc<Metrics>) {
+async fn accept(listener: TcpListener, instance: Weak<Instance>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -58,9 +56,12 @@ async fn accept(listener: TcpListener, metrics: Arc<Metrics>) {
                 continue;
             }
         };
-        let metrics = metrics.clone();
+        if instance.strong_count() == 0 {
+            return; // the instance is gone (dropped without a shutdown)
+        }
+        let instance = instance.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| answer(request, metrics.clone()));
+            let service = hyper::service::service_fn(move |request| answer(request, instance.clone()));
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 // A client that sends no complete header within 10 s is dropped.
@@ -76,7 +77,7 @@ async fn accept(listener: TcpListener, metrics: Arc<Metrics>) {
 
 async fn answer(
     request: Request<Incoming>,
-    metrics: Arc<Metrics>,
+    instance: Weak<Instance>,
 ) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
     let response = |status: StatusCode, content_type: &str, body: String| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -86,9 +87,60 @@ async fn answer(
         }
         response
     };
-    Ok(match (request.method(), request.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics") => response(StatusCode::OK, metrics::CONTENT_TYPE, metrics.render()),
-        (_, "/metrics") => response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET /metrics\n".into()),
-        (_, path) => response(StatusCode::NOT_FOUND, "text/plain", format!("no route {path}; try GET /metrics\n")),
+    let path = request.uri().path();
+    if !matches!(request.method(), &Method::GET | &Method::HEAD) {
+        return Ok(response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", format!("use GET {path}\n")));
+    }
+    let Some(instance) = instance.upgrade() else {
+        return Ok(response(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "stopped\n".into()));
+    };
+    Ok(match path {
+        "/healthz" => response(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            let (ready, body) = readiness(&instance).await;
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            response(status, "application/json", body)
+        }
+        "/metrics" => {
+            probe_store(&instance).await;
+            response(StatusCode::OK, metrics::CONTENT_TYPE, instance.metrics.render())
+        }
+        _ => response(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("no route {path}; try GET /metrics, /healthz or /readyz\n"),
+        ),
     })
+}
+
+/// Whether the instance takes work, and why not; one JSON object.
+async fn readiness(instance: &Instance) -> (bool, String) {
+    let store_up = probe_store(instance).await;
+    let transport = instance.transport.connected();
+    let mut reasons = Vec::new();
+    if !transport {
+        reasons.push(format!("{}: not connected", instance.transport.name()));
+    }
+    if let Err(why) = instance.taking_work() {
+        reasons.push(why.to_owned());
+    }
+    let body = serde_json::json!({
+        "ready": reasons.is_empty(),
+        "reasons": reasons,
+        "instance": instance.instance_id(),
+        "service": instance.service(),
+        "transport": { "kind": instance.transport.name(), "connected": transport },
+        "handlers": instance.handlers.len(),
+        "store": { "kind": instance.store.name(), "reachable": store_up },
+    });
+    (reasons.is_empty(), format!("{body}\n"))
+}
+
+/// Read one key from the store (within [`STORE_PROBE`]); sets
+/// `catga_store_up`.
+async fn probe_store(instance: &Instance) -> bool {
+    let key = Key::new("catga:probe", "health");
+    let up = matches!(tokio::time::timeout(STORE_PROBE, instance.store.get(&key)).await, Ok(Ok(_)));
+    instance.metrics.store_up(up);
+    up
 }

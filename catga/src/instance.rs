@@ -32,7 +32,6 @@ use tracing::Instrument;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, HandlerError, Result};
-use crate::http::HttpServer;
 use crate::liveness::Heartbeat;
 use crate::message::{Command, Event};
 use crate::metadata::Metadata;
@@ -58,10 +57,12 @@ pub(crate) struct Instance {
     /// What this instance counts ([`crate::metrics`]).
     pub(crate) metrics: Arc<Metrics>,
     /// `GET /metrics`, when `http_addr` is set; stopped by shutdown.
-    http: Mutex<Option<HttpServer>>,
+    http: Mutex<Option<Serving>>,
     in_flight: AtomicUsize,
     /// Set when shutdown starts: only then do finished handlings wake it.
     draining: AtomicBool,
+    /// Set once every handler is subscribed (readiness, `/readyz`).
+    subscribed: AtomicBool,
     idle: Notify,
     closed: AtomicBool,
     stopped: tokio::sync::OnceCell<ShutdownReport>,
@@ -69,6 +70,12 @@ pub(crate) struct Instance {
     /// This instance's heartbeat in the store (set by the builder), stopped
     /// by shutdown.
     pub(crate) heartbeat: Mutex<Option<Heartbeat>>,
+}
+
+/// The HTTP endpoint's address and accepting task.
+struct Serving {
+    addr: std::net::SocketAddr,
+    task: tokio::task::AbortHandle,
 }
 
 /// What an instance is built from besides its configuration, transport
@@ -79,7 +86,6 @@ pub(crate) struct Parts {
     pub(crate) handlers: Vec<&'static HandlerRecord>,
     pub(crate) clock: Clock,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) http: Option<HttpServer>,
 }
 
 /// Options of one `send`.
@@ -116,7 +122,7 @@ pub struct ShutdownReport {
 
 impl Instance {
     pub(crate) fn new(config: Config, transport: Transport, store: Store, parts: Parts) -> Arc<Instance> {
-        let Parts { middleware, state, handlers, clock, metrics, http } = parts;
+        let Parts { middleware, state, handlers, clock, metrics } = parts;
         Arc::new(Instance {
             config,
             transport,
@@ -126,9 +132,10 @@ impl Instance {
             handlers,
             clock,
             metrics,
-            http: Mutex::new(http),
+            http: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
             idle: Notify::new(),
             closed: AtomicBool::new(false),
             stopped: tokio::sync::OnceCell::new(),
@@ -137,9 +144,32 @@ impl Instance {
         })
     }
 
+    /// Every handler is subscribed: the instance takes work.
+    pub(crate) fn mark_subscribed(&self) {
+        self.subscribed.store(true, Ordering::SeqCst);
+    }
+
+    /// Subscribed and not draining; the transport's connection is checked
+    /// by [`crate::http`] beside it.
+    pub(crate) fn taking_work(&self) -> std::result::Result<(), &'static str> {
+        if self.draining.load(Ordering::SeqCst) {
+            Err("draining: shutting down")
+        } else if !self.subscribed.load(Ordering::SeqCst) {
+            Err("starting: handlers not subscribed yet")
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The HTTP endpoint (`Config::http_addr`, [`crate::http`]) answering
+    /// at `addr` until shutdown stops its task.
+    pub(crate) fn serve_http(&self, addr: std::net::SocketAddr, task: tokio::task::AbortHandle) {
+        *self.http.lock().unwrap_or_else(|e| e.into_inner()) = Some(Serving { addr, task });
+    }
+
     /// Where `GET /metrics` answers, when it does.
     pub(crate) fn http_addr(&self) -> Option<std::net::SocketAddr> {
-        self.http.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(HttpServer::addr)
+        self.http.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|s| s.addr)
     }
 
     pub(crate) fn service(&self) -> &str {
@@ -244,7 +274,9 @@ impl Instance {
         if let Some(mut heartbeat) = heartbeat {
             heartbeat.stop(&self.store).await;
         }
-        drop(self.http.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(http) = self.http.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            http.task.abort();
+        }
         self.closed.store(true, Ordering::Release);
         let report =
             ShutdownReport { abandoned: if drained.is_ok() { 0 } else { self.in_flight() }, waited: started.elapsed() };

@@ -24,6 +24,7 @@
 //! | `catga_dead_letters_total` | `handler`, `subject` | durable messages dead-lettered |
 //! | `catga_nats_connected` | | 1 while the NATS connection is up (0: down, or no NATS configured) |
 //! | `catga_nats_reconnects_total` | | connections made again after a loss |
+//! | `catga_store_up` | | 1 if the store answered the last probe (each `/metrics` or `/readyz` request) |
 //!
 //! Labels stay bounded: handlers, subjects, sagas and steps are fixed at
 //! compile time; an error code is Catga's own or one of the codes named in
@@ -161,6 +162,7 @@ pub(crate) struct Metrics {
     dead_letters: Family<HandlerLabels, Counter>,
     nats_connected: Gauge,
     nats_reconnects: Counter,
+    store_up: Gauge,
 }
 
 impl Metrics {
@@ -190,6 +192,7 @@ impl Metrics {
             dead_letters: Family::default(),
             nats_connected: Gauge::default(),
             nats_reconnects: Counter::default(),
+            store_up: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register("handlings", "Handlings that ended, refused ones included", m.handlings.clone());
@@ -210,6 +213,7 @@ impl Metrics {
         r.register("dead_letters", "Durable messages dead-lettered", m.dead_letters.clone());
         r.register("nats_connected", "1 while the NATS connection is up", m.nats_connected.clone());
         r.register("nats_reconnects", "NATS connections made again after a loss", m.nats_reconnects.clone());
+        r.register("store_up", "1 if the store answered the last probe", m.store_up.clone());
         m
     }
 
@@ -324,6 +328,11 @@ impl Metrics {
     /// A durable message for a handler was dead-lettered.
     pub(crate) fn dead_lettered(&self, labels: HandlerLabels) {
         self.dead_letters.get_or_create(&labels).inc();
+    }
+
+    /// The store answered a probe (or not).
+    pub(crate) fn store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
     }
 
     /// The NATS connection came up (`again`: after a loss) or went down.

@@ -51,6 +51,15 @@ impl Transport {
         }
     }
 
+    /// Whether the transport can carry messages now: the NATS connection is
+    /// up (the in-memory bus always is).
+    pub(crate) fn connected(&self) -> bool {
+        match self {
+            Transport::Memory(_) => true,
+            Transport::Nats(nats) => nats.connected(),
+        }
+    }
+
     /// Start receiving for these handlers.
     pub(crate) async fn subscribe(&self, instance: &Arc<Instance>, handlers: &[&'static HandlerRecord]) -> Result<()> {
         match self {

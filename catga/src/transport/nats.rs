@@ -117,6 +117,11 @@ impl Nats {
         self.inner.pulse.get_or_init(|| Arc::new(Pulse::start(&self.inner.io, self.inner.conn.client.clone()))).clone()
     }
 
+    /// Whether the connection is up.
+    pub(crate) fn connected(&self) -> bool {
+        self.inner.conn.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// Sends that were retried (after a timeout or "no responders").
     pub(crate) fn retries(&self) -> u64 {
         self.inner.conn.retried.load(Ordering::Relaxed)
