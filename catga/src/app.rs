@@ -72,6 +72,13 @@ impl App {
         self.instance.http_addr()
     }
 
+    /// `/metrics`, `/healthz` and `/readyz` as a `tower` service to mount
+    /// in the program's own HTTP server (axum: `nest_service`); see
+    /// [`Routes`](crate::http::Routes).
+    pub fn routes(&self) -> crate::http::Routes {
+        crate::http::Routes::new(&self.instance)
+    }
+
     /// The handlers this instance subscribed, sorted.
     pub fn handlers(&self) -> &[&'static HandlerRecord] {
         &self.instance.handlers

@@ -10,15 +10,21 @@
 //!   with the reason. The store's reachability is in the body (and in
 //!   `catga_store_up`) but does not make the instance unready: one store
 //!   blip must not take every instance out of rotation at once.
+//!
+//! The same routes, for a program that runs its own HTTP server, are
+//! [`Routes`] ([`App::routes`](crate::App::routes)): a `tower` service
+//! that axum mounts with `Router::nest_service` or `route_service`.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -61,7 +67,10 @@ async fn accept(listener: TcpListener, instance: Weak<Instance>) {
         }
         let instance = instance.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| answer(request, instance.clone()));
+            let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                let instance = instance.clone();
+                async move { answer(request.method(), request.uri().path(), instance).await }
+            });
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 // A client that sends no complete header within 10 s is dropped.
@@ -75,8 +84,60 @@ async fn accept(listener: TcpListener, instance: Weak<Instance>) {
     }
 }
 
+/// `/metrics`, `/healthz` and `/readyz` of one instance as a `tower`
+/// service, for a program that serves HTTP itself: mount it in axum with
+/// `Router::new().nest_service("/ops", app.routes())` (then
+/// `GET /ops/readyz`) or `.route_service("/readyz", app.routes())`. It
+/// answers exactly as the server on [`Config::http_addr`](crate::Config::http_addr)
+/// does, ignores the request body, and holds the instance weakly: once the
+/// instance is gone every route answers 503 `stopped`.
+///
+/// ```
+/// use tower_service::Service;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> catga::Result<()> {
+/// let app = catga::Catga::builder().service("docs-routes").client_only().start().await?;
+/// let mut routes = app.routes();
+/// let request = hyper::Request::get("/healthz").body(()).unwrap();
+/// let response = routes.call(request).await.unwrap();
+/// assert_eq!(response.status(), 200);
+/// # app.shutdown().await; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Routes {
+    instance: Weak<Instance>,
+}
+
+impl Routes {
+    pub(crate) fn new(instance: &Arc<Instance>) -> Self {
+        Routes { instance: Arc::downgrade(instance) }
+    }
+}
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routes").field("live", &(self.instance.strong_count() > 0)).finish()
+    }
+}
+
+impl<B> tower_service::Service<Request<B>> for Routes {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = std::result::Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::result::Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        let instance = self.instance.clone();
+        Box::pin(async move { answer(&method, &path, instance).await })
+    }
+}
+
 async fn answer(
-    request: Request<Incoming>,
+    method: &Method,
+    path: &str,
     instance: Weak<Instance>,
 ) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
     let response = |status: StatusCode, content_type: &str, body: String| {
@@ -87,8 +148,7 @@ async fn answer(
         }
         response
     };
-    let path = request.uri().path();
-    if !matches!(request.method(), &Method::GET | &Method::HEAD) {
+    if !matches!(method, &Method::GET | &Method::HEAD) {
         return Ok(response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", format!("use GET {path}\n")));
     }
     let Some(instance) = instance.upgrade() else {
@@ -143,4 +203,46 @@ async fn probe_store(instance: &Instance) -> bool {
     let up = matches!(tokio::time::timeout(STORE_PROBE, instance.store.get(&key)).await, Ok(Ok(_)));
     instance.metrics.store_up(up);
     up
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use tower_service::Service;
+
+    use super::*;
+
+    async fn get(routes: &mut Routes, method: Method, path: &str) -> (StatusCode, String) {
+        let request = Request::builder().method(method).uri(path).body(()).unwrap();
+        let response = routes.call(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn routes_answer_as_the_server_does_and_turn_unready_when_draining() {
+        let app = crate::Catga::builder().service("http-routes").client_only().start().await.unwrap();
+        let mut routes = app.routes();
+
+        assert_eq!(get(&mut routes, Method::GET, "/healthz").await, (StatusCode::OK, "ok\n".into()));
+        let (status, body) = get(&mut routes, Method::GET, "/readyz").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(ready["ready"], true);
+        assert_eq!(ready["store"]["reachable"], true);
+        let (status, metrics) = get(&mut routes, Method::GET, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(metrics.contains("catga_store_up 1"), "{metrics}");
+        assert_eq!(get(&mut routes, Method::POST, "/readyz").await.0, StatusCode::METHOD_NOT_ALLOWED);
+        let (status, body) = get(&mut routes, Method::GET, "/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("/readyz"), "{body}");
+
+        app.shutdown().await;
+        let (status, body) = get(&mut routes, Method::GET, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        drop(app);
+        assert_eq!(get(&mut routes, Method::GET, "/healthz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    }
 }

@@ -99,7 +99,7 @@ pub mod context;
 pub mod dispatch;
 pub mod error;
 mod future;
-mod http;
+pub mod http;
 pub mod idempotency;
 mod instance;
 pub mod liveness;
