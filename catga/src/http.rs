@@ -2,7 +2,7 @@
 //! ([`Config::http_addr`](crate::Config::http_addr)); off unless the
 //! address is set. HTTP/1.1 by hyper; any other path is a 404.
 //!
-//! - `GET /metrics`: the [metrics](crate::metrics) in the Prometheus text
+//! - `GET /metrics`: the [metrics] in the Prometheus text
 //!   format.
 //! - `GET /healthz`: 200 while the process answers (liveness).
 //! - `GET /readyz`: 200 when the instance takes work — its transport is
