@@ -29,6 +29,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
+use tower_service::Service;
 
 use crate::error::{Error, Result};
 use crate::instance::Instance;
@@ -47,11 +48,11 @@ pub(crate) async fn start(addr: SocketAddr, instance: &Arc<Instance>) -> Result<
     })?;
     let addr = listener.local_addr().map_err(|e| Error::Config(format!("CATGA_HTTP_ADDR={addr}: {e}")))?;
     tracing::info!(%addr, "http: serving /metrics, /healthz, /readyz");
-    let task = tokio::spawn(accept(listener, Arc::downgrade(instance)));
+    let task = tokio::spawn(accept(listener, Routes::new(instance)));
     Ok((addr, task.abort_handle()))
 }
 
-async fn accept(listener: TcpListener, instance: Weak<Instance>) {
+async fn accept(listener: TcpListener, routes: Routes) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -62,15 +63,13 @@ async fn accept(listener: TcpListener, instance: Weak<Instance>) {
                 continue;
             }
         };
-        if instance.strong_count() == 0 {
+        if routes.instance.strong_count() == 0 {
             return; // the instance is gone (dropped without a shutdown)
         }
-        let instance = instance.clone();
+        let routes = routes.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                let instance = instance.clone();
-                async move { answer(request.method(), request.uri().path(), instance).await }
-            });
+            // The same routes a program mounts in its own server.
+            let service = hyper::service::service_fn(move |request| routes.clone().call(request));
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 // A client that sends no complete header within 10 s is dropped.
@@ -119,7 +118,7 @@ impl std::fmt::Debug for Routes {
     }
 }
 
-impl<B> tower_service::Service<Request<B>> for Routes {
+impl<B> Service<Request<B>> for Routes {
     type Response = Response<Full<Bytes>>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = std::result::Result<Self::Response, Infallible>> + Send>>;
@@ -208,7 +207,6 @@ async fn probe_store(instance: &Instance) -> bool {
 #[cfg(test)]
 mod tests {
     use http_body_util::BodyExt;
-    use tower_service::Service;
 
     use super::*;
 
