@@ -17,7 +17,7 @@ use crate::liveness::{self, Heartbeat};
 use crate::metrics::Metrics;
 use crate::middleware::Middleware;
 use crate::registry::{self, HandlerRecord};
-use crate::saga::{definition, recovery};
+use crate::saga::{self, definition, recovery};
 use crate::signals::Signals;
 use crate::store::Store;
 use crate::transport::Transport;
@@ -420,6 +420,7 @@ impl Builder {
         let mut sets = Vec::new();
         if !sagas.is_empty() {
             sets.push(liveness::members_key());
+            saga::store::register_names(&instance.store, sagas.iter().map(|s| s.name)).await?;
         }
         if recovers {
             sets.extend(sagas.iter().map(|s| liveness::sweepers_key(s.name)));

@@ -455,3 +455,41 @@ impl Config {
         Ok(self)
     }
 }
+
+/// `url` (or a comma-separated list of URLs) without its password or
+/// token, for logs and errors: `redis://app:secret@h:1` → `redis://app:***@h:1`,
+/// `nats://token@h` → `nats://:***@h`.
+///
+/// ```
+/// assert_eq!(catga::config::redact_url("nats://alice:pw@h:4222,nats://h2"), "nats://alice:***@h:4222,nats://h2");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|node| {
+            let node = node.trim();
+            let rest = node.find("://").map_or(0, |i| i + 3);
+            match node[rest..].rfind('@').map(|at| rest + at) {
+                Some(at) => {
+                    let user = &node[rest..at];
+                    let user = user.split_once(':').map_or("", |(name, _)| name);
+                    format!("{}{user}:***{}", &node[..rest], &node[at..])
+                }
+                None => node.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact_url("redis://:secret@h:1"), "redis://:***@h:1");
+        assert_eq!(redact_url("redis://app:secret@h:1, redis://h2:2"), "redis://app:***@h:1,redis://h2:2");
+        assert_eq!(redact_url("nats://s3cret@h"), "nats://:***@h");
+    }
+}

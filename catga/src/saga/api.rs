@@ -37,6 +37,19 @@ impl App {
         store::status(saga, self, id).await
     }
 
+    /// The names of every saga type that an instance using this store has
+    /// linked (each instance records its own at start), sorted: what an
+    /// operator's tool lists with [`sagas_by_name`](App::sagas_by_name).
+    pub async fn saga_names(&self) -> Result<Vec<String>> {
+        store::names(self).await
+    }
+
+    /// [`sagas`](App::sagas) by the saga's name, for an operator tool or a
+    /// client that does not link the saga's type.
+    pub async fn sagas_by_name(&self, saga: &str, keep: impl Fn(SagaStatus) -> bool) -> Result<Vec<SagaInfo>> {
+        store::list(saga, self, keep).await
+    }
+
     /// The sagas of type `S` still known to the recovery index whose
     /// status `keep` accepts — running, compensating, or failed (finished
     /// sagas leave the index; query those by id).

@@ -88,7 +88,7 @@ pub mod definition;
 pub(crate) mod recovery;
 mod runner;
 pub mod status;
-mod store;
+pub(crate) mod store;
 
 pub use context::SagaContext;
 pub use definition::{

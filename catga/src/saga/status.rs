@@ -123,8 +123,9 @@ impl<D> State<D> {
     }
 }
 
-/// What a status query or a listing shows of a saga.
-#[derive(Debug, Clone)]
+/// What a status query or a listing shows of a saga (serialized as an
+/// operator's tool shows it, e.g. `catga saga NAME ID --json`).
+#[derive(Debug, Clone, Serialize)]
 pub struct SagaInfo {
     /// The saga's name.
     pub saga: String,
@@ -133,7 +134,7 @@ pub struct SagaInfo {
     /// Where it is.
     pub status: SagaStatus,
     /// The step running (forward) or being compensated, if any.
-    pub current_step: Option<&'static str>,
+    pub current_step: Option<String>,
     /// Every step and compensation that finished, in order.
     pub history: Vec<HistoryEntry>,
     /// The error that started compensation or failed it.

@@ -14,7 +14,10 @@
 //!   need running (for [`App::sagas`], and a slow last-resort sweep every
 //!   lease TTL for sagas no owner's set accounts for);
 //! - `catga:{saga-index:<name>}:failed` — a set of the ids that ended
-//!   `Failed` (kept for an operator).
+//!   `Failed` (kept for an operator);
+//! - `catga:{saga-names}:all` — the names of every saga type an instance
+//!   has linked (added once per start), so an operator's tool can list
+//!   sagas without linking their types.
 
 use serde::Serialize;
 
@@ -40,6 +43,26 @@ pub(crate) fn index_key(saga: &str) -> Key {
 /// The sagas that ended `Failed`: kept for an operator, not swept.
 fn failed_key(saga: &str) -> Key {
     Key::new(format!("saga-index:{saga}"), "failed")
+}
+
+/// The names of every saga type some instance linked.
+fn names_key() -> Key {
+    Key::new("saga-names", "all")
+}
+
+/// Record the names of the saga types this instance links (at start).
+pub(crate) async fn register_names(store: &crate::store::Store, names: impl Iterator<Item = &str>) -> Result<()> {
+    for name in names {
+        store.set_add(&names_key(), name).await?;
+    }
+    Ok(())
+}
+
+/// Every saga type name some instance linked, sorted.
+pub(crate) async fn names(app: &App) -> Result<Vec<String>> {
+    let mut names = app.store().set_members(&names_key()).await?;
+    names.sort();
+    Ok(names)
 }
 
 /// How a saga is named in its owner's set: `<saga name>:<id>` (saga names
@@ -208,10 +231,18 @@ pub(crate) async fn status(saga: &str, app: &App, id: &str) -> Result<Option<Sag
         id: id.to_owned(),
         reason: format!("its stored state is not readable: {e}"),
     })?;
-    let steps = sagas().into_iter().find(|s| s.name == saga).map(|s| s.entry.step_names()).unwrap_or_default();
+    // The step as persisted; from the linked definition for a state
+    // written before the name was kept.
+    let linked = || {
+        let steps = sagas().into_iter().find(|s| s.name == saga).map(|s| s.entry.step_names()).unwrap_or_default();
+        let at = match state.status {
+            SagaStatus::Running => Some(state.next),
+            _ => state.next.checked_sub(1),
+        };
+        at.and_then(|i| steps.get(i)).map(|s| (*s).to_owned())
+    };
     let current = match state.status {
-        SagaStatus::Running => steps.get(state.next).copied(),
-        SagaStatus::Compensating => state.next.checked_sub(1).and_then(|i| steps.get(i)).copied(),
+        SagaStatus::Running | SagaStatus::Compensating => state.step.clone().or_else(linked),
         _ => None,
     };
     Ok(Some(SagaInfo {

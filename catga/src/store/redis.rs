@@ -132,7 +132,7 @@ impl RedisStore {
     /// subset of them; the client discovers the rest). Answers once the
     /// server answered a `PING`.
     pub async fn connect(url: &str) -> Result<RedisStore, Error> {
-        let target = redact(url);
+        let target = crate::config::redact_url(url);
         let nodes: Vec<&str> = url.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
         let unreachable = |what: String| {
             Error::Store(StoreError::Unavailable {
@@ -555,37 +555,5 @@ impl RedisStore {
         inv.key(lease.key.stored()).arg(&lease.owner).arg(lease.token);
         let released = self.eval("release_lease", &lease.key, &inv).await?;
         self.confirmed("release_lease", &lease.key, released).await
-    }
-}
-
-/// The URL without the password (`redis://user:secret@host` →
-/// `redis://user:***@host`), fit for error messages and logs.
-fn redact(url: &str) -> String {
-    url.split(',')
-        .map(|node| {
-            let node = node.trim();
-            let rest = node.find("://").map_or(0, |i| i + 3);
-            match node[rest..].rfind('@').map(|at| rest + at) {
-                Some(at) => {
-                    let user = &node[rest..at];
-                    let user = user.split_once(':').map_or("", |(name, _)| name);
-                    format!("{}{user}:***{}", &node[..rest], &node[at..])
-                }
-                None => node.to_owned(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_stay_out_of_messages() {
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(redact("redis://:secret@h:1"), "redis://:***@h:1");
-        assert_eq!(redact("redis://app:secret@h:1, redis://h2:2"), "redis://app:***@h:1,redis://h2:2");
     }
 }

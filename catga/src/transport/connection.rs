@@ -92,7 +92,8 @@ impl Connection {
             });
         let client = async_nats::connect_with_options(servers.clone(), options).await.map_err(|e| {
             Error::Config(format!(
-                "cannot connect to NATS at {url:?}: {e}; check CATGA_NATS_URL and that nats-server is running"
+                "cannot connect to NATS at {}: {e}; check CATGA_NATS_URL and that nats-server is running",
+                crate::config::redact_url(url)
             ))
         })?;
         metrics.nats_connection(true, false);

@@ -1,0 +1,104 @@
+//! `catga sagas` and `catga saga NAME ID`: what the Redis store holds of
+//! sagas, by name (the CLI links no saga type).
+
+use catga::Config;
+use catga::saga::{Direction, SagaInfo, SagaStatus};
+use serde_json::json;
+
+use crate::connect;
+use crate::output::{Failure, Out, Table};
+
+fn status_name(status: SagaStatus) -> String {
+    serde_json::to_value(status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// `catga sagas [NAME] [--status S]`: every saga still running,
+/// compensating or failed, of one type or of every type an instance linked.
+pub(crate) async fn list(
+    config: &Config,
+    name: Option<String>,
+    status: Option<String>,
+    out: Out,
+) -> Result<(), Failure> {
+    let app = connect::redis_app(config, "sagas").await?;
+    let listed = async {
+        let names = match name {
+            Some(name) => vec![name],
+            None => app.saga_names().await?,
+        };
+        let keep = |s: SagaStatus| status.as_deref().is_none_or(|wanted| status_name(s) == wanted);
+        let mut sagas = Vec::new();
+        for name in &names {
+            sagas.extend(app.sagas_by_name(name, keep).await?);
+        }
+        Ok::<_, catga::Error>((names, sagas))
+    }
+    .await;
+    app.shutdown().await;
+    let (names, mut sagas) = listed.map_err(|e| Failure::new(format!("reading sagas: {e}")))?;
+    sagas.sort_by(|a, b| (&a.saga, &a.id).cmp(&(&b.saga, &b.id)));
+    if out.json {
+        out.json(&json!({ "saga_types": names, "sagas": sagas }));
+        return Ok(());
+    }
+    if names.is_empty() {
+        println!("no saga types are known to this store (an instance records those it links when it starts)");
+        return Ok(());
+    }
+    let mut table = Table::new(&["SAGA", "ID", "STATUS", "STEP", "ERROR"]);
+    for s in &sagas {
+        table.row(vec![
+            s.saga.clone(),
+            s.id.clone(),
+            status_name(s.status),
+            s.current_step.clone().unwrap_or_else(|| "-".into()),
+            s.error.clone().unwrap_or_default(),
+        ]);
+    }
+    table.print();
+    println!("\n{} saga(s) of {} type(s): {}", sagas.len(), names.len(), names.join(", "));
+    Ok(())
+}
+
+/// `catga saga NAME ID`: one saga, finished or not.
+pub(crate) async fn show(config: &Config, name: &str, id: &str, out: Out) -> Result<(), Failure> {
+    let app = connect::redis_app(config, "sagas").await?;
+    let found = app.saga_status_by_name(name, id).await;
+    app.shutdown().await;
+    let info = found
+        .map_err(|e| Failure::new(format!("reading saga {name} {id}: {e}")))?
+        .ok_or_else(|| Failure::new(format!("no saga {name:?} with id {id:?} in this store (see `catga sagas`)")))?;
+    if out.json {
+        out.json(&json!(info));
+        return Ok(());
+    }
+    print_saga(&info);
+    Ok(())
+}
+
+fn print_saga(s: &SagaInfo) {
+    println!("saga     {} {}", s.saga, s.id);
+    println!("status   {}", status_name(s.status));
+    if let Some(step) = &s.current_step {
+        println!("step     {step}");
+    }
+    if let Some(error) = &s.error {
+        println!("error    {error}");
+    }
+    println!("version  {}", s.version);
+    println!("data     {}", s.data);
+    if s.history.is_empty() {
+        return;
+    }
+    println!();
+    let mut table = Table::new(&["#", "STEP", "DIRECTION", "ATTEMPTS", "RESULT"]);
+    for (i, h) in s.history.iter().enumerate() {
+        let direction = match h.direction {
+            Direction::Forward => "forward",
+            Direction::Compensate => "compensate",
+        };
+        let result = h.error.clone().map_or_else(|| "ok".to_owned(), |e| format!("failed: {e}"));
+        table.row(vec![(i + 1).to_string(), h.step.clone(), direction.into(), h.attempts.to_string(), result]);
+    }
+    table.print();
+}
