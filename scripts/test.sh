@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need
 # when it is missing, then runs lints, every test (integration, UI,
-# unit), every doctest, and the quickstart example.
+# unit), every doctest, the quickstart example and the order system
+# example (which fails if an order is lost).
 #
 #   ./scripts/test.sh
 #
@@ -85,5 +86,9 @@ cargo test --workspace --doc --locked
 
 step "quickstart example"
 cargo run --locked --example quickstart
+
+step "order system example: in one process in memory, then 12 processes over NATS and Redis, two killed under load"
+env -u CATGA_NATS_URL -u CATGA_REDIS_URL cargo run --locked -q -p order-client -- --orders 1000
+env -u CATGA_NATS_URL -u CATGA_REDIS_URL ./examples/order-system/run.sh --orders 1500
 
 step "all passed"

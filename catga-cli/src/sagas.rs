@@ -45,6 +45,11 @@ pub(crate) async fn list(
         println!("no saga types are known to this store (an instance records those it links when it starts)");
         return Ok(());
     }
+    let summary = format!("of {} type(s): {}", names.len(), names.join(", "));
+    if sagas.is_empty() {
+        println!("no saga is running, compensating or failed ({summary})");
+        return Ok(());
+    }
     let mut table = Table::new(&["SAGA", "ID", "STATUS", "STEP", "ERROR"]);
     for s in &sagas {
         table.row(vec![
@@ -56,7 +61,7 @@ pub(crate) async fn list(
         ]);
     }
     table.print();
-    println!("\n{} saga(s) of {} type(s): {}", sagas.len(), names.len(), names.join(", "));
+    println!("\n{} saga(s) {summary}", sagas.len());
     Ok(())
 }
 
