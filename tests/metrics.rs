@@ -229,3 +229,42 @@ fn readyz_follows_the_nats_connection_and_reports_the_store_without_flipping_on_
     let (_, metrics) = http_get(port, "/metrics").unwrap();
     assert_eq!(value(&metrics, "catga_nats_connected"), Some(0.0), "{metrics}");
 }
+
+/// `App::routes()` mounted in a program's own axum server, as the README
+/// shows: the same answers under the mount point, beside the program's own
+/// routes, and 503 once the instance shuts down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_routes_mount_in_an_axum_router() {
+    let app = Catga::builder()
+        .service("mounted")
+        .memory_bus(catga::transport::memory::MemoryBus::new())
+        .handlers_where(|h| h.subject == "metrics.charge")
+        .start()
+        .await
+        .unwrap();
+    let router = axum::Router::new()
+        .route("/hello", axum::routing::get(|| async { "hello" }))
+        .nest_service("/ops", app.routes());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let get = |path: &'static str| async move {
+        tokio::task::spawn_blocking(move || http_get(port, path).expect("the server answers")).await.unwrap()
+    };
+
+    assert_eq!(get("/hello").await, (200, "hello".to_owned()));
+    assert_eq!(get("/ops/healthz").await.0, 200);
+    let (status, body) = get("/ops/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    app.send(Charge { cents: 5 }).await.unwrap();
+    let (status, metrics) = get("/ops/metrics").await;
+    assert_eq!(status, 200);
+    let handled = r#"catga_handlings_total{handler="charge",subject="metrics.charge"}"#;
+    assert_eq!(value(&metrics, handled), Some(1.0), "{metrics}");
+    assert_eq!(get("/ops/nothing").await.0, 404);
+
+    app.shutdown().await;
+    let (status, body) = get("/ops/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    server.abort();
+}
