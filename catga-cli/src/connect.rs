@@ -5,11 +5,9 @@ use std::time::Duration;
 
 use catga::{App, Catga, Config};
 
-use catga::config::redact_url as redact;
-
 use crate::output::Failure;
 
-/// How long a server may take to accept the connection.
+/// How long starting a client-only instance may take, twice.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn nats_url(config: &Config, what: &str) -> Result<String, Failure> {
@@ -21,18 +19,12 @@ fn nats_url(config: &Config, what: &str) -> Result<String, Failure> {
     })
 }
 
-/// A plain NATS connection (the service API, raw requests): the CLI itself
-/// is no instance, so it does not show up in `catga services`.
+/// A plain NATS connection (the service API, raw requests), with the
+/// services' credentials and TLS: the CLI itself is no instance, so it does
+/// not show up in `catga services`.
 pub(crate) async fn nats(config: &Config, what: &str) -> Result<async_nats::Client, Failure> {
-    let url = nats_url(config, what)?;
-    async_nats::ConnectOptions::new()
-        .name("catga-cli")
-        .connection_timeout(CONNECT_TIMEOUT)
-        .connect(url.as_str())
-        .await
-        .map_err(|e| {
-            Failure::new(format!("cannot connect to NATS at {}: {e} (is nats-server running there?)", redact(&url)))
-        })
+    nats_url(config, what)?;
+    catga::transport::connect_client(config, "catga-cli").await.map_err(|e| Failure::new(e.to_string()))
 }
 
 /// A client-only instance on NATS alone (dead letters: JetStream). Its

@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::middleware::Middleware;
 use crate::registry::{self, HandlerRecord};
 use crate::saga::{self, definition, recovery};
+use crate::security::Secret;
 use crate::signals::Signals;
 use crate::store::Store;
 use crate::transport::Transport;
@@ -163,6 +164,57 @@ impl Builder {
     /// NATS servers, comma-separated.
     pub fn nats_url(mut self, url: impl Into<String>) -> Self {
         self.config.nats_url = Some(url.into());
+        self
+    }
+
+    /// NATS user and password (`CATGA_NATS_USER`, `CATGA_NATS_PASSWORD`).
+    pub fn nats_user_password(mut self, user: impl Into<String>, password: impl Into<Secret>) -> Self {
+        self.config.nats_security.user = Some(user.into());
+        self.config.nats_security.password = Some(password.into());
+        self
+    }
+
+    /// NATS token (`CATGA_NATS_TOKEN`).
+    pub fn nats_token(mut self, token: impl Into<Secret>) -> Self {
+        self.config.nats_security.token = Some(token.into());
+        self
+    }
+
+    /// NATS NKey seed, `SU…` (`CATGA_NATS_NKEY` names a file holding it).
+    pub fn nats_nkey_seed(mut self, seed: impl Into<Secret>) -> Self {
+        self.config.nats_security.nkey_seed = Some(seed.into());
+        self
+    }
+
+    /// NATS `.creds` file: a user JWT and its seed (`CATGA_NATS_CREDS`).
+    pub fn nats_creds_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.nats_security.creds_file = Some(path.into());
+        self
+    }
+
+    /// NATS over TLS, trusting the CA certificates of this PEM file
+    /// (`CATGA_NATS_TLS_CA`); without it, a TLS connection trusts the
+    /// system's roots.
+    pub fn nats_tls_ca(mut self, pem: impl Into<std::path::PathBuf>) -> Self {
+        self.config.nats_security.tls_ca = Some(pem.into());
+        self
+    }
+
+    /// NATS over TLS with this client certificate and key, both PEM
+    /// (`CATGA_NATS_TLS_CERT`, `CATGA_NATS_TLS_KEY`).
+    pub fn nats_tls_client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.config.nats_security.tls_cert = Some(cert.into());
+        self.config.nats_security.tls_key = Some(key.into());
+        self
+    }
+
+    /// Refuse to connect to NATS without TLS (`CATGA_NATS_TLS_REQUIRED`).
+    pub fn nats_tls_required(mut self, required: bool) -> Self {
+        self.config.nats_security.tls_required = required;
         self
     }
 

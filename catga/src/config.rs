@@ -37,6 +37,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::security::{NatsSecurity, redact_url};
 
 /// How [`Catga::run`](crate::Catga::run)'s default subscriber writes log
 /// lines (`CATGA_LOG_FORMAT`).
@@ -53,8 +54,9 @@ pub enum LogFormat {
 /// responders send (every 100 ms).
 const LIVENESS_MIN: Duration = Duration::from_millis(200);
 
-/// Settings of one instance.
-#[derive(Debug, Clone)]
+/// Settings of one instance. Its `Debug` output shows URLs without their
+/// passwords or tokens, and no secret.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Config {
     /// The service name; command handlers without a `queue` join the queue
@@ -62,8 +64,13 @@ pub struct Config {
     pub service: String,
     /// This instance's id (unique among the instances of the service).
     pub instance_id: String,
-    /// NATS server URLs; `None` runs on the in-memory transport.
+    /// NATS server URLs; `None` runs on the in-memory transport. A URL may
+    /// carry credentials (`nats://user:password@host`, `nats://token@host`);
+    /// they are used, and never shown (see [`crate::security`]).
     pub nats_url: Option<String>,
+    /// NATS credentials and TLS (`CATGA_NATS_USER`, `_PASSWORD`, `_TOKEN`,
+    /// `_NKEY`, `_CREDS`, `_TLS_CA`, `_TLS_CERT`, `_TLS_KEY`, `_TLS_REQUIRED`).
+    pub nats_security: NatsSecurity,
     /// The store: one Redis URL (`redis://host:port`), or a comma-separated
     /// list of Redis Cluster nodes; `None` keeps state in memory (shared by
     /// the instances of one process only). See [`Store::connect`](crate::store::Store::connect).
@@ -183,6 +190,78 @@ pub struct Config {
     pub event_max_age: Duration,
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured without `..`: a new field is a compile error here
+        // until it is shown (or deliberately hidden).
+        let Config {
+            service,
+            instance_id,
+            nats_url,
+            nats_security,
+            redis_url,
+            request_timeout,
+            handler_timeout,
+            grace_period,
+            version,
+            send_retries,
+            max_in_flight,
+            nats_ping_interval,
+            log_format,
+            http_addr,
+            metric_error_codes,
+            request_liveness,
+            idempotent_by_default,
+            idempotency_ttl,
+            saga_lease_ttl,
+            saga_sweep_interval,
+            saga_wait,
+            saga_compensation_retries,
+            saga_crash_reruns,
+            saga_transient_retries,
+            heartbeat_interval,
+            heartbeat_timeout,
+            redis_replica_acks,
+            ack_wait,
+            max_deliver,
+            event_max_age,
+        } = self;
+        let url = |u: &Option<String>| u.as_deref().map(redact_url);
+        f.debug_struct("Config")
+            .field("service", service)
+            .field("instance_id", instance_id)
+            .field("nats_url", &url(nats_url))
+            .field("nats_security", nats_security)
+            .field("redis_url", &url(redis_url))
+            .field("request_timeout", request_timeout)
+            .field("handler_timeout", handler_timeout)
+            .field("grace_period", grace_period)
+            .field("version", version)
+            .field("send_retries", send_retries)
+            .field("max_in_flight", max_in_flight)
+            .field("nats_ping_interval", nats_ping_interval)
+            .field("log_format", log_format)
+            .field("http_addr", http_addr)
+            .field("metric_error_codes", metric_error_codes)
+            .field("request_liveness", request_liveness)
+            .field("idempotent_by_default", idempotent_by_default)
+            .field("idempotency_ttl", idempotency_ttl)
+            .field("saga_lease_ttl", saga_lease_ttl)
+            .field("saga_sweep_interval", saga_sweep_interval)
+            .field("saga_wait", saga_wait)
+            .field("saga_compensation_retries", saga_compensation_retries)
+            .field("saga_crash_reruns", saga_crash_reruns)
+            .field("saga_transient_retries", saga_transient_retries)
+            .field("heartbeat_interval", heartbeat_interval)
+            .field("heartbeat_timeout", heartbeat_timeout)
+            .field("redis_replica_acks", redis_replica_acks)
+            .field("ack_wait", ack_wait)
+            .field("max_deliver", max_deliver)
+            .field("event_max_age", event_max_age)
+            .finish()
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         // The executable's name, made a valid queue-group token.
@@ -196,6 +275,7 @@ impl Default for Config {
             instance_id: String::new(),
             service,
             nats_url: None,
+            nats_security: NatsSecurity::default(),
             redis_url: None,
             request_timeout: Duration::from_secs(5),
             handler_timeout: None,
@@ -256,6 +336,7 @@ impl Config {
             c.instance_id = v;
         }
         c.nats_url = set("CATGA_NATS_URL");
+        c.nats_security = NatsSecurity::from_lookup(&lookup)?;
         c.redis_url = set("CATGA_REDIS_URL");
         let millis = |key: &str| -> Result<Option<Duration>> {
             set(key)
@@ -365,6 +446,7 @@ impl Config {
     /// assert!(err.contains("max_in_flight") && err.contains("CATGA_MAX_IN_FLIGHT"), "{err}");
     /// ```
     pub fn validate(&self) -> Result<()> {
+        self.nats_security.validate()?;
         let token = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !token(&self.service) {
             return Err(Error::Config(format!(
@@ -453,43 +535,5 @@ impl Config {
             self.instance_id = format!("{}-{:08x}", self.service, fastrand::u32(..));
         }
         Ok(self)
-    }
-}
-
-/// `url` (or a comma-separated list of URLs) without its password or
-/// token, for logs and errors: `redis://app:secret@h:1` → `redis://app:***@h:1`,
-/// `nats://token@h` → `nats://:***@h`.
-///
-/// ```
-/// assert_eq!(catga::config::redact_url("nats://alice:pw@h:4222,nats://h2"), "nats://alice:***@h:4222,nats://h2");
-/// ```
-pub fn redact_url(url: &str) -> String {
-    url.split(',')
-        .map(|node| {
-            let node = node.trim();
-            let rest = node.find("://").map_or(0, |i| i + 3);
-            match node[rest..].rfind('@').map(|at| rest + at) {
-                Some(at) => {
-                    let user = &node[rest..at];
-                    let user = user.split_once(':').map_or("", |(name, _)| name);
-                    format!("{}{user}:***{}", &node[..rest], &node[at..])
-                }
-                None => node.to_owned(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-#[cfg(test)]
-mod redact_tests {
-    use super::redact_url;
-
-    #[test]
-    fn passwords_stay_out_of_messages() {
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(redact_url("redis://:secret@h:1"), "redis://:***@h:1");
-        assert_eq!(redact_url("redis://app:secret@h:1, redis://h2:2"), "redis://app:***@h:1,redis://h2:2");
-        assert_eq!(redact_url("nats://s3cret@h"), "nats://:***@h");
     }
 }

@@ -73,7 +73,8 @@
 //! - [`store`]: state shared by every instance (idempotency, records, leases).
 //! - [`Catga::run`], [`Catga::builder`] ([`Builder`]): starting an instance;
 //!   [`app`]: the [`App`] handle of a running one.
-//! - [`config`]: the `CATGA_*` environment, and the checks of every setting.
+//! - [`config`]: the `CATGA_*` environment, and the checks of every setting;
+//!   [`security`]: NATS credentials and TLS, and [`security::Secret`].
 //! - [`clock`]: where an instance reads time.
 //! - [`metadata`]: message ids.
 //!
@@ -112,6 +113,7 @@ pub mod otel;
 mod receiver;
 pub mod registry;
 pub mod saga;
+pub mod security;
 mod signals;
 pub mod store;
 pub mod trace;

@@ -111,6 +111,12 @@ impl NatsServer {
         server
     }
 
+    /// A single server on a free port with these extra arguments (e.g.
+    /// `--user`, `--pass`, `--auth`, or `-c` and a configuration file).
+    pub fn with_args(extra: &[&str]) -> NatsServer {
+        Self::spawn(free_port(), extra)
+    }
+
     /// A cluster of `n` servers routed to each other. Returns once every
     /// client port listens; the routes may still be forming, so a test waits
     /// for traffic to cross before relying on it.

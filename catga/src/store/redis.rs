@@ -132,7 +132,7 @@ impl RedisStore {
     /// subset of them; the client discovers the rest). Answers once the
     /// server answered a `PING`.
     pub async fn connect(url: &str) -> Result<RedisStore, Error> {
-        let target = crate::config::redact_url(url);
+        let target = crate::security::redact_url(url);
         let nodes: Vec<&str> = url.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
         let unreachable = |what: String| {
             Error::Store(StoreError::Unavailable {

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::error::{Error, HandlerError, Result};
 use crate::metrics::Metrics;
 use crate::registry::HandlerRecord;
-use crate::transport::envelope;
+use crate::transport::{envelope, secure};
 
 /// Between attempts of a send (after a timeout or "no responders"), and of
 /// storing a durable message: 50 ms × 2^(n−1), at most 1 s, full jitter.
@@ -48,7 +48,6 @@ impl Connection {
     /// on its own (with backoff) and resubscribes.
     pub(crate) async fn connect(config: &Config, clock: Clock, metrics: Arc<Metrics>) -> Result<Connection> {
         let url = config.nats_url.as_deref().unwrap_or_default();
-        let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
         let instance = config.instance_id.clone();
         let (closed_tx, closed) = watch::channel(false);
         let lost = Arc::new(AtomicBool::new(false));
@@ -90,10 +89,11 @@ impl Connection {
                     }
                 }
             });
-        let client = async_nats::connect_with_options(servers.clone(), options).await.map_err(|e| {
+        let (options, servers) = secure::apply(options, &config.nats_security, url).await?;
+        let client = async_nats::connect_with_options(servers, options).await.map_err(|e| {
             Error::Config(format!(
                 "cannot connect to NATS at {}: {e}; check CATGA_NATS_URL and that nats-server is running",
-                crate::config::redact_url(url)
+                crate::security::redact_url(url)
             ))
         })?;
         metrics.nats_connection(true, false);

@@ -17,11 +17,13 @@ mod io;
 pub mod memory;
 pub(crate) mod nats;
 mod pulse;
+mod secure;
 mod service;
 
 pub use durable::dlq::{DLQ_PREFIX, DLQ_STREAM, DeadLetter, DeadLetterPage, MAX_PAGE};
 pub use durable::topology::stream_name;
 pub use envelope::headers;
+pub use secure::connect_client;
 
 use std::future::Future;
 use std::pin::Pin;
