@@ -218,6 +218,25 @@ impl Builder {
         self
     }
 
+    /// Redis TLS (for `rediss://` URLs): trust the CA certificates of this
+    /// PEM file (`CATGA_REDIS_TLS_CA`) instead of the system's roots.
+    pub fn redis_tls_ca(mut self, pem: impl Into<std::path::PathBuf>) -> Self {
+        self.config.redis_tls.ca = Some(pem.into());
+        self
+    }
+
+    /// Redis TLS with this client certificate and key, both PEM
+    /// (`CATGA_REDIS_TLS_CERT`, `CATGA_REDIS_TLS_KEY`).
+    pub fn redis_tls_client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.config.redis_tls.cert = Some(cert.into());
+        self.config.redis_tls.key = Some(key.into());
+        self
+    }
+
     /// Redis URL, or a comma-separated Redis Cluster node list.
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.config.redis_url = Some(url.into());
@@ -418,8 +437,8 @@ impl Builder {
         let store = match (self.store, &config.redis_url) {
             (Some(store), _) => store,
             (None, Some(url)) => match config.redis_replica_acks {
-                Some(acks) => Store::connect(url).await?.with_replica_acks(acks),
-                None => Store::connect(url).await?,
+                Some(acks) => Store::connect_with(url, &config.redis_tls).await?.with_replica_acks(acks),
+                None => Store::connect_with(url, &config.redis_tls).await?,
             },
             (None, None) => Store::global_memory(),
         };

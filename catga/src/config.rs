@@ -37,7 +37,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::security::{NatsSecurity, redact_url};
+use crate::security::{NatsSecurity, RedisTls, redact_url};
 
 /// How [`Catga::run`](crate::Catga::run)'s default subscriber writes log
 /// lines (`CATGA_LOG_FORMAT`).
@@ -74,7 +74,12 @@ pub struct Config {
     /// The store: one Redis URL (`redis://host:port`), or a comma-separated
     /// list of Redis Cluster nodes; `None` keeps state in memory (shared by
     /// the instances of one process only). See [`Store::connect`](crate::store::Store::connect).
+    /// A password or ACL user goes in the URL (`redis://user:password@host`);
+    /// `rediss://` is TLS.
     pub redis_url: Option<String>,
+    /// Redis TLS files (`CATGA_REDIS_TLS_CA`, `_CERT`, `_KEY`), for
+    /// `rediss://` URLs.
+    pub redis_tls: RedisTls,
     /// Default timeout of [`App::send`](crate::App::send): the deadline of
     /// the whole send, every attempt included. It travels with the command
     /// ([`Context::deadline`](crate::Context::deadline)), bounds the sends
@@ -200,6 +205,7 @@ impl std::fmt::Debug for Config {
             nats_url,
             nats_security,
             redis_url,
+            redis_tls,
             request_timeout,
             handler_timeout,
             grace_period,
@@ -233,6 +239,7 @@ impl std::fmt::Debug for Config {
             .field("nats_url", &url(nats_url))
             .field("nats_security", nats_security)
             .field("redis_url", &url(redis_url))
+            .field("redis_tls", redis_tls)
             .field("request_timeout", request_timeout)
             .field("handler_timeout", handler_timeout)
             .field("grace_period", grace_period)
@@ -277,6 +284,7 @@ impl Default for Config {
             nats_url: None,
             nats_security: NatsSecurity::default(),
             redis_url: None,
+            redis_tls: RedisTls::default(),
             request_timeout: Duration::from_secs(5),
             handler_timeout: None,
             grace_period: Duration::from_secs(10),
@@ -338,6 +346,7 @@ impl Config {
         c.nats_url = set("CATGA_NATS_URL");
         c.nats_security = NatsSecurity::from_lookup(&lookup)?;
         c.redis_url = set("CATGA_REDIS_URL");
+        c.redis_tls = RedisTls::from_lookup(&lookup);
         let millis = |key: &str| -> Result<Option<Duration>> {
             set(key)
                 .map(|v| match v.parse::<u64>() {
@@ -447,6 +456,7 @@ impl Config {
     /// ```
     pub fn validate(&self) -> Result<()> {
         self.nats_security.validate()?;
+        self.redis_tls.validate(self.redis_url.as_deref())?;
         let token = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !token(&self.service) {
             return Err(Error::Config(format!(

@@ -1,7 +1,9 @@
-//! How an instance proves who it is to NATS, and encrypts the connection:
-//! user and password, token, NKey, `.creds` file, TLS (custom CA, client
-//! certificate) — and [`Secret`], which keeps passwords, tokens and seeds
-//! out of `Debug` output and logs.
+//! How an instance proves who it is to NATS and Redis, and encrypts those
+//! connections: for NATS user and password, token, NKey, `.creds` file, TLS
+//! (custom CA, client certificate) — [`NatsSecurity`]; for Redis the
+//! password or ACL user of the URL and TLS (`rediss://`, custom CA, client
+//! certificate) — [`RedisTls`]; and [`Secret`], which keeps passwords,
+//! tokens and seeds out of `Debug` output and logs.
 //!
 //! Set by `CATGA_NATS_*` variables ([`NatsSecurity::from_lookup`]), by
 //! [`Builder`](crate::Builder) methods, or in the URL
@@ -200,6 +202,63 @@ impl NatsSecurity {
             None => with.token = Some(Secret::new(percent_decode(user))),
         }
         Ok(with)
+    }
+}
+
+/// TLS to Redis, for `rediss://` URLs (a password or ACL user goes in the
+/// URL: `rediss://user:password@host:6380`). Without a CA file the
+/// system's trusted roots are used.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisTls {
+    /// The PEM file of the CA(s) that signed the server's certificate
+    /// (`CATGA_REDIS_TLS_CA`).
+    pub ca: Option<PathBuf>,
+    /// This client's certificate (PEM, `CATGA_REDIS_TLS_CERT`), for a
+    /// server that verifies clients (`tls-auth-clients yes`), with
+    /// [`key`](Self::key).
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM, `CATGA_REDIS_TLS_KEY`).
+    pub key: Option<PathBuf>,
+}
+
+impl RedisTls {
+    /// Read `CATGA_REDIS_TLS_CA`, `_CERT` and `_KEY` through `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> RedisTls {
+        let path = |key: &str| lookup(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).map(PathBuf::from);
+        RedisTls {
+            ca: path("CATGA_REDIS_TLS_CA"),
+            cert: path("CATGA_REDIS_TLS_CERT"),
+            key: path("CATGA_REDIS_TLS_KEY"),
+        }
+    }
+
+    /// Whether any TLS file is set.
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    /// Refuse a certificate without its key (or the reverse), and TLS
+    /// files for a URL that does not ask for TLS.
+    pub fn validate(&self, redis_url: Option<&str>) -> Result<()> {
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(Error::Config(
+                "a Redis TLS client certificate needs its key and the key its certificate: set both \
+                 CATGA_REDIS_TLS_CERT and CATGA_REDIS_TLS_KEY"
+                    .into(),
+            ));
+        }
+        if let Some(url) = redis_url
+            && self.is_set()
+            && url.split(',').any(|node| !node.trim().starts_with("rediss://"))
+        {
+            return Err(Error::Config(format!(
+                "Redis TLS files are set (CATGA_REDIS_TLS_*) but the Redis URL {} does not ask for TLS: use \
+                 rediss://host:port for every node",
+                redact_url(url)
+            )));
+        }
+        Ok(())
     }
 }
 

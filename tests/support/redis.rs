@@ -134,7 +134,8 @@ fn spawn_server(dir: &Path, port: u16, extra: &[&str]) -> Child {
         .expect("start redis-server (is it installed? ./scripts/test.sh installs it)")
 }
 
-/// Wait (10 s) until our child answers PING on `port`.
+/// Wait (10 s) until our child answers PING on `port` (a server that wants
+/// a password answering `NOAUTH` counts as up).
 fn wait_for_ping(child: &mut Child, port: u16, dir: &Path) {
     wait_until(&format!("redis-server on port {port} answering PING"), Duration::from_secs(10), || {
         if let Ok(Some(status)) = child.try_wait() {
@@ -143,6 +144,7 @@ fn wait_for_ping(child: &mut Child, port: u16, dir: &Path) {
         }
         match command(port, &["PING"]) {
             Ok(Reply::Status(s)) if s == "PONG" => Ok(()),
+            Ok(Reply::Error(e)) if e.starts_with("NOAUTH") => Ok(()),
             other => Err(format!("{other:?}")),
         }
     });
@@ -162,6 +164,17 @@ impl RedisServer {
         let dir = TempDir::new("redis");
         let port = free_port();
         let mut child = spawn_server(&dir.0, port, &[]);
+        wait_for_ping(&mut child, port, &dir.0);
+        RedisServer { child: Some(child), port, dir }
+    }
+
+    /// A server with these extra configuration arguments (e.g.
+    /// `--requirepass`, `--user`, `--tls-port`), on a free plain port that
+    /// answers PING (or NOAUTH) when it is up.
+    pub fn with_args(extra: &[&str]) -> RedisServer {
+        let dir = TempDir::new("redis");
+        let port = free_port();
+        let mut child = spawn_server(&dir.0, port, extra);
         wait_for_ping(&mut child, port, &dir.0);
         RedisServer { child: Some(child), port, dir }
     }

@@ -48,6 +48,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::error::Result;
+use crate::security::RedisTls;
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
@@ -94,7 +95,14 @@ impl Store {
     /// # }
     /// ```
     pub async fn connect(url: &str) -> Result<Store> {
-        Ok(RedisStore::connect(url).await?.into())
+        Store::connect_with(url, &RedisTls::default()).await
+    }
+
+    /// [`connect`](Store::connect) with TLS files for `rediss://` URLs: the
+    /// CA that signed the servers' certificates, a client certificate (see
+    /// [`RedisTls`]; `Catga::run` reads them from `CATGA_REDIS_TLS_*`).
+    pub async fn connect_with(url: &str, tls: &RedisTls) -> Result<Store> {
+        Ok(RedisStore::connect(url, tls).await?.into())
     }
 
     /// Redis: how many replicas must confirm a write before it counts as

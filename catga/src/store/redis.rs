@@ -54,6 +54,7 @@ use ::redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, ScriptInvo
 use super::lua::{SCRIPTS, expect_arg, millis, number, reply_parts, unexpected};
 use super::{Beat, Claim, Expect, Key, Lease, StoreError, Takeover, Versioned, memory::fence_key};
 use crate::error::Error;
+use crate::security::RedisTls;
 
 /// The most one store operation may take, retries and reconnection
 /// included; past it, the operation fails as unavailable.
@@ -88,6 +89,8 @@ pub struct RedisStore {
     /// The URL as given (passwords included), to open more connections
     /// ([`reconnect`](RedisStore::reconnect)); never logged.
     url: std::sync::Arc<str>,
+    /// Its TLS files, for `rediss://`.
+    tls: RedisTls,
 }
 
 /// The two kinds of connection behind one code path: both are multiplexed
@@ -130,9 +133,13 @@ impl RedisStore {
     /// Connect to `url`: one `redis://host:port` URL for a standalone
     /// server, or a comma-separated list of Cluster nodes (any reachable
     /// subset of them; the client discovers the rest). Answers once the
-    /// server answered a `PING`.
-    pub async fn connect(url: &str) -> Result<RedisStore, Error> {
+    /// server answered a `PING`. `rediss://` URLs connect over TLS, trusting
+    /// the CA of `tls` (else the system's roots) and presenting its client
+    /// certificate when one is set.
+    pub async fn connect(url: &str, tls: &RedisTls) -> Result<RedisStore, Error> {
         let target = crate::security::redact_url(url);
+        tls.validate(Some(url))?;
+        let certificates = certificates(url, tls)?;
         let nodes: Vec<&str> = url.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
         let unreachable = |what: String| {
             Error::Store(StoreError::Unavailable {
@@ -148,7 +155,11 @@ impl RedisStore {
         let conn = match nodes.as_slice() {
             [] => return Err(Error::Config("the Redis URL is empty; set redis://host:port or unset it".into())),
             [one] => {
-                let client = ::redis::Client::open(*one).map_err(|e| {
+                let client = match certificates {
+                    Some(certificates) => ::redis::Client::build_with_tls(*one, certificates),
+                    None => ::redis::Client::open(*one),
+                };
+                let client = client.map_err(|e| {
                     Error::Config(format!("Redis URL {target} is not valid ({e}); expected redis://host:port"))
                 })?;
                 let config = ConnectionManagerConfig::new()
@@ -163,7 +174,11 @@ impl RedisStore {
                 }
             }
             many => {
-                let client = ClusterClientBuilder::new(many.to_vec())
+                let mut builder = ClusterClientBuilder::new(many.to_vec());
+                if let Some(certificates) = certificates {
+                    builder = builder.certs(certificates);
+                }
+                let client = builder
                     .connection_timeout(CONNECTION_TIMEOUT)
                     .response_timeout(RESPONSE_TIMEOUT)
                     .overall_response_timeout(Some(CLUSTER_REQUEST_TIMEOUT))
@@ -194,14 +209,14 @@ impl RedisStore {
         }
         // A cluster's shards have replicas; a single server usually has none.
         let replica_acks = u32::from(matches!(conn, Conn::Cluster(_)));
-        Ok(RedisStore { conn, target, replica_acks, url: url.into() })
+        Ok(RedisStore { conn, target, replica_acks, url: url.into(), tls: tls.clone() })
     }
 
     /// The same server or cluster through connections of its own, made on
     /// the current tokio runtime (the heartbeat's thread), with the same
     /// replica acknowledgements.
     pub(super) async fn reconnect(&self) -> Result<RedisStore, Error> {
-        let mut fresh = RedisStore::connect(&self.url).await?;
+        let mut fresh = RedisStore::connect(&self.url, &self.tls).await?;
         fresh.replica_acks = self.replica_acks;
         Ok(fresh)
     }
@@ -556,4 +571,28 @@ impl RedisStore {
         let released = self.eval("release_lease", &lease.key, &inv).await?;
         self.confirmed("release_lease", &lease.key, released).await
     }
+}
+
+/// The TLS files of `tls` for a `rediss://` URL (`None` for `redis://`),
+/// read now so a missing file is an error naming its variable. Redis's
+/// client builds its rustls configuration on the process's default crypto
+/// provider: `ring` is installed as that default here (unless the program
+/// installed one), so the choice is explicit and the same as NATS's.
+fn certificates(url: &str, tls: &RedisTls) -> Result<Option<::redis::TlsCertificates>, Error> {
+    if !url.trim_start().starts_with("rediss://") {
+        return Ok(None);
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let read = |var: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| Error::Config(format!("{var}={path:?}: cannot read it: {e}")))
+    };
+    let client_tls = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => Some(::redis::ClientTlsConfig {
+            client_cert: read("CATGA_REDIS_TLS_CERT", cert)?,
+            client_key: read("CATGA_REDIS_TLS_KEY", key)?,
+        }),
+        _ => None,
+    };
+    let root_cert = tls.ca.as_deref().map(|ca| read("CATGA_REDIS_TLS_CA", ca)).transpose()?;
+    Ok(Some(::redis::TlsCertificates { client_tls, root_cert }))
 }
