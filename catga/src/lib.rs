@@ -100,6 +100,8 @@ pub mod context;
 pub mod dispatch;
 pub mod error;
 mod future;
+#[cfg(test)]
+mod hostile;
 pub mod http;
 pub mod idempotency;
 mod instance;

@@ -162,14 +162,16 @@ fn tracestate(message: &async_nats::Message) -> Option<std::borrow::Cow<'_, str>
 }
 
 /// `Catga-Deadline-In` counts from now; `Catga-Deadline-At` from the
-/// sender's wall clock (so it is off by the clocks' skew).
-fn deadline_of(message: &async_nats::Message, clock: Clock) -> Option<Instant> {
+/// sender's wall clock (so it is off by the clocks' skew). A value that
+/// does not parse, or a deadline past what the clock can represent, is no
+/// deadline.
+pub(crate) fn deadline_of(message: &async_nats::Message, clock: Clock) -> Option<Instant> {
     let ms = |name: &str| -> Option<u64> { header(message, name)?.parse().ok() };
-    if let Some(left) = ms(headers::DEADLINE_IN) {
-        return Some(clock.now() + Duration::from_millis(left));
-    }
-    let at = ms(headers::DEADLINE_AT)?;
-    Some(clock.now() + Duration::from_millis(at.saturating_sub(clock.epoch_ms())))
+    let left = match ms(headers::DEADLINE_IN) {
+        Some(left) => left,
+        None => ms(headers::DEADLINE_AT)?.saturating_sub(clock.epoch_ms()),
+    };
+    clock.now().checked_add(Duration::from_millis(left))
 }
 
 /// The `deadline` error of a command whose sender's deadline passed before
