@@ -21,11 +21,28 @@ async fn whoami(_: WhoAmI, ctx: Context) -> Result<String, HandlerError> {
     Ok(ctx.instance_id().to_owned())
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[catga(subject = "sec.noted")]
+struct Noted;
+
+static NOTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[catga::event]
+async fn noted(_: Noted) -> Result<(), HandlerError> {
+    NOTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    Ok(())
+}
+
+/// A command nobody may send (the client's user lacks the permission).
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "sec.forbidden", reply = ())]
+struct Forbidden;
+
 const PASSWORD: &str = "s3cr@t/pw";
 
 /// Start an instance with `b`, send one command through it, stop it.
 async fn round_trip(b: catga::Builder) -> catga::Result<String> {
-    let app = b.service("sec").instance_id("sec-1").start().await?;
+    let app = b.service("sec").instance_id("sec-1").handlers_where(|h| h.subject == "sec.whoami").start().await?;
     let reply = app.send(WhoAmI).await;
     app.shutdown().await;
     reply
@@ -289,5 +306,56 @@ async fn redis_over_tls_with_a_custom_ca_and_a_client_certificate() {
     let plain = [("CATGA_REDIS_URL", redis.url()), ("CATGA_REDIS_TLS_CA", pki.ca.to_string_lossy().into_owned())];
     let err = catga::Config::from_lookup(lookup(&plain)).unwrap_err().to_string();
     assert!(err.contains("rediss://"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The minimal permissions of docs/SECURITY.md, exactly: a service may
+/// receive its subjects and publish replies; a client may publish what it
+/// sends and read only its own replies. Both work; a send the client may
+/// not publish fails with a permission error, not a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_and_a_client_work_under_least_privilege() {
+    let dir = temp_dir("catga-perm");
+    let conf = r#"
+authorization {
+  users = [
+    { user: svc, password: svc-pw, permissions: {
+        publish: { allow: ["_INBOX.>"] },
+        subscribe: { allow: ["sec.whoami", "sec.noted", "_INBOX.svc.>", "$SRV.>"] } } },
+    { user: client, password: client-pw, permissions: {
+        publish: { allow: ["sec.whoami", "sec.noted", "_INBOX.>"] },
+        subscribe: { allow: ["_INBOX.client.>", "$SRV.>"] } } }
+  ]
+}
+"#;
+    let nats = NatsServer::with_args(&["-c", write(&dir, "perm.conf", conf).to_str().unwrap()]);
+    let url = |user: &str| format!("nats://{user}:{user}-pw@127.0.0.1:{}", nats.port);
+    let service = Catga::builder()
+        .service("svc")
+        .nats_url(url("svc"))
+        .handlers_where(|h| h.subject == "sec.whoami" || h.subject == "sec.noted")
+        .start()
+        .await
+        .unwrap();
+    let client = Catga::builder().service("client").nats_url(url("client")).client_only().start().await.unwrap();
+
+    assert_eq!(client.send(WhoAmI).await.unwrap(), service.instance_id());
+    client.publish(Noted).await.unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while NOTED.load(std::sync::atomic::Ordering::SeqCst) == 0 && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(NOTED.load(std::sync::atomic::Ordering::SeqCst), 1, "the event reached the service");
+
+    let started = std::time::Instant::now();
+    let err = client.send(Forbidden).await.unwrap_err();
+    println!("a send without publish permission failed after {:?}: {err}", started.elapsed());
+    assert!(matches!(err, catga::Error::PermissionDenied { subject: "sec.forbidden", .. }), "{err:?}");
+    assert!(err.to_string().contains("Permissions Violation"), "{err}");
+    let err = HandlerError::from(err);
+    assert_eq!(err.code(), HandlerError::PERMISSION_DENIED);
+    assert!(!HandlerError::is_transient_code(err.code()), "not retried by saga steps");
+    client.shutdown().await;
+    service.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -116,6 +116,20 @@ pub enum Error {
         reason: String,
     },
 
+    /// The NATS server refused to let this connection publish to the
+    /// subject (a permissions violation): not retried, since it will not
+    /// change by itself.
+    #[error(
+        "not permitted to publish to \"{subject}\": the NATS server refused it ({reason}); grant this \
+         service's NATS user publish permission for it (docs/SECURITY.md)"
+    )]
+    PermissionDenied {
+        /// The subject.
+        subject: &'static str,
+        /// What the server said.
+        reason: String,
+    },
+
     /// The transport failed (connection lost, server refused, ...).
     #[error("transport error on \"{subject}\": {reason}")]
     Transport {
@@ -127,6 +141,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// What failed, as a [`HandlerError`] code: `no_handler`, `timeout`,
+    /// `codec`, `shutdown`, `transport`, `permission_denied`,
+    /// `payload_too_large`, `store`, `saga`, `config` — or, for a
+    /// handler's own error, `handler` (its code is [`code`](Error::code)).
+    pub(crate) fn failure_code(&self) -> &'static str {
+        match self {
+            Error::Handler { .. } => "handler",
+            Error::NoHandler { .. } => HandlerError::NO_HANDLER,
+            Error::Timeout { .. } => HandlerError::TIMEOUT,
+            Error::Codec { .. } => HandlerError::CODEC,
+            Error::Shutdown { .. } => HandlerError::SHUTDOWN,
+            Error::Transport { .. } => HandlerError::TRANSPORT,
+            Error::PermissionDenied { .. } => HandlerError::PERMISSION_DENIED,
+            Error::PayloadTooLarge { .. } => HandlerError::PAYLOAD_TOO_LARGE,
+            Error::Store(_) => HandlerError::STORE,
+            Error::Saga { .. } => HandlerError::SAGA,
+            Error::Config(_) | Error::DuplicateHandler { .. } => HandlerError::CONFIG,
+        }
+    }
+
     /// The handler's error code, when the handler failed (`None` otherwise).
     ///
     /// ```
@@ -213,6 +247,9 @@ impl HandlerError {
     /// whose deadline passed while it waited for a handling slot): not
     /// handled, since nobody waits for the outcome.
     pub const DEADLINE: &'static str = "deadline";
+    /// An [`Error::PermissionDenied`] met inside a handler: its NATS user
+    /// may not publish where it tried to. Not transient.
+    pub const PERMISSION_DENIED: &'static str = "permission_denied";
 
     /// Whether `code` is a failure of the infrastructure rather than of a
     /// handler's own logic: no handler reachable, a timeout (the caller's or
@@ -280,19 +317,10 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
     /// becomes [`INTERNAL`](Self::INTERNAL) with its message and causes.
     fn from(error: E) -> Self {
         if let Some(catga) = (&error as &dyn std::any::Any).downcast_ref::<Error>() {
-            let code = match catga {
-                Error::Handler { error, .. } => return error.clone(),
-                Error::NoHandler { .. } => Self::NO_HANDLER,
-                Error::Timeout { .. } => Self::TIMEOUT,
-                Error::Codec { .. } => Self::CODEC,
-                Error::Shutdown { .. } => Self::SHUTDOWN,
-                Error::Transport { .. } => Self::TRANSPORT,
-                Error::PayloadTooLarge { .. } => Self::PAYLOAD_TOO_LARGE,
-                Error::Store(_) => Self::STORE,
-                Error::Saga { .. } => Self::SAGA,
-                Error::Config(_) | Error::DuplicateHandler { .. } => Self::CONFIG,
-            };
-            return HandlerError::new(code, catga.to_string());
+            if let Error::Handler { error, .. } = catga {
+                return error.clone();
+            }
+            return HandlerError::new(catga.failure_code(), catga.to_string());
         }
         let mut message = error.to_string();
         let mut source = error.source();

@@ -406,15 +406,7 @@ impl SendSet {
 fn error_code(error: &Error) -> &str {
     match error {
         Error::Handler { error, .. } => error.code(),
-        Error::NoHandler { .. } => HandlerError::NO_HANDLER,
-        Error::Timeout { .. } => HandlerError::TIMEOUT,
-        Error::Codec { .. } => HandlerError::CODEC,
-        Error::Shutdown { .. } => HandlerError::SHUTDOWN,
-        Error::Transport { .. } => HandlerError::TRANSPORT,
-        Error::PayloadTooLarge { .. } => HandlerError::PAYLOAD_TOO_LARGE,
-        Error::Store(_) => HandlerError::STORE,
-        Error::Saga { .. } => HandlerError::SAGA,
-        Error::Config(_) | Error::DuplicateHandler { .. } => HandlerError::CONFIG,
+        other => other.failure_code(),
     }
 }
 

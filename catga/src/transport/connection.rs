@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::Subject;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::backoff::Backoff;
 use crate::clock::Clock;
@@ -40,6 +40,28 @@ pub(crate) struct Connection {
     pub(crate) retried: AtomicU64,
     /// Becomes true when the connection has closed after a client drain.
     closed: watch::Receiver<bool>,
+    /// Publishes the server refused (permissions violations), for the
+    /// reply inbox to end the waits on those subjects.
+    pub(crate) refused: broadcast::Sender<Refusal>,
+}
+
+/// A publish the server refused: the subject, and what it said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) subject: String,
+    pub(crate) reason: String,
+}
+
+impl Refusal {
+    /// Read a server error: `Permissions Violation for Publish to "a.b"`
+    /// refuses a publish (the server quotes the subject); anything else is
+    /// not a refusal of one.
+    pub(crate) fn of(error: &str) -> Option<Refusal> {
+        const PUBLISH: &str = "permissions violation for publish to ";
+        let at = error.to_ascii_lowercase().find(PUBLISH)? + PUBLISH.len();
+        let subject = error[at..].trim_start_matches(['"', '\'']).split(['"', '\'', ' ']).next()?;
+        (!subject.is_empty()).then(|| Refusal { subject: subject.to_owned(), reason: error.trim().to_owned() })
+    }
 }
 
 impl Connection {
@@ -50,10 +72,15 @@ impl Connection {
         let url = config.nats_url.as_deref().unwrap_or_default();
         let instance = config.instance_id.clone();
         let (closed_tx, closed) = watch::channel(false);
+        let (refused_tx, _) = broadcast::channel(64);
+        let refused_events = refused_tx.clone();
         let lost = Arc::new(AtomicBool::new(false));
         let on_event = metrics.clone();
         let options = async_nats::ConnectOptions::new()
             .name(format!("catga:{}:{}", config.service, config.instance_id))
+            // Replies come to `_INBOX.<service>.…`: a service's NATS user
+            // may be allowed to subscribe to its own replies only.
+            .custom_inbox_prefix(format!("_INBOX.{}", config.service))
             .ping_interval(config.nats_ping_interval)
             .connection_timeout(Duration::from_secs(5))
             .max_reconnects(None)
@@ -64,7 +91,7 @@ impl Connection {
             .event_callback(move |event: async_nats::Event| {
                 let instance = instance.clone();
                 let closed_tx = closed_tx.clone();
-                let (metrics, lost) = (on_event.clone(), lost.clone());
+                let (metrics, lost, refused) = (on_event.clone(), lost.clone(), refused_events.clone());
                 async move {
                     match event {
                         async_nats::Event::Closed => {
@@ -85,6 +112,15 @@ impl Connection {
                             sid,
                             "nats: slow consumer, messages dropped by the client; raise max_in_flight or add instances"
                         ),
+                        async_nats::Event::ServerError(async_nats::ServerError::Other(error)) => {
+                            match Refusal::of(&error) {
+                                Some(refusal) => {
+                                    tracing::warn!(%instance, subject = refusal.subject, error, "nats: publish not permitted");
+                                    let _ = refused.send(refusal);
+                                }
+                                None => tracing::warn!(%instance, error, "nats: server error"),
+                            }
+                        }
                         other => tracing::info!(%instance, event = %other, "nats: connection event"),
                     }
                 }
@@ -107,6 +143,7 @@ impl Connection {
             retries: config.send_retries,
             retried: AtomicU64::new(0),
             closed,
+            refused: refused_tx,
         })
     }
 
@@ -156,5 +193,20 @@ pub(crate) async fn send_reply(
     };
     if let Err(e) = sent {
         tracing::warn!(reply_to = %reply_to, error = %e, "nats: could not send reply");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Refusal;
+
+    #[test]
+    fn a_refused_publish_names_its_subject() {
+        let r = Refusal::of("Permissions Violation for Publish to \"orders.create\"").unwrap();
+        assert_eq!(r.subject, "orders.create");
+        assert_eq!(Refusal::of("permissions violation for publish to 'a.b'").unwrap().subject, "a.b");
+        assert_eq!(Refusal::of("Permissions Violation for Subscription to \"x\""), None);
+        assert_eq!(Refusal::of("Permissions Violation for Publish to \"\""), None);
+        assert_eq!(Refusal::of("Maximum Payload Violation"), None);
     }
 }

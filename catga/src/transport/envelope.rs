@@ -207,6 +207,7 @@ const SERVICE_ERROR_MAX: usize = 1024;
 /// | Catga code | service-API code |
 /// |---|---|
 /// | `invalid` | 400 |
+/// | `permission_denied` | 403 |
 /// | `no_handler` | 404 |
 /// | `in_progress` | 409 |
 /// | `payload_too_large` | 413 |
@@ -216,6 +217,7 @@ const SERVICE_ERROR_MAX: usize = 1024;
 pub(crate) fn service_error_code(code: &str) -> u16 {
     match code {
         HandlerError::INVALID => 400,
+        HandlerError::PERMISSION_DENIED => 403,
         HandlerError::NO_HANDLER => 404,
         HandlerError::IN_PROGRESS => 409,
         HandlerError::PAYLOAD_TOO_LARGE => 413,

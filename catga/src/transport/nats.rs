@@ -50,7 +50,7 @@ use crate::transport::durable::topology::{self, Settings};
 use crate::transport::envelope::{
     codec_error, decode_reply, expired, metadata_of, request_headers, wants_signals, with_deadline_in,
 };
-use crate::transport::inbox::{Inbox, Waiting};
+use crate::transport::inbox::{Arrived, Inbox, Waiting};
 use crate::transport::io::Io;
 use crate::transport::pulse::{self, Beat, Pulse, Signal};
 use crate::transport::service::{EndpointStats, Service};
@@ -221,7 +221,11 @@ impl Nats {
 
     /// The connection's reply inbox, subscribed on first use.
     async fn inbox(&self) -> Result<&Arc<Inbox>> {
-        self.inner.inbox.get_or_try_init(|| Inbox::subscribe(&self.inner.conn.client, &self.inner.io)).await
+        let conn = &self.inner.conn;
+        self.inner
+            .inbox
+            .get_or_try_init(|| Inbox::subscribe(&conn.client, &self.inner.io, conn.refused.subscribe()))
+            .await
     }
 
     /// Send a command as a NATS request on the reply inbox, until its
@@ -244,7 +248,7 @@ impl Nats {
         }
         let started = conn.clock.now();
         let timeout = || Error::Timeout { subject: C::SUBJECT, after: started.elapsed() };
-        let mut waiting = inbox.wait();
+        let mut waiting = inbox.wait(C::SUBJECT);
         let mut retries = 0;
         loop {
             let headers = match meta.deadline {
@@ -290,7 +294,7 @@ impl Nats {
                     self.inner.metrics.retried(C::SUBJECT, Retry::NoResponders);
                     tracing::debug!(subject = C::SUBJECT, retries, ?pause, message_id = %meta.message_id, "no responders; retrying");
                     conn.clock.sleep(pause).await;
-                    waiting = inbox.wait(); // the status took the token
+                    waiting = inbox.wait(C::SUBJECT); // the status took the token
                 }
                 Awaited::Silent => {
                     conn.retried.fetch_add(1, Ordering::Relaxed);
@@ -317,6 +321,7 @@ impl Nats {
                 Awaited::Closed => {
                     return Err(Error::Transport { subject: C::SUBJECT, reason: "the reply inbox closed".into() });
                 }
+                Awaited::Refused(reason) => return Err(Error::PermissionDenied { subject: C::SUBJECT, reason }),
             }
         }
     }
@@ -371,6 +376,8 @@ enum Awaited {
     Deadline,
     /// The inbox is gone (the connection closed).
     Closed,
+    /// The server refused the publish (a permissions violation).
+    Refused(String),
 }
 
 /// Wait for the final reply of one attempt until the deadline, watching
@@ -409,7 +416,11 @@ async fn awaited(
             },
             None => (&mut waiting.reply).await,
         };
-        return reply.map_or(Awaited::Closed, Awaited::Reply);
+        return match reply {
+            Ok(Arrived::Reply(reply)) => Awaited::Reply(reply),
+            Ok(Arrived::Refused(reason)) => Awaited::Refused(reason),
+            Err(_) => Awaited::Closed,
+        };
     }
 }
 

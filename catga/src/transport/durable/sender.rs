@@ -15,7 +15,7 @@ use crate::metadata::Metadata;
 use crate::transport::connection::{Connection, SEND_RETRY};
 use crate::transport::durable::js_error;
 use crate::transport::envelope::{codec_error, decode_reply, headers, request_headers, with_deadline_at};
-use crate::transport::inbox::Inbox;
+use crate::transport::inbox::{Arrived, Inbox};
 
 /// JetStream's deduplication header: the Catga message id, so a retried
 /// publish is stored once.
@@ -32,7 +32,7 @@ pub(crate) async fn send<C: Command>(
     meta: Metadata,
 ) -> Result<C::Reply> {
     let payload = C::Codec::encode(&command).map_err(|e| codec_error::<C>("encode", C::SUBJECT, e.0))?;
-    let mut waiting = inbox.wait();
+    let mut waiting = inbox.wait(C::SUBJECT);
     // The JetStream deduplication id is this send's own (kept across
     // `publish_stored`'s retries of a lost acknowledgement), not the
     // message id: a caller that sends the same message id again (a
@@ -49,7 +49,8 @@ pub(crate) async fn send<C: Command>(
     publish_stored(inner, C::SUBJECT, headers, payload).await?;
     let left = meta.deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(inner.clock.now()));
     match inner.clock.timeout(left, &mut waiting.reply).await {
-        Ok(Ok(reply)) => decode_reply::<C>(&reply),
+        Ok(Ok(Arrived::Reply(reply))) => decode_reply::<C>(&reply),
+        Ok(Ok(Arrived::Refused(reason))) => Err(Error::PermissionDenied { subject: C::SUBJECT, reason }),
         Ok(Err(_)) => Err(Error::Transport {
             subject: C::SUBJECT,
             reason: "the durable reply inbox closed (connection closed?)".into(),
