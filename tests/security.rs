@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use catga::prelude::*;
 use catga::security::NatsSecurity;
 use catga::store::Key;
-use catga_suite::{NatsServer, RedisServer, ServiceProcess, free_port, temp_dir};
+use catga_suite::{NatsServer, RedisCluster, RedisServer, ServiceProcess, free_port, temp_dir};
 
 #[derive(Debug, Serialize, Deserialize, Command)]
 #[catga(subject = "sec.whoami", reply = String)]
@@ -324,7 +324,10 @@ authorization {
         subscribe: { allow: ["sec.whoami", "sec.noted", "_INBOX.svc.>", "$SRV.>"] } } },
     { user: client, password: client-pw, permissions: {
         publish: { allow: ["sec.whoami", "sec.noted", "_INBOX.>"] },
-        subscribe: { allow: ["_INBOX.client.>", "$SRV.>"] } } }
+        subscribe: { allow: ["_INBOX.client.>", "$SRV.>"] } } },
+    { user: narrow, password: narrow-pw, permissions: {
+        publish: { allow: ["_INBOX.>"] },
+        subscribe: { allow: ["_INBOX.narrow.>", "$SRV.>"] } } }
   ]
 }
 "#;
@@ -355,7 +358,104 @@ authorization {
     let err = HandlerError::from(err);
     assert_eq!(err.code(), HandlerError::PERMISSION_DENIED);
     assert!(!HandlerError::is_transient_code(err.code()), "not retried by saga steps");
+
+    // A service whose user may not subscribe to its handler's subject does
+    // not start (instead of starting deaf).
+    let deaf = Catga::builder()
+        .service("narrow")
+        .nats_url(url("narrow"))
+        .handlers_where(|h| h.subject == "sec.whoami")
+        .start()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(deaf.contains("may not subscribe to \"sec.whoami\""), "{deaf}");
     client.shutdown().await;
     service.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A Redis Cluster whose `default` user may not write: the ACL user of the
+/// node list reaches every shard (the set's key lives on one of three
+/// primaries, found through the cluster's slot map).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_with_an_acl_user() {
+    let cluster = RedisCluster::start_with(&[
+        "--user", "default", "on", "nopass", "~*", "&*", "+@all", "-@write", "--user", "catga", "on", ">cl-pw", "~*",
+        "&*", "+@all",
+    ]);
+    let with_user = cluster.url().replace("redis://", "redis://catga:cl-pw@");
+    assert_eq!(store_round_trip(Catga::builder().redis_url(&with_user)).await.unwrap(), ["m-1"]);
+    let err = store_round_trip(Catga::builder().redis_url(cluster.url())).await.unwrap_err().to_string();
+    assert!(err.contains("can't run this command"), "the default user may not write: {err}");
+    let wrong = cluster.url().replace("redis://", "redis://catga:wr0ng@");
+    let err = store_round_trip(Catga::builder().redis_url(&wrong)).await.unwrap_err().to_string();
+    assert!(!err.contains("wr0ng"), "{err}");
+}
+
+/// A JWT as nats-server reads it (ed25519-nkey, claims v2), signed by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let header = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let iat = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({
+        "jti": format!("{:032X}", fastrand_u128()), "iat": iat, "iss": issuer.public_key(), "name": name,
+        "sub": subject, "nats": nats,
+    });
+    let body = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+    format!("{body}.{}", b64(&issuer.sign(body.as_bytes()).unwrap()))
+}
+
+fn fastrand_u128() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        ^ u128::from(std::process::id())
+}
+
+/// Decentralized auth: an operator, an account and a user JWT (signed in
+/// the test), the server in operator mode with the account preloaded, and
+/// the user's `.creds` file given to Catga.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creds_file_in_operator_mode() {
+    let dir = temp_dir("catga-creds");
+    let (operator, account, user) =
+        (nkeys::KeyPair::new_operator(), nkeys::KeyPair::new_account(), nkeys::KeyPair::new_user());
+    let op_jwt = jwt(&operator, &operator.public_key(), "op", serde_json::json!({"type": "operator", "version": 2}));
+    let unlimited = serde_json::json!({"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1});
+    let acc_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        "acc",
+        serde_json::json!({"limits": unlimited, "type": "account", "version": 2}),
+    );
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        "svc",
+        serde_json::json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2}),
+    );
+    let op_file = write(&dir, "op.jwt", &op_jwt);
+    let conf = format!(
+        "operator: {op_file:?}\nresolver: MEMORY\nresolver_preload: {{ {}: \"{acc_jwt}\" }}\n",
+        account.public_key()
+    );
+    let nats = NatsServer::with_args(&["-c", write(&dir, "op.conf", &conf).to_str().unwrap()]);
+    let creds = write(
+        &dir,
+        "svc.creds",
+        &format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    );
+    let env = [("CATGA_NATS_URL", nats.url()), ("CATGA_NATS_CREDS", creds.to_string_lossy().into_owned())];
+    assert_eq!(round_trip(from_env(&env)).await.unwrap(), "sec-1");
+    let err = round_trip(Catga::builder().nats_url(nats.url())).await.unwrap_err().to_string();
+    assert!(err.contains("authorization"), "no credentials: refused ({err})");
+    let missing = [("CATGA_NATS_URL", nats.url()), ("CATGA_NATS_CREDS", "/nonexistent.creds".to_owned())];
+    let err = round_trip(from_env(&missing)).await.unwrap_err().to_string();
+    assert!(err.contains("CATGA_NATS_CREDS"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -252,22 +252,21 @@ struct Node {
 
 /// Start one cluster node in `dir` (its `nodes.conf` lives there, so a
 /// restarted node rejoins with its identity).
-fn spawn_node(dir: &TempDir, port: u16, bus: u16) -> Child {
+fn spawn_node(dir: &TempDir, port: u16, bus: u16, extra: &[String]) -> Child {
     let conf = dir.0.join("nodes.conf");
-    let mut child = spawn_server(
-        &dir.0,
-        port,
-        &[
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            conf.to_str().expect("utf-8 temp dir"),
-            "--cluster-node-timeout",
-            "1000",
-            "--cluster-port",
-            &bus.to_string(),
-        ],
-    );
+    let bus = bus.to_string();
+    let mut args = vec![
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        conf.to_str().expect("utf-8 temp dir"),
+        "--cluster-node-timeout",
+        "1000",
+        "--cluster-port",
+        &bus,
+    ];
+    args.extend(extra.iter().map(String::as_str));
+    let mut child = spawn_server(&dir.0, port, &args);
     wait_for_ping(&mut child, port, &dir.0);
     child
 }
@@ -275,6 +274,8 @@ fn spawn_node(dir: &TempDir, port: u16, bus: u16) -> Child {
 /// A Redis Cluster of 3 primaries and 3 replicas on 127.0.0.1.
 pub struct RedisCluster {
     nodes: Vec<Node>,
+    /// Configuration arguments every node gets.
+    extra: Vec<String>,
 }
 
 impl RedisCluster {
@@ -282,14 +283,22 @@ impl RedisCluster {
     /// --cluster-replicas 1`, and wait until every node says
     /// `cluster_state:ok` and every replica is in sync.
     pub fn start() -> RedisCluster {
+        Self::start_with(&[])
+    }
+
+    /// [`start`](Self::start) with these configuration arguments on every
+    /// node (e.g. ACL users: the harness itself speaks as the `default`
+    /// user, which must keep the cluster and replication commands).
+    pub fn start_with(extra: &[&str]) -> RedisCluster {
+        let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
         let mut nodes = Vec::new();
         for i in 0..6 {
             let dir = TempDir::new(&format!("redis-cluster-{i}"));
             let (port, bus) = (free_port(), free_port());
-            let child = spawn_node(&dir, port, bus);
+            let child = spawn_node(&dir, port, bus, &extra);
             nodes.push(Node { child: Some(child), port, bus, dir });
         }
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, extra };
         cluster.create();
         cluster.wait_until_healthy(Duration::from_secs(30));
         cluster
@@ -379,7 +388,7 @@ impl RedisCluster {
     pub fn restart(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         if node.child.is_none() {
-            node.child = Some(spawn_node(&node.dir, node.port, node.bus));
+            node.child = Some(spawn_node(&node.dir, node.port, node.bus, &self.extra));
         }
     }
 

@@ -45,22 +45,29 @@ pub(crate) struct Connection {
     pub(crate) refused: broadcast::Sender<Refusal>,
 }
 
-/// A publish the server refused: the subject, and what it said.
+/// A publish or subscription the server refused (a permissions
+/// violation): which, the subject, and what the server said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Refusal {
+    /// A publish (else a subscription).
+    pub(crate) publish: bool,
     pub(crate) subject: String,
     pub(crate) reason: String,
 }
 
 impl Refusal {
     /// Read a server error: `Permissions Violation for Publish to "a.b"`
-    /// refuses a publish (the server quotes the subject); anything else is
-    /// not a refusal of one.
+    /// or `… for Subscription to "a.b"` (the server quotes the subject;
+    /// a queue subscription's error goes on with `using queue "q"`);
+    /// anything else is no refusal.
     pub(crate) fn of(error: &str) -> Option<Refusal> {
-        const PUBLISH: &str = "permissions violation for publish to ";
-        let at = error.to_ascii_lowercase().find(PUBLISH)? + PUBLISH.len();
+        let lower = error.to_ascii_lowercase();
+        let (publish, at) =
+            [(true, "permissions violation for publish to "), (false, "permissions violation for subscription to ")]
+                .into_iter()
+                .find_map(|(publish, text)| Some((publish, lower.find(text)? + text.len())))?;
         let subject = error[at..].trim_start_matches(['"', '\'']).split(['"', '\'', ' ']).next()?;
-        (!subject.is_empty()).then(|| Refusal { subject: subject.to_owned(), reason: error.trim().to_owned() })
+        (!subject.is_empty()).then(|| Refusal { publish, subject: subject.to_owned(), reason: error.trim().to_owned() })
     }
 }
 
@@ -115,7 +122,8 @@ impl Connection {
                         async_nats::Event::ServerError(async_nats::ServerError::Other(error)) => {
                             match Refusal::of(&error) {
                                 Some(refusal) => {
-                                    tracing::warn!(%instance, subject = refusal.subject, error, "nats: publish not permitted");
+                                    let what = if refusal.publish { "publish" } else { "subscription" };
+                                    tracing::warn!(%instance, subject = refusal.subject, error, "nats: {what} not permitted");
                                     let _ = refused.send(refusal);
                                 }
                                 None => tracing::warn!(%instance, error, "nats: server error"),
@@ -205,7 +213,9 @@ mod tests {
         let r = Refusal::of("Permissions Violation for Publish to \"orders.create\"").unwrap();
         assert_eq!(r.subject, "orders.create");
         assert_eq!(Refusal::of("permissions violation for publish to 'a.b'").unwrap().subject, "a.b");
-        assert_eq!(Refusal::of("Permissions Violation for Subscription to \"x\""), None);
+        let sub = Refusal::of("Permissions Violation for Subscription to \"x.y\" using queue \"q\"").unwrap();
+        assert_eq!((sub.publish, sub.subject.as_str()), (false, "x.y"));
+        assert!(r.publish);
         assert_eq!(Refusal::of("Permissions Violation for Publish to \"\""), None);
         assert_eq!(Refusal::of("Maximum Payload Violation"), None);
     }

@@ -118,6 +118,9 @@ impl Inbox {
     /// End every wait on the refused subject with the server's reason.
     fn refuse(&self, refusal: &Refusal) {
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if !refusal.publish {
+            return;
+        }
         let refused: Vec<u64> =
             waiting.iter().filter(|(_, slot)| slot.subject == refusal.subject).map(|(token, _)| *token).collect();
         for token in refused {

@@ -127,8 +127,11 @@ impl Nats {
         self.inner.conn.retried.load(Ordering::Relaxed)
     }
 
-    /// Subscribe every handler and answer the service API.
+    /// Subscribe every handler and answer the service API. A handler's
+    /// subscription the server refuses (its user lacks the permission) is
+    /// a startup error naming the subject.
     pub(crate) async fn subscribe(&self, instance: &Arc<Instance>, handlers: &[&'static HandlerRecord]) -> Result<()> {
+        let mut refusals = self.inner.conn.refused.subscribe();
         let config = &instance.config;
         let service = Arc::new(Service::new(config, handlers, instance.clock));
         for &record in handlers {
@@ -173,7 +176,22 @@ impl Nats {
             self.spawn(task);
         }
         *self.inner.service.lock().unwrap_or_else(|e| e.into_inner()) = Some(service);
-        self.round_trip().await
+        self.round_trip().await?;
+        // The server answers a refused subscription with an error before
+        // the round trip's echo; the client hands it to the event callback
+        // on the I/O thread, which has run once a second round trip (queued
+        // behind it there) is back.
+        self.round_trip().await?;
+        while let Ok(refusal) = refusals.try_recv() {
+            if !refusal.publish && handlers.iter().any(|h| h.subject == refusal.subject) {
+                return Err(Error::Config(format!(
+                    "this instance's NATS user may not subscribe to \"{}\" (the server said: {}); grant it \
+                     subscribe permission for its handlers' subjects (docs/SECURITY.md)",
+                    refusal.subject, refusal.reason
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Wait until the server has processed everything sent so far (so the
