@@ -38,6 +38,18 @@ async fn noted(_: Noted) -> Result<(), HandlerError> {
 #[catga(subject = "sec.forbidden", reply = ())]
 struct Forbidden;
 
+/// A durable command: JetStream between the client and the service.
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "sec.charge", reply = u64, durable)]
+struct DurableCharge {
+    cents: u64,
+}
+
+#[catga::command]
+async fn durable_charge(cmd: DurableCharge) -> Result<u64, HandlerError> {
+    Ok(cmd.cents * 2)
+}
+
 const PASSWORD: &str = "s3cr@t/pw";
 
 /// Start an instance with `b`, send one command through it, stop it.
@@ -457,5 +469,63 @@ async fn a_creds_file_in_operator_mode() {
     let missing = [("CATGA_NATS_URL", nats.url()), ("CATGA_NATS_CREDS", "/nonexistent.creds".to_owned())];
     let err = round_trip(from_env(&missing)).await.unwrap_err().to_string();
     assert!(err.contains("CATGA_NATS_CREDS"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The durable permissions of docs/SECURITY.md, exactly: the service
+/// creates its stream and consumer, pulls, acknowledges, replies and
+/// dead-letters; the client only publishes the command and reads its inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_delivery_works_under_least_privilege() {
+    let dir = temp_dir("catga-perm-js");
+    let conf = format!(
+        r#"
+jetstream {{ store_dir: {:?} }}
+authorization {{
+  users = [
+    {{ user: svc, password: svc-pw, permissions: {{
+        publish: {{ allow: ["_INBOX.>", "$JS.API.>", "$JS.ACK.>", "catga.dlq.>"] }},
+        subscribe: {{ allow: ["_INBOX.svc.>", "$SRV.>"] }} }} }},
+    {{ user: client, password: client-pw, permissions: {{
+        publish: {{ allow: ["sec.charge", "_INBOX.>"] }},
+        subscribe: {{ allow: ["_INBOX.client.>", "$SRV.>"] }} }} }}
+  ]
+}}
+"#,
+        dir.join("js")
+    );
+    let nats = NatsServer::with_args(&["-c", write(&dir, "js.conf", &conf).to_str().unwrap()]);
+    let url = |user: &str| format!("nats://{user}:{user}-pw@127.0.0.1:{}", nats.port);
+    let service = Catga::builder()
+        .service("svc")
+        .nats_url(url("svc"))
+        .handlers_where(|h| h.subject == "sec.charge")
+        .start()
+        .await
+        .unwrap();
+    let client = Catga::builder().service("client").nats_url(url("client")).client_only().start().await.unwrap();
+    assert_eq!(client.send(DurableCharge { cents: 21 }).await.unwrap(), 42);
+
+    // Garbage in the stream is dead-lettered by the service (it may
+    // publish to catga.dlq.>) and listed (it may use the JetStream API).
+    // (A plain async-nats client ignores credentials in its URL; Catga's
+    // connect_client reads them as an instance does.)
+    let mut config = catga::Config::default();
+    config.nats_url = Some(url("client"));
+    let raw = catga::transport::connect_client(&config, "raw").await.unwrap();
+    raw.publish("sec.charge", "{oops".into()).await.unwrap();
+    raw.flush().await.unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let letters = loop {
+        let letters = service.dead_letters("sec.charge").await.unwrap();
+        if !letters.is_empty() || std::time::Instant::now() > until {
+            break letters;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].code, "invalid");
+    client.shutdown().await;
+    service.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
