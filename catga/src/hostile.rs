@@ -1,8 +1,8 @@
 //! Property tests of every decoder that input from the network or the
 //! store reaches: request and event headers (ids, `traceparent`,
 //! `tracestate`, deadlines, the liveness flag), reply envelopes and
-//! liveness signals, message ids, saga state read from the store, and
-//! command payloads. Whatever arrives: no panic, bounded output, and a
+//! liveness signals, message ids, dead-letter records, saga state read
+//! from the store, and command payloads. Whatever arrives: no panic, bounded output, and a
 //! clear `invalid` error where the input is refused. (proptest, on the
 //! pinned stable toolchain; bounded to a few hundred cases each, so the
 //! suite stays fast.)
@@ -43,6 +43,11 @@ fn message() -> impl Strategy<Value = async_nats::Message> {
         headers::LIVENESS,
         headers::STATUS,
         headers::ERROR_CODE,
+        headers::DLQ_REASON,
+        headers::DLQ_CODE,
+        headers::DLQ_HANDLER,
+        headers::ORIGINAL_SUBJECT,
+        headers::DELIVERY_COUNT,
     ];
     (
         proptest::collection::vec((0..names.len(), header_value()), 0..12),
@@ -107,6 +112,16 @@ proptest! {
             ReplyPart::Final(Err(error)) => prop_assert!(!error.code().is_empty()),
             ReplyPart::Final(Ok(body)) => prop_assert_eq!(body, &message.payload[..]),
         }
+    }
+
+    /// A dead-letter record, whatever its headers hold, reads as a letter
+    /// with the payload as stored.
+    #[test]
+    fn any_dead_letter_record_reads_as_a_letter(message in message(), sequence in any::<u64>()) {
+        let letter = crate::transport::DeadLetter::read(sequence, &message);
+        prop_assert_eq!(letter.sequence, sequence);
+        prop_assert_eq!(&letter.payload[..], &message.payload[..]);
+        prop_assert!(!letter.subject.is_empty());
     }
 
     /// `traceparent`/`tracestate` in any shape: parsed or refused, never a

@@ -84,6 +84,28 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
 }
 
+impl DeadLetter {
+    /// A letter as stored in the dead-letter stream: its Catga headers
+    /// read back (whatever they hold: a missing or malformed one gives an
+    /// empty field, a subject taken from the stream subject, 0 deliveries).
+    pub(crate) fn read(sequence: u64, message: &async_nats::Message) -> DeadLetter {
+        let get = |name: &str| header(message, name).unwrap_or_default().to_owned();
+        DeadLetter {
+            sequence,
+            subject: header(message, headers::ORIGINAL_SUBJECT)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .unwrap_or_else(|| message.subject.trim_start_matches(DLQ_PREFIX).to_owned()),
+            message_id: get(headers::MESSAGE_ID).parse().ok(),
+            reason: get(headers::DLQ_REASON),
+            code: get(headers::DLQ_CODE),
+            handler: get(headers::DLQ_HANDLER),
+            deliveries: get(headers::DELIVERY_COUNT).parse().unwrap_or(0),
+            payload: message.payload.to_vec(),
+        }
+    }
+}
+
 async fn dead_letter_stream(js: &jetstream::Context) -> Result<Option<jetstream::stream::Stream>> {
     use async_nats::jetstream::context::GetStreamErrorKind;
     match js.get_stream(DLQ_STREAM).await {
@@ -156,19 +178,7 @@ pub(crate) async fn page(
         while let Some(message) = batch.next().await {
             let message = message.map_err(|e| failed(&e))?;
             let sequence = message.info().map(|i| i.stream_sequence).map_err(|e| failed(&e))?;
-            let get = |name: &str| header(&message.message, name).unwrap_or_default().to_owned();
-            letters.push(DeadLetter {
-                sequence,
-                subject: header(&message.message, headers::ORIGINAL_SUBJECT)
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| message.subject.trim_start_matches(DLQ_PREFIX).to_owned()),
-                message_id: get(headers::MESSAGE_ID).parse().ok(),
-                reason: get(headers::DLQ_REASON),
-                code: get(headers::DLQ_CODE),
-                handler: get(headers::DLQ_HANDLER),
-                deliveries: get(headers::DELIVERY_COUNT).parse().unwrap_or(0),
-                payload: message.payload.to_vec(),
-            });
+            letters.push(DeadLetter::read(sequence, &message.message));
         }
     }
     let name = consumer.cached_info().name.clone();
@@ -192,6 +202,7 @@ pub(crate) async fn replay(js: &jetstream::Context, sequence: u64) -> Result<()>
         .headers
         .get(headers::ORIGINAL_SUBJECT)
         .map(|v| v.as_str().to_owned())
+        .filter(|s| !s.is_empty())
         .unwrap_or_else(|| letter.subject.trim_start_matches(DLQ_PREFIX).to_owned());
     let dropped = [
         headers::DLQ_REASON,
