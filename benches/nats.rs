@@ -1,19 +1,34 @@
-//! Request-reply and publish over one real nats-server: Catga against raw
-//! async-nats, same server, same 128-byte payload, one responder each, at
-//! 1, 16 and 128 requests in flight. The load generator is this file.
+//! Request-reply and publish over one real nats-server, Catga beside two
+//! floors measured in the same run: raw async-nats moving the same 128
+//! bytes (the limit), and raw async-nats doing the same typed work —
+//! serde_json encode and decode of the same struct on both sides (what
+//! Catga could at best be). At 1, 16 and 128 requests in flight.
 //!
-//! Run: `cargo bench --bench nats` (about 20 s). Needs `nats-server` on PATH
-//! (started here on a free 127.0.0.1 port). Ends with one JSON line per
-//! concurrency and one for publishing.
+//! Protocol: for each concurrency, ROUNDS interleaved rounds of
+//! (Catga, raw, raw+serde), each a closed loop of WINDOW after a warm-up;
+//! the ratios are the median of the rounds' ratios. Beside each figure,
+//! the CPU time per request of this process (client and responder; from
+//! /proc/self/stat) and of the nats-server process.
+//!
+//! Publishing: PUBLISHED events as fast as possible until a subscriber of
+//! this process has received every one (the same end point for all three:
+//! Catga publishes, raw publishes of pre-encoded bytes, raw publishes that
+//! encode the event with serde_json each time), interleaved likewise.
+//!
+//! Run: `cargo bench --bench nats` (about 80 s). Needs `nats-server` on
+//! PATH (started here on a free 127.0.0.1 port). Ends with one JSON line
+//! per concurrency and one for publishing.
 
 use std::time::{Duration, Instant};
 
 use catga::prelude::*;
 use catga_suite::NatsServer;
-use catga_suite::load::closed_loop;
+use catga_suite::load::{Run, closed_loop};
 use futures_util::StreamExt;
 
-const WINDOW: Duration = Duration::from_secs(2);
+const WINDOW: Duration = Duration::from_millis(1500);
+const ROUNDS: usize = 5;
+const PUBLISHED: u32 = 100_000;
 
 /// JSON of this is exactly 128 bytes: `{"data":"` + 117 x + `"}`.
 #[derive(Debug, Clone, Serialize, Deserialize, Command)]
@@ -39,22 +54,73 @@ fn blob() -> Blob {
     b
 }
 
+/// CPU time (user + system) of a process so far, from /proc (Linux; 10 ms
+/// ticks, so a figure per request is meaningful over a whole window).
+fn cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) end in ')'.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15: 12 and 13 after the name.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// One measured run with the CPU it took, per request, in µs: this
+/// process, the server.
+struct Measured {
+    run: Run,
+    cpu_us: f64,
+    server_cpu_us: f64,
+}
+
+async fn measured<F, Fut>(server: u32, concurrency: usize, request: F) -> Measured
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let (me, before, server_before) = (std::process::id(), cpu(std::process::id()), cpu(server));
+    let started = Instant::now();
+    let run = closed_loop(concurrency, WINDOW, request).await;
+    let requests = run.rps * started.elapsed().as_secs_f64();
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / requests.max(1.0);
+    Measured { run, cpu_us: per(cpu(me) - before), server_cpu_us: per(cpu(server) - server_before) }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn list(v: impl Iterator<Item = f64>) -> String {
+    format!("[{}]", v.map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(","))
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let nats = NatsServer::start();
-    let url = nats.url();
+    let (url, server) = (nats.url(), nats.pid());
     rt.block_on(async move {
-        // Raw responder: a queue subscriber that echoes.
+        // Raw responders: queue subscribers that echo the bytes, and that
+        // decode the request and encode the reply as a typed handler would.
         let raw_server = async_nats::connect(&url).await.unwrap();
-        let mut subscription = raw_server.queue_subscribe("bench.raw", "bench".into()).await.unwrap();
-        let responder = raw_server.clone();
-        tokio::spawn(async move {
-            while let Some(m) = subscription.next().await {
-                if let Some(reply) = m.reply {
-                    responder.publish(reply, m.payload).await.unwrap();
+        for (subject, typed) in [("bench.raw", false), ("bench.raw.serde", true)] {
+            let mut subscription = raw_server.queue_subscribe(subject, "bench".into()).await.unwrap();
+            let responder = raw_server.clone();
+            tokio::spawn(async move {
+                while let Some(m) = subscription.next().await {
+                    let Some(reply) = m.reply else { continue };
+                    let body = match typed {
+                        true => {
+                            let blob: Blob = serde_json::from_slice(&m.payload).unwrap();
+                            serde_json::to_vec(&blob).unwrap().into()
+                        }
+                        false => m.payload,
+                    };
+                    responder.publish(reply, body).await.unwrap();
                 }
-            }
-        });
+            });
+        }
         // Catga responder: one instance with the `echo` handler.
         let _server = Catga::builder()
             .nats_url(&url)
@@ -69,62 +135,114 @@ fn main() {
         let payload: bytes::Bytes = serde_json::to_vec(&blob()).unwrap().into();
 
         let mut lines = Vec::new();
-        for concurrency in [1, 16, 128] {
-            let raw_run = {
-                let (raw, payload) = (raw.clone(), payload.clone());
-                closed_loop(concurrency, WINDOW, move || {
-                    let (raw, payload) = (raw.clone(), payload.clone());
-                    async move {
-                        raw.request("bench.raw", payload).await.unwrap();
-                    }
-                })
-                .await
-            };
-            let catga_run = {
-                let catga = catga.clone();
-                closed_loop(concurrency, WINDOW, move || {
-                    let catga = catga.clone();
-                    async move {
-                        catga.send(blob()).await.unwrap();
-                    }
-                })
-                .await
-            };
+        for concurrency in [1usize, 16, 128] {
+            let (mut catga_runs, mut raw_runs, mut serde_runs) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                let c = catga.clone();
+                catga_runs.push(
+                    measured(server, concurrency, move || {
+                        let c = c.clone();
+                        async move {
+                            c.send(blob()).await.unwrap();
+                        }
+                    })
+                    .await,
+                );
+                let (r, p) = (raw.clone(), payload.clone());
+                raw_runs.push(
+                    measured(server, concurrency, move || {
+                        let (r, p) = (r.clone(), p.clone());
+                        async move {
+                            r.request("bench.raw", p).await.unwrap();
+                        }
+                    })
+                    .await,
+                );
+                let r = raw.clone();
+                serde_runs.push(
+                    measured(server, concurrency, move || {
+                        let r = r.clone();
+                        async move {
+                            let body = serde_json::to_vec(&blob()).unwrap();
+                            let reply = r.request("bench.raw.serde", body.into()).await.unwrap();
+                            let _: Blob = serde_json::from_slice(&reply.payload).unwrap();
+                        }
+                    })
+                    .await,
+                );
+            }
+            let rps = |runs: &[Measured]| runs.iter().map(|m| m.run.rps).collect::<Vec<_>>();
+            let ratio = median(catga_runs.iter().zip(&raw_runs).map(|(c, r)| c.run.rps / r.run.rps).collect());
+            let ratio_serde = median(catga_runs.iter().zip(&serde_runs).map(|(c, r)| c.run.rps / r.run.rps).collect());
+            let med = |runs: &[Measured], f: fn(&Measured) -> f64| median(runs.iter().map(f).collect());
             lines.push(format!(
-                "{{\"concurrency\":{concurrency},\"catga_rps\":{:.0},\"raw_rps\":{:.0},\"ratio\":{:.2},\
-                 \"catga_p50_us\":{},\"catga_p99_us\":{},\"raw_p50_us\":{},\"raw_p99_us\":{}}}",
-                catga_run.rps,
-                raw_run.rps,
-                catga_run.rps / raw_run.rps,
-                catga_run.p50_us,
-                catga_run.p99_us,
-                raw_run.p50_us,
-                raw_run.p99_us
+                "{{\"bench\":\"nats\",\"concurrency\":{concurrency},\"ratio\":{ratio:.2},\"ratio_serde\":{ratio_serde:.2},\
+                 \"catga_rps\":{},\"raw_rps\":{},\"raw_serde_rps\":{},\
+                 \"catga_p50_us\":{:.0},\"raw_p50_us\":{:.0},\"raw_serde_p50_us\":{:.0},\
+                 \"catga_p99_us\":{:.0},\"raw_p99_us\":{:.0},\"raw_serde_p99_us\":{:.0},\
+                 \"catga_cpu_us_per_req\":{:.1},\"raw_cpu_us_per_req\":{:.1},\"raw_serde_cpu_us_per_req\":{:.1},\
+                 \"server_cpu_us_per_req\":{{\"catga\":{:.1},\"raw\":{:.1},\"raw_serde\":{:.1}}}}}",
+                list(rps(&catga_runs).into_iter()),
+                list(rps(&raw_runs).into_iter()),
+                list(rps(&serde_runs).into_iter()),
+                med(&catga_runs, |m| m.run.p50_us as f64),
+                med(&raw_runs, |m| m.run.p50_us as f64),
+                med(&serde_runs, |m| m.run.p50_us as f64),
+                med(&catga_runs, |m| m.run.p99_us as f64),
+                med(&raw_runs, |m| m.run.p99_us as f64),
+                med(&serde_runs, |m| m.run.p99_us as f64),
+                med(&catga_runs, |m| m.cpu_us),
+                med(&raw_runs, |m| m.cpu_us),
+                med(&serde_runs, |m| m.cpu_us),
+                med(&catga_runs, |m| m.server_cpu_us),
+                med(&raw_runs, |m| m.server_cpu_us),
+                med(&serde_runs, |m| m.server_cpu_us),
             ));
+            println!("{}", lines.last().unwrap());
         }
 
-        // Publishing: N events as fast as possible, then a flush.
-        let n = 200_000u32;
+        // Publishing, to the same end point for all three: a subscriber of
+        // this process that has received every event.
+        let receiver = async_nats::connect(&url).await.unwrap();
         let event = Noted { data: "x".repeat(117) };
         let event_bytes: bytes::Bytes = serde_json::to_vec(&event).unwrap().into();
-        let t = Instant::now();
-        for _ in 0..n {
-            raw.publish("bench.raw.event", event_bytes.clone()).await.unwrap();
+        let (mut catga_rates, mut raw_rates, mut serde_rates) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            for kind in 0..3 {
+                let subject = if kind == 0 { "bench.event" } else { "bench.raw.event" };
+                let mut sub = receiver.subscribe(subject).await.unwrap();
+                receiver.flush().await.unwrap();
+                let t = Instant::now();
+                let received = tokio::spawn(async move {
+                    let mut n = 0;
+                    while n < PUBLISHED && sub.next().await.is_some() {
+                        n += 1;
+                    }
+                    n
+                });
+                for _ in 0..PUBLISHED {
+                    match kind {
+                        0 => catga.publish(event.clone()).await.unwrap(),
+                        1 => raw.publish("bench.raw.event", event_bytes.clone()).await.unwrap(),
+                        _ => raw.publish("bench.raw.event", serde_json::to_vec(&event).unwrap().into()).await.unwrap(),
+                    }
+                }
+                let got = tokio::time::timeout(Duration::from_secs(60), received).await.unwrap().unwrap();
+                assert_eq!(got, PUBLISHED, "every event arrives (no slow-consumer drop on loopback)");
+                let rate = f64::from(PUBLISHED) / t.elapsed().as_secs_f64();
+                [&mut catga_rates, &mut raw_rates, &mut serde_rates][kind].push(rate);
+            }
         }
-        raw.flush().await.unwrap();
-        let raw_rate = n as f64 / t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        for _ in 0..n {
-            catga.publish(event.clone()).await.unwrap();
-        }
-        catga.shutdown().await; // flushes
-        let catga_rate = n as f64 / t.elapsed().as_secs_f64();
+        let ratio = median(catga_rates.iter().zip(&raw_rates).map(|(c, r)| c / r).collect());
+        let ratio_serde = median(catga_rates.iter().zip(&serde_rates).map(|(c, r)| c / r).collect());
         lines.push(format!(
-            "{{\"publish\":true,\"catga_per_s\":{catga_rate:.0},\"raw_per_s\":{raw_rate:.0},\"ratio\":{:.2}}}",
-            catga_rate / raw_rate
+            "{{\"bench\":\"nats\",\"publish\":true,\"ratio\":{ratio:.2},\"ratio_serde\":{ratio_serde:.2},\
+             \"catga_per_s\":{},\"raw_per_s\":{},\"raw_serde_per_s\":{}}}",
+            list(catga_rates.into_iter()),
+            list(raw_rates.into_iter()),
+            list(serde_rates.into_iter())
         ));
-        for line in lines {
-            println!("{line}");
-        }
+        println!("{}", lines.last().unwrap());
+        catga.shutdown().await;
     });
 }

@@ -50,6 +50,11 @@ async fn durable_charge(cmd: DurableCharge) -> Result<u64, HandlerError> {
     Ok(cmd.cents * 2)
 }
 
+/// A durable command the client may not publish.
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "sec.refused", reply = (), durable)]
+struct DurableRefused;
+
 const PASSWORD: &str = "s3cr@t/pw";
 
 /// Start an instance with `b`, send one command through it, stop it.
@@ -505,6 +510,10 @@ authorization {{
         .unwrap();
     let client = Catga::builder().service("client").nats_url(url("client")).client_only().start().await.unwrap();
     assert_eq!(client.send(DurableCharge { cents: 21 }).await.unwrap(), 42);
+    // A durable send the user may not publish: refused at once, not after
+    // the PubAck's timeouts.
+    let err = client.send(DurableRefused).await.unwrap_err();
+    assert!(matches!(err, catga::Error::PermissionDenied { subject: "sec.refused", .. }), "{err:?}");
 
     // Garbage in the stream is dead-lettered by the service (it may
     // publish to catga.dlq.>) and listed (it may use the JetStream API).

@@ -122,8 +122,8 @@ fn cli() -> Command {
                     Arg::new("timeout")
                         .long("timeout")
                         .value_name("MS")
-                        .value_parser(clap::value_parser!(u64).range(1..))
-                        .help("give up after this many milliseconds (default: CATGA_REQUEST_TIMEOUT_MS, 30 s)"),
+                        .value_parser(clap::value_parser!(u64).range(1..=86_400_000))
+                        .help("give up after this many milliseconds, at most a day (default: CATGA_REQUEST_TIMEOUT_MS, 5 s)"),
                 ),
         )
 }

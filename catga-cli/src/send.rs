@@ -11,7 +11,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::{HeaderMap, Message, StatusCode};
-use catga::transport::headers;
+use catga::transport::{headers, stream_name};
 use catga::{Config, MessageId, TraceContext, TraceId};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -35,7 +35,7 @@ enum Answer {
     Refused(String),
 }
 
-fn read(message: &Message, first: bool) -> Answer {
+fn read(message: &Message, subject: &str, first: bool) -> Answer {
     if message.status == Some(StatusCode::NO_RESPONDERS) {
         return Answer::NoResponders;
     }
@@ -50,18 +50,24 @@ fn read(message: &Message, first: bool) -> Answer {
         Some("working") => return Answer::Working,
         _ => {}
     }
-    // A durable subject's stream acknowledges first: `{"stream":..,"seq":..}`
-    // (or `{"error":..}`), without headers.
+    // A durable subject's stream acknowledges first, without headers:
+    // `{"stream":"CATGA_<subject>","seq":n}`, or `{"error":{"code":..,
+    // "description":..}}`. Only that exact shape counts (a handler's reply
+    // has no headers either).
     if first
         && message.headers.is_none()
         && let Ok(ack) = serde_json::from_slice::<Value>(&message.payload)
     {
-        let stream = ack.get("stream").and_then(Value::as_str).filter(|s| s.starts_with("CATGA_"));
-        if let (Some(stream), Some(seq)) = (stream, ack.get("seq").and_then(Value::as_u64)) {
+        let stream = ack.get("stream").and_then(Value::as_str);
+        if let (Some(stream), Some(seq)) = (stream, ack.get("seq").and_then(Value::as_u64))
+            && stream == stream_name(subject)
+        {
             return Answer::Stored { stream: stream.to_owned(), seq };
         }
-        if let Some(error) = ack.get("error").filter(|_| ack.as_object().is_some_and(|o| o.len() == 1)) {
-            return Answer::Refused(error.to_string());
+        let error = ack.get("error").filter(|e| e.get("code").is_some_and(Value::is_u64));
+        if let (Some(error), Some(1)) = (error, ack.as_object().map(|o| o.len())) {
+            let description = error.get("description").and_then(Value::as_str).unwrap_or_default();
+            return Answer::Refused(format!("{description} ({error})"));
         }
     }
     Answer::Reply(message.payload.to_vec())
@@ -87,7 +93,8 @@ pub(crate) async fn send(
     let mut h = HeaderMap::new();
     h.insert(headers::MESSAGE_ID, id.to_string());
     h.insert(headers::TRACEPARENT, trace.traceparent());
-    h.insert(headers::DEADLINE_IN, timeout.as_millis().to_string());
+    // The deadline as wall-clock time, as a durable send gives it (time in
+    // a stream counts); a core handler reads it the same way.
     h.insert(headers::DEADLINE_AT, deadline_at.as_millis().to_string());
     h.insert(headers::REPLY_TO, inbox.as_str());
     // JetStream's deduplication id, for a durable subject.
@@ -113,7 +120,7 @@ pub(crate) async fn send(
                 )));
             }
         };
-        match read(&message, stored.is_none()) {
+        match read(&message, subject, stored.is_none()) {
             Answer::Stored { stream, seq } => stored = Some((stream, seq)),
             Answer::Working => {}
             Answer::NoResponders => {

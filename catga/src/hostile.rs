@@ -84,8 +84,18 @@ struct Order {
     note: Option<String>,
 }
 
+/// 400 cases each, from a fixed seed so the suite is the same on every
+/// run; set `PROPTEST_RNG_SEED` (a number) to explore other inputs.
+fn config() -> ProptestConfig {
+    let mut config = ProptestConfig { cases: 400, ..ProptestConfig::default() };
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        config.rng_seed = proptest::test_runner::RngSeed::Fixed(0xCA76A);
+    }
+    config
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    #![proptest_config(config())]
 
     /// Any request's headers give metadata: no panic, a deadline only when
     /// one parsed (and never past what the clock can hold), and a trace
@@ -130,8 +140,13 @@ proptest! {
     #[test]
     fn any_trace_context_parses_or_is_refused(traceparent in header_value(), tracestate in header_value()) {
         if let Some(trace) = TraceContext::parse(&traceparent, Some(&tracestate)) {
+            // Version 00 writes back as itself, but for the flags: only
+            // sampled (01) and random (02) are passed on.
             if traceparent.len() == 55 && traceparent.starts_with("00-") {
-                prop_assert_eq!(trace.traceparent(), traceparent);
+                let written = trace.traceparent();
+                prop_assert_eq!(&written[..53], &traceparent[..53]);
+                let flags = u8::from_str_radix(&traceparent[53..], 16).unwrap();
+                prop_assert_eq!(&written[53..], format!("{:02x}", flags & 0x03));
             }
             prop_assert!(trace.tracestate().is_none_or(|s| s.len() <= 512 && s.split(',').count() <= 32));
         }

@@ -68,6 +68,7 @@ const BUILT_IN: &[&str] = &[
     HandlerError::IN_PROGRESS,
     HandlerError::NOT_FINISHED,
     HandlerError::DEADLINE,
+    HandlerError::PERMISSION_DENIED,
 ];
 
 /// The labels of one handler's metrics (`HandlerRecord::labels`).

@@ -291,9 +291,21 @@ fn percent_decode(s: &str) -> String {
 /// assert_eq!(catga::security::redact_url("nats://alice:pw@h:4222,nats://h2"), "nats://alice:***@h:4222,nats://h2");
 /// ```
 pub fn redact_url(url: &str) -> String {
-    url.split(',')
+    // Nodes are comma-separated; a piece without a scheme belongs to the
+    // node before it (a comma inside its secret: `nats://u:pa,ss@h`).
+    let mut nodes: Vec<String> = Vec::new();
+    for piece in url.split(',').map(str::trim) {
+        match nodes.last_mut() {
+            Some(last) if !piece.contains("://") => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => nodes.push(piece.to_owned()),
+        }
+    }
+    nodes
+        .iter()
         .map(|node| {
-            let node = node.trim();
             let rest = node.find("://").map_or(0, |i| i + 3);
             match node[rest..].rfind('@').map(|at| rest + at) {
                 Some(at) => {
@@ -301,7 +313,7 @@ pub fn redact_url(url: &str) -> String {
                     let user = user.split_once(':').map_or("", |(name, _)| name);
                     format!("{}{user}:***{}", &node[..rest], &node[at..])
                 }
-                None => node.to_owned(),
+                None => node.clone(),
             }
         })
         .collect::<Vec<_>>()
@@ -318,6 +330,7 @@ mod tests {
         assert_eq!(redact_url("redis://:secret@h:1"), "redis://:***@h:1");
         assert_eq!(redact_url("redis://app:secret@h:1, redis://h2:2"), "redis://app:***@h:1,redis://h2:2");
         assert_eq!(redact_url("nats://s3cret@h"), "nats://:***@h");
+        assert_eq!(redact_url("nats://app:pa,ss@h,nats://h2"), "nats://app:***@h,nats://h2", "a comma in a password");
         assert_eq!(format!("{:?}", Secret::new("s3cret")), "***");
     }
 

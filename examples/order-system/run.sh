@@ -29,14 +29,21 @@ cargo build -q -j "${CARGO_BUILD_JOBS:-2}" -p order-service -p payment-service -
   -p notification-service -p order-client -p catga-cli
 bin="$CARGO_TARGET_DIR/debug"
 work="$(mktemp -d)"
-pids=()
-cleanup() {
-  # Stop what this script started, by pid: services gracefully, then the servers.
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do
+servers=() # nats-server, redis-server: stopped last
+pids=()    # the services and the client: stopped first
+stop_all() { # SIGNAL pid...
+  local signal="$1"; shift
+  for pid in "$@"; do kill "-$signal" "$pid" 2>/dev/null || true; done
+  for pid in "$@"; do
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   done
+}
+cleanup() {
+  # Stop what this script started, by pid: the services (gracefully) and
+  # the client, then the servers they use.
+  stop_all TERM "${pids[@]}"
+  stop_all TERM "${servers[@]}"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -50,14 +57,14 @@ wait_port() { # host port name
 if [ -z "${CATGA_NATS_URL:-}" ]; then
   port="$(free_port)"
   nats-server -js -a 127.0.0.1 -p "$port" -sd "$work/jetstream" >"$work/nats.log" 2>&1 &
-  pids+=($!)
+  servers+=($!)
   wait_port 127.0.0.1 "$port" nats-server
   export CATGA_NATS_URL="nats://127.0.0.1:$port"
 fi
 if [ -z "${CATGA_REDIS_URL:-}" ]; then
   port="$(free_port)"
   redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
-  pids+=($!)
+  servers+=($!)
   wait_port 127.0.0.1 "$port" redis-server
   export CATGA_REDIS_URL="redis://127.0.0.1:$port"
 fi
@@ -73,32 +80,44 @@ for service in order payment inventory notification; do
   done
 done
 
-# Up when every instance answers the service API.
+# Up when every instance answers the service API (bounded: 20 s).
+up=0
 for _ in $(seq 100); do
   up="$("$bin/catga" services --json --wait 300 2>/dev/null | grep -c '"type": "io.nats.micro.v1.info_response"' || true)"
   [ "$up" -ge 12 ] && break
   sleep 0.2
 done
+if [ "$up" -lt 12 ]; then
+  echo "only $up of 12 instances came up; their logs:" >&2
+  tail -n 5 "$work"/*-?.log >&2 || true
+  exit 1
+fi
 echo
 "$bin/catga" services
 echo
 
-"$bin/order-client" --orders "$orders" --seconds "$seconds" | tee "$work/client.log" &
+"$bin/order-client" --orders "$orders" --seconds "$seconds" >"$work/client.log" 2>&1 &
 client=$!
+pids+=("$client")
+tail -n +1 -f --pid="$client" "$work/client.log" &
+pids+=($!)
 # Once the load runs, kill one order and one payment instance, without warning.
 for _ in $(seq 100); do grep -q "load started" "$work/client.log" 2>/dev/null && break; sleep 0.1; done
 sleep 1
 echo "  kill -9 order-2 (pid ${pid_of[order-2]}) and payment-1 (pid ${pid_of[payment-1]})"
-kill -KILL "${pid_of[order-2]}" "${pid_of[payment-1]}"
+kill -KILL "${pid_of[order-2]}" "${pid_of[payment-1]}" 2>/dev/null || echo "  (one of them had already exited)"
 status=0
 wait "$client" || status=$?
+sleep 0.2 # the last lines through tail
 
+# What the servers and instances say afterwards (for the reader; the
+# script's status is the client's check).
 echo
 echo "Each order instance's share (order-2 was killed):"
-"$bin/catga" stats order
+"$bin/catga" stats order || true
 echo
 echo "Every notification instance updated its dashboard with every created order; one per order e-mailed:"
-"$bin/catga" stats notification
+"$bin/catga" stats notification || true
 echo
-"$bin/catga" sagas order
+"$bin/catga" sagas order || true
 exit "$status"

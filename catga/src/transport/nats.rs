@@ -178,11 +178,18 @@ impl Nats {
         *self.inner.service.lock().unwrap_or_else(|e| e.into_inner()) = Some(service);
         self.round_trip().await?;
         // The server answers a refused subscription with an error before
-        // the round trip's echo; the client hands it to the event callback
-        // on the I/O thread, which has run once a second round trip (queued
-        // behind it there) is back.
+        // the round trip's echo; the client hands it to the event callback,
+        // a task on the I/O thread that was woken before the echo came, so
+        // in practice it has run once a second round trip is back (tokio
+        // does not promise that order: a refusal seen later is still
+        // logged at warn by the callback).
         self.round_trip().await?;
-        while let Ok(refusal) = refusals.try_recv() {
+        loop {
+            let refusal = match refusals.try_recv() {
+                Ok(refusal) => refusal,
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            };
             if !refusal.publish && handlers.iter().any(|h| h.subject == refusal.subject) {
                 return Err(Error::Config(format!(
                     "this instance's NATS user may not subscribe to \"{}\" (the server said: {}); grant it \

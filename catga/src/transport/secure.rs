@@ -25,6 +25,7 @@ pub(crate) async fn apply(
 ) -> Result<(ConnectOptions, Vec<ServerAddr>)> {
     let mut servers = Vec::new();
     let mut in_url: Option<(String, Option<String>)> = None;
+    let mut tls_url = false;
     for server in url.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let invalid = |e: &dyn std::fmt::Display| {
             Error::Config(format!(
@@ -34,6 +35,16 @@ pub(crate) async fn apply(
             ))
         };
         let mut address = server.parse::<ServerAddr>().map_err(|e| invalid(&e))?.into_inner();
+        if address.scheme() == "tls" {
+            tls_url = true;
+        }
+        if address.username().is_empty() && address.password().is_some() {
+            return Err(Error::Config(format!(
+                "NATS URL {} has a password but no user: write nats://user:password@host, or a token as \
+                 nats://token@host",
+                redact_url(server)
+            )));
+        }
         if !address.username().is_empty() {
             let credentials = (address.username().to_owned(), address.password().map(str::to_owned));
             if in_url.as_ref().is_some_and(|seen| *seen != credentials) {
@@ -49,10 +60,13 @@ pub(crate) async fn apply(
         }
         servers.push(ServerAddr::from_url(address).map_err(|e| invalid(&e))?);
     }
-    let security = match &in_url {
+    let mut security = match &in_url {
         Some((user, password)) => security.with_url_credentials(user, password.as_deref())?,
         None => security.clone(),
     };
+    // A tls:// URL requires TLS for every server, through the same rustls
+    // configuration (not one async-nats would build on the process default).
+    security.tls_required |= tls_url;
     let mut options = options;
     if let (Some(user), Some(password)) = (&security.user, &security.password) {
         options = options.user_and_password(user.clone(), password.expose().to_owned());

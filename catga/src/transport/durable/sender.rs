@@ -46,7 +46,19 @@ pub(crate) async fn send<C: Command>(
         headers = with_deadline_at(headers, deadline, inner.clock);
     }
     let started = inner.clock.now();
-    publish_stored(inner, C::SUBJECT, headers, payload).await?;
+    // A publish the server refuses (permissions) gets no PubAck: the
+    // inbox's refusal ends the wait for it at once.
+    tokio::select! {
+        stored = publish_stored(inner, C::SUBJECT, headers, payload) => stored?,
+        arrived = &mut waiting.reply => return match arrived {
+            Ok(Arrived::Refused(reason)) => Err(Error::PermissionDenied { subject: C::SUBJECT, reason }),
+            Ok(Arrived::Reply(reply)) => decode_reply::<C>(&reply),
+            Err(_) => Err(Error::Transport {
+                subject: C::SUBJECT,
+                reason: "the durable reply inbox closed (connection closed?)".into(),
+            }),
+        },
+    }
     let left = meta.deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(inner.clock.now()));
     match inner.clock.timeout(left, &mut waiting.reply).await {
         Ok(Ok(Arrived::Reply(reply))) => decode_reply::<C>(&reply),
