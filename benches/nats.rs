@@ -203,7 +203,12 @@ fn main() {
 
         // Publishing, to the same end point for all three: a subscriber of
         // this process that has received every event.
-        let receiver = async_nats::connect(&url).await.unwrap();
+        // Room for every event: a full subscription buffer would drop them.
+        let receiver = async_nats::ConnectOptions::new()
+            .subscription_capacity(2 * PUBLISHED as usize)
+            .connect(&url)
+            .await
+            .unwrap();
         let event = Noted { data: "x".repeat(117) };
         let event_bytes: bytes::Bytes = serde_json::to_vec(&event).unwrap().into();
         let (mut catga_rates, mut raw_rates, mut serde_rates) = (Vec::new(), Vec::new(), Vec::new());
