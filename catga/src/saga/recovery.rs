@@ -10,9 +10,11 @@
 //!    (`catga:{saga-owner:<instance>}:sagas`) and takes over its share:
 //!    sagas are ranked among the live sweepers of their type by rendezvous
 //!    hashing; in the first round after the judgement an instance takes
-//!    the sagas it ranks first for, one round later those it ranks second
+//!    the sagas it ranks first for, two rounds later those it ranks second
 //!    for too, and so on — spread out, and nothing waits on a sweeper that
-//!    is slow or gone. Taking over is a compare-and-swap of the lease in
+//!    is slow or gone. (Two rounds: the sweepers' rounds are not in step,
+//!    so another one may judge the owner dead up to a round later, and
+//!    must still find its share there.) Taking over is a compare-and-swap of the lease in
 //!    the saga's own slot ("free, or held by that instance: make it mine",
 //!    with a new fencing token, so the old runner's writes are refused).
 //!    A dead instance that owns nothing more leaves the sets;
@@ -302,7 +304,9 @@ impl Sweep {
                 self.judge.forget(&gone);
                 continue;
             }
-            let widen = (self.round - since) as usize;
+            // One more rank every two rounds: more than the skew between
+            // two sweepers' judgements of the same death (up to a round).
+            let widen = ((self.round - since) / 2) as usize;
             for entry in &entries {
                 let Some((name, id)) = parse_owned(entry) else { continue };
                 let Some(record) = self.record(name) else { continue };
