@@ -13,6 +13,10 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/catga/target}"
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+# No incremental caches: they grew the shared target dir by ~40 GB over a
+# day of runs (this machine's disk is shared), and a suite run gains
+# little from them.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 step() { printf '\n==> %s\n' "$*"; }
 
