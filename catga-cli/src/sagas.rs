@@ -26,7 +26,12 @@ pub(crate) async fn list(
             Some(name) => vec![name],
             None => app.saga_names().await?,
         };
-        let keep = |s: SagaStatus| status.as_deref().is_none_or(|wanted| status_name(s) == wanted);
+        // Without --status: what needs attention — not finished, or failed
+        // (a completed saga can linger in the index until the sweep drops it).
+        let keep = |s: SagaStatus| match status.as_deref() {
+            Some(wanted) => status_name(s) == wanted,
+            None => !s.is_finished() || s == SagaStatus::Failed,
+        };
         let mut sagas = Vec::new();
         for name in &names {
             sagas.extend(app.sagas_by_name(name, keep).await?);

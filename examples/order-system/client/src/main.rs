@@ -240,7 +240,10 @@ async fn check(client: &App, o: &Outcomes) -> catga::Result<bool> {
         .sagas_by_name("order", |_| true)
         .await?
         .into_iter()
-        .filter(|s| ours.contains(&s.id))
+        // A finished saga may linger in the index a while (its instance
+        // died between its last write and leaving the index; the sweep
+        // drops it later): only a saga that has not finished counts.
+        .filter(|s| ours.contains(&s.id) && !s.status.is_finished())
         .map(|s| format!("{} ({:?})", s.id, s.status))
         .collect();
     if !unfinished.is_empty() {
