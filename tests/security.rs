@@ -538,3 +538,19 @@ authorization {{
     service.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A Redis Cluster over TLS: the node list as `rediss://` URLs and the CA;
+/// the client follows the slot map to every shard over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_over_tls() {
+    let dir = temp_dir("catga-cluster-tls");
+    let pki = pki(&dir);
+    let (cert, key, ca) =
+        (pki.server_cert.to_str().unwrap(), pki.server_key.to_str().unwrap(), pki.ca.to_str().unwrap());
+    let cluster = RedisCluster::start_tls(cert, key, ca);
+    let b = Catga::builder().redis_url(cluster.tls_url()).redis_tls_ca(&pki.ca);
+    assert_eq!(store_round_trip(b).await.unwrap(), ["m-1"]);
+    assert!(store_round_trip(Catga::builder().redis_url(cluster.tls_url())).await.is_err(), "an unknown CA: refused");
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -248,6 +248,8 @@ struct Node {
     port: u16,
     bus: u16,
     dir: TempDir,
+    /// Its TLS client port, in a cluster started with TLS.
+    tls: Option<u16>,
 }
 
 /// Start one cluster node in `dir` (its `nodes.conf` lives there, so a
@@ -290,18 +292,54 @@ impl RedisCluster {
     /// node (e.g. ACL users: the harness itself speaks as the `default`
     /// user, which must keep the cluster and replication commands).
     pub fn start_with(extra: &[&str]) -> RedisCluster {
+        Self::start_nodes(extra, None)
+    }
+
+    /// A cluster whose nodes also speak TLS (a TLS client port each, the
+    /// cluster bus and replication over TLS) with this server certificate,
+    /// key and CA; the harness keeps using the plain ports. Redis hands
+    /// TLS clients the TLS ports in its slot map.
+    pub fn start_tls(cert: &str, key: &str, ca: &str) -> RedisCluster {
+        let tls = [
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            ca,
+            "--tls-auth-clients",
+            "no",
+        ];
+        Self::start_nodes(&tls, Some(()))
+    }
+
+    fn start_nodes(extra: &[&str], tls: Option<()>) -> RedisCluster {
         let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
         let mut nodes = Vec::new();
         for i in 0..6 {
             let dir = TempDir::new(&format!("redis-cluster-{i}"));
             let (port, bus) = (free_port(), free_port());
-            let child = spawn_node(&dir, port, bus, &extra);
-            nodes.push(Node { child: Some(child), port, bus, dir });
+            let tls_port = tls.map(|()| free_port());
+            let mut args = extra.clone();
+            if let Some(p) = tls_port {
+                args.extend(["--tls-port".to_owned(), p.to_string()]);
+            }
+            let child = spawn_node(&dir, port, bus, &args);
+            nodes.push(Node { child: Some(child), port, bus, dir, tls: tls_port });
         }
         let cluster = RedisCluster { nodes, extra };
         cluster.create();
         cluster.wait_until_healthy(Duration::from_secs(30));
         cluster
+    }
+
+    /// `rediss://127.0.0.1:<tls port>,...`, for a cluster started with TLS.
+    pub fn tls_url(&self) -> String {
+        self.nodes.iter().filter_map(|n| n.tls).map(|p| format!("rediss://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
     }
 
     fn create(&self) {
@@ -388,7 +426,11 @@ impl RedisCluster {
     pub fn restart(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         if node.child.is_none() {
-            node.child = Some(spawn_node(&node.dir, node.port, node.bus, &self.extra));
+            let mut args = self.extra.clone();
+            if let Some(p) = node.tls {
+                args.extend(["--tls-port".to_owned(), p.to_string()]);
+            }
+            node.child = Some(spawn_node(&node.dir, node.port, node.bus, &args));
         }
     }
 
