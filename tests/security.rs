@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use catga::prelude::*;
 use catga::security::NatsSecurity;
 use catga::store::Key;
+use catga_suite::redis::tls_args;
 use catga_suite::{NatsServer, RedisCluster, RedisServer, ServiceProcess, free_port, temp_dir};
 
 #[derive(Debug, Serialize, Deserialize, Command)]
@@ -294,18 +295,9 @@ async fn redis_over_tls_with_a_custom_ca_and_a_client_certificate() {
     let tls_port = free_port().to_string();
     let (cert, key, ca) =
         (pki.server_cert.to_str().unwrap(), pki.server_key.to_str().unwrap(), pki.ca.to_str().unwrap());
-    let redis = RedisServer::with_args(&[
-        "--tls-port",
-        &tls_port,
-        "--tls-cert-file",
-        cert,
-        "--tls-key-file",
-        key,
-        "--tls-ca-cert-file",
-        ca,
-        "--tls-auth-clients",
-        "yes",
-    ]);
+    let mut args = tls_args(cert, key, ca, true);
+    args.extend(["--tls-port".to_owned(), tls_port.clone()]);
+    let redis = RedisServer::with_args(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let url = format!("rediss://127.0.0.1:{tls_port}");
     let env = [
         ("CATGA_REDIS_URL", url.clone()),

@@ -134,6 +134,16 @@ fn spawn_server(dir: &Path, port: u16, extra: &[&str]) -> Child {
         .expect("start redis-server (is it installed? ./scripts/test.sh installs it)")
 }
 
+/// redis-server's TLS arguments: this certificate, key and CA, and whether
+/// clients must present a certificate (`--tls-auth-clients`). The TLS
+/// port is the caller's.
+pub fn tls_args(cert: &str, key: &str, ca: &str, verify_clients: bool) -> Vec<String> {
+    let verify = if verify_clients { "yes" } else { "no" };
+    ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca, "--tls-auth-clients", verify]
+        .map(str::to_owned)
+        .to_vec()
+}
+
 /// Wait (10 s) until our child answers PING on `port` (a server that wants
 /// a password answering `NOAUTH` counts as up).
 fn wait_for_ping(child: &mut Child, port: u16, dir: &Path) {
@@ -292,7 +302,7 @@ impl RedisCluster {
     /// node (e.g. ACL users: the harness itself speaks as the `default`
     /// user, which must keep the cluster and replication commands).
     pub fn start_with(extra: &[&str]) -> RedisCluster {
-        Self::start_nodes(extra, None)
+        Self::start_nodes(extra.iter().map(|a| (*a).to_owned()).collect(), false)
     }
 
     /// A cluster whose nodes also speak TLS (a TLS client port each, the
@@ -300,30 +310,17 @@ impl RedisCluster {
     /// key and CA; the harness keeps using the plain ports. Redis hands
     /// TLS clients the TLS ports in its slot map.
     pub fn start_tls(cert: &str, key: &str, ca: &str) -> RedisCluster {
-        let tls = [
-            "--tls-cluster",
-            "yes",
-            "--tls-replication",
-            "yes",
-            "--tls-cert-file",
-            cert,
-            "--tls-key-file",
-            key,
-            "--tls-ca-cert-file",
-            ca,
-            "--tls-auth-clients",
-            "no",
-        ];
-        Self::start_nodes(&tls, Some(()))
+        let mut args = tls_args(cert, key, ca, false);
+        args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(str::to_owned));
+        Self::start_nodes(args, true)
     }
 
-    fn start_nodes(extra: &[&str], tls: Option<()>) -> RedisCluster {
-        let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
+    fn start_nodes(extra: Vec<String>, tls: bool) -> RedisCluster {
         let mut nodes = Vec::new();
         for i in 0..6 {
             let dir = TempDir::new(&format!("redis-cluster-{i}"));
             let (port, bus) = (free_port(), free_port());
-            let tls_port = tls.map(|()| free_port());
+            let tls_port = tls.then(free_port);
             let mut args = extra.clone();
             if let Some(p) = tls_port {
                 args.extend(["--tls-port".to_owned(), p.to_string()]);
