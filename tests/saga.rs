@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use catga::prelude::*;
-use catga::saga::{Direction, SagaContext, SagaOutcome, SagaStatus, StepError};
+use catga::saga::{Direction, SagaContext, SagaOptions, SagaOutcome, SagaStatus, StepError};
 use catga::store::{Expect, Key, Store};
 use catga::transport::memory::MemoryBus;
 
@@ -92,6 +92,7 @@ impl Order {
 
     #[step(retry = 2)]
     async fn notify(plan: &mut Plan, ctx: &SagaContext) -> Result<(), StepError> {
+        slow(plan, ctx).await;
         step(plan, ctx)
     }
 
@@ -615,4 +616,107 @@ async fn a_saga_whose_creator_died_between_its_lease_and_its_state_can_be_starte
     let outcome = app.start_saga::<Order>("half-made", Plan::default()).await.unwrap();
     assert_eq!(outcome, SagaOutcome::Completed);
     assert_eq!(effects("half-made"), ["charge", "reserve", "create", "notify"]);
+}
+
+#[tokio::test]
+async fn past_its_deadline_a_saga_cuts_the_running_step_short_and_compensates_the_completed_ones() {
+    let store = Store::memory();
+    let app = instance(&store, "deadline").await;
+    let plan = Plan { slow_step: Some(("reserve".into(), 10_000)), ..Plan::default() };
+    let options = SagaOptions::default().deadline(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let outcome = app.start_saga_with::<Order>("late-1", plan, options).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "cut short, not waited for: {:?}", started.elapsed());
+    let SagaOutcome::Compensated { error } = outcome else { panic!("{outcome:?}") };
+    assert_eq!(error, "the saga's deadline passed during step `reserve`");
+    assert_eq!(effects("late-1"), ["charge", "undo charge"], "the cut step is not compensated");
+    let info = app.saga_status::<Order>("late-1").await.unwrap().unwrap();
+    let (created, deadline) = (info.created.unwrap(), info.deadline.unwrap());
+    assert_eq!(deadline.duration_since(created).unwrap(), Duration::from_millis(300));
+    assert!(info.finished.unwrap() >= deadline && info.updated == info.finished, "{info:?}");
+    assert_eq!(info.history[1].error.as_deref(), Some("cut short: the saga's deadline passed"));
+    let json = serde_json::to_value(&info).unwrap();
+    assert!(json["deadline"].as_str().unwrap().ends_with('Z'), "RFC 3339: {json}");
+}
+
+#[tokio::test]
+async fn past_the_pivot_a_passed_deadline_ends_the_saga_failed_not_compensated() {
+    let store = Store::memory();
+    let app = instance(&store, "deadline-pivot").await;
+    let plan = Plan { slow_step: Some(("notify".into(), 10_000)), ..Plan::default() };
+    let options = SagaOptions::default().deadline(Duration::from_millis(300));
+    let outcome = app.start_saga_with::<Order>("late-2", plan, options).await.unwrap();
+    assert_eq!(outcome, SagaOutcome::Failed { error: "the saga's deadline passed during step `notify`".into() });
+    assert_eq!(effects("late-2"), ["charge", "reserve", "create"]);
+    assert_eq!(app.sagas::<Order>(|s| s == SagaStatus::Failed).await.unwrap().len(), 1, "listed for an operator");
+}
+
+#[tokio::test]
+async fn a_saga_that_finished_before_its_deadline_is_left_alone() {
+    let store = Store::memory();
+    let app = instance(&store, "deadline-done").await;
+    let options = SagaOptions::default().deadline(Duration::from_millis(200));
+    let outcome = app.start_saga_with::<Order>("in-time", Plan::default(), options).await.unwrap();
+    assert_eq!(outcome, SagaOutcome::Completed);
+    let before = app.saga_status::<Order>("in-time").await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let after = app.saga_status::<Order>("in-time").await.unwrap().unwrap();
+    assert_eq!((after.status, after.version), (SagaStatus::Completed, before.version), "nothing written after");
+    assert!(after.finished.unwrap() < after.deadline.unwrap());
+    assert_eq!(effects("in-time"), ["charge", "reserve", "create", "notify"]);
+}
+
+#[tokio::test]
+async fn a_deadline_that_passed_while_the_sagas_instance_was_dead_is_kept_by_the_instance_taking_it_over() {
+    let store = Store::memory();
+    // Its runner died inside `reserve`; the deadline passed before anyone
+    // took it over.
+    orphan(&store, "late-orphan", 1, 1, &["charge"]).await;
+    let key = Key::new("saga:t-order:late-orphan", "state");
+    let stored = store.get(&key).await.unwrap().unwrap();
+    let mut state: serde_json::Value = serde_json::from_slice(&stored.value).unwrap();
+    let past = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64 - 1;
+    state["deadline_at"] = past.into();
+    store.put(&key, Expect::Version(stored.version), &serde_json::to_vec(&state).unwrap()).await.unwrap();
+    let app = sweeper(&store).await;
+    let info = finished(&app, "late-orphan").await;
+    assert_eq!(info.status, SagaStatus::Compensated, "{info:?}");
+    assert_eq!(info.error.as_deref(), Some("the saga's deadline passed during step `reserve`"));
+    assert_eq!(effects("late-orphan"), ["charge", "undo charge"], "`reserve` is not run again");
+}
+
+/// A saga whose definition sets the deadline.
+struct Hurried;
+
+#[catga::saga(name = "t-hurried", deadline = "300ms")]
+impl Hurried {
+    #[step(compensate = undo_first)]
+    async fn first(plan: &mut Plan, ctx: &SagaContext) -> Result<(), StepError> {
+        step(plan, ctx)
+    }
+
+    #[step(pivot)]
+    async fn second(plan: &mut Plan, ctx: &SagaContext) -> Result<(), StepError> {
+        slow(plan, ctx).await;
+        step(plan, ctx)
+    }
+
+    async fn undo_first(plan: &Plan, ctx: &SagaContext) -> Result<(), StepError> {
+        undo(plan, ctx)
+    }
+}
+
+#[tokio::test]
+async fn the_definitions_deadline_applies_unless_a_start_overrides_it() {
+    let store = Store::memory();
+    let app = instance(&store, "hurried").await;
+    let slow_second = || Plan { slow_step: Some(("second".into(), 1_000)), ..Plan::default() };
+    let outcome = app.start_saga::<Hurried>("h-1", slow_second()).await.unwrap();
+    assert!(matches!(outcome, SagaOutcome::Compensated { .. }), "{outcome:?}");
+    assert_eq!(effects("h-1"), ["first", "undo first"]);
+    let longer = SagaOptions::default().deadline(Duration::from_secs(60));
+    let outcome = app.start_saga_with::<Hurried>("h-2", slow_second(), longer).await.unwrap();
+    assert_eq!(outcome, SagaOutcome::Completed);
+    let info = app.saga_status::<Hurried>("h-2").await.unwrap().unwrap();
+    assert_eq!(info.deadline.unwrap().duration_since(info.created.unwrap()).unwrap(), Duration::from_secs(60));
 }

@@ -6,7 +6,9 @@
 //!   run by a copy elsewhere once the owner is judged dead by its heartbeat;
 //! - a live owner's long handling is never run by a copy;
 //! - the sagas of a killed instance are taken over within about 1.5 s,
-//!   spread over the survivors, and finish with each effect applied once.
+//!   spread over the survivors, and finish with each effect applied once;
+//! - a saga's deadline holds across a kill -9 of the instance running it:
+//!   it fires once, on the survivor that took the saga over.
 //!
 //! Figures are printed (`--no-capture`); the asserted bounds are generous.
 //! Every loop is bounded in count and time.
@@ -34,6 +36,8 @@ struct Hold {
 struct StartSlow {
     id: String,
     slow_ms: u64,
+    finish_ms: u64,
+    deadline_ms: Option<u64>,
 }
 
 fn start(nats: &NatsServer, redis: &RedisServer, id: &str) -> ServiceProcess {
@@ -163,7 +167,7 @@ async fn thirty_sagas_of_a_killed_instance_are_taken_over_within_about_a_second_
     let app = client(&nats, &redis).await;
     let ids: Vec<String> = (0..30).map(|n| format!("slow-{n}")).collect();
     for id in &ids {
-        app.send(StartSlow { id: id.clone(), slow_ms: 8000 }).await.unwrap();
+        app.send(StartSlow { id: id.clone(), slow_ms: 8000, finish_ms: 0, deadline_ms: None }).await.unwrap();
     }
     let submitted = Instant::now();
     let mut survivors: Vec<ServiceProcess> =
@@ -211,5 +215,50 @@ async fn thirty_sagas_of_a_killed_instance_are_taken_over_within_about_a_second_
             assert_eq!(applied.len(), 1, "{id}: {what} applied {applied:?}");
         }
     }
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sagas_deadline_fires_once_on_the_survivor_after_a_kill_9_of_the_instance_running_it() {
+    let (nats, redis) = (NatsServer::start(), RedisServer::start());
+    let mut victim = start(&nats, &redis, "deadline-victim");
+    let app = client(&nats, &redis).await;
+    // `work` is quick, `finish` (the pivot) takes 20 s. Deadlines of 3.5 s
+    // pass after the survivors took the sagas over (they cut `finish`
+    // short); those of 1.2 s pass while the sagas have no live instance.
+    let cases: Vec<(String, u64)> =
+        (0..6).map(|n| (format!("late-{n}"), if n % 2 == 0 { 3_500 } else { 1_200 })).collect();
+    for (id, deadline_ms) in &cases {
+        let start = StartSlow { id: id.clone(), slow_ms: 0, finish_ms: 20_000, deadline_ms: Some(*deadline_ms) };
+        app.send(start).await.unwrap();
+    }
+    let submitted = Instant::now();
+    let _survivors: Vec<ServiceProcess> =
+        (0..2).map(|i| start(&nats, &redis, &format!("deadline-survivor-{i}"))).collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    victim.kill();
+    let limit = Instant::now() + Duration::from_secs(30);
+    for (id, deadline_ms) in &cases {
+        let info = loop {
+            let info = app.saga_status_by_name("slow-order", id).await.unwrap().unwrap();
+            if info.status.is_finished() {
+                break info;
+            }
+            assert!(Instant::now() < limit, "{id} did not finish: {info:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let late = info.finished.unwrap().duration_since(info.deadline.unwrap()).unwrap_or_default();
+        println!("{id} (deadline {deadline_ms} ms): compensated {late:?} after its deadline");
+        assert_eq!(info.status, SagaStatus::Compensated, "{id}: {info:?}");
+        assert_eq!(info.error.as_deref(), Some("the saga's deadline passed during step `finish`"), "{id}");
+        for (what, times) in [("work:forward", 1), ("work:compensate", 1), ("finish:forward", 0)] {
+            let applied = app.store().set_members(&Key::new(format!("ledger:{id}"), what)).await.unwrap();
+            assert_eq!(applied.len(), times, "{id}: {what} applied {applied:?}");
+        }
+        // Fired by a survivor: the victim was dead by then, or it was cut
+        // short there and its write refused after the takeover.
+        assert!(late < Duration::from_secs(5), "{id}: {late:?} late");
+    }
+    assert!(submitted.elapsed() < Duration::from_secs(20), "no saga waited for its 20 s step");
     app.shutdown().await;
 }

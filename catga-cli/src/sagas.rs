@@ -95,6 +95,12 @@ fn print_saga(s: &SagaInfo) {
     if let Some(error) = &s.error {
         println!("error    {error}");
     }
+    let times = [("created", s.created), ("updated", s.updated), ("finished", s.finished), ("deadline", s.deadline)];
+    for (what, at) in times {
+        if let Some(at) = at {
+            println!("{what:<8} {}", humantime::format_rfc3339_millis(at));
+        }
+    }
     println!("version  {}", s.version);
     println!("data     {}", s.data);
     if s.history.is_empty() {

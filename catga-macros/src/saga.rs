@@ -13,12 +13,14 @@ use syn::{FnArg, ImplItem, ImplItemFn, ItemImpl, LitInt, LitStr, Path, ReturnTyp
 
 use crate::attr::{Attr, Errors, flag, millis, read, set_checked_string, skip_value, syntax, unknown_key};
 
-const SAGA_KEYS: &[&str] = &["name", "data", "crate"];
+const SAGA_KEYS: &[&str] = &["name", "data", "deadline", "crate"];
 const STEP_KEYS: &[&str] = &["compensate", "pivot", "retry", "timeout"];
 
 struct SagaArgs {
     name: Option<LitStr>,
     data: Option<Type>,
+    /// `deadline = "10m"`: how long after its start a saga still runs forward.
+    deadline_ms: Option<u64>,
     krate: Path,
 }
 
@@ -68,12 +70,15 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
 fn parse_args(args: TokenStream, errors: &mut Errors) -> SagaArgs {
     let mut name = Attr::new("name");
     let mut data = Attr::new("data");
+    let mut deadline = Attr::new("deadline");
     let mut krate = Attr::new("crate");
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("name") {
             set_checked_string(&meta, "\"order-fulfilment\"", check_name, &mut name, errors);
         } else if meta.path.is_ident("data") {
             data.set(&meta.path, syntax(&meta, "a type", "OrderData"), errors);
+        } else if meta.path.is_ident("deadline") {
+            deadline.set(&meta.path, millis(&meta), errors);
         } else if meta.path.is_ident("crate") {
             krate.set(&meta.path, syntax(&meta, "a path", "my_catga"), errors);
         } else {
@@ -85,7 +90,12 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> SagaArgs {
     if let Err(e) = syn::parse::Parser::parse2(parser, args) {
         errors.push(e);
     }
-    SagaArgs { name: name.get(), data: data.get(), krate: krate.get().unwrap_or_else(|| syn::parse_quote!(::catga)) }
+    SagaArgs {
+        name: name.get(),
+        data: data.get(),
+        deadline_ms: deadline.get(),
+        krate: krate.get().unwrap_or_else(|| syn::parse_quote!(::catga)),
+    }
 }
 
 fn check_name(name: &str) -> Result<(), String> {
@@ -486,6 +496,10 @@ fn expand_table(block: &ItemImpl, args: &SagaArgs, c: Checked) -> TokenStream {
             }
         });
     }
+    let deadline = match args.deadline_ms {
+        Some(ms) => quote!(::core::option::Option::Some(#ms)),
+        None => quote!(::core::option::Option::None),
+    };
     let line = quote_spanned!(self_ty.span()=> ::core::line!());
     // The pipeline's bounds on a step's future, restated here so that a step
     // that does not meet them is reported at its own code.
@@ -528,6 +542,7 @@ fn expand_table(block: &ItemImpl, args: &SagaArgs, c: Checked) -> TokenStream {
             static __CATGA_SAGA: #private::SagaDef<#data> = #private::SagaDef {
                 name: #name,
                 steps: <__CatgaSaga>::STEPS,
+                deadline_ms: #deadline,
                 data_type: ::core::any::type_name::<#data>,
                 file: ::core::file!(),
                 line: #line,

@@ -58,10 +58,12 @@ pub(crate) fn parse_millis(text: &str) -> Result<u64, String> {
         "ms" => 1,
         "s" => 1_000,
         "m" => 60_000,
-        _ => return Err(format!("{text:?} has unit {unit:?}; use ms, s or m (e.g. \"5s\")")),
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{text:?} has unit {unit:?}; use ms, s, m, h or d (e.g. \"5s\")")),
     };
     match n.checked_mul(scale) {
-        Some(0) => Err("a timeout of zero would fail every handling".into()),
+        Some(0) => Err("a duration of zero would fail at once; give a positive one".into()),
         Some(ms) => Ok(ms),
         None => Err(format!("{text:?} is too long")),
     }

@@ -266,7 +266,7 @@ pub mod __private {
     }
 
     static UNCHECKED_SAGA: SagaDef<()> =
-        SagaDef { name: "<unchecked>", steps: &[], data_type: unchecked_name, file: "", line: 0 };
+        SagaDef { name: "<unchecked>", steps: &[], deadline_ms: None, data_type: unchecked_name, file: "", line: 0 };
 
     /// A saga's entry (the `dyn` coercion made where `D` is known to be
     /// saga data).

@@ -157,23 +157,37 @@ async fn hold(cmd: Hold, ctx: Context) -> Result<String, HandlerError> {
 pub struct StartSlow {
     pub id: String,
     pub slow_ms: u64,
+    /// How long `finish` takes before its effect.
+    #[serde(default)]
+    pub finish_ms: u64,
+    /// The saga's deadline, from its start.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
 }
 
 #[catga::command(queue = "saga-svc")]
 async fn start_slow(cmd: StartSlow, ctx: Context) -> Result<(), HandlerError> {
-    ctx.app().submit_saga::<SlowOrder>(&cmd.id, Slow { slow_ms: cmd.slow_ms }).await?;
+    let mut options = catga::saga::SagaOptions::default();
+    if let Some(ms) = cmd.deadline_ms {
+        options = options.deadline(std::time::Duration::from_millis(ms));
+    }
+    let slow = Slow { slow_ms: cmd.slow_ms, finish_ms: cmd.finish_ms };
+    ctx.app().submit_saga_with::<SlowOrder>(&cmd.id, slow, options).await?;
     Ok(())
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Slow {
     pub slow_ms: u64,
+    #[serde(default)]
+    pub finish_ms: u64,
 }
 
 pub struct SlowOrder;
 
 /// A saga whose first step takes `slow_ms`, then applies its effect (once
-/// per deterministic message id, like the chaos saga's).
+/// per deterministic message id, like the chaos saga's); its second takes
+/// `finish_ms`.
 #[catga::saga(name = "slow-order")]
 impl SlowOrder {
     #[step(compensate = undo_work)]
@@ -184,7 +198,8 @@ impl SlowOrder {
     }
 
     #[step(pivot)]
-    async fn finish(_slow: &mut Slow, ctx: &SagaContext) -> Result<(), StepError> {
+    async fn finish(slow: &mut Slow, ctx: &SagaContext) -> Result<(), StepError> {
+        tokio::time::sleep(std::time::Duration::from_millis(slow.finish_ms)).await;
         ctx.send(Effect { saga_id: ctx.saga_id().to_owned(), what: "finish:forward".into() }).await?;
         Ok(())
     }

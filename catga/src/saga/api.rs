@@ -1,5 +1,7 @@
 //! The [`App`] methods for sagas: start, submit, query, list.
 
+use std::time::Duration;
+
 use crate::app::App;
 use crate::error::{Error, Result};
 use crate::saga::definition::Saga;
@@ -7,14 +9,50 @@ use crate::saga::runner::run;
 use crate::saga::status::{SagaInfo, SagaOutcome, SagaStatus};
 use crate::saga::store;
 
+/// How one start of a saga differs from its definition's defaults.
+///
+/// ```
+/// use std::time::Duration;
+/// use catga::saga::SagaOptions;
+///
+/// // This order gives up (and compensates) if it has not completed in 30 minutes.
+/// let options = SagaOptions::default().deadline(Duration::from_secs(30 * 60));
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SagaOptions {
+    /// Overrides `#[saga(deadline = "..")]` for this saga.
+    pub deadline: Option<Duration>,
+}
+
+impl SagaOptions {
+    /// Give this saga a deadline, counted from its start: once it passes,
+    /// a saga still running forward stops (the step running is cut short),
+    /// compensates its completed steps and ends `Compensated` — or ends
+    /// `Failed` if it is past its pivot. It is checked by whichever instance
+    /// runs the saga, so it holds across takeovers; a finished saga is not
+    /// affected.
+    pub fn deadline(mut self, after: Duration) -> SagaOptions {
+        self.deadline = Some(after);
+        self
+    }
+}
+
 impl App {
     /// Start saga `id` of type `S` with `data`, run it here, and return its
     /// outcome. Idempotent on the id: if saga `id` exists, nothing starts;
     /// its outcome is returned (awaited while another instance runs it, up
     /// to [`Config::saga_wait`](crate::Config::saga_wait)). See [`crate::saga`](mod@crate::saga).
     pub async fn start_saga<S: Saga>(&self, id: &str, data: S::Data) -> Result<SagaOutcome> {
+        self.start_saga_with::<S>(id, data, SagaOptions::default()).await
+    }
+
+    /// [`start_saga`](App::start_saga) with [`SagaOptions`] for this start
+    /// (e.g. its own deadline).
+    pub async fn start_saga_with<S: Saga>(&self, id: &str, data: S::Data, options: SagaOptions) -> Result<SagaOutcome> {
         self.instance().check_open()?;
-        start::<S>(self, id, data).await
+        start::<S>(self, id, data, options).await
     }
 
     /// Create saga `id` of type `S` durably and run it in the background
@@ -22,8 +60,13 @@ impl App {
     /// instance afterwards loses nothing (the recovery sweep continues it).
     /// `Ok(false)` if saga `id` exists already: nothing new starts.
     pub async fn submit_saga<S: Saga>(&self, id: &str, data: S::Data) -> Result<bool> {
+        self.submit_saga_with::<S>(id, data, SagaOptions::default()).await
+    }
+
+    /// [`submit_saga`](App::submit_saga) with [`SagaOptions`] for this start.
+    pub async fn submit_saga_with<S: Saga>(&self, id: &str, data: S::Data, options: SagaOptions) -> Result<bool> {
         self.instance().check_open()?;
-        submit::<S>(self, id, data).await
+        submit::<S>(self, id, data, options).await
     }
 
     /// Where saga `id` of type `S` is, if it exists.
@@ -68,9 +111,9 @@ impl App {
 /// Start saga `id` of type `S` with `data` and run it here to its end; a
 /// saga with this id that exists already is not started again: its outcome
 /// is awaited instead.
-async fn start<S: Saga>(app: &App, id: &str, data: S::Data) -> Result<SagaOutcome> {
+async fn start<S: Saga>(app: &App, id: &str, data: S::Data, options: SagaOptions) -> Result<SagaOutcome> {
     let def = S::definition();
-    let Some((lease, state, version)) = store::create(def, app, id, data).await? else {
+    let Some((lease, state, version)) = store::create(def, app, id, data, options.deadline).await? else {
         return store::wait_for_outcome(def.name, app, id).await;
     };
     app.instance().metrics.saga_started(def.name);
@@ -90,9 +133,11 @@ async fn start<S: Saga>(app: &App, id: &str, data: S::Data) -> Result<SagaOutcom
 
 /// Create saga `id` durably and run it in the background; returns once its
 /// state is in the store (`true`), or at once if it exists (`false`).
-async fn submit<S: Saga>(app: &App, id: &str, data: S::Data) -> Result<bool> {
+async fn submit<S: Saga>(app: &App, id: &str, data: S::Data, options: SagaOptions) -> Result<bool> {
     let def = S::definition();
-    let Some((lease, state, version)) = store::create(def, app, id, data).await? else { return Ok(false) };
+    let Some((lease, state, version)) = store::create(def, app, id, data, options.deadline).await? else {
+        return Ok(false);
+    };
     app.instance().metrics.saga_started(def.name);
     let app = app.clone();
     tokio::spawn(async move {

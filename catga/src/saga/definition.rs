@@ -61,6 +61,10 @@ pub struct Step<D: 'static> {
 pub struct SagaDef<D: 'static> {
     pub name: &'static str,
     pub steps: &'static [Step<D>],
+    /// `#[saga(deadline = "..")]`: how long after its start the saga still
+    /// runs forward (a start's [`SagaOptions`](crate::saga::SagaOptions) may
+    /// override it).
+    pub deadline_ms: Option<u64>,
     pub data_type: fn() -> &'static str,
     pub file: &'static str,
     pub line: u32,

@@ -90,6 +90,7 @@ mod runner;
 pub mod status;
 pub(crate) mod store;
 
+pub use api::SagaOptions;
 pub use context::SagaContext;
 pub use definition::{
     CompensationFn, Saga, SagaDef, SagaEntry, SagaRecord, Step, StepError, StepFn, StepKind, sagas, validate,

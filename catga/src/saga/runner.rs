@@ -99,6 +99,11 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed => None,
         };
         self.state.step = at.map(|s| s.name.to_owned());
+        let now = self.app.instance().clock.epoch_ms();
+        self.state.updated_at = Some(now);
+        if self.state.status.is_finished() {
+            self.state.finished_at.get_or_insert(now);
+        }
         let (key, _) = state_key(self.def.name, &self.state.id);
         self.version = self
             .app
@@ -132,7 +137,12 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             Ok(step) => step,
             Err(reason) => return self.fail_unknown_step(reason).await,
         };
-        let gave_up = self.attempts(step, index, Direction::Forward, step.retry).await?;
+        let attempted = self.attempts(step, index, Direction::Forward, step.retry).await?;
+        let gave_up = match &attempted {
+            Attempted::Succeeded => None,
+            Attempted::GaveUp(error) => Some(error.clone()),
+            Attempted::DeadlinePassed => Some("cut short: the saga's deadline passed".to_owned()),
+        };
         self.state.history.push(HistoryEntry {
             step: step.name.to_owned(),
             direction: Direction::Forward,
@@ -153,7 +163,10 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
                 }
             }
             Some(error) => {
-                self.state.error = Some(format!("step `{}` failed{}: {error}", step.name, self.what_happened()));
+                self.state.error = Some(match attempted {
+                    Attempted::DeadlinePassed => format!("the saga's deadline passed during step `{}`", step.name),
+                    _ => format!("step `{}` failed{}: {error}", step.name, self.what_happened()),
+                });
                 self.state.status = match step.kind {
                     // Past the pivot there is no going back: an operator decides.
                     StepKind::Retriable => SagaStatus::Failed,
@@ -185,7 +198,11 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             return self.persist().await;
         };
         let retries = self.app.config().saga_compensation_retries;
-        let gave_up = self.attempts(step, index, Direction::Compensate, retries).await?;
+        let gave_up = match self.attempts(step, index, Direction::Compensate, retries).await? {
+            Attempted::GaveUp(error) => Some(error),
+            // A deadline only stops a saga running forward.
+            Attempted::Succeeded | Attempted::DeadlinePassed => None,
+        };
         self.state.history.push(HistoryEntry {
             step: step.name.to_owned(),
             direction: Direction::Compensate,
@@ -208,8 +225,9 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
         self.persist().await
     }
 
-    /// Run step `index` (or its compensation) until it succeeds — `None` —
-    /// or has failed `retries + 1` times — `Some(last error)`. Each attempt
+    /// Run step `index` (or its compensation) until it succeeds, has failed
+    /// `retries + 1` times, or — running forward — the saga's deadline
+    /// passes (the attempt running then is cut short). Each attempt
     /// is persisted before it starts. An attempt that never reported back
     /// (its instance died) is run again, up to
     /// [`Config::saga_crash_reruns`](crate::Config::saga_crash_reruns) times:
@@ -220,14 +238,27 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
         index: usize,
         direction: Direction,
         retries: u32,
-    ) -> Result<Option<String>> {
+    ) -> Result<Attempted> {
+        let clock = self.app.instance().clock;
         loop {
             if self.state.failures > retries {
-                return Ok(Some(self.state.last_error.clone().unwrap_or_default()));
+                return Ok(Attempted::GaveUp(self.state.last_error.clone().unwrap_or_default()));
             }
             let crashed = self.state.attempts - self.state.failures - self.state.transient;
             if crashed > self.app.config().saga_crash_reruns {
-                return Ok(Some(format!("the instances running it died {crashed} times before it finished")));
+                return Ok(Attempted::GaveUp(format!(
+                    "the instances running it died {crashed} times before it finished"
+                )));
+            }
+            let deadline = match direction {
+                Direction::Forward => self.state.deadline_at,
+                Direction::Compensate => None,
+            };
+            let left = |clock: crate::clock::Clock| {
+                deadline.map(|at| Duration::from_millis(at.saturating_sub(clock.epoch_ms())))
+            };
+            if left(clock).is_some_and(|l| l.is_zero()) {
+                return Ok(Attempted::DeadlinePassed);
             }
             if std::mem::take(&mut self.attempt_recorded) {
                 // The previous step's write already recorded this attempt.
@@ -248,14 +279,20 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
                 parent_span_id = trace.parent_span_id().map(tracing::field::display),
             );
             crate::otel::adopt(&span, trace);
-            let clock = self.app.instance().clock;
             let started = clock.now();
             let result = match (direction, step.compensation) {
                 (Direction::Forward, _) => {
                     // The step changes a copy, kept only if it succeeds: a
                     // failed attempt leaves no half-changed data behind.
                     let mut data = clone_data(self.def.name, &self.state.id, &self.state.data)?;
-                    let result = guarded(self.app, step, (step.run)(&mut data, &ctx)).instrument(span).await;
+                    let attempt = guarded(self.app, step, (step.run)(&mut data, &ctx)).instrument(span);
+                    let result = match left(clock) {
+                        None => attempt.await,
+                        Some(left) => match clock.timeout(left, attempt).await {
+                            Ok(result) => result,
+                            Err(_) => return Ok(Attempted::DeadlinePassed),
+                        },
+                    };
                     if result.is_ok() {
                         self.state.data = data;
                     }
@@ -264,7 +301,7 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
                 (Direction::Compensate, Some((_, undo))) => {
                     guarded(self.app, step, undo(&self.state.data, &ctx)).instrument(span).await
                 }
-                (Direction::Compensate, None) => return Ok(None),
+                (Direction::Compensate, None) => return Ok(Attempted::Succeeded),
             };
             let way = match direction {
                 Direction::Forward => "forward",
@@ -272,8 +309,10 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             };
             let took = clock.now().saturating_duration_since(started);
             self.app.instance().metrics.step(self.def.name, step.name, way, took);
+            // A pause between attempts ends at the deadline too.
+            let pause = |delay: Duration| left(clock).map_or(delay, |left| delay.min(left));
             match result {
-                Ok(()) => return Ok(None),
+                Ok(()) => return Ok(Attempted::Succeeded),
                 Err(error)
                     if is_transient(&error) && self.state.transient < self.app.config().saga_transient_retries =>
                 {
@@ -282,14 +321,14 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
                     self.state.transient += 1;
                     tracing::warn!(step = step.name, ?direction, attempt = ctx.attempt(), %error, "saga step hit a transient error; retrying");
                     self.state.last_error = Some(error.to_string());
-                    self.app.instance().clock.sleep(RETRY.delay(self.state.transient)).await;
+                    clock.sleep(pause(RETRY.delay(self.state.transient))).await;
                 }
                 Err(error) => {
                     tracing::warn!(step = step.name, ?direction, attempt = ctx.attempt(), %error, "saga step failed");
                     self.state.failures += 1;
                     self.state.last_error = Some(error.to_string());
                     if self.state.failures <= retries {
-                        self.app.instance().clock.sleep(RETRY.delay(self.state.failures)).await;
+                        clock.sleep(pause(RETRY.delay(self.state.failures))).await;
                     }
                 }
             }
@@ -370,6 +409,15 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             self.state.trace_origin(),
         )
     }
+}
+
+/// How a step's (or compensation's) attempts ended.
+enum Attempted {
+    Succeeded,
+    /// After its retries, with the last error.
+    GaveUp(String),
+    /// Running forward, the saga's deadline passed.
+    DeadlinePassed,
 }
 
 /// Errors of the infrastructure rather than of the step's own logic: no

@@ -1,7 +1,9 @@
 //! Where a saga is: its status and outcome, its history, what a query
 //! shows ([`SagaInfo`]), and the state persisted between steps.
 
-use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::trace::TraceContext;
 
@@ -106,6 +108,19 @@ pub(crate) struct State<D> {
     pub(crate) tracestate: Option<String>,
     pub(crate) history: Vec<HistoryEntry>,
     pub(crate) error: Option<String>,
+    /// When it was created, last written, and finished (epoch ms, read
+    /// through the instance's clock). Absent in states written before they
+    /// were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) created_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) updated_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) finished_at: Option<u64>,
+    /// Past this (epoch ms) the saga stops running forward: it compensates,
+    /// or ends `Failed` past its pivot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) deadline_at: Option<u64>,
 }
 
 impl<D> State<D> {
@@ -143,6 +158,32 @@ pub struct SagaInfo {
     pub data: serde_json::Value,
     /// The state's version in the store (one per write).
     pub version: u64,
+    /// When it was started (`None` for a saga started by a build that did
+    /// not record it). Serialized as RFC 3339.
+    #[serde(serialize_with = "rfc3339")]
+    pub created: Option<SystemTime>,
+    /// When its state was last written.
+    #[serde(serialize_with = "rfc3339")]
+    pub updated: Option<SystemTime>,
+    /// When it finished, if it has.
+    #[serde(serialize_with = "rfc3339")]
+    pub finished: Option<SystemTime>,
+    /// Its deadline, if it has one: past it, a saga still running forward
+    /// compensates (or ends `Failed` past its pivot).
+    #[serde(serialize_with = "rfc3339")]
+    pub deadline: Option<SystemTime>,
+}
+
+/// An epoch-milliseconds reading of the store as a time.
+pub(crate) fn from_epoch_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn rfc3339<S: Serializer>(time: &Option<SystemTime>, out: S) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(t) => out.collect_str(&humantime::format_rfc3339_millis(*t)),
+        None => out.serialize_none(),
+    }
 }
 
 impl SagaInfo {

@@ -26,7 +26,7 @@ use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::liveness::sagas_owned_key;
 use crate::saga::definition::{SagaDef, sagas};
-use crate::saga::status::{SagaInfo, SagaOutcome, SagaStatus, State};
+use crate::saga::status::{SagaInfo, SagaOutcome, SagaStatus, State, from_epoch_ms};
 use crate::store::{Expect, Key, Lease, StoreError};
 use std::time::Duration;
 
@@ -93,7 +93,7 @@ pub(crate) async fn unindex(app: &App, saga: &str, id: &str, status: SagaStatus)
 const CREATE_RETRY: Backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
 
 /// Write a new saga's first state under a fresh lease; `None` if saga `id`
-/// exists. A lease held by someone else while no state is written means the
+/// exists. `deadline` (from its start) overrides the definition's. A lease held by someone else while no state is written means the
 /// saga is being created elsewhere right now, or its creator died between
 /// the two writes (the lease then lives until a survivor takes the dead
 /// instance's sagas over and finds nothing to run, about the liveness
@@ -104,6 +104,7 @@ pub(crate) async fn create<D: Serialize>(
     app: &App,
     id: &str,
     data: D,
+    deadline: Option<Duration>,
 ) -> Result<Option<(Lease, State<D>, u64)>> {
     check_id(def.name, id)?;
     let store = app.store();
@@ -142,6 +143,8 @@ pub(crate) async fn create<D: Serialize>(
         clock.sleep(CREATE_RETRY.delay(tries)).await;
     };
     let origin = app.trace_origin();
+    let now = clock.epoch_ms();
+    let deadline = deadline.or(def.deadline_ms.map(Duration::from_millis));
     let state = State {
         saga: def.name.to_owned(),
         id: id.to_owned(),
@@ -158,6 +161,10 @@ pub(crate) async fn create<D: Serialize>(
         tracestate: origin.tracestate().map(str::to_owned),
         history: Vec::new(),
         error: None,
+        created_at: Some(now),
+        updated_at: Some(now),
+        finished_at: None,
+        deadline_at: deadline.map(|d| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))),
     };
     match store.put_fenced(&state_key, Expect::Absent, &encode(def.name, &state)?, &lease).await {
         Ok(version) => Ok(Some((lease, state, version))),
@@ -254,6 +261,10 @@ pub(crate) async fn status(saga: &str, app: &App, id: &str) -> Result<Option<Sag
         error: state.error,
         data: state.data,
         version: stored.version,
+        created: state.created_at.map(from_epoch_ms),
+        updated: state.updated_at.map(from_epoch_ms),
+        finished: state.finished_at.map(from_epoch_ms),
+        deadline: state.deadline_at.map(from_epoch_ms),
     }))
 }
 

@@ -6,7 +6,7 @@ struct Data {}
 
 struct Keys;
 
-#[catga::saga(name = "has space", durable)]
+#[catga::saga(name = "has space", durable, deadline = "1w")]
 impl Keys {
     #[step(retry = "many", compensate = undo, undo_with = x)]
     async fn one(_: &mut Data, _: &SagaContext) -> Result<(), StepError> {
