@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use catga::prelude::*;
-use catga::store::{Beat, Claim, Expect, Key, Store, StoreError, Takeover};
+use catga::store::{Beat, Claim, Due, Expect, Key, Store, StoreError, Takeover};
 use catga::transport::memory::MemoryBus;
 use catga::{Error, Metadata, SendOptions};
 use catga_suite::{RedisCluster, RedisServer};
@@ -22,6 +22,8 @@ pub async fn contract(store: &Store, tag: &str) {
     records(store, tag).await;
     counters(store, tag).await;
     sets(store, tag).await;
+    timers(store, tag).await;
+    concurrent_takes_have_one_winner(store, tag).await;
     claims(store, tag).await;
     leases(store, tag).await;
     takeovers(store, tag).await;
@@ -84,6 +86,65 @@ async fn sets(store: &Store, tag: &str) {
     assert!(store.set_remove(&key, "a").await.unwrap());
     assert!(!store.set_remove(&key, "a").await.unwrap());
     assert_eq!(store.set_members(&key).await.unwrap(), ["b"]);
+}
+
+async fn timers(store: &Store, tag: &str) {
+    let q = Key::new(format!("{tag}-timers"), "q");
+    let due = |id: &str, at: u64| Due { id: id.to_owned(), at };
+    assert!(store.timers_due(&q, u64::MAX / 4, 0, 10).await.unwrap().is_empty());
+    // Scores are epoch milliseconds: exact far past 2^32.
+    let t = 1_765_000_000_000;
+    assert!(store.timer_put(&q, "b", t + 20, b"item b", false).await.unwrap());
+    assert!(store.timer_put(&q, "a", t + 10, b"item a", false).await.unwrap());
+    assert!(store.timer_put(&q, "c", t + 30, b"item c", false).await.unwrap());
+    assert!(!store.timer_put(&q, "a", t + 99, b"other", false).await.unwrap(), "queued already: unchanged");
+    assert_eq!(store.timers_due(&q, t + 5, t, 10).await.unwrap(), []);
+    assert_eq!(store.timers_due(&q, t + 20, t, 10).await.unwrap(), [due("a", t + 10), due("b", t + 20)]);
+    assert_eq!(store.timers_due(&q, t + 30, t, 1).await.unwrap(), [due("a", t + 10)], "limit, earliest first");
+    // Not yet due, or not as listed: not taken.
+    assert_eq!(store.timer_take(&q, "a", t + 10, t + 1000, t + 9).await.unwrap(), None);
+    assert_eq!(store.timer_take(&q, "a", t + 11, t + 1000, t + 20).await.unwrap(), None);
+    assert_eq!(store.timer_take(&q, "a", t + 10, t + 1000, t + 10).await.unwrap().as_deref(), Some(&b"item a"[..]));
+    assert_eq!(store.timer_take(&q, "a", t + 10, t + 1000, t + 10).await.unwrap(), None, "taken");
+    assert_eq!(store.timers_due(&q, t + 20, t + 20, 10).await.unwrap(), [due("b", t + 20)]);
+    assert!(!store.timer_cancel(&q, "a", t + 20).await.unwrap(), "being delivered: not cancelled");
+    // The taking lapses: listed again, by when it lapsed; taken by another.
+    assert_eq!(store.timers_due(&q, t, t + 1000, 10).await.unwrap(), [due("a", t + 1000)]);
+    assert!(store.timer_take(&q, "a", t + 1000, t + 2000, t + 1000).await.unwrap().is_some());
+    assert!(!store.timer_end(&q, "a", t + 1000, None).await.unwrap(), "the first taking is over");
+    // Due again later; then done.
+    assert!(store.timer_end(&q, "a", t + 2000, Some(t + 50)).await.unwrap());
+    assert_eq!(store.timers_due(&q, t + 50, t, 10).await.unwrap().last(), Some(&due("a", t + 50)));
+    assert!(store.timer_take(&q, "a", t + 50, t + 3000, t + 60).await.unwrap().is_some());
+    assert!(store.timer_end(&q, "a", t + 3000, None).await.unwrap());
+    assert!(!store.timer_put(&q, "b", t, b"x", false).await.unwrap());
+    // Replacing moves it and changes the item.
+    assert!(store.timer_put(&q, "b", t + 40, b"item b2", true).await.unwrap());
+    assert_eq!(store.timers_due(&q, u64::MAX / 4, t, 10).await.unwrap(), [due("c", t + 30), due("b", t + 40)]);
+    assert_eq!(store.timer_take(&q, "b", t + 40, t + 99, t + 40).await.unwrap().as_deref(), Some(&b"item b2"[..]));
+    // Cancelling: a waiting item, then nothing of it is left.
+    assert!(store.timer_cancel(&q, "c", t).await.unwrap());
+    assert!(!store.timer_cancel(&q, "c", t).await.unwrap());
+    assert_eq!(store.timer_take(&q, "c", t + 30, t + 99, t + 30).await.unwrap(), None);
+    assert!(store.timer_cancel(&q, "b", t + 99).await.unwrap(), "a lapsed taking can be cancelled");
+    assert_eq!(store.timers_due(&q, u64::MAX / 4, u64::MAX / 4, 10).await.unwrap(), []);
+    assert!(store.timer_put(&q, "a", t, b"again", false).await.unwrap(), "a delivered id can be queued again");
+}
+
+async fn concurrent_takes_have_one_winner(store: &Store, tag: &str) {
+    let q = Key::new(format!("{tag}-timers-race"), "q");
+    store.timer_put(&q, "x", 100, b"x", false).await.unwrap();
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let (store, q) = (store.clone(), q.clone());
+            tokio::spawn(async move { store.timer_take(&q, "x", 100, 10_000 + i, 200).await.unwrap().is_some() })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        won += t.await.unwrap() as usize;
+    }
+    assert_eq!(won, 1, "exactly one taker of a due item");
 }
 
 async fn claims(store: &Store, tag: &str) {

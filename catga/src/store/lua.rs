@@ -27,6 +27,11 @@ pub(super) struct Scripts {
     pub(super) beat: Script,
     pub(super) read_beat: Script,
     pub(super) take_over_lease: Script,
+    pub(super) timer_put: Script,
+    pub(super) timers_due: Script,
+    pub(super) timer_take: Script,
+    pub(super) timer_end: Script,
+    pub(super) timer_cancel: Script,
 }
 
 pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
@@ -47,6 +52,11 @@ pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         beat: script(include_str!("scripts/beat.lua")),
         read_beat: script(include_str!("scripts/read_beat.lua")),
         take_over_lease: script(include_str!("scripts/take_over_lease.lua")),
+        timer_put: script(include_str!("scripts/timer_put.lua")),
+        timers_due: script(include_str!("scripts/timers_due.lua")),
+        timer_take: script(include_str!("scripts/timer_take.lua")),
+        timer_end: script(include_str!("scripts/timer_end.lua")),
+        timer_cancel: script(include_str!("scripts/timer_cancel.lua")),
     }
 });
 

@@ -2,13 +2,13 @@
 //! the Redis store — versions, claims, leases and fencing tokens, expiry.
 //! Instances in one process share it (see [`MemoryStore::global`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Beat, Claim, Expect, Key, Lease, StoreError, Takeover, Versioned};
+use super::{Beat, Claim, Due, Expect, Key, Lease, StoreError, Takeover, Versioned};
 use crate::clock::Clock;
 
 /// The embedded store. Cheap to clone; clones share the data.
@@ -48,6 +48,46 @@ enum Value {
     Fence(u64),
     /// An instance's heartbeat.
     Beat(Beat),
+    /// A timer queue.
+    Timers(Box<Timers>),
+}
+
+/// A timer queue: items waiting by due time, and items taken by a caller
+/// until a time (when the taking lapses).
+#[derive(Default)]
+struct Timers {
+    waiting: BTreeSet<(u64, String)>,
+    taken: BTreeSet<(u64, String)>,
+    /// Each item, and where it is.
+    items: HashMap<String, (Vec<u8>, Place)>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Place {
+    Waiting(u64),
+    Taken(u64),
+}
+
+impl Timers {
+    fn place(&mut self, id: &str, place: Place) {
+        let Some((_, at)) = self.items.get_mut(id) else { return };
+        match std::mem::replace(at, place) {
+            Place::Waiting(t) => self.waiting.remove(&(t, id.to_owned())),
+            Place::Taken(t) => self.taken.remove(&(t, id.to_owned())),
+        };
+        match place {
+            Place::Waiting(t) => self.waiting.insert((t, id.to_owned())),
+            Place::Taken(t) => self.taken.insert((t, id.to_owned())),
+        };
+    }
+
+    fn remove(&mut self, id: &str) {
+        match self.items.remove(id) {
+            Some((_, Place::Waiting(t))) => self.waiting.remove(&(t, id.to_owned())),
+            Some((_, Place::Taken(t))) => self.taken.remove(&(t, id.to_owned())),
+            None => false,
+        };
+    }
 }
 
 /// Sweep expired entries every this many writes (keeps memory bounded
@@ -273,6 +313,87 @@ impl MemoryStore {
         }
         map.entries.remove(&lease.key);
         true
+    }
+}
+
+/// Timer queues (see [`Store::timer_put`](super::Store::timer_put)).
+impl MemoryStore {
+    fn timers<T>(&self, queue: &Key, f: impl FnOnce(&mut Timers) -> T) -> T {
+        let mut map = self.lock();
+        if !matches!(map.live(queue), Some(Value::Timers(_))) {
+            map.set(queue, Value::Timers(Box::default()), None);
+        }
+        match map.entries.get_mut(queue) {
+            Some(Entry { value: Value::Timers(timers), .. }) => f(timers),
+            _ => unreachable!("a timer queue was just made"),
+        }
+    }
+
+    pub(super) fn timer_put(&self, queue: &Key, id: &str, due: u64, item: &[u8], replace: bool) -> bool {
+        self.timers(queue, |t| {
+            if t.items.contains_key(id) && !replace {
+                return false;
+            }
+            match t.items.get_mut(id) {
+                Some((stored, _)) => {
+                    *stored = item.to_vec();
+                    t.place(id, Place::Waiting(due));
+                }
+                None => {
+                    t.items.insert(id.to_owned(), (item.to_vec(), Place::Waiting(due)));
+                    t.waiting.insert((due, id.to_owned()));
+                }
+            }
+            true
+        })
+    }
+
+    pub(super) fn timers_due(&self, queue: &Key, upto: u64, now: u64, limit: usize) -> Vec<Due> {
+        self.timers(queue, |t| {
+            let due = t.waiting.iter().take_while(|(at, _)| *at <= upto).take(limit);
+            let lapsed = t.taken.iter().take_while(|(at, _)| *at <= now).take(limit);
+            due.chain(lapsed).map(|(at, id)| Due { id: id.clone(), at: *at }).collect()
+        })
+    }
+
+    pub(super) fn timer_take(&self, queue: &Key, id: &str, seen: u64, until: u64, now: u64) -> Option<Vec<u8>> {
+        self.timers(queue, |t| {
+            let (item, place) = t.items.get(id)?;
+            let listed = matches!(place, Place::Waiting(at) | Place::Taken(at) if *at == seen);
+            if seen > now || !listed {
+                return None;
+            }
+            let item = item.clone();
+            t.place(id, Place::Taken(until));
+            Some(item)
+        })
+    }
+
+    pub(super) fn timer_end(&self, queue: &Key, id: &str, until: u64, again: Option<u64>) -> bool {
+        self.timers(queue, |t| {
+            if !matches!(t.items.get(id), Some((_, Place::Taken(at))) if *at == until) {
+                return false;
+            }
+            match again {
+                Some(at) => t.place(id, Place::Waiting(at)),
+                None => t.remove(id),
+            }
+            true
+        })
+    }
+
+    pub(super) fn timer_cancel(&self, queue: &Key, id: &str, now: u64) -> bool {
+        self.timers(queue, |t| {
+            let cancellable = match t.items.get(id) {
+                Some((_, Place::Waiting(_))) => true,
+                Some((_, Place::Taken(lapses))) => *lapses <= now,
+                None => false,
+            };
+            if cancellable {
+                t.remove(id);
+            }
+            cancellable
+        })
     }
 }
 

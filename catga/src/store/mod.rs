@@ -52,7 +52,7 @@ use crate::security::RedisTls;
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
-pub use self::types::{Beat, Claim, Expect, Key, Lease, StoreError, Takeover, Versioned};
+pub use self::types::{Beat, Claim, Due, Expect, Key, Lease, StoreError, Takeover, Versioned};
 
 /// Where an instance keeps shared state. Cheap to clone; clones share it.
 #[derive(Clone)]
@@ -312,6 +312,81 @@ impl Store {
         match &self.backend {
             Backend::Memory(m) => Ok(m.release_lease(lease)),
             Backend::Redis(r) => Ok(r.release_lease(lease).await?),
+        }
+    }
+}
+
+/// Timer queues: items due at a time (epoch milliseconds, as the caller's
+/// [`Clock`](crate::Clock) reads it), each delivered by one caller at a
+/// time. A caller lists what is due ([`timers_due`](Store::timers_due)),
+/// takes an item until a time ([`timer_take`](Store::timer_take): atomic,
+/// one taker wins), and ends its taking — done, or due again later
+/// ([`timer_end`](Store::timer_end)). A taker that dies lets its taking
+/// lapse, and the item is listed again. A queue lives in one scope (one
+/// Cluster slot): spread many items over several queues.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> catga::Result<()> {
+/// use catga::store::{Key, Store};
+///
+/// let store = Store::memory();
+/// let queue = Key::new("timers:0", "q");
+/// store.timer_put(&queue, "remind-7", 1_000, b"send the reminder", false).await?;
+/// assert!(store.timers_due(&queue, 999, 999, 10).await?.is_empty());
+/// let due = store.timers_due(&queue, 1_000, 1_000, 10).await?;
+/// let item = store.timer_take(&queue, &due[0].id, due[0].at, 31_000, 1_000).await?;
+/// assert_eq!(item.as_deref(), Some(&b"send the reminder"[..]));
+/// // A second taker finds it taken.
+/// assert_eq!(store.timer_take(&queue, "remind-7", due[0].at, 31_000, 1_000).await?, None);
+/// assert!(store.timer_end(&queue, "remind-7", 31_000, None).await?); // delivered
+/// # Ok(()) }
+/// ```
+impl Store {
+    /// Queue item `id` at `due`; false if `id` is queued already and
+    /// `replace` is false (nothing changes). Replacing moves it back to
+    /// waiting, with the new item and due time.
+    pub async fn timer_put(&self, queue: &Key, id: &str, due: u64, item: &[u8], replace: bool) -> Result<bool> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.timer_put(queue, id, due, item, replace)),
+            Backend::Redis(r) => Ok(r.timer_put(queue, id, due, item, replace).await?),
+        }
+    }
+
+    /// Up to `limit` items due by `upto`, earliest first, then up to
+    /// `limit` items whose taking lapsed by `now`.
+    pub async fn timers_due(&self, queue: &Key, upto: u64, now: u64, limit: usize) -> Result<Vec<Due>> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.timers_due(queue, upto, now, limit)),
+            Backend::Redis(r) => Ok(r.timers_due(queue, upto, now, limit).await?),
+        }
+    }
+
+    /// Take item `id` as listed (`seen`: its [`Due::at`]) until `until`, if
+    /// it is still as listed and `seen` is not after `now`; the item, or
+    /// `None` if another caller took it, or it changed or went.
+    pub async fn timer_take(&self, queue: &Key, id: &str, seen: u64, until: u64, now: u64) -> Result<Option<Vec<u8>>> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.timer_take(queue, id, seen, until, now)),
+            Backend::Redis(r) => Ok(r.timer_take(queue, id, seen, until, now).await?),
+        }
+    }
+
+    /// End the taking of `id` that lapses at `until`: the item is deleted
+    /// (`again` is `None`) or waits until `again`. False if that taking
+    /// is no longer current (it lapsed and another caller took the item).
+    pub async fn timer_end(&self, queue: &Key, id: &str, until: u64, again: Option<u64>) -> Result<bool> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.timer_end(queue, id, until, again)),
+            Backend::Redis(r) => Ok(r.timer_end(queue, id, until, again).await?),
+        }
+    }
+
+    /// Delete item `id` if it is waiting (or its taking lapsed by `now`):
+    /// true. False if it is being delivered right now, or is unknown.
+    pub async fn timer_cancel(&self, queue: &Key, id: &str, now: u64) -> Result<bool> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.timer_cancel(queue, id, now)),
+            Backend::Redis(r) => Ok(r.timer_cancel(queue, id, now).await?),
         }
     }
 }

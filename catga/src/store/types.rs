@@ -173,3 +173,14 @@ pub enum StoreError {
         reason: String,
     },
 }
+
+/// An item of a timer queue that is due (or whose taker's taking lapsed),
+/// as [`Store::timers_due`](super::Store::timers_due) lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// The item's id.
+    pub id: String,
+    /// When it is due (epoch ms) — or, for a lapsed taking, when that
+    /// lapsed. Pass it to [`Store::timer_take`](super::Store::timer_take).
+    pub at: u64,
+}
