@@ -228,6 +228,11 @@ impl App {
         self.trace.clone().unwrap_or_else(|| TraceContext::root(TraceId::random()))
     }
 
+    /// The span of the handling this handle was taken from, if any.
+    pub(crate) fn trace_context(&self) -> Option<&TraceContext> {
+        self.trace.as_ref()
+    }
+
     /// The instance core behind this handle.
     pub(crate) fn instance(&self) -> &Arc<Instance> {
         &self.instance

@@ -21,6 +21,7 @@ use crate::saga::{self, definition, recovery};
 use crate::security::Secret;
 use crate::signals::Signals;
 use crate::store::Store;
+use crate::timers;
 use crate::transport::Transport;
 use crate::transport::memory::MemoryBus;
 
@@ -108,7 +109,8 @@ pub struct Builder {
     store: Option<Store>,
     middleware: Vec<Arc<dyn Middleware>>,
     filter: Option<HandlerFilter>,
-    recover_sagas: bool,
+    /// Run the background sweeps: saga recovery, scheduled deliveries (not a client).
+    sweeps: bool,
     state: State,
     clock: Clock,
 }
@@ -121,7 +123,7 @@ impl Builder {
             store: None,
             middleware: Vec::new(),
             filter: None,
-            recover_sagas: true,
+            sweeps: true,
             state: State::new(),
             clock: Clock::system(),
         }
@@ -420,10 +422,11 @@ impl Builder {
         self
     }
 
-    /// Subscribe no handlers and recover no sagas: a client that only
-    /// sends, publishes, and starts or queries sagas.
+    /// Subscribe no handlers, recover no sagas and deliver no scheduled
+    /// messages: a client that only sends, publishes, schedules, and starts
+    /// or queries sagas.
     pub fn client_only(mut self) -> Self {
-        self.recover_sagas = false;
+        self.sweeps = false;
         self.handlers_where(|_| false)
     }
 
@@ -487,7 +490,7 @@ impl Builder {
         // claims judges it by its beats. An instance that may run sagas
         // joins the set the saga sweeps read; one that recovers them, the
         // sweepers among whom a dead instance's sagas are shared.
-        let recovers = !sagas.is_empty() && self.recover_sagas;
+        let recovers = !sagas.is_empty() && self.sweeps;
         let mut sets = Vec::new();
         if !sagas.is_empty() {
             sets.push(liveness::members_key());
@@ -510,6 +513,10 @@ impl Builder {
         // owns before it handles anything is a previous run's.
         if recovers {
             recovery::start(&instance, sagas).await;
+        }
+        // Every instance but a client delivers scheduled messages.
+        if self.sweeps {
+            timers::start(&instance);
         }
         instance.transport.subscribe(&instance, &instance.handlers).await?;
         instance.mark_subscribed();

@@ -21,6 +21,7 @@
 //! | `CATGA_IDEMPOTENCY_TTL_MS`   | how long a recorded result answers copies  | 86400000 (24 h) |
 //! | `CATGA_SAGA_LEASE_MS`        | lease of the instance running a saga (renewed every third): only a last resort now, for a saga whose owner is not judged by its heartbeat | 60000 |
 //! | `CATGA_SAGA_SWEEP_MS`        | how often each instance reads the heartbeats of the instances that may own sagas, and takes over a dead one's share | 250 |
+//! | `CATGA_TIMER_INTERVAL_MS`    | how often each instance looks for scheduled messages due soon (each is then delivered at its time, not at the next look) | 250 |
 //! | `CATGA_REDIS_REPLICA_ACKS`   | replicas that must confirm each Redis write | 1 on a Cluster, 0 on one server |
 //! | `CATGA_SAGA_COMPENSATION_RETRIES` | retries of a failing compensation before the saga is `Failed` | 5 |
 //! | `CATGA_SAGA_CRASH_RERUNS`    | re-runs of a step whose instance died mid-step before it counts as failed | 5 |
@@ -149,6 +150,10 @@ pub struct Config {
     /// the instances that may own sagas and takes over its share of a dead
     /// one's sagas.
     pub saga_sweep_interval: Duration,
+    /// How often every instance (but a client) looks at the timer queues
+    /// for scheduled messages due within the next interval; each is then
+    /// delivered at its due time.
+    pub timer_interval: Duration,
     /// How long `start_saga` waits for a saga with the same id that another
     /// instance is running.
     pub saga_wait: Duration,
@@ -221,6 +226,7 @@ impl std::fmt::Debug for Config {
             idempotency_ttl,
             saga_lease_ttl,
             saga_sweep_interval,
+            timer_interval,
             saga_wait,
             saga_compensation_retries,
             saga_crash_reruns,
@@ -255,6 +261,7 @@ impl std::fmt::Debug for Config {
             .field("idempotency_ttl", idempotency_ttl)
             .field("saga_lease_ttl", saga_lease_ttl)
             .field("saga_sweep_interval", saga_sweep_interval)
+            .field("timer_interval", timer_interval)
             .field("saga_wait", saga_wait)
             .field("saga_compensation_retries", saga_compensation_retries)
             .field("saga_crash_reruns", saga_crash_reruns)
@@ -300,6 +307,7 @@ impl Default for Config {
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
             saga_lease_ttl: Duration::from_secs(60),
             saga_sweep_interval: Duration::from_millis(250),
+            timer_interval: Duration::from_millis(250),
             saga_wait: Duration::from_secs(60),
             saga_compensation_retries: 5,
             saga_crash_reruns: 5,
@@ -382,6 +390,9 @@ impl Config {
         }
         if let Some(d) = millis("CATGA_SAGA_SWEEP_MS")? {
             c.saga_sweep_interval = d;
+        }
+        if let Some(d) = millis("CATGA_TIMER_INTERVAL_MS")? {
+            c.timer_interval = d;
         }
         if let Some(d) = millis("CATGA_HEARTBEAT_MS")? {
             c.heartbeat_interval = d;
@@ -486,6 +497,7 @@ impl Config {
             ("request_liveness", "CATGA_REQUEST_LIVENESS_MS", self.request_liveness),
             ("saga_lease_ttl", "CATGA_SAGA_LEASE_MS", Some(self.saga_lease_ttl)),
             ("saga_sweep_interval", "CATGA_SAGA_SWEEP_MS", Some(self.saga_sweep_interval)),
+            ("timer_interval", "CATGA_TIMER_INTERVAL_MS", Some(self.timer_interval)),
             ("heartbeat_interval", "CATGA_HEARTBEAT_MS", Some(self.heartbeat_interval)),
             ("heartbeat_timeout", "CATGA_HEARTBEAT_TIMEOUT_MS", Some(self.heartbeat_timeout)),
             ("idempotency_ttl", "CATGA_IDEMPOTENCY_TTL_MS", Some(self.idempotency_ttl)),

@@ -1,8 +1,8 @@
 //! Property tests of every decoder that input from the network or the
 //! store reaches: request and event headers (ids, `traceparent`,
 //! `tracestate`, deadlines, the liveness flag), reply envelopes and
-//! liveness signals, message ids, dead-letter records, saga state read
-//! from the store, and command payloads. Whatever arrives: no panic, bounded output, and a
+//! liveness signals, message ids, dead-letter records, saga state and
+//! scheduled messages read from the store, and command payloads. Whatever arrives: no panic, bounded output, and a
 //! clear `invalid` error where the input is refused. (proptest, on the
 //! pinned stable toolchain; bounded to a few hundred cases each, so the
 //! suite stays fast.)
@@ -188,6 +188,48 @@ proptest! {
             Ok(Some(info)) => prop_assert_eq!(info.saga, "s"),
             Ok(None) => prop_assert!(false, "the state was written"),
             Err(e) => prop_assert!(e.to_string().contains("not readable"), "{e}"),
+        }
+    }
+
+    /// A scheduled message as read from the store, whatever the bytes or
+    /// the subject it names: delivered, due again after a bounded pause
+    /// (nobody handles it here), or dropped with an error — never a panic.
+    #[test]
+    fn any_stored_scheduled_message_is_retried_or_dropped(
+        subject in prop_oneof![header_value(), Just("hostile.nobody".to_owned())],
+        payload in proptest::collection::vec(any::<u8>(), 0..100),
+        raw in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
+    ) {
+        let id = MessageId::new().to_string();
+        let header = serde_json::json!({
+            "kind": "send", "subject": subject, "message_id": id, "correlation_id": id,
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "due": 0,
+        });
+        let item = raw.clone().unwrap_or_else(|| {
+            let mut item = serde_json::to_vec(&header).unwrap();
+            item.push(b'\n');
+            item.extend_from_slice(&payload);
+            item
+        });
+        let next = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+            let app = crate::Catga::builder()
+                .service("hostile")
+                .memory_bus(crate::transport::memory::MemoryBus::new())
+                .store(crate::store::Store::memory())
+                .client_only()
+                .start()
+                .await
+                .unwrap();
+            let next = crate::schedule::deliver(&app, "item", &item).await;
+            app.shutdown().await;
+            next
+        });
+        match next {
+            crate::schedule::Next::Again(pause) => {
+                prop_assert!(raw.is_none(), "an unreadable item is dropped, not retried");
+                prop_assert!(pause >= std::time::Duration::from_secs(1) && pause <= std::time::Duration::from_secs(60));
+            }
+            crate::schedule::Next::Done => prop_assert!(raw.is_some() || subject != "hostile.nobody"),
         }
     }
 

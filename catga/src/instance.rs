@@ -39,7 +39,7 @@ use crate::metrics::{Metrics, SendSet};
 use crate::middleware::Middleware;
 use crate::registry::HandlerRecord;
 use crate::store::Store;
-use crate::transport::{Sent, Transport};
+use crate::transport::{Encoded, Sent, Transport};
 
 /// Shared values handlers reach with [`Context::state`](crate::Context::state),
 /// one per type.
@@ -229,6 +229,31 @@ impl Instance {
         let span = hop_span!("catga.publish", E::SUBJECT, meta);
         self.transport.publish(event, meta).instrument(span).await?;
         self.metrics.published(E::SUBJECT);
+        Ok(())
+    }
+
+    /// Send a command already encoded (a scheduled one, whose type this
+    /// program may not link) within the instance's request timeout; its
+    /// reply as its codec wrote it. In a `catga.send` span, measured.
+    pub(crate) async fn send_encoded(&self, message: Encoded<'_>, mut meta: Metadata) -> Result<Vec<u8>> {
+        self.check_open()?;
+        let (subject, left, started) = (message.subject, self.config.request_timeout, self.clock.now());
+        meta.deadline = started.checked_add(left);
+        let metrics = self.metrics.sent(subject);
+        let span = hop_span!("catga.send", subject, meta);
+        let outcome = self.transport.send_encoded(message, meta, left).instrument(span).await;
+        metrics.ended(self.clock.now().saturating_duration_since(started), outcome.as_ref().err());
+        outcome
+    }
+
+    /// Publish an event already encoded (a scheduled one).
+    pub(crate) async fn publish_encoded(&self, message: Encoded<'_>, mut meta: Metadata) -> Result<()> {
+        self.check_open()?;
+        meta.deadline = None;
+        let subject = message.subject;
+        let span = hop_span!("catga.publish", subject, meta);
+        self.transport.publish_encoded(message, meta).instrument(span).await?;
+        self.metrics.published(subject);
         Ok(())
     }
 

@@ -100,6 +100,7 @@ pub mod context;
 pub mod dispatch;
 pub mod error;
 mod future;
+mod hash;
 #[cfg(test)]
 mod hostile;
 pub mod http;
@@ -115,9 +116,11 @@ pub mod otel;
 mod receiver;
 pub mod registry;
 pub mod saga;
+pub mod schedule;
 pub mod security;
 mod signals;
 pub mod store;
+mod timers;
 pub mod trace;
 pub mod transport;
 

@@ -94,6 +94,27 @@ async fn charge(cmd: Charge, ctx: Context) -> Result<(String, i64), HandlerError
     Ok((format!("{} charged {}", ctx.instance_id(), cmd.cents), runs))
 }
 
+/// Not idempotent: counts its runs per (`tag`, `n`) in the store and
+/// records when it first ran (epoch ms), so a message delivered twice
+/// shows as 2 (tests/schedule.rs).
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "svc.tick", reply = ())]
+pub struct Tick {
+    pub tag: String,
+    pub n: u64,
+}
+
+#[catga::command(queue = "svc")]
+async fn tick(cmd: Tick, ctx: Context) -> Result<(), HandlerError> {
+    use catga::store::{Expect, Key};
+    let scope = format!("tick:{}", cmd.tag);
+    ctx.store().incr(&Key::new(&scope, cmd.n.to_string()), 1).await?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    let at = Key::new(&scope, format!("{}:at", cmd.n));
+    let _first = ctx.store().put(&at, Expect::Absent, now.to_string().as_bytes()).await;
+    Ok(())
+}
+
 /// Publishes an event, then keeps a runtime worker busy for `ms` without
 /// yielding (CPU-bound work, or a blocking call): the instance must still
 /// show its requests alive. The publish wakes the connection's task on

@@ -345,18 +345,9 @@ fn rank(entry: &str, me: &str, others: &[String]) -> usize {
     others.iter().filter(|other| score(entry, other) > mine).count()
 }
 
-/// FNV-1a of `entry`, a separator and `instance` (stable across builds and
-/// processes, unlike std's hasher).
+/// A score of `entry` for `instance`, the same in every process.
 fn score(entry: &str, instance: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in entry.bytes().chain([0xff]).chain(instance.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    // FNV's low bits mix poorly for inputs differing only at the end.
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    hash ^ (hash >> 33)
+    crate::hash::stable_hash(&[entry, instance])
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ use crate::message::{Command, Event};
 use crate::metadata::Metadata;
 use crate::receiver::Receiver;
 use crate::registry::{CommandEntry, EventEntry, HandlerKind, HandlerRecord};
+use crate::transport::Encoded;
 
 /// A message bus for instances in one process. Cloning shares it.
 ///
@@ -200,6 +201,32 @@ impl MemoryBus {
             }
         };
         Pending { handling, subject: C::SUBJECT, deadline: Deadline::new(timeout) }
+    }
+
+    /// Route a command already encoded to one handler, through its bytes
+    /// path (as a client with another Rust type of the contract would).
+    pub(crate) async fn send_encoded(&self, message: Encoded<'_>, meta: Metadata, left: Duration) -> Result<Vec<u8>> {
+        let subject = message.subject;
+        let Some((in_flight, record)) = self.pick_command(subject) else { return Err(Error::NoHandler { subject }) };
+        let handling = record.entry.call_raw(&message.payload, record, in_flight, meta);
+        match tokio::time::timeout(left, handling).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(error)) => Err(Error::Handler { subject, error }),
+            Err(_) => Err(Error::Timeout { subject, after: left }),
+        }
+    }
+
+    /// Deliver an event already encoded to its subscribers, through their
+    /// bytes path.
+    pub(crate) fn publish_encoded(&self, message: &Encoded<'_>, meta: Metadata) {
+        let routes = self.inner.routes.load();
+        let Some(s) = routes.subjects.get(message.subject) else { return };
+        let broadcast = s.broadcast.iter().filter_map(admit);
+        for (in_flight, record) in broadcast.chain(s.queues.iter().filter_map(Group::pick)) {
+            // The future is already complete: the raw entry starts the
+            // handling on its own task.
+            drop(record.entry.call_raw(&message.payload, record, in_flight, meta.clone()));
+        }
     }
 
     pub(crate) fn publish<E: Event>(&self, event: E, meta: Metadata) {

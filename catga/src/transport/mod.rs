@@ -109,6 +109,37 @@ impl Transport {
         }
     }
 
+    /// Send a command already encoded (its type may not be linked here)
+    /// and wait for its reply, as its codec wrote it.
+    pub(crate) async fn send_encoded(&self, message: Encoded<'_>, meta: Metadata, left: Duration) -> Result<Vec<u8>> {
+        match self {
+            Transport::Memory(bus) => bus.send_encoded(message, meta, left).await,
+            Transport::Nats(nats) => {
+                let subject = message.subject;
+                let reply = nats.clone().request(message, meta).await?;
+                match envelope::read_reply(&reply) {
+                    envelope::ReplyPart::Final(Ok(body)) => Ok(body.to_vec()),
+                    envelope::ReplyPart::Final(Err(error)) => Err(crate::Error::Handler { subject, error }),
+                    envelope::ReplyPart::Working => Err(crate::Error::Transport {
+                        subject,
+                        reason: "a liveness signal was taken for the reply (a bug in catga)".into(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Publish an event already encoded (its type may not be linked here).
+    pub(crate) async fn publish_encoded(&self, message: Encoded<'_>, meta: Metadata) -> Result<()> {
+        match self {
+            Transport::Memory(bus) => {
+                bus.publish_encoded(&message, meta);
+                Ok(())
+            }
+            Transport::Nats(nats) => nats.publish_encoded(message, meta).await,
+        }
+    }
+
     /// Dead letters of `subject` (NATS JetStream only).
     pub(crate) async fn dead_letters(&self, subject: &str) -> Result<Vec<DeadLetter>> {
         match self {
@@ -148,6 +179,17 @@ fn no_dead_letters() -> crate::Error {
          handling returns its error to the caller and is not kept"
             .into(),
     )
+}
+
+/// A message as its codec wrote it: what a transport sends for a typed
+/// message, and all there is of a message whose type this program may not
+/// link (a scheduled one).
+pub(crate) struct Encoded<'a> {
+    pub(crate) subject: &'static str,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) content_type: &'a str,
+    /// Through JetStream (`#[catga(durable)]`).
+    pub(crate) durable: bool,
 }
 
 /// A send in progress, on either transport.

@@ -42,6 +42,7 @@ use crate::metadata::Metadata;
 use crate::metrics::{Metrics, Retry};
 use crate::receiver::Receiver;
 use crate::registry::{HandlerKind, HandlerRecord};
+use crate::transport::Encoded;
 use crate::transport::connection::{Connection, SEND_RETRY, drained, send_reply, subscription_capacity};
 use crate::transport::durable::consumer::DurableServe;
 use crate::transport::durable::dlq::{self, DeadLetter, DeadLetterPage};
@@ -259,73 +260,78 @@ impl Nats {
     /// timeout, and after "no responders" (with backoff, up to
     /// `send_retries` times).
     pub(crate) async fn send<C: Command>(self, command: C, meta: Metadata) -> Result<C::Reply> {
+        let payload = C::Codec::encode(&command).map_err(|e| codec_error::<C>("encode", C::SUBJECT, e.0))?;
+        let message =
+            Encoded { subject: C::SUBJECT, payload, content_type: C::Codec::CONTENT_TYPE, durable: C::DURABLE };
+        let reply = self.request(message, meta).await?;
+        decode_reply::<C>(&reply)
+    }
+
+    /// [`send`](Nats::send) of a command already encoded; the reply message.
+    pub(crate) async fn request(self, message: Encoded<'_>, meta: Metadata) -> Result<async_nats::Message> {
         let inbox = self.inbox().await?;
         let conn = &self.inner.conn;
-        if C::DURABLE {
-            return sender::send::<C>(conn, inbox, command, meta).await;
+        if message.durable {
+            return sender::send(conn, inbox, message, meta).await;
         }
-        let payload: bytes::Bytes =
-            C::Codec::encode(&command).map_err(|e| codec_error::<C>("encode", C::SUBJECT, e.0))?.into();
-        let mut headers = request_headers(&meta, C::Codec::CONTENT_TYPE);
+        let subject = message.subject;
+        let payload: bytes::Bytes = message.payload.into();
+        let mut headers = request_headers(&meta, message.content_type);
         let liveness = self.inner.liveness;
         if liveness.is_some() {
             headers.insert(crate::transport::headers::LIVENESS, "1");
         }
         let started = conn.clock.now();
-        let timeout = || Error::Timeout { subject: C::SUBJECT, after: started.elapsed() };
-        let mut waiting = inbox.wait(C::SUBJECT);
+        let timeout = || Error::Timeout { subject, after: started.elapsed() };
+        let mut waiting = inbox.wait(subject);
         let mut retries = 0;
         loop {
             let headers = match meta.deadline {
                 Some(deadline) => with_deadline_in(headers.clone(), deadline),
                 None => headers.clone(),
             };
-            let published = conn.client.publish_with_reply_and_headers(
-                C::SUBJECT,
-                waiting.reply_to.clone(),
-                headers,
-                payload.clone(),
-            );
+            let published =
+                conn.client.publish_with_reply_and_headers(subject, waiting.reply_to.clone(), headers, payload.clone());
             if let Err(e) = published.await {
                 return Err(match e.kind() {
                     async_nats::client::PublishErrorKind::MaxPayloadExceeded => Error::PayloadTooLarge {
-                        subject: C::SUBJECT,
+                        subject,
                         size: payload.len(),
                         max: conn.client.server_info().max_payload,
                     },
-                    _ => Error::Transport { subject: C::SUBJECT, reason: e.to_string() },
+                    _ => Error::Transport { subject, reason: e.to_string() },
                 });
             }
             match awaited(&mut waiting, meta.deadline, liveness, conn.clock).await {
                 Awaited::Reply(reply) if reply.status != Some(async_nats::StatusCode::NO_RESPONDERS) => {
-                    return decode_reply::<C>(&reply);
+                    return Ok(reply);
                 }
                 Awaited::Reply(_no_responders) => {
                     let pause = SEND_RETRY.delay(retries + 1);
                     let late = meta.deadline.is_some_and(|d| conn.clock.now() + pause >= d);
                     if retries >= conn.retries || late {
                         warn_limited!(
-                            C::SUBJECT,
+                            subject,
                             "no_handler",
-                            subject = C::SUBJECT,
+                            subject = subject,
                             message_id = %meta.message_id,
                             retries,
                             "send failed: no instance subscribed (no responders)"
                         );
-                        return Err(Error::NoHandler { subject: C::SUBJECT });
+                        return Err(Error::NoHandler { subject });
                     }
                     retries += 1;
                     conn.retried.fetch_add(1, Ordering::Relaxed);
-                    self.inner.metrics.retried(C::SUBJECT, Retry::NoResponders);
-                    tracing::debug!(subject = C::SUBJECT, retries, ?pause, message_id = %meta.message_id, "no responders; retrying");
+                    self.inner.metrics.retried(subject, Retry::NoResponders);
+                    tracing::debug!(subject = subject, retries, ?pause, message_id = %meta.message_id, "no responders; retrying");
                     conn.clock.sleep(pause).await;
-                    waiting = inbox.wait(C::SUBJECT); // the status took the token
+                    waiting = inbox.wait(subject); // the status took the token
                 }
                 Awaited::Silent => {
                     conn.retried.fetch_add(1, Ordering::Relaxed);
-                    self.inner.metrics.retried(C::SUBJECT, Retry::Silent);
+                    self.inner.metrics.retried(subject, Retry::Silent);
                     tracing::debug!(
-                        subject = C::SUBJECT,
+                        subject = subject,
                         message_id = %meta.message_id,
                         after = ?started.elapsed(),
                         "no sign of life from the responder; sending again"
@@ -333,9 +339,9 @@ impl Nats {
                 }
                 Awaited::Deadline => {
                     warn_limited!(
-                        C::SUBJECT,
+                        subject,
                         "timeout",
-                        subject = C::SUBJECT,
+                        subject = subject,
                         message_id = %meta.message_id,
                         after = ?started.elapsed(),
                         signals = waiting.signals(),
@@ -344,9 +350,9 @@ impl Nats {
                     return Err(timeout());
                 }
                 Awaited::Closed => {
-                    return Err(Error::Transport { subject: C::SUBJECT, reason: "the reply inbox closed".into() });
+                    return Err(Error::Transport { subject, reason: "the reply inbox closed".into() });
                 }
-                Awaited::Refused(reason) => return Err(Error::PermissionDenied { subject: C::SUBJECT, reason }),
+                Awaited::Refused(reason) => return Err(Error::PermissionDenied { subject, reason }),
             }
         }
     }
@@ -370,22 +376,28 @@ impl Nats {
     /// once the server has stored it).
     pub(crate) async fn publish<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
         let payload = E::Codec::encode(&event).map_err(|e| codec_error::<E>("encode", E::SUBJECT, e.0))?;
+        let message =
+            Encoded { subject: E::SUBJECT, payload, content_type: E::Codec::CONTENT_TYPE, durable: E::DURABLE };
+        self.publish_encoded(message, meta).await
+    }
+
+    /// [`publish`](Nats::publish) of an event already encoded.
+    pub(crate) async fn publish_encoded(&self, message: Encoded<'_>, meta: Metadata) -> Result<()> {
+        let (subject, payload) = (message.subject, message.payload);
         let size = payload.len();
-        let headers = request_headers(&meta, E::Codec::CONTENT_TYPE);
-        if E::DURABLE {
+        let headers = request_headers(&meta, message.content_type);
+        if message.durable {
             // An event has no reply to wait for: a retried publish of one
             // message id is stored once.
             let headers = sender::with_msg_id(headers, &meta.message_id.to_string());
-            return sender::publish_stored(&self.inner.conn, E::SUBJECT, headers, payload).await;
+            return sender::publish_stored(&self.inner.conn, subject, headers, payload).await;
         }
-        self.inner.conn.client.publish_with_headers(E::SUBJECT, headers, payload.into()).await.map_err(|e| {
+        self.inner.conn.client.publish_with_headers(subject, headers, payload.into()).await.map_err(|e| {
             match e.kind() {
-                async_nats::client::PublishErrorKind::MaxPayloadExceeded => Error::PayloadTooLarge {
-                    subject: E::SUBJECT,
-                    size,
-                    max: self.inner.conn.client.server_info().max_payload,
-                },
-                _ => Error::Transport { subject: E::SUBJECT, reason: e.to_string() },
+                async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                    Error::PayloadTooLarge { subject, size, max: self.inner.conn.client.server_info().max_payload }
+                }
+                _ => Error::Transport { subject, reason: e.to_string() },
             }
         })
     }

@@ -8,31 +8,30 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 
-use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::message::Command;
 use crate::metadata::Metadata;
+use crate::transport::Encoded;
 use crate::transport::connection::{Connection, SEND_RETRY};
 use crate::transport::durable::js_error;
-use crate::transport::envelope::{codec_error, decode_reply, headers, request_headers, with_deadline_at};
+use crate::transport::envelope::{headers, request_headers, with_deadline_at};
 use crate::transport::inbox::{Arrived, Inbox};
 
 /// JetStream's deduplication header: the Catga message id, so a retried
 /// publish is stored once.
 pub(crate) const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
-/// A durable command: stored in its stream (acknowledged by the
-/// server), then the reply awaited on this connection's reply inbox until
+/// A durable command (encoded): stored in its stream (acknowledged by the
+/// server), then the reply message awaited on this connection's reply inbox until
 /// the deadline, which travels as wall-clock time (time in the stream
 /// counts).
-pub(crate) async fn send<C: Command>(
+pub(crate) async fn send(
     inner: &Connection,
     inbox: &Arc<Inbox>,
-    command: C,
+    message: Encoded<'_>,
     meta: Metadata,
-) -> Result<C::Reply> {
-    let payload = C::Codec::encode(&command).map_err(|e| codec_error::<C>("encode", C::SUBJECT, e.0))?;
-    let mut waiting = inbox.wait(C::SUBJECT);
+) -> Result<async_nats::Message> {
+    let (subject, payload) = (message.subject, message.payload);
+    let mut waiting = inbox.wait(subject);
     // The JetStream deduplication id is this send's own (kept across
     // `publish_stored`'s retries of a lost acknowledgement), not the
     // message id: a caller that sends the same message id again (a
@@ -40,7 +39,7 @@ pub(crate) async fn send<C: Command>(
     // must be stored and handled; idempotent handlers dedupe by the
     // message id instead.
     let dedup = format!("{}.{:016x}", meta.message_id, fastrand::u64(..));
-    let mut headers = with_msg_id(request_headers(&meta, C::Codec::CONTENT_TYPE), &dedup);
+    let mut headers = with_msg_id(request_headers(&meta, message.content_type), &dedup);
     headers.insert(headers::REPLY_TO, waiting.reply_to.as_str());
     if let Some(deadline) = meta.deadline {
         headers = with_deadline_at(headers, deadline, inner.clock);
@@ -49,25 +48,24 @@ pub(crate) async fn send<C: Command>(
     // A publish the server refuses (permissions) gets no PubAck: the
     // inbox's refusal ends the wait for it at once.
     tokio::select! {
-        stored = publish_stored(inner, C::SUBJECT, headers, payload) => stored?,
+        stored = publish_stored(inner, subject, headers, payload) => stored?,
         arrived = &mut waiting.reply => return match arrived {
-            Ok(Arrived::Refused(reason)) => Err(Error::PermissionDenied { subject: C::SUBJECT, reason }),
-            Ok(Arrived::Reply(reply)) => decode_reply::<C>(&reply),
+            Ok(Arrived::Refused(reason)) => Err(Error::PermissionDenied { subject, reason }),
+            Ok(Arrived::Reply(reply)) => Ok(reply),
             Err(_) => Err(Error::Transport {
-                subject: C::SUBJECT,
+                subject,
                 reason: "the durable reply inbox closed (connection closed?)".into(),
             }),
         },
     }
     let left = meta.deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(inner.clock.now()));
     match inner.clock.timeout(left, &mut waiting.reply).await {
-        Ok(Ok(Arrived::Reply(reply))) => decode_reply::<C>(&reply),
-        Ok(Ok(Arrived::Refused(reason))) => Err(Error::PermissionDenied { subject: C::SUBJECT, reason }),
-        Ok(Err(_)) => Err(Error::Transport {
-            subject: C::SUBJECT,
-            reason: "the durable reply inbox closed (connection closed?)".into(),
-        }),
-        Err(_) => Err(Error::Timeout { subject: C::SUBJECT, after: started.elapsed() }),
+        Ok(Ok(Arrived::Reply(reply))) => Ok(reply),
+        Ok(Ok(Arrived::Refused(reason))) => Err(Error::PermissionDenied { subject, reason }),
+        Ok(Err(_)) => {
+            Err(Error::Transport { subject, reason: "the durable reply inbox closed (connection closed?)".into() })
+        }
+        Err(_) => Err(Error::Timeout { subject, after: started.elapsed() }),
     }
 }
 
