@@ -720,3 +720,79 @@ async fn the_definitions_deadline_applies_unless_a_start_overrides_it() {
     let info = app.saga_status::<Hurried>("h-2").await.unwrap().unwrap();
     assert_eq!(info.deadline.unwrap().duration_since(info.created.unwrap()).unwrap(), Duration::from_secs(60));
 }
+
+#[tokio::test]
+async fn a_saga_stored_under_another_definition_goes_on_only_if_what_it_has_left_is_the_same() {
+    let store = Store::memory();
+    let data = |done: &[&str]| serde_json::json!({ "fail_step": null, "fail_undo": null, "flaky": [], "slow_step": null, "done": done });
+    let history = |done: &[&str]| -> Vec<serde_json::Value> {
+        done.iter()
+            .map(|s| serde_json::json!({ "step": s, "direction": "forward", "error": null, "attempts": 1 }))
+            .collect()
+    };
+    // An older build had a `log` step after `create` (no compensation); the
+    // saga is at `notify`, which this build has too, at index 3.
+    planted(
+        &store,
+        "v-removed",
+        serde_json::json!({
+            "saga": "t-order", "id": "v-removed", "status": "running", "next": 4, "step": "notify", "attempts": 0,
+            "data": data(&["charge", "reserve", "create", "log"]), "history": history(&["charge", "reserve", "create", "log"]),
+            "error": null,
+            "definition": ["charge:c:refund", "reserve:c:release", "create:p", "log:r", "notify:r"]
+        }),
+    )
+    .await;
+    // A newer build has an `email` step at the end: what is left changed.
+    planted(
+        &store,
+        "v-added",
+        serde_json::json!({
+            "saga": "t-order", "id": "v-added", "status": "running", "next": 2, "step": "create", "attempts": 0,
+            "data": data(&["charge", "reserve"]), "history": history(&["charge", "reserve"]), "error": null,
+            "definition": ["charge:c:refund", "reserve:c:release", "create:p", "notify:r", "email:r"]
+        }),
+    )
+    .await;
+    // Compensating under a build whose `charge` was undone by `refund_v1`.
+    planted(
+        &store,
+        "v-undo",
+        serde_json::json!({
+            "saga": "t-order", "id": "v-undo", "status": "compensating", "next": 2, "attempts": 0,
+            "data": data(&["charge", "reserve"]), "history": history(&["charge", "reserve"]),
+            "error": "step `create` failed",
+            "definition": ["charge:c:refund_v1", "reserve:c:release", "create:p", "notify:r"]
+        }),
+    )
+    .await;
+    let app = sweeper(&store).await;
+    let info = finished_within(&app, "v-removed", Duration::from_secs(10)).await;
+    assert_eq!(info.status, SagaStatus::Completed, "{info:?}");
+    assert_eq!(effects("v-removed"), ["notify"], "it went on at `notify`, nothing else ran");
+    for (id, what) in [
+        (
+            "v-added",
+            "the steps left to run were [create, notify, email]; this build's are [charge, reserve, create, notify]",
+        ),
+        (
+            "v-undo",
+            "the compensations it may have to run were [release, refund_v1]; this build's are [release, refund]",
+        ),
+    ] {
+        let info = finished_within(&app, id, Duration::from_secs(10)).await;
+        assert_eq!(info.status, SagaStatus::Failed, "{id}: {info:?}");
+        let error = info.error.as_deref().unwrap_or_default();
+        assert!(error.starts_with("definition changed: ") && error.contains(what), "{id}: {error}");
+        assert!(effects(id).is_empty(), "{id}: nothing ran under the changed definition");
+    }
+    // A saga started by this build records its definition.
+    let fresh = app.start_saga::<Order>("v-fresh", Plan::default()).await.unwrap();
+    assert_eq!(fresh, SagaOutcome::Completed);
+    let stored = store.get(&Key::new("saga:t-order:v-fresh", "state")).await.unwrap().unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&stored.value).unwrap();
+    assert_eq!(
+        state["definition"],
+        serde_json::json!(["charge:c:refund", "reserve:c:release", "create:p", "notify:r"])
+    );
+}

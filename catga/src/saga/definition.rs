@@ -70,6 +70,65 @@ pub struct SagaDef<D: 'static> {
     pub line: u32,
 }
 
+impl<D> SagaDef<D> {
+    /// The saga's path, as its stored states record it: each step in order
+    /// as `name:kind` — `c` compensatable (then `:compensation`), `p` pivot,
+    /// `r` retriable. Retries and timeouts are not part of it: they change
+    /// how a step runs, not which steps run.
+    pub(crate) fn path(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .map(|step| match (step.kind, step.compensation) {
+                (StepKind::Compensatable, Some((undo, _))) => format!("{}:c:{undo}", step.name),
+                (StepKind::Compensatable, None) => format!("{}:c", step.name),
+                (StepKind::Pivot, _) => format!("{}:p", step.name),
+                (StepKind::Retriable, _) => format!("{}:r", step.name),
+            })
+            .collect()
+    }
+}
+
+/// Where a saga stored under definition `stored`, at `next` (running
+/// forward, or compensating the steps before `next`), stands in definition
+/// `here` — if what it has left to do is the same in both: the steps from
+/// `next` on (running forward), and the compensations of the steps before
+/// it, in order. Steps added or removed elsewhere do not matter. `Err`
+/// says what changed.
+pub(crate) fn remap(stored: &[String], here: &[String], forward: bool, next: usize) -> Result<usize, String> {
+    let compensatable = |s: &&String| s.split(':').nth(1) == Some("c");
+    let undoes = |steps: &[String]| -> Vec<String> { steps.iter().filter(compensatable).cloned().collect() };
+    let list = |steps: &[String]| -> String {
+        let names: Vec<&str> = steps.iter().map(|s| s.split(':').next().unwrap_or_default()).collect();
+        format!("[{}]", names.join(", "))
+    };
+    let done = stored.get(..next).ok_or_else(|| format!("it stood at step {} of {}", next + 1, stored.len()))?;
+    let moved = if forward {
+        // Running: the same steps left, at the end of both.
+        let left = &stored[next..];
+        let at = here.len().checked_sub(left.len()).filter(|at| here[*at..] == *left);
+        at.ok_or_else(|| format!("the steps left to run were {}; this build's are {}", list(left), list(here)))?
+    } else {
+        // Compensating: where the last completed step with a compensation is.
+        match done.iter().rev().find(compensatable) {
+            None => 0,
+            Some(last) => here.iter().position(|s| s == last).map_or(here.len() + 1, |i| i + 1),
+        }
+    };
+    let (was, now) = (undoes(done), undoes(here.get(..moved).unwrap_or(here)));
+    if moved > here.len() || was != now {
+        let compensations = |steps: &[String]| -> String {
+            let names: Vec<&str> = steps.iter().rev().filter_map(|s| s.splitn(3, ':').nth(2)).collect();
+            format!("[{}]", names.join(", "))
+        };
+        return Err(format!(
+            "the compensations it may have to run were {}; this build's are {}",
+            compensations(&was),
+            compensations(&now)
+        ));
+    }
+    Ok(moved)
+}
+
 /// A saga, as `#[catga::saga]` registered it (for startup checks, the
 /// recovery sweep and listing).
 pub struct SagaRecord {
@@ -128,4 +187,42 @@ pub fn validate(sagas: &[&'static SagaRecord]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remap;
+
+    fn path(steps: &[&str]) -> Vec<String> {
+        steps.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_saga_goes_on_where_what_it_has_left_is_the_same() {
+        let here = path(&["charge:c:refund", "reserve:c:release", "create:p", "notify:r"]);
+        // A finished step was removed (it had no compensation): at `notify`.
+        let old = path(&["charge:c:refund", "reserve:c:release", "create:p", "log:r", "notify:r"]);
+        assert_eq!(remap(&old, &here, true, 4), Ok(3));
+        // A step added before the pivot, which the saga had passed: the
+        // compensations would change.
+        let old = path(&["charge:c:refund", "create:p", "notify:r"]);
+        let error = remap(&old, &here, true, 2).unwrap_err();
+        assert!(error.contains("[refund]; this build's are [release, refund]"), "{error}");
+        // A step added at the end: the steps left changed.
+        let old = path(&["charge:c:refund", "reserve:c:release", "create:p"]);
+        let error = remap(&old, &here, true, 2).unwrap_err();
+        assert!(error.contains("were [create]; this build's are [charge, reserve, create, notify]"), "{error}");
+        // Compensating: the same compensations left, found by step.
+        let old = path(&["audit:c:unaudit", "charge:c:refund", "reserve:c:release", "create:p", "notify:r"]);
+        assert!(remap(&old, &here, false, 3).is_err(), "`unaudit` would not run here");
+        let old = path(&["charge:c:refund", "reserve:c:release", "create:p", "ship:p"]);
+        assert_eq!(remap(&old, &here, false, 3), Ok(2));
+        let old = path(&["charge:c:refund_v1", "reserve:c:release", "create:p", "notify:r"]);
+        let error = remap(&old, &here, false, 2).unwrap_err();
+        assert!(error.contains("were [release, refund_v1]; this build's are [release, refund]"), "{error}");
+        // Nothing to compensate, then nothing changed that matters.
+        assert_eq!(remap(&path(&["check:p"]), &here, false, 0), Ok(0));
+        // Beyond its own table.
+        assert!(remap(&old, &here, true, 9).unwrap_err().contains("step 10 of 4"));
+    }
 }

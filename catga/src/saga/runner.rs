@@ -15,7 +15,7 @@ use crate::backoff::Backoff;
 use crate::error::{Error, HandlerError, Result};
 use crate::future::{BoxFuture, CatchUnwind, panic_message};
 use crate::saga::context::SagaContext;
-use crate::saga::definition::{SagaDef, Step, StepError, StepKind};
+use crate::saga::definition::{SagaDef, Step, StepError, StepKind, remap};
 use crate::saga::status::{Direction, HistoryEntry, SagaOutcome, SagaStatus, State};
 use crate::saga::store::{encode, state_key, unindex};
 use crate::store::{Expect, Lease};
@@ -75,6 +75,7 @@ struct Run<'a, D: 'static> {
 
 impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
     async fn drive(&mut self) -> Result<SagaOutcome> {
+        self.reconcile().await?;
         loop {
             match self.state.status {
                 SagaStatus::Running => self.forward().await?,
@@ -354,6 +355,40 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
                     index + 1,
                     recorded.unwrap_or("(unnamed)"),
                 ))
+            }
+        }
+    }
+
+    /// A saga stored under another definition of this saga (an older or
+    /// newer build): continued here if what it has left to do is the same —
+    /// its position moved to the same step of this build's table — or ended
+    /// `Failed` naming what changed. Never run on with a step it was not at.
+    async fn reconcile(&mut self) -> Result<()> {
+        let here = self.def.path();
+        let Some(stored) = &self.state.definition else { return Ok(()) };
+        if *stored == here || self.state.status.is_finished() {
+            return Ok(());
+        }
+        let forward = self.state.status == SagaStatus::Running;
+        match remap(stored, &here, forward, self.state.next) {
+            Ok(next) => {
+                tracing::info!(
+                    saga = self.def.name,
+                    id = %self.state.id,
+                    from = self.state.next,
+                    to = next,
+                    "saga continues under this build's changed definition: what it has left to do is the same"
+                );
+                self.state.next = next;
+                self.state.definition = Some(here);
+                Ok(())
+            }
+            Err(what) => {
+                let reason = format!(
+                    "definition changed: {what}; it cannot go on under this build — an operator must finish it \
+                     (see docs/SAGAS.md, \"Changing a saga\")"
+                );
+                self.fail_unknown_step(reason).await
             }
         }
     }

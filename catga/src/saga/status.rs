@@ -121,6 +121,11 @@ pub(crate) struct State<D> {
     /// or ends `Failed` past its pivot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) deadline_at: Option<u64>,
+    /// The definition it runs under ([`SagaDef::path`](crate::saga::SagaDef)):
+    /// a build whose definition differs continues it only if what it has
+    /// left to do is the same there. Absent in states written before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) definition: Option<Vec<String>>,
 }
 
 impl<D> State<D> {

@@ -165,6 +165,7 @@ pub(crate) async fn create<D: Serialize>(
         updated_at: Some(now),
         finished_at: None,
         deadline_at: deadline.map(|d| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))),
+        definition: Some(def.path()),
     };
     match store.put_fenced(&state_key, Expect::Absent, &encode(def.name, &state)?, &lease).await {
         Ok(version) => Ok(Some((lease, state, version))),
