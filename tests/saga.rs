@@ -796,3 +796,87 @@ async fn a_saga_stored_under_another_definition_goes_on_only_if_what_it_has_left
         serde_json::json!(["charge:c:refund", "reserve:c:release", "create:p", "notify:r"])
     );
 }
+
+/// The `t-order` saga as a client that does not run it knows it.
+struct OrderContract;
+
+impl catga::saga::SagaContract for OrderContract {
+    const NAME: &'static str = "t-order";
+    type Data = Plan;
+}
+
+/// The same name with data of any shape (a client whose copy of the data
+/// type went out of step).
+struct LooseOrderContract;
+
+impl catga::saga::SagaContract for LooseOrderContract {
+    const NAME: &'static str = "t-order";
+    type Data = serde_json::Value;
+}
+
+struct HurriedContract;
+
+impl catga::saga::SagaContract for HurriedContract {
+    const NAME: &'static str = "t-hurried";
+    type Data = Plan;
+}
+
+#[tokio::test]
+async fn a_client_starts_a_saga_it_does_not_run_on_an_instance_that_does_and_awaits_its_outcome() {
+    let (store, bus) = (Store::memory(), MemoryBus::new());
+    let runner = Catga::builder()
+        .service("sagas")
+        .instance_id("remote-runner")
+        .memory_bus(bus.clone())
+        .store(store.clone())
+        .handlers_where(|_| false)
+        .start()
+        .await
+        .unwrap();
+    let client = Catga::builder()
+        .service("client")
+        .memory_bus(bus.clone())
+        .store(store.clone())
+        .client_only()
+        .start()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert!(client.submit_remote_saga::<OrderContract>("remote-1", Plan::default()).await.unwrap());
+    assert!(!client.submit_remote_saga::<OrderContract>("remote-1", Plan::default()).await.unwrap(), "exists");
+    let outcome = client.saga_outcome("t-order", "remote-1", Duration::from_secs(10)).await.unwrap();
+    println!("remote start → outcome in {:?}", started.elapsed());
+    assert_eq!(outcome, SagaOutcome::Completed);
+    assert_eq!(effects("remote-1"), ["charge", "reserve", "create", "notify"]);
+    let info = client.saga_status_by_name("t-order", "remote-1").await.unwrap().unwrap();
+    assert_eq!(info.history.len(), 4);
+    assert_eq!(info.history[0].attempts, 1, "the runner recorded the first attempt");
+    // Finished already: answered from the store.
+    assert_eq!(client.saga_outcome("t-order", "remote-1", Duration::from_secs(1)).await.unwrap(), outcome);
+
+    // A failing one compensates, and the waiter hears it.
+    let plan = Plan { fail_step: Some("create".into()), ..Plan::default() };
+    client.submit_remote_saga::<OrderContract>("remote-2", plan).await.unwrap();
+    let outcome = client.saga_outcome("t-order", "remote-2", Duration::from_secs(10)).await.unwrap();
+    assert!(matches!(&outcome, SagaOutcome::Compensated { error } if error.contains("create")), "{outcome:?}");
+
+    // Data this build cannot decode: it ends failed, saying so.
+    let bogus = serde_json::json!({ "bogus": true });
+    client.submit_remote_saga::<LooseOrderContract>("remote-3", bogus).await.unwrap();
+    let outcome = client.saga_outcome("t-order", "remote-3", Duration::from_secs(10)).await.unwrap();
+    assert!(matches!(&outcome, SagaOutcome::Failed { error } if error.contains("does not decode")), "{outcome:?}");
+    assert!(effects("remote-3").is_empty());
+
+    // The definition's deadline holds for a saga started remotely.
+    let slow = Plan { slow_step: Some(("second".into(), 1_000)), ..Plan::default() };
+    client.submit_remote_saga::<HurriedContract>("remote-4", slow).await.unwrap();
+    let outcome = client.saga_outcome("t-hurried", "remote-4", Duration::from_secs(10)).await.unwrap();
+    assert!(matches!(&outcome, SagaOutcome::Compensated { error } if error.contains("deadline")), "{outcome:?}");
+
+    let unknown = client.saga_outcome("t-order", "never-started", Duration::from_secs(1)).await.unwrap_err();
+    assert!(unknown.to_string().contains("no such saga"), "{unknown}");
+    let bad = client.submit_remote_saga::<OrderContract>("with{brace}", Plan::default()).await.unwrap_err();
+    assert!(bad.to_string().contains("without `{`"), "{bad}");
+    client.shutdown().await;
+    runner.shutdown().await;
+}

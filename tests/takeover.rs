@@ -262,3 +262,51 @@ async fn a_sagas_deadline_fires_once_on_the_survivor_after_a_kill_9_of_the_insta
     assert!(submitted.elapsed() < Duration::from_secs(20), "no saga waited for its 20 s step");
     app.shutdown().await;
 }
+
+/// The `slow-order` saga as a client that does not link it knows it.
+struct SlowContract;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Slow {
+    slow_ms: u64,
+    finish_ms: u64,
+}
+
+impl catga::saga::SagaContract for SlowContract {
+    const NAME: &'static str = "slow-order";
+    type Data = Slow;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_a_client_submits_run_on_the_services_instances_and_their_outcomes_reach_it_across_a_kill_9() {
+    let (nats, redis) = (NatsServer::start(), RedisServer::start());
+    let mut instances: Vec<ServiceProcess> = (0..3).map(|i| start(&nats, &redis, &format!("remote-{i}"))).collect();
+    let app = client(&nats, &redis).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // the instances sweep
+    let ids: Vec<String> = (0..12).map(|n| format!("remote-{n}")).collect();
+    let started = Instant::now();
+    for id in &ids {
+        assert!(app.submit_remote_saga::<SlowContract>(id, Slow { slow_ms: 1500, finish_ms: 0 }).await.unwrap());
+    }
+    let waits: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (app, id) = (app.clone(), id.clone());
+            tokio::spawn(async move { app.saga_outcome("slow-order", &id, Duration::from_secs(30)).await })
+        })
+        .collect();
+    // Kill the instance running the first of them, mid-step.
+    let (victim, _, _) = first_line(&mut instances, "submitted by a client taken to run here", Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    instances[victim].kill();
+    for (id, wait) in ids.iter().zip(waits) {
+        let outcome = wait.await.unwrap().unwrap();
+        assert_eq!(outcome, catga::saga::SagaOutcome::Completed, "{id}");
+        for what in ["work:forward", "finish:forward"] {
+            let applied = app.store().set_members(&Key::new(format!("ledger:{id}"), what)).await.unwrap();
+            assert_eq!(applied.len(), 1, "{id}: {what} applied {applied:?}");
+        }
+    }
+    println!("12 sagas submitted by a client, one runner killed: every outcome heard after {:?}", started.elapsed());
+    app.shutdown().await;
+}

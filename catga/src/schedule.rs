@@ -53,8 +53,6 @@
 //! - In memory (no `CATGA_REDIS_URL`) the same holds for the instances of
 //!   one process.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -66,8 +64,8 @@ use crate::message::{Command, Event};
 use crate::metadata::Metadata;
 use crate::timers::queue_of;
 use crate::trace::TraceContext;
-use crate::transport::Encoded;
 use crate::transport::envelope::codec_error;
+use crate::transport::{Encoded, intern_subject};
 
 /// When a message is to be delivered, and (optionally) its id.
 #[derive(Debug, Clone)]
@@ -230,7 +228,7 @@ pub(crate) async fn deliver(app: &App, id: &str, item: &[u8]) -> Next {
             return Next::Done;
         }
     };
-    let subject = match intern(&header.subject) {
+    let subject = match intern_subject(&header.subject) {
         Ok(subject) => subject,
         Err(reason) => {
             tracing::error!(id, subject = header.subject, reason, "scheduled message cannot be delivered; dropped");
@@ -290,34 +288,6 @@ fn read(item: &[u8]) -> std::result::Result<(Header, &[u8]), String> {
     Ok((header, &item[end + 1..]))
 }
 
-/// The most subjects scheduled messages name in one process (each is kept
-/// for the process's life, as a contract's subject is).
-const MAX_SUBJECTS: usize = 10_000;
-
-/// The subject as the transports take it: `&'static`, as a contract's.
-/// Scheduled messages name contracts' subjects, so this set stays small.
-fn intern(subject: &str) -> std::result::Result<&'static str, &'static str> {
-    static SUBJECTS: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
-    let valid = !subject.is_empty()
-        && subject.len() <= 256
-        && !subject.split('.').any(|t| t.is_empty() || t == "*" || t == ">")
-        && !subject.contains(|c: char| c.is_whitespace());
-    if !valid {
-        return Err("not a subject a message can be sent to");
-    }
-    let mut subjects = SUBJECTS.lock().unwrap_or_else(|e| e.into_inner());
-    let subjects = subjects.get_or_insert_with(HashSet::new);
-    if let Some(known) = subjects.get(subject) {
-        return Ok(known);
-    }
-    if subjects.len() >= MAX_SUBJECTS {
-        return Err("too many distinct subjects in scheduled messages");
-    }
-    let leaked: &'static str = Box::leak(subject.to_owned().into_boxed_str());
-    subjects.insert(leaked);
-    Ok(leaked)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,15 +313,5 @@ mod tests {
         assert_eq!((read.kind, read.subject.as_str(), read.due), (Kind::Send, "orders.remind", 42));
         assert_eq!(payload, b"\n\x00binary\n");
         assert!(super::read(b"no header at all").is_err());
-    }
-
-    #[test]
-    fn subjects_are_checked_and_interned_once() {
-        let a = intern("orders.remind").unwrap();
-        let b = intern(&String::from("orders.remind")).unwrap();
-        assert!(std::ptr::eq(a, b));
-        for bad in ["", "orders.*", "orders.>", "a..b", "has space", ".a"] {
-            assert!(intern(bad).is_err(), "{bad:?}");
-        }
     }
 }

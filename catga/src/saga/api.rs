@@ -4,10 +4,11 @@ use std::time::Duration;
 
 use crate::app::App;
 use crate::error::{Error, Result};
-use crate::saga::definition::Saga;
+use crate::saga::definition::{Saga, SagaContract, SagaDef};
 use crate::saga::runner::run;
-use crate::saga::status::{SagaInfo, SagaOutcome, SagaStatus};
-use crate::saga::store;
+use crate::saga::status::{SagaEnded, SagaInfo, SagaOutcome, SagaStatus, ended_subject};
+use crate::saga::store::{self, Holder, New};
+use crate::transport::intern_subject;
 
 /// How one start of a saga differs from its definition's defaults.
 ///
@@ -69,6 +70,80 @@ impl App {
         submit::<S>(self, id, data, options).await
     }
 
+    /// Start saga `id` of the type contract `C` names on an instance that
+    /// runs that saga — this program need not link it (a client, another
+    /// service). Returns once the saga is in the store (`Ok(false)` if saga
+    /// `id` exists already: nothing new starts); an instance that runs the
+    /// type takes it at its next sweep (within
+    /// [`Config::saga_sweep_interval`](crate::Config::saga_sweep_interval))
+    /// and runs it with its own definition (and its deadline, unless
+    /// `options` gives one). Wait for the outcome with
+    /// [`saga_outcome`](App::saga_outcome).
+    pub async fn submit_remote_saga<C: SagaContract>(&self, id: &str, data: C::Data) -> Result<bool> {
+        self.submit_remote_saga_with::<C>(id, data, SagaOptions::default()).await
+    }
+
+    /// [`submit_remote_saga`](App::submit_remote_saga) with [`SagaOptions`].
+    pub async fn submit_remote_saga_with<C: SagaContract>(
+        &self,
+        id: &str,
+        data: C::Data,
+        options: SagaOptions,
+    ) -> Result<bool> {
+        self.instance().check_open()?;
+        check_name(C::NAME, id)?;
+        let new = New { saga: C::NAME, first_step: None, definition: None, deadline: options.deadline, data };
+        let Some((lease, state, _)) = store::create(self, id, new, Holder::Unassigned).await? else { return Ok(false) };
+        // Free at once: the instance that takes it over need not wait.
+        let _ = self.store().release_lease(&lease).await;
+        tracing::debug!(saga = C::NAME, id = state.id, "saga submitted for an instance that runs it");
+        Ok(true)
+    }
+
+    /// Wait until saga `id` of the named type finishes (started here or
+    /// anywhere) and return its outcome: at once if it has, else as soon as
+    /// the instance that finishes it publishes the fact
+    /// ([`SagaEnded`] on `catga.saga.<name>.ended`
+    /// — no polling; the store is read again every 5 s in case that message
+    /// was lost with its instance). An error after `timeout`, or if no such
+    /// saga exists.
+    pub async fn saga_outcome(&self, saga: &str, id: &str, timeout: Duration) -> Result<SagaOutcome> {
+        self.instance().check_open()?;
+        let failed = |reason: String| Error::Saga { saga: saga.to_owned(), id: id.to_owned(), reason };
+        let subject = intern_subject(&ended_subject(saga)).map_err(|e| failed(format!("{e}: {saga:?}")))?;
+        // Watch first, then read: an end between the two is not missed.
+        let mut ended = self.instance().transport.watch(subject).await?;
+        let clock = self.instance().clock;
+        let deadline = clock.now() + timeout;
+        loop {
+            match store::status(saga, self, id).await? {
+                None => return Err(failed("no such saga (it was never started, or its state was deleted)".into())),
+                Some(info) => {
+                    if let Some(outcome) = info.outcome() {
+                        return Ok(outcome);
+                    }
+                }
+            }
+            let wake = deadline.min(clock.now() + OUTCOME_RECHECK);
+            loop {
+                tokio::select! {
+                    payload = ended.next() => match payload {
+                        Some(payload) => {
+                            if serde_json::from_slice::<SagaEnded>(&payload).is_ok_and(|e| e.id == id) {
+                                break;
+                            }
+                        }
+                        None => return Err(failed("the transport closed while waiting for its outcome".into())),
+                    },
+                    _ = tokio::time::sleep_until(wake) => break,
+                }
+            }
+            if clock.now() >= deadline {
+                return Err(failed(format!("it did not finish within {timeout:?}; query it with saga_status")));
+            }
+        }
+    }
+
     /// Where saga `id` of type `S` is, if it exists.
     pub async fn saga_status<S: Saga>(&self, id: &str) -> Result<Option<SagaInfo>> {
         store::status(S::definition().name, self, id).await
@@ -111,9 +186,20 @@ impl App {
 /// Start saga `id` of type `S` with `data` and run it here to its end; a
 /// saga with this id that exists already is not started again: its outcome
 /// is awaited instead.
+/// What a saga of this build's definition starts with.
+fn new<D>(def: &'static SagaDef<D>, data: D, options: SagaOptions) -> New<D> {
+    New {
+        saga: def.name,
+        first_step: def.steps.first().map(|s| s.name),
+        definition: Some(def.path()),
+        deadline: options.deadline.or(def.deadline_ms.map(Duration::from_millis)),
+        data,
+    }
+}
+
 async fn start<S: Saga>(app: &App, id: &str, data: S::Data, options: SagaOptions) -> Result<SagaOutcome> {
     let def = S::definition();
-    let Some((lease, state, version)) = store::create(def, app, id, data, options.deadline).await? else {
+    let Some((lease, state, version)) = store::create(app, id, new(def, data, options), Holder::Here).await? else {
         return store::wait_for_outcome(def.name, app, id).await;
     };
     app.instance().metrics.saga_started(def.name);
@@ -135,7 +221,7 @@ async fn start<S: Saga>(app: &App, id: &str, data: S::Data, options: SagaOptions
 /// state is in the store (`true`), or at once if it exists (`false`).
 async fn submit<S: Saga>(app: &App, id: &str, data: S::Data, options: SagaOptions) -> Result<bool> {
     let def = S::definition();
-    let Some((lease, state, version)) = store::create(def, app, id, data, options.deadline).await? else {
+    let Some((lease, state, version)) = store::create(app, id, new(def, data, options), Holder::Here).await? else {
         return Ok(false);
     };
     app.instance().metrics.saga_started(def.name);
@@ -147,4 +233,23 @@ async fn submit<S: Saga>(app: &App, id: &str, data: S::Data, options: SagaOption
         }
     });
     Ok(true)
+}
+
+/// How often a wait for an outcome reads the store anyway (the message
+/// saying a saga ended is lost if its instance dies right after storing it).
+const OUTCOME_RECHECK: Duration = Duration::from_secs(5);
+
+/// A saga name as `#[saga(name = "..")]` accepts it, and an id.
+fn check_name(saga: &str, id: &str) -> Result<()> {
+    let ok = !saga.is_empty()
+        && saga.len() <= 100
+        && saga.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(Error::Saga {
+            saga: saga.to_owned(),
+            id: id.to_owned(),
+            reason: "a saga name is 1 to 100 letters, digits, '-', '_' or '.' (SagaContract::NAME)".into(),
+        });
+    }
+    Ok(())
 }

@@ -26,6 +26,32 @@ pub trait Saga: 'static {
     fn definition() -> &'static SagaDef<Self::Data>;
 }
 
+/// A saga as a client that does not run it sees it: its name and data type,
+/// shared like a command's contract (in a contracts crate), without its
+/// steps. [`App::submit_remote_saga`](crate::App::submit_remote_saga)
+/// starts one on an instance that runs it.
+///
+/// ```
+/// use catga::prelude::*;
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// pub struct OrderData { pub id: String, pub cents: u64 }
+///
+/// /// The `order` saga, as its clients know it.
+/// pub struct OrderSagaContract;
+///
+/// impl catga::saga::SagaContract for OrderSagaContract {
+///     const NAME: &'static str = "order";
+///     type Data = OrderData;
+/// }
+/// ```
+pub trait SagaContract: 'static {
+    /// The saga's name, as `#[saga(name = "..")]` gives it.
+    const NAME: &'static str;
+    /// Its data type (the same JSON shape as the saga's).
+    type Data: Serialize + DeserializeOwned + Send + Sync + 'static;
+}
+
 /// A step as `#[step]` declared it.
 pub type StepFn<D> = for<'a> fn(&'a mut D, &'a SagaContext) -> BoxFuture<'a, Result<(), StepError>>;
 /// A compensation: it sees the data as the step left it.

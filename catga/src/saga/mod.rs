@@ -93,6 +93,7 @@ pub(crate) mod store;
 pub use api::SagaOptions;
 pub use context::SagaContext;
 pub use definition::{
-    CompensationFn, Saga, SagaDef, SagaEntry, SagaRecord, Step, StepError, StepFn, StepKind, sagas, validate,
+    CompensationFn, Saga, SagaContract, SagaDef, SagaEntry, SagaRecord, Step, StepError, StepFn, StepKind, sagas,
+    validate,
 };
-pub use status::{Direction, HistoryEntry, SagaInfo, SagaOutcome, SagaStatus};
+pub use status::{Direction, HistoryEntry, SagaEnded, SagaInfo, SagaOutcome, SagaStatus, ended_subject};

@@ -42,10 +42,10 @@ use crate::future::BoxFuture;
 use crate::instance::Instance;
 use crate::liveness::{Judge, beat_key, instance_of, members_key, sagas_owned_key, sweepers_key};
 use crate::saga::definition::{SagaDef, SagaEntry, SagaRecord};
-use crate::saga::runner::run;
-use crate::saga::status::{SagaOutcome, State};
-use crate::saga::store::{index_key, owned_entry, owner, parse_owned, state_key, unindex};
-use crate::store::Takeover;
+use crate::saga::runner::{publish_ended, run};
+use crate::saga::status::{SagaOutcome, SagaStatus, State};
+use crate::saga::store::{UNASSIGNED, encode, index_key, owned_entry, owner, parse_owned, state_key, unindex};
+use crate::store::{Expect, Lease, Takeover, Versioned};
 
 /// Beats a sweep reads at once.
 const BEAT_READS: usize = 64;
@@ -71,6 +71,7 @@ pub(crate) async fn start(instance: &Arc<Instance>, sagas: Vec<&'static SagaReco
         stale: HashSet::new(),
         inherited,
         last_full: None,
+        submitted: HashMap::new(),
     };
     tokio::spawn(sweep.run(instance.config.saga_sweep_interval));
 }
@@ -135,23 +136,59 @@ where
     let state: State<D> = match serde_json::from_slice(&stored.value) {
         Ok(state) => state,
         Err(e) => {
+            let reason = format!("its stored state does not decode as `{}`: {e}", (def.data_type)());
+            let failed = fail_undecodable(app, def.name, id, &stored, &lease, &reason).await;
             let _ = store.release_lease(&lease).await;
-            return Err(Error::Saga {
-                saga: def.name.to_owned(),
-                id: id.to_owned(),
-                reason: format!("its stored state does not decode as `{}`: {e}", (def.data_type)()),
-            });
+            return match failed {
+                Ok(()) => Ok(None),
+                Err(_) => Err(Error::Saga { saga: def.name.to_owned(), id: id.to_owned(), reason }),
+            };
         }
     };
     if state.status.is_finished() {
         let _ = store.release_lease(&lease).await;
         unindex(app, def.name, id, state.status).await?;
+        // Its instance may have died before saying so.
+        publish_ended(app, def.name, &state).await;
         return Ok(None);
     }
-    let from = if from.is_empty() { "(free lease)" } else { from };
-    tracing::info!(saga = def.name, id, from, status = ?state.status, step = state.next, "saga taken over");
-    app.instance().metrics.taken_over(def.name);
+    if from == UNASSIGNED {
+        tracing::info!(saga = def.name, id, "saga submitted by a client taken to run here");
+    } else {
+        let from = if from.is_empty() { "(free lease)" } else { from };
+        tracing::info!(saga = def.name, id, from, status = ?state.status, step = state.next, "saga taken over");
+        app.instance().metrics.taken_over(def.name);
+    }
     run(def, app, lease, state, stored.version, false).await.map(Some)
+}
+
+/// A saga whose stored data this build cannot decode (a client's remote
+/// start with data of another shape, a state from an incompatible build):
+/// ended `Failed` with the reason, through its JSON, so it is listed for an
+/// operator rather than retried every round.
+async fn fail_undecodable(
+    app: &App,
+    saga: &'static str,
+    id: &str,
+    stored: &Versioned,
+    lease: &Lease,
+    reason: &str,
+) -> Result<()> {
+    let mut state: State<serde_json::Value> = serde_json::from_slice(&stored.value).map_err(|e| Error::Saga {
+        saga: saga.to_owned(),
+        id: id.to_owned(),
+        reason: format!("its stored state is not readable: {e}"),
+    })?;
+    tracing::error!(saga, id, reason, "saga cannot run here; it ends failed");
+    state.status = SagaStatus::Failed;
+    state.error = Some(reason.to_owned());
+    let now = app.instance().clock.epoch_ms();
+    (state.updated_at, state.finished_at) = (Some(now), Some(now));
+    let (key, _) = state_key(saga, id);
+    app.store().put_fenced(&key, Expect::Version(stored.version), &encode(saga, &state)?, lease).await?;
+    unindex(app, saga, id, SagaStatus::Failed).await?;
+    publish_ended(app, saga, &state).await;
+    Ok(())
 }
 
 /// One instance's recovery sweep (see the module docs).
@@ -170,6 +207,8 @@ struct Sweep {
     inherited: HashSet<String>,
     /// When the active indexes were last read whole.
     last_full: Option<tokio::time::Instant>,
+    /// Sagas submitted by clients, with the round they were first seen in.
+    submitted: HashMap<String, u64>,
 }
 
 impl Sweep {
@@ -184,6 +223,7 @@ impl Sweep {
             self.round += 1;
             self.own(&app).await;
             self.dead_owners(&app).await;
+            self.unassigned(&app).await;
             let full_every = app.config().saga_lease_ttl;
             if self.last_full.is_none_or(|at| at.elapsed() >= full_every) {
                 self.last_full = Some(clock.now());
@@ -311,15 +351,49 @@ impl Sweep {
                 let Some((name, id)) = parse_owned(entry) else { continue };
                 let Some(record) = self.record(name) else { continue };
                 if !sweepers.contains_key(record.name) {
-                    let mut live = store.set_members(&sweepers_key(record.name)).await.unwrap_or_default();
-                    live.retain(|s| *s != me && !self.dead.contains_key(s));
-                    sweepers.insert(record.name, live);
+                    sweepers.insert(record.name, self.live_sweepers(app, record.name, &me).await);
                 }
                 if rank(entry, &me, &sweepers[record.name]) <= widen {
                     self.take(app, record, id, &gone);
                 }
             }
         }
+    }
+
+    /// Sagas a client submitted for an instance that runs their type
+    /// (`App::submit_remote_saga`): shared among the live sweepers of the
+    /// type by rank, as a dead instance's are — the first-ranked takes it at
+    /// its next round, the next ones two rounds later if it is still there.
+    async fn unassigned(&mut self, app: &App) {
+        let entries = match app.store().set_members(&sagas_owned_key(UNASSIGNED)).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::debug!(error = %e, "saga sweep: cannot read the sagas submitted by clients");
+                return;
+            }
+        };
+        self.submitted.retain(|entry, _| entries.contains(entry));
+        let me = app.instance_id().to_owned();
+        let mut sweepers: HashMap<&str, Vec<String>> = HashMap::new();
+        for entry in &entries {
+            let Some((name, id)) = parse_owned(entry) else { continue };
+            // A type this instance does not link is for others.
+            let Some(record) = self.record(name) else { continue };
+            let since = *self.submitted.entry(entry.clone()).or_insert(self.round);
+            if !sweepers.contains_key(record.name) {
+                sweepers.insert(record.name, self.live_sweepers(app, record.name, &me).await);
+            }
+            if rank(entry, &me, &sweepers[record.name]) <= ((self.round - since) / 2) as usize {
+                self.take(app, record, id, UNASSIGNED);
+            }
+        }
+    }
+
+    /// The other live instances that recover sagas of type `saga`.
+    async fn live_sweepers(&self, app: &App, saga: &str, me: &str) -> Vec<String> {
+        let mut live = app.store().set_members(&sweepers_key(saga)).await.unwrap_or_default();
+        live.retain(|s| s != me && !self.dead.contains_key(s));
+        live
     }
 
     /// The last resort: every saga in the active indexes whose lease is

@@ -12,13 +12,16 @@ use tracing::Instrument;
 
 use crate::app::App;
 use crate::backoff::Backoff;
+use crate::codec::{Codec, Json};
 use crate::error::{Error, HandlerError, Result};
 use crate::future::{BoxFuture, CatchUnwind, panic_message};
+use crate::metadata::Metadata;
 use crate::saga::context::SagaContext;
 use crate::saga::definition::{SagaDef, Step, StepError, StepKind, remap};
-use crate::saga::status::{Direction, HistoryEntry, SagaOutcome, SagaStatus, State};
+use crate::saga::status::{Direction, HistoryEntry, SagaEnded, SagaOutcome, SagaStatus, State, ended_subject};
 use crate::saga::store::{encode, state_key, unindex};
 use crate::store::{Expect, Lease};
+use crate::transport::{Encoded, intern_subject};
 
 /// Run (or continue) a saga while holding its lease, to its end.
 /// `attempt_recorded`: the stored state already counts the next step's
@@ -51,16 +54,35 @@ where
         app.instance().metrics.saga_ended(def.name, status);
     }
     let store = app.store();
-    if outcome.is_ok()
-        && let Err(e) = unindex(app, def.name, &run.state.id, run.state.status).await
-    {
-        tracing::warn!(error = %e, "saga finished but could not leave the sweep index; the next sweep retries");
+    if outcome.is_ok() {
+        if let Err(e) = unindex(app, def.name, &run.state.id, run.state.status).await {
+            tracing::warn!(error = %e, "saga finished but could not leave the sweep index; the next sweep retries");
+        }
+        publish_ended(app, def.name, &run.state).await;
     }
     // Finished, handed over by a drain, or stopped by an error: either way
     // the next sweep (here or elsewhere) may continue it at once. A lease
     // that was lost is no longer ours to release; this is then a no-op.
     let _ = store.release_lease(&run.lease).await;
     outcome
+}
+
+/// Tell whoever waits ([`App::saga_outcome`], event handlers) that a saga
+/// ended: [`SagaEnded`] on its type's subject, fire and forget (a lost one
+/// is made up for by the waiters' reads of the store).
+pub(crate) async fn publish_ended<D>(app: &App, saga: &'static str, state: &State<D>) {
+    let Ok(subject) = intern_subject(&ended_subject(saga)) else { return };
+    let ended =
+        SagaEnded { saga: saga.to_owned(), id: state.id.clone(), status: state.status, error: state.error.clone() };
+    let Ok(payload) = serde_json::to_vec(&ended) else { return };
+    let message = Encoded { subject, payload, content_type: Json::CONTENT_TYPE, durable: false };
+    let mut meta = Metadata::root();
+    if let Some(origin) = state.trace_origin() {
+        meta = meta.in_trace(&origin);
+    }
+    if let Err(e) = app.instance().publish_encoded(message, meta).await {
+        tracing::debug!(saga, id = state.id, error = %e, "could not publish that the saga ended");
+    }
 }
 
 struct Run<'a, D: 'static> {
@@ -365,6 +387,18 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
     /// `Failed` naming what changed. Never run on with a step it was not at.
     async fn reconcile(&mut self) -> Result<()> {
         let here = self.def.path();
+        let state = &mut self.state;
+        let untouched = state.status == SagaStatus::Running && state.next == 0 && state.history.is_empty();
+        if state.definition.is_none() && state.created_at.is_some() && untouched {
+            // Created by a client that does not link the saga (a remote
+            // start): it runs under this build's definition and deadline.
+            state.definition = Some(here);
+            state.step = self.def.steps.first().map(|s| s.name.to_owned());
+            if let (None, Some(created), Some(ms)) = (state.deadline_at, state.created_at, self.def.deadline_ms) {
+                state.deadline_at = Some(created.saturating_add(ms));
+            }
+            return Ok(());
+        }
         let Some(stored) = &self.state.definition else { return Ok(()) };
         if *stored == here || self.state.status.is_finished() {
             return Ok(());

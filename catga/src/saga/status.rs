@@ -71,6 +71,29 @@ pub enum Direction {
     Compensate,
 }
 
+/// What an instance publishes when it finishes a saga, on
+/// `catga.saga.<name>.ended` (JSON): what
+/// [`App::saga_outcome`](crate::App::saga_outcome) waits for, and what any
+/// service may handle with an event contract of that subject and these
+/// fields. Published once the outcome is stored (at most once more by an
+/// instance that finds the saga finished when it takes it over).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaEnded {
+    /// The saga's name.
+    pub saga: String,
+    /// Its id.
+    pub id: String,
+    /// `completed`, `compensated` or `failed`.
+    pub status: SagaStatus,
+    /// The error that made it compensate or fail.
+    pub error: Option<String>,
+}
+
+/// The subject a saga type's [`SagaEnded`] events are published on.
+pub fn ended_subject(saga: &str) -> String {
+    format!("catga.saga.{saga}.ended")
+}
+
 /// A saga's persisted state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct State<D> {

@@ -25,7 +25,7 @@ use crate::app::App;
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::liveness::sagas_owned_key;
-use crate::saga::definition::{SagaDef, sagas};
+use crate::saga::definition::sagas;
 use crate::saga::status::{SagaInfo, SagaOutcome, SagaStatus, State, from_epoch_ms};
 use crate::store::{Expect, Key, Lease, StoreError};
 use std::time::Duration;
@@ -92,34 +92,65 @@ pub(crate) async fn unindex(app: &App, saga: &str, id: &str, status: SagaStatus)
 /// while the saga's state is not written yet.
 const CREATE_RETRY: Backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
 
+/// The owner under which a client's remote start leaves a saga for an
+/// instance that runs its type ([`App::submit_remote_saga`]): every sweeper
+/// of the type reads this owner's set every round and takes its share at
+/// once.
+pub(crate) const UNASSIGNED: &str = "~unassigned";
+
+/// Who creates a saga: this instance, which runs it now, or a client that
+/// leaves it to an instance of its type ([`UNASSIGNED`]).
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Holder {
+    Here,
+    Unassigned,
+}
+
+/// A saga to create: what its first state holds.
+pub(crate) struct New<D> {
+    pub(crate) saga: &'static str,
+    /// Its first step (unknown to a client that does not link it).
+    pub(crate) first_step: Option<&'static str>,
+    /// Its definition's path (unknown to such a client).
+    pub(crate) definition: Option<Vec<String>>,
+    /// Its deadline, from its start.
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) data: D,
+}
+
 /// Write a new saga's first state under a fresh lease; `None` if saga `id`
-/// exists. `deadline` (from its start) overrides the definition's. A lease held by someone else while no state is written means the
+/// exists. A lease held by someone else while no state is written means the
 /// saga is being created elsewhere right now, or its creator died between
 /// the two writes (the lease then lives until a survivor takes the dead
 /// instance's sagas over and finds nothing to run, about the liveness
 /// timeout later), or a sweep is looking at it: it waits (up to three
 /// liveness timeouts) for the state to appear or the lease to be free.
 pub(crate) async fn create<D: Serialize>(
-    def: &'static SagaDef<D>,
     app: &App,
     id: &str,
-    data: D,
-    deadline: Option<Duration>,
+    new: New<D>,
+    holder: Holder,
 ) -> Result<Option<(Lease, State<D>, u64)>> {
-    check_id(def.name, id)?;
+    let saga = new.saga;
+    check_id(saga, id)?;
     let store = app.store();
-    let (state_key, lease_key) = state_key(def.name, id);
+    let (state_key, lease_key) = state_key(saga, id);
     // Index first: the sweep finds every saga that may exist (a stale
     // entry is dropped by the sweep when it finds the saga finished).
-    store.set_add(&index_key(def.name), id).await?;
-    // In this instance's own set before the lease: whoever holds a saga's
-    // lease has it in their set, so the survivors of an owner that dies
-    // find it. (If another instance has it, this entry is dropped by this
-    // instance's sweep — or, on a client, by the survivors once it stops.)
-    store.set_add(&sagas_owned_key(app.instance_id()), &owned_entry(def.name, id)).await?;
+    store.set_add(&index_key(saga), id).await?;
+    // In the holder's set before the lease: whoever holds a saga's lease
+    // has it in their set, so the survivors of an owner that dies find it.
+    // (If another instance has it, this entry is dropped by this
+    // instance's sweep — or, on a client, by the survivors once it stops;
+    // an unassigned one by the sweeper that looks at it.)
+    let (set, me) = match holder {
+        Holder::Here => (sagas_owned_key(app.instance_id()), owner(app)),
+        Holder::Unassigned => (sagas_owned_key(UNASSIGNED), format!("{UNASSIGNED}#{:08x}", fastrand::u32(..))),
+    };
+    store.set_add(&set, &owned_entry(saga, id)).await?;
     // No read first: the write below expects no state, so an existing saga
     // is refused there (a new saga, the common case, saves a round trip).
-    let (me, clock) = (owner(app), app.instance().clock);
+    let clock = app.instance().clock;
     let (started, limit) = (clock.now(), app.config().heartbeat_timeout * 3);
     let mut tries = 0;
     let lease = loop {
@@ -131,7 +162,7 @@ pub(crate) async fn create<D: Serialize>(
         }
         if started.elapsed() >= limit {
             return Err(Error::Saga {
-                saga: def.name.to_owned(),
+                saga: saga.to_owned(),
                 id: id.to_owned(),
                 reason: format!(
                     "another instance holds its lease but wrote no state within {limit:?} (it is being created \
@@ -144,19 +175,20 @@ pub(crate) async fn create<D: Serialize>(
     };
     let origin = app.trace_origin();
     let now = clock.epoch_ms();
-    let deadline = deadline.or(def.deadline_ms.map(Duration::from_millis));
     let state = State {
-        saga: def.name.to_owned(),
+        saga: saga.to_owned(),
         id: id.to_owned(),
         status: SagaStatus::Running,
         next: 0,
-        // The first step's first attempt, recorded with the saga itself.
-        attempts: 1,
+        // The first step's first attempt, recorded with the saga itself —
+        // by the instance that runs it now (an unassigned one's runner
+        // records it).
+        attempts: u32::from(holder == Holder::Here),
         failures: 0,
         transient: 0,
         last_error: None,
-        step: def.steps.first().map(|s| s.name.to_owned()),
-        data,
+        step: new.first_step.map(str::to_owned),
+        data: new.data,
         traceparent: Some(origin.traceparent()),
         tracestate: origin.tracestate().map(str::to_owned),
         history: Vec::new(),
@@ -164,10 +196,10 @@ pub(crate) async fn create<D: Serialize>(
         created_at: Some(now),
         updated_at: Some(now),
         finished_at: None,
-        deadline_at: deadline.map(|d| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))),
-        definition: Some(def.path()),
+        deadline_at: new.deadline.map(|d| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))),
+        definition: new.definition,
     };
-    match store.put_fenced(&state_key, Expect::Absent, &encode(def.name, &state)?, &lease).await {
+    match store.put_fenced(&state_key, Expect::Absent, &encode(saga, &state)?, &lease).await {
         Ok(version) => Ok(Some((lease, state, version))),
         Err(e) => {
             let _ = store.release_lease(&lease).await;

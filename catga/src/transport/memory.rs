@@ -57,7 +57,12 @@ struct Bus {
     routes: ArcSwap<Routes>,
     /// Serialises the rare writers.
     write: Mutex<()>,
+    /// Who watches which subject's encoded events (see [`MemoryBus::watch`]).
+    watchers: Mutex<Vec<Watcher>>,
 }
+
+/// A subject and where its encoded events go.
+type Watcher = (&'static str, tokio::sync::mpsc::UnboundedSender<Vec<u8>>);
 
 #[derive(Default, Clone)]
 struct Routes {
@@ -216,9 +221,24 @@ impl MemoryBus {
         }
     }
 
+    /// Every event published on `subject` through the encoded path from now
+    /// on (what a saga outcome's waiter reads), until the receiver is dropped.
+    pub(crate) fn watch(&self, subject: &'static str) -> tokio::sync::mpsc::UnboundedReceiver<Vec<u8>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner()).push((subject, tx));
+        rx
+    }
+
     /// Deliver an event already encoded to its subscribers, through their
-    /// bytes path.
+    /// bytes path, and to its watchers.
     pub(crate) fn publish_encoded(&self, message: &Encoded<'_>, meta: Metadata) {
+        {
+            let mut watchers = self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner());
+            watchers.retain(|(_, tx)| !tx.is_closed());
+            for (_, tx) in watchers.iter().filter(|(subject, _)| *subject == message.subject) {
+                let _ = tx.send(message.payload.clone());
+            }
+        }
         let routes = self.inner.routes.load();
         let Some(s) = routes.subjects.get(message.subject) else { return };
         let broadcast = s.broadcast.iter().filter_map(admit);

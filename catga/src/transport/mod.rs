@@ -25,9 +25,10 @@ pub use durable::topology::stream_name;
 pub use envelope::headers;
 pub use secure::connect_client;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -140,6 +141,15 @@ impl Transport {
         }
     }
 
+    /// Watch the events published on `subject` from now on, as their
+    /// payloads.
+    pub(crate) async fn watch(&self, subject: &'static str) -> Result<Watch> {
+        match self {
+            Transport::Memory(bus) => Ok(Watch::Memory(bus.watch(subject))),
+            Transport::Nats(nats) => Ok(Watch::Nats(nats.watch(subject).await?)),
+        }
+    }
+
     /// Dead letters of `subject` (NATS JetStream only).
     pub(crate) async fn dead_letters(&self, subject: &str) -> Result<Vec<DeadLetter>> {
         match self {
@@ -192,6 +202,53 @@ pub(crate) struct Encoded<'a> {
     pub(crate) durable: bool,
 }
 
+/// The most subjects named at run time in one process (each is kept for
+/// the process's life, as a contract's subject is).
+const MAX_SUBJECTS: usize = 10_000;
+
+/// A subject named at run time (a scheduled message's, a saga type's
+/// outcome subject) as the transports take it: `&'static`, as a contract's.
+/// Those name contracts' subjects or saga types, so this set stays small.
+pub(crate) fn intern_subject(subject: &str) -> std::result::Result<&'static str, &'static str> {
+    static SUBJECTS: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let valid = !subject.is_empty()
+        && subject.len() <= 256
+        && !subject.split('.').any(|t| t.is_empty() || t == "*" || t == ">")
+        && !subject.contains(|c: char| c.is_whitespace());
+    if !valid {
+        return Err("not a subject a message can be sent to");
+    }
+    let mut subjects = SUBJECTS.lock().unwrap_or_else(|e| e.into_inner());
+    let subjects = subjects.get_or_insert_with(HashSet::new);
+    if let Some(known) = subjects.get(subject) {
+        return Ok(known);
+    }
+    if subjects.len() >= MAX_SUBJECTS {
+        return Err("too many distinct subjects in scheduled messages");
+    }
+    let leaked: &'static str = Box::leak(subject.to_owned().into_boxed_str());
+    subjects.insert(leaked);
+    Ok(leaked)
+}
+
+/// The events published on one subject, as a watcher reads them.
+pub(crate) enum Watch {
+    Memory(tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>),
+    Nats(async_nats::Subscriber),
+}
+
+impl Watch {
+    /// The next event's payload (`None`: the transport closed).
+    pub(crate) async fn next(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Watch::Memory(rx) => rx.recv().await,
+            Watch::Nats(subscriber) => {
+                futures_util::StreamExt::next(subscriber).await.map(|message| message.payload.to_vec())
+            }
+        }
+    }
+}
+
 /// A send in progress, on either transport.
 pub(crate) enum Sent<R> {
     Memory(memory::Pending<R>),
@@ -206,6 +263,21 @@ impl<R> Future for Sent<R> {
         match self.get_mut() {
             Sent::Memory(pending) => Pin::new(pending).poll(cx),
             Sent::Nats(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_checked_and_interned_once() {
+        let a = intern_subject("orders.remind").unwrap();
+        let b = intern_subject(&String::from("orders.remind")).unwrap();
+        assert!(std::ptr::eq(a, b));
+        for bad in ["", "orders.*", "orders.>", "a..b", "has space", ".a"] {
+            assert!(intern_subject(bad).is_err(), "{bad:?}");
         }
     }
 }

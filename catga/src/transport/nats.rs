@@ -381,6 +381,12 @@ impl Nats {
         self.publish_encoded(message, meta).await
     }
 
+    /// A plain subscription to `subject` (what a saga outcome's waiter reads).
+    pub(crate) async fn watch(&self, subject: &'static str) -> Result<async_nats::Subscriber> {
+        let subscriber = self.inner.conn.client.subscribe(subject).await;
+        subscriber.map_err(|e| Error::Transport { subject, reason: format!("cannot subscribe: {e}") })
+    }
+
     /// [`publish`](Nats::publish) of an event already encoded.
     pub(crate) async fn publish_encoded(&self, message: Encoded<'_>, meta: Metadata) -> Result<()> {
         let (subject, payload) = (message.subject, message.payload);
