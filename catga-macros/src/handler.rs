@@ -265,6 +265,7 @@ fn registration(kind: Kind, args: &Args, func: &ItemFn, sig: &Signature) -> Toke
                     idempotent: #idempotent,
                     file: ::core::file!(),
                     line: #line,
+                    saga: ::core::option::Option::None,
                     entry: <__CatgaHandler>::REGISTRATION.entry,
                 }
             }

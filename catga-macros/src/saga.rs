@@ -14,7 +14,7 @@ use syn::{FnArg, ImplItem, ImplItemFn, ItemImpl, LitInt, LitStr, Path, ReturnTyp
 use crate::attr::{Attr, Errors, flag, millis, read, set_checked_string, skip_value, syntax, unknown_key};
 
 const SAGA_KEYS: &[&str] = &["name", "data", "deadline", "crate"];
-const STEP_KEYS: &[&str] = &["compensate", "pivot", "retry", "timeout"];
+const STEP_KEYS: &[&str] = &["compensate", "pivot", "retry", "timeout", "wait", "key", "within"];
 
 struct SagaArgs {
     name: Option<LitStr>,
@@ -38,6 +38,11 @@ struct StepArgs {
     pivot: Option<syn::Ident>,
     retry: Option<u32>,
     timeout_ms: Option<u64>,
+    /// `wait = Event, key = field, within = "10m"`: the step waits for an
+    /// event whose `field` is the saga's id.
+    wait: Option<Type>,
+    key: Option<syn::Ident>,
+    within_ms: Option<u64>,
 }
 
 struct StepFn<'a> {
@@ -131,8 +136,20 @@ fn parse_step(attr: &syn::Attribute, errors: &mut Errors) -> StepArgs {
     let mut pivot = Attr::new("pivot");
     let mut retry = Attr::new("retry");
     let mut timeout = Attr::new("timeout");
+    let mut wait = Attr::new("wait");
+    let mut key_field = Attr::new("key");
+    let mut within = Attr::new("within");
     if matches!(attr.meta, syn::Meta::Path(_)) {
-        return StepArgs { compensates: false, compensate: None, pivot: None, retry: None, timeout_ms: None };
+        return StepArgs {
+            compensates: false,
+            compensate: None,
+            pivot: None,
+            retry: None,
+            timeout_ms: None,
+            wait: None,
+            key: None,
+            within_ms: None,
+        };
     }
     let parsed = attr.parse_nested_meta(|meta| {
         let key = &meta.path;
@@ -149,6 +166,16 @@ fn parse_step(attr: &syn::Attribute, errors: &mut Errors) -> StepArgs {
             retry.set(key, value, errors);
         } else if key.is_ident("timeout") {
             timeout.set(key, millis(&meta), errors);
+        } else if key.is_ident("wait") {
+            wait.set(key, syntax(&meta, "an event type", "PaymentConfirmed"), errors);
+        } else if key.is_ident("key") {
+            let value =
+                read(&meta, "`key` names the event's field that holds the saga id: `key = order_id`", |input| {
+                    input.parse::<syn::Ident>()
+                });
+            key_field.set(key, value, errors);
+        } else if key.is_ident("within") {
+            within.set(key, millis(&meta), errors);
         } else {
             errors.push(unknown_key(&meta, "#[step]", STEP_KEYS));
             skip_value(&meta);
@@ -158,12 +185,27 @@ fn parse_step(attr: &syn::Attribute, errors: &mut Errors) -> StepArgs {
     if let Err(e) = parsed {
         errors.push(e);
     }
+    let (wait, key, within_ms) = (wait.get(), key_field.get(), within.get());
+    match (&wait, &key) {
+        (Some(ty), None) => errors.at(
+            ty,
+            "a waiting step names the event's field that holds the saga id: `#[step(wait = Event, key = order_id)]`",
+        ),
+        (None, Some(k)) => errors.at(k, "`key` goes with `wait = Event`: the field of that event holding the saga id"),
+        _ => {}
+    }
+    if wait.is_none() && within_ms.is_some() {
+        errors.at(attr, "`within` goes with `wait = Event`: how long the step waits for it");
+    }
     StepArgs {
         compensates: compensate.given(),
         compensate: compensate.get(),
         pivot: pivot.get(),
         retry: retry.get(),
         timeout_ms: timeout.get(),
+        wait,
+        key,
+        within_ms,
     }
 }
 
@@ -221,7 +263,7 @@ fn check<'a>(
     let mut compensations = HashMap::new();
     for (ident, step_args) in parsed {
         let func = fns[&ident.to_string()];
-        check_fn(func, "step", "&mut ", errors);
+        check_fn(func, "step", "&mut ", step_args.wait.is_some(), errors);
         // A `compensate` with a malformed value still makes the step
         // compensatable, so it does not also break the order rules.
         let kind = match (step_args.compensates, &step_args.pivot) {
@@ -296,7 +338,7 @@ fn check<'a>(
                     let _ = comp;
                 }
                 Some(comp) => {
-                    check_fn(comp, "compensation", "&", errors);
+                    check_fn(comp, "compensation", "&", false, errors);
                     compensations.insert(name, *comp);
                 }
             }
@@ -309,6 +351,9 @@ fn check<'a>(
                 pivot: step_args.pivot.clone(),
                 retry: step_args.retry,
                 timeout_ms: step_args.timeout_ms,
+                wait: step_args.wait.clone(),
+                key: step_args.key.clone(),
+                within_ms: step_args.within_ms,
             },
             kind,
         });
@@ -326,11 +371,14 @@ fn check<'a>(
 }
 
 /// The shape every step and compensation has:
-/// `async fn name(data: &mut Data | &Data, ctx: &SagaContext) -> Result<(), E>`.
-fn check_fn(func: &ImplItemFn, what: &str, data_ref: &str, errors: &mut Errors) {
+/// `async fn name(data: &mut Data | &Data, ctx: &SagaContext) -> Result<(), E>`;
+/// a waiting step takes the event between them (by value).
+fn check_fn(func: &ImplItemFn, what: &str, data_ref: &str, waits: bool, errors: &mut Errors) {
     let sig = &func.sig;
     let name = &sig.ident;
-    let expected = format!("`async fn {name}(data: {data_ref}Data, ctx: &SagaContext) -> Result<(), StepError>`");
+    let event = if waits { "event: Event, " } else { "" };
+    let expected =
+        format!("`async fn {name}(data: {data_ref}Data, {event}ctx: &SagaContext) -> Result<(), StepError>`");
     if sig.asyncness.is_none() {
         errors.at(sig.fn_token, format!("a saga {what} must be an `async fn`: {expected}"));
     }
@@ -344,10 +392,18 @@ fn check_fn(func: &ImplItemFn, what: &str, data_ref: &str, errors: &mut Errors) 
             FnArg::Typed(t) => typed.push(&*t.ty),
         }
     }
-    if typed.len() != 2 {
+    let wanted = if waits { 3 } else { 2 };
+    if typed.len() != wanted {
         let span = if sig.inputs.is_empty() { sig.paren_token.span.join() } else { sig.inputs.span() };
-        errors.span(span, format!("a saga {what} takes the data and the context ({} given): {expected}", typed.len()));
+        let takes = if waits { "the data, the event and the context" } else { "the data and the context" };
+        errors.span(span, format!("a saga {what} takes {takes} ({} given): {expected}", typed.len()));
         return;
+    }
+    if waits {
+        if let Type::Reference(r) = typed[1] {
+            errors.at(r, format!("a waiting step takes the event by value: {expected}"));
+        }
+        typed.remove(1);
     }
     let mutable = data_ref.starts_with("&mut");
     match typed[0] {
@@ -391,7 +447,15 @@ struct Callee {
     thunk: TokenStream,
 }
 
-fn callee(block: &ItemImpl, args: &SagaArgs, data: &Type, func: &ImplItemFn, thunk: &syn::Ident, step: bool) -> Callee {
+fn callee(
+    block: &ItemImpl,
+    args: &SagaArgs,
+    data: &Type,
+    func: &ImplItemFn,
+    thunk: &syn::Ident,
+    step: bool,
+    wait: Option<&Type>,
+) -> Callee {
     let krate = &args.krate;
     let private = quote!(#krate::__private);
     let self_ty = &block.self_ty;
@@ -415,23 +479,53 @@ fn callee(block: &ItemImpl, args: &SagaArgs, data: &Type, func: &ImplItemFn, thu
         data_arg = quote!(<#data as #private::Same<#ty>>::#same_data(__catga_data));
     }
     let mut ctx_arg = quote!(__catga_ctx);
-    if let Some(ty) = ref_param(func, 1) {
+    let ctx_index = if wait.is_some() { 2 } else { 1 };
+    if let Some(ty) = ref_param(func, ctx_index) {
         checks.extend(quote_spanned!(ty.span()=> let _: &#ty = __catga_ctx;));
         conditions.push(quote!(for<'__catga> #ctx_ty: #private::Same<#ty>));
         ctx_arg = quote!(<#ctx_ty as #private::Same<#ty>>::same_ref(__catga_ctx));
     }
+    let mut event_arg = quote!(__catga_event);
+    if let (Some(event), Some(FnArg::Typed(param))) = (wait, func.sig.inputs.iter().nth(1)) {
+        let ty = &*param.ty;
+        checks.extend(quote_spanned!(ty.span()=> let _: #ty = __catga_event;));
+        conditions.push(quote!(for<'__catga> #event: #private::Same<#ty>));
+        event_arg = quote!(<#event as #private::Same<#ty>>::same(__catga_event));
+    }
     let check_fn = format_ident!("__catga_check_{}", ident);
+    let event_param = wait.map(|event| quote!(__catga_event: #event,));
     let checks = quote! {
         #[allow(dead_code, clippy::all)]
-        fn #check_fn(__catga_data: #check_ref #data, __catga_ctx: &#ctx_ty) {
+        fn #check_fn(__catga_data: #check_ref #data, #event_param __catga_ctx: &#ctx_ty) {
             #checks
         }
     };
-    let call = quote_spanned!(ident.span()=> __catga_step(<#self_ty>::#ident(#data_arg, #ctx_arg)));
     let result_ty = quote!(#private::BoxFuture<'__catga, ::core::result::Result<(), #krate::saga::StepError>>);
-    let thunk = quote! {
-        fn #thunk<'__catga>(__catga_data: #data_ref #data, __catga_ctx: &'__catga #ctx_ty) -> #result_ty {
-            #call
+    let thunk = match wait {
+        None => {
+            let call = quote_spanned!(ident.span()=> __catga_step(<#self_ty>::#ident(#data_arg, #ctx_arg)));
+            quote! {
+                fn #thunk<'__catga>(__catga_data: #data_ref #data, __catga_ctx: &'__catga #ctx_ty) -> #result_ty {
+                    #call
+                }
+            }
+        }
+        Some(event) => {
+            let call = quote_spanned!(ident.span()=> __catga_step(<#self_ty>::#ident(#data_arg, #event_arg, #ctx_arg)));
+            quote! {
+                fn #thunk<'__catga>(
+                    __catga_data: #data_ref #data,
+                    __catga_bytes: &'__catga [u8],
+                    __catga_ctx: &'__catga #ctx_ty,
+                ) -> #result_ty {
+                    #private::wait_step::<#event, _, _>(
+                        __catga_bytes,
+                        __catga_data,
+                        __catga_ctx,
+                        |__catga_data, __catga_event, __catga_ctx| #call,
+                    )
+                }
+            }
         }
     };
     Callee { checks, conditions, thunk }
@@ -454,10 +548,11 @@ fn expand_table(block: &ItemImpl, args: &SagaArgs, c: Checked) -> TokenStream {
     let mut conditions = vec![quote_spanned!(data.span()=> for<'__catga> #data: #private::SagaData)];
     let mut thunks = Vec::new();
     let mut rows = Vec::new();
+    let mut recorders = Vec::new();
     for step in &c.steps {
         let ident = &step.func.sig.ident;
         let thunk = format_ident!("__catga_step_{}", ident);
-        let part = callee(block, args, data, step.func, &thunk, true);
+        let part = callee(block, args, data, step.func, &thunk, true, step.args.wait.as_ref());
         checks.push(part.checks);
         conditions.extend(part.conditions);
         thunks.push(part.thunk);
@@ -469,7 +564,7 @@ fn expand_table(block: &ItemImpl, args: &SagaArgs, c: Checked) -> TokenStream {
         let compensation = match &step.args.compensate {
             Some(comp) => {
                 let comp_thunk = format_ident!("__catga_compensate_{}", comp);
-                let part = callee(block, args, data, c.compensations[&comp.to_string()], &comp_thunk, false);
+                let part = callee(block, args, data, c.compensations[&comp.to_string()], &comp_thunk, false, None);
                 checks.push(part.checks);
                 conditions.extend(part.conditions);
                 thunks.push(part.thunk);
@@ -485,14 +580,38 @@ fn expand_table(block: &ItemImpl, args: &SagaArgs, c: Checked) -> TokenStream {
             None => quote!(::core::option::Option::None),
         };
         let step_name = LitStr::new(&ident.to_string(), ident.span());
+        let (run, wait) = match (&step.args.wait, &step.args.key) {
+            (Some(event), Some(key)) => {
+                let key_name = LitStr::new(&key.to_string(), key.span());
+                let within = match step.args.within_ms {
+                    Some(ms) => quote!(::core::option::Option::Some(#ms)),
+                    None => quote!(::core::option::Option::None),
+                };
+                let (check, condition, recorder) = wait_parts(args, &name, ident, event, key);
+                checks.push(check);
+                conditions.push(condition);
+                recorders.push(recorder);
+                (
+                    quote!(#private::no_event),
+                    quote!(::core::option::Option::Some(#private::SagaWait {
+                        event: ::core::any::type_name::<#event>,
+                        key: #key_name,
+                        within_ms: #within,
+                        run: Self::#thunk,
+                    })),
+                )
+            }
+            _ => (quote!(Self::#thunk), quote!(::core::option::Option::None)),
+        };
         rows.push(quote! {
             #private::SagaStep {
                 name: #step_name,
                 kind: #private::SagaStepKind::#kind,
-                run: Self::#thunk,
+                run: #run,
                 compensation: #compensation,
                 retry: #retry,
                 timeout_ms: #timeout,
+                wait: #wait,
             }
         });
     }
@@ -567,6 +686,79 @@ fn expand_table(block: &ItemImpl, args: &SagaArgs, c: Checked) -> TokenStream {
                     entry: <__CatgaSaga>::ENTRY,
                 }
             }
+
+            #(#recorders)*
         };
     }
+}
+
+/// A waiting step's parts: the check that the event is an event and has
+/// the key field (spanned where they were written), the condition the table
+/// is guarded by, and the handler that records the event for its saga (a
+/// queue group per step, subscribed wherever the saga runs), guarded by
+/// the same (see `catga::__private`).
+fn wait_parts(
+    args: &SagaArgs,
+    saga: &LitStr,
+    step: &syn::Ident,
+    event: &Type,
+    key: &syn::Ident,
+) -> (TokenStream, TokenStream, TokenStream) {
+    let krate = &args.krate;
+    let private = quote!(#krate::__private);
+    let check_fn = format_ident!("__catga_wait_check_{}", step);
+    let is_event = quote_spanned!(event.span()=> #private::is_event::<#event>(););
+    let key_text = quote_spanned!(key.span()=> ::std::string::ToString::to_string(&__catga_event.#key));
+    let check = quote! {
+        #[allow(dead_code, clippy::all)]
+        fn #check_fn(__catga_event: &#event) -> ::std::string::String {
+            #is_event
+            #key_text
+        }
+    };
+    let condition = quote!(for<'__catga> #event: #krate::Event);
+    let guard = format_ident!("__CatgaWait_{}", step);
+    let step_name = LitStr::new(&step.to_string(), step.span());
+    let handler_name = LitStr::new(&format!("{}.{}", saga.value(), step), step.span());
+    let queue = LitStr::new(&format!("saga-{}-{}", saga.value(), step), step.span());
+    let recorder = quote! {
+        #[allow(non_camel_case_types)]
+        struct #guard;
+        impl #private::Unchecked for #guard {}
+
+        #[allow(clippy::all)]
+        impl #guard
+        where
+            for<'__catga> #event: #krate::Event,
+        {
+            const REGISTRATION: #private::Registration = #private::Registration::event::<#event>(&Self::ENTRY);
+            const ENTRY: #private::EventEntry<#event> = #private::EventEntry::new(Self::record);
+
+            fn record(__catga_delivery: #private::Delivery<#event>) {
+                #private::handle_event(__catga_delivery, |__catga_event: #event, __catga_ctx: #krate::Context| {
+                    let __catga_key = ::std::string::ToString::to_string(&__catga_event.#key);
+                    #private::saga_event(__catga_ctx, #saga, #step_name, __catga_key, __catga_event)
+                })
+            }
+        }
+
+        #private::inventory::submit! {
+            #private::HandlerRecord {
+                kind: #private::HandlerKind::Event,
+                name: #handler_name,
+                module: ::core::module_path!(),
+                subject: <#guard>::REGISTRATION.subject,
+                queue: ::core::option::Option::Some(#queue),
+                message_type: <#guard>::REGISTRATION.message_type,
+                reply_type: <#guard>::REGISTRATION.reply_type,
+                timeout_ms: ::core::option::Option::None,
+                idempotent: ::core::option::Option::Some(false),
+                file: ::core::file!(),
+                line: ::core::line!(),
+                saga: ::core::option::Option::Some(#saga),
+                entry: <#guard>::REGISTRATION.entry,
+            }
+        }
+    };
+    (check, condition, recorder)
 }

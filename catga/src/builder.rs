@@ -445,13 +445,16 @@ impl Builder {
             },
             (None, None) => Store::global_memory(),
         };
-        let mut handlers = registry::handlers();
-        if let Some(keep) = &self.filter {
-            handlers.retain(|h| keep(h));
-        }
-        registry::validate(&handlers, &config.service)?;
         let sagas = definition::sagas();
         definition::validate(&sagas)?;
+        let recovers = !sagas.is_empty() && self.sweeps;
+        let mut handlers = registry::handlers();
+        handlers.retain(|h| match h.saga {
+            // A saga's event recorder: wherever that saga runs.
+            Some(saga) => recovers && sagas.iter().any(|s| s.name == saga),
+            None => self.filter.as_ref().is_none_or(|keep| keep(h)),
+        });
+        registry::validate(&handlers, &config.service)?;
         for h in &handlers {
             tracing::info!(
                 kind = ?h.kind,
@@ -490,7 +493,6 @@ impl Builder {
         // claims judges it by its beats. An instance that may run sagas
         // joins the set the saga sweeps read; one that recovers them, the
         // sweepers among whom a dead instance's sagas are shared.
-        let recovers = !sagas.is_empty() && self.sweeps;
         let mut sets = Vec::new();
         if !sagas.is_empty() {
             sets.push(liveness::members_key());
@@ -512,11 +514,11 @@ impl Builder {
         // client: `client_only`). Before subscribing: what this instance id
         // owns before it handles anything is a previous run's.
         if recovers {
-            recovery::start(&instance, sagas).await;
+            recovery::start(&instance, sagas.clone()).await;
         }
         // Every instance but a client delivers scheduled messages.
         if self.sweeps {
-            timers::start(&instance);
+            timers::start(&instance, if recovers { &sagas } else { &[] });
         }
         instance.transport.subscribe(&instance, &instance.handlers).await?;
         instance.mark_subscribed();

@@ -180,6 +180,52 @@ pub mod __private {
     use crate::saga::SagaEntry;
     use crate::{Command, Event, HandlerError};
 
+    pub use crate::saga::definition::{Wait as SagaWait, WaitFn};
+
+    /// The handler `#[saga]` generates for a waiting step: record the event
+    /// for the saga whose id `key` is, and wake it.
+    pub async fn saga_event<E: Event>(
+        ctx: crate::Context,
+        saga: &'static str,
+        step: &'static str,
+        key: String,
+        event: E,
+    ) -> Result<(), HandlerError> {
+        let bytes = <E::Codec as crate::Codec>::encode(&event)
+            .map_err(|e| HandlerError::new(HandlerError::CODEC, format!("could not encode the event: {}", e.0)))?;
+        crate::saga::store::record_event(&ctx.app(), saga, step, &key, &bytes).await.map_err(HandlerError::from)
+    }
+
+    /// A waiting step's thunk: decode the event with its codec, then run
+    /// the step with it.
+    pub fn wait_step<'a, E: Event, D, F>(
+        event: &'a [u8],
+        data: &'a mut D,
+        ctx: &'a crate::saga::SagaContext,
+        step: F,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>
+    where
+        F: FnOnce(&'a mut D, E, &'a crate::saga::SagaContext) -> BoxFuture<'a, Result<(), HandlerError>>,
+    {
+        match <E::Codec as crate::Codec>::decode::<E>(event) {
+            Ok(event) => step(data, event, ctx),
+            Err(e) => {
+                let error =
+                    HandlerError::new(HandlerError::INVALID, format!("the recorded event does not decode: {}", e.0));
+                Box::pin(async move { Err(error) })
+            }
+        }
+    }
+
+    /// A waiting step's `wait = E` names an event type.
+    pub fn is_event<E: Event>() {}
+
+    /// The `run` of a waiting step's table row: never called without its
+    /// event.
+    pub fn no_event<'a, D>(_: &'a mut D, _: &'a crate::saga::SagaContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async { Err(HandlerError::new(HandlerError::INTERNAL, "a waiting step ran without its event")) })
+    }
+
     /// What a handler's record takes from its message type.
     pub struct Registration {
         /// Whether the handler's checks held (false only in a program that

@@ -1,5 +1,8 @@
 //! The timer sweep: how scheduled messages ([`crate::schedule`]) are
-//! delivered at their time by whichever instance is up.
+//! delivered at their time by whichever instance is up, and how sagas
+//! parked at a waiting step are woken (their event came, or their time).
+//! A saga type's wake queues (`catga:{saga-wake:<name>:<n>}:q`, 8 per type)
+//! are read only by the instances that run that type.
 //!
 //! Timer items live in [`QUEUES`] timer queues in the store
 //! (`catga:{timers:<n>}:q`, by a stable hash of the item's id, so on a Redis
@@ -19,12 +22,13 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
 use crate::app::App;
 use crate::hash::stable_hash;
 use crate::instance::{InFlight, Instance};
+use crate::saga::SagaRecord;
+use crate::saga::store::{WAKE_QUEUES, wake_queue_n};
 use crate::schedule::{self, Next};
 use crate::store::{Due, Key};
 
@@ -50,10 +54,24 @@ fn queue(n: u64) -> Key {
     Key::new(format!("timers:{n}"), "q")
 }
 
-/// Start this instance's timer sweep.
-pub(crate) fn start(instance: &Arc<Instance>) {
+/// What a queue holds: scheduled messages, or the wake timers of one saga
+/// type's parked sagas.
+#[derive(Clone, Copy)]
+enum Family {
+    Messages,
+    Wakes(&'static SagaRecord),
+}
+
+/// Start this instance's timer sweep: scheduled messages, and the wake
+/// timers of the saga types in `sagas` (those it runs).
+pub(crate) fn start(instance: &Arc<Instance>, sagas: &[&'static SagaRecord]) {
+    let mut queues: Vec<(Key, Family)> = (0..QUEUES).map(|n| (queue(n), Family::Messages)).collect();
+    for &record in sagas {
+        queues.extend((0..WAKE_QUEUES).map(|n| (wake_queue_n(record.name, n), Family::Wakes(record))));
+    }
     let sweep = Sweep {
         instance: Arc::downgrade(instance),
+        queues,
         waiting: Arc::default(),
         delivering: Arc::new(Semaphore::new(DELIVERING)),
     };
@@ -62,6 +80,7 @@ pub(crate) fn start(instance: &Arc<Instance>) {
 
 struct Sweep {
     instance: Weak<Instance>,
+    queues: Vec<(Key, Family)>,
     /// The items a task here waits for or delivers now.
     waiting: Arc<Mutex<HashSet<String>>>,
     delivering: Arc<Semaphore>,
@@ -86,22 +105,21 @@ impl Sweep {
         let (store, clock) = (app.store(), app.instance().clock);
         let now = clock.epoch_ms();
         let upto = now + u64::try_from(every.mul_f64(1.25).as_millis()).unwrap_or(u64::MAX / 4);
-        let looks: Vec<_> = futures_util::stream::iter(0..QUEUES)
-            .map(|n| async move { (queue(n), store.timers_due(&queue(n), upto, now, LOOK_LIMIT).await) })
-            .buffer_unordered(QUEUES as usize)
-            .collect()
-            .await;
-        for (queue, due) in looks {
+        let reads = self.queues.iter().map(|(queue, _)| store.timers_due(queue, upto, now, LOOK_LIMIT));
+        let looks = futures_util::future::join_all(reads).await;
+        for ((queue, family), due) in self.queues.iter().zip(looks) {
+            let family = *family;
             match due {
-                Ok(items) => items.into_iter().for_each(|due| self.deliver_at(app, &queue, due)),
+                Ok(items) => items.into_iter().for_each(|due| self.deliver_at(app, queue, family, due)),
                 Err(e) => tracing::debug!(queue = %queue, error = %e, "timer sweep: cannot read the queue"),
             }
         }
     }
 
     /// At `due.at`, take the item and deliver it (unless a task here does).
-    fn deliver_at(&self, app: &App, queue: &Key, due: Due) {
-        if !self.waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(due.id.clone()) {
+    fn deliver_at(&self, app: &App, queue: &Key, family: Family, due: Due) {
+        let waiting_for = format!("{queue}/{}", due.id);
+        if !self.waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(waiting_for.clone()) {
             return;
         }
         let (waiting, delivering, app, queue) =
@@ -116,15 +134,15 @@ impl Sweep {
                 // Counted as in flight: a shutdown waits for the delivery.
                 && let Some(_in_flight) = InFlight::admit(app.instance().clone())
             {
-                take_and_deliver(&app, &queue, &due).await;
+                take_and_deliver(&app, &queue, family, &due).await;
             }
-            waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&due.id);
+            waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&waiting_for);
         });
     }
 }
 
-/// Take the item as listed; deliver it; end the taking.
-async fn take_and_deliver(app: &App, queue: &Key, due: &Due) {
+/// Take the item as listed; deliver it (or wake its saga); end the taking.
+async fn take_and_deliver(app: &App, queue: &Key, family: Family, due: &Due) {
     let (store, clock) = (app.store(), app.instance().clock);
     let now = clock.epoch_ms();
     let until = now + TAKING.as_millis() as u64;
@@ -137,7 +155,17 @@ async fn take_and_deliver(app: &App, queue: &Key, due: &Due) {
             return;
         }
     };
-    let again = match schedule::deliver(app, &due.id, &item).await {
+    let next = match family {
+        Family::Messages => schedule::deliver(app, &due.id, &item).await,
+        Family::Wakes(record) => match record.entry.wake(app.clone(), due.id.clone()).await {
+            Ok(()) => Next::Done,
+            Err(e) => {
+                tracing::warn!(saga = record.name, id = due.id, error = %e, "cannot wake a parked saga; retrying");
+                Next::Again(Duration::from_secs(1))
+            }
+        },
+    };
+    let again = match next {
         Next::Done => None,
         Next::Again(pause) => Some(clock.epoch_ms() + pause.as_millis() as u64),
     };

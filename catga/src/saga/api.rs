@@ -208,13 +208,18 @@ async fn start<S: Saga>(app: &App, id: &str, data: S::Data, options: SagaOptions
     // drops only this wait, not the saga).
     let runner = app.clone();
     let running = tokio::spawn(async move { run(def, &runner, lease, state, version, true).await });
-    running.await.unwrap_or_else(|e| {
+    let ran = running.await.unwrap_or_else(|e| {
         Err(Error::Saga {
             saga: def.name.to_owned(),
             id: id.to_owned(),
             reason: format!("its run stopped ({e}); the recovery sweep continues it"),
         })
-    })
+    })?;
+    match ran {
+        Some(outcome) => Ok(outcome),
+        // Parked at a waiting step: it ends wherever its event wakes it.
+        None => app.saga_outcome(def.name, id, app.config().saga_wait).await,
+    }
 }
 
 /// Create saga `id` durably and run it in the background; returns once its

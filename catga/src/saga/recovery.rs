@@ -44,7 +44,9 @@ use crate::liveness::{Judge, beat_key, instance_of, members_key, sagas_owned_key
 use crate::saga::definition::{SagaDef, SagaEntry, SagaRecord};
 use crate::saga::runner::{publish_ended, run};
 use crate::saga::status::{SagaOutcome, SagaStatus, State};
-use crate::saga::store::{UNASSIGNED, encode, index_key, owned_entry, owner, parse_owned, state_key, unindex};
+use crate::saga::store::{
+    UNASSIGNED, encode, index_key, owned_entry, owner, parked_key, parse_owned, state_key, unindex,
+};
 use crate::store::{Expect, Lease, Takeover, Versioned};
 
 /// Beats a sweep reads at once.
@@ -84,6 +86,10 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> SagaEntry for Saga
 
     fn step_names(&self) -> Vec<&'static str> {
         self.steps.iter().map(|s| s.name).collect()
+    }
+
+    fn wake(&'static self, app: App, id: String) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move { wake(self, &app, &id).await })
     }
 }
 
@@ -159,7 +165,64 @@ where
         tracing::info!(saga = def.name, id, from, status = ?state.status, step = state.next, "saga taken over");
         app.instance().metrics.taken_over(def.name);
     }
-    run(def, app, lease, state, stored.version, false).await.map(Some)
+    run(def, app, lease, state, stored.version, false).await
+}
+
+/// Wake saga `id`, parked at a waiting step: take its lease (free while it
+/// is parked), make it this instance's (its owner set, the running index),
+/// and run it on a task of its own. Returns once it is held here — or held
+/// by another instance (woken there, or never parked), or unknown or
+/// finished; then the wake is done.
+pub(crate) async fn wake<D>(def: &'static SagaDef<D>, app: &App, id: &str) -> Result<()>
+where
+    D: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let store = app.store();
+    let (state_key, lease_key) = state_key(def.name, id);
+    let me = app.instance_id();
+    let (mine, entry) = (sagas_owned_key(me), owned_entry(def.name, id));
+    if app.instance().running_sagas().contains(def.name, id) {
+        return Ok(());
+    }
+    store.set_add(&mine, &entry).await?;
+    let lease = match store.take_over_lease(&lease_key, "", &owner(app), app.config().saga_lease_ttl).await? {
+        Takeover::Taken(lease) => lease,
+        Takeover::Held { owner } => {
+            if instance_of(&owner) != me {
+                store.set_remove(&mine, &entry).await?;
+            }
+            return Ok(());
+        }
+    };
+    store.set_add(&index_key(def.name), id).await?;
+    store.set_remove(&parked_key(def.name), id).await?;
+    let Some(stored) = store.get(&state_key).await? else {
+        let _ = store.release_lease(&lease).await;
+        store.set_remove(&mine, &entry).await?;
+        store.set_remove(&index_key(def.name), id).await?;
+        return Ok(());
+    };
+    let state: State<D> = match serde_json::from_slice(&stored.value) {
+        Ok(state) => state,
+        Err(e) => {
+            let reason = format!("its stored state does not decode as `{}`: {e}", (def.data_type)());
+            let failed = fail_undecodable(app, def.name, id, &stored, &lease, &reason).await;
+            let _ = store.release_lease(&lease).await;
+            return failed;
+        }
+    };
+    if state.status.is_finished() {
+        let _ = store.release_lease(&lease).await;
+        return unindex(app, def.name, id, state.status).await;
+    }
+    tracing::debug!(saga = def.name, id, "saga woken");
+    let (app, id) = (app.clone(), id.to_owned());
+    tokio::spawn(async move {
+        if let Err(e) = run(def, &app, lease, state, stored.version, false).await {
+            tracing::warn!(saga = def.name, id, error = %e, "woken saga stopped; the recovery sweep continues it");
+        }
+    });
+    Ok(())
 }
 
 /// A saga whose stored data this build cannot decode (a client's remote

@@ -15,15 +15,18 @@ use crate::backoff::Backoff;
 use crate::codec::{Codec, Json};
 use crate::error::{Error, HandlerError, Result};
 use crate::future::{BoxFuture, CatchUnwind, panic_message};
+use crate::liveness::sagas_owned_key;
 use crate::metadata::Metadata;
 use crate::saga::context::SagaContext;
-use crate::saga::definition::{SagaDef, Step, StepError, StepKind, remap};
+use crate::saga::definition::{SagaDef, Step, StepError, StepKind, Wait, remap};
 use crate::saga::status::{Direction, HistoryEntry, SagaEnded, SagaOutcome, SagaStatus, State, ended_subject};
-use crate::saga::store::{encode, state_key, unindex};
+use crate::saga::store::{encode, event_key, index_key, owned_entry, parked_key, state_key, unindex, wake_queue};
 use crate::store::{Expect, Lease};
 use crate::transport::{Encoded, intern_subject};
 
-/// Run (or continue) a saga while holding its lease, to its end.
+/// Run (or continue) a saga while holding its lease, to its end — its
+/// outcome — or until it parks at a waiting step (`None`: no instance holds
+/// it then; its wake timer brings it back).
 /// `attempt_recorded`: the stored state already counts the next step's
 /// attempt as started (a new saga's first write records its first step's).
 pub(crate) async fn run<D>(
@@ -33,7 +36,7 @@ pub(crate) async fn run<D>(
     state: State<D>,
     version: u64,
     attempt_recorded: bool,
-) -> Result<SagaOutcome>
+) -> Result<Option<SagaOutcome>>
 where
     D: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
@@ -45,7 +48,7 @@ where
     let mut run = Run { def, app, lease, state, version, attempt_recorded };
     let outcome = run.drive().instrument(span).await;
     drop(renewer);
-    if let Ok(ended) = &outcome {
+    if let Ok(Some(ended)) = &outcome {
         let status = match ended {
             SagaOutcome::Completed => "completed",
             SagaOutcome::Compensated { .. } => "compensated",
@@ -54,7 +57,7 @@ where
         app.instance().metrics.saga_ended(def.name, status);
     }
     let store = app.store();
-    if outcome.is_ok() {
+    if matches!(outcome, Ok(Some(_))) {
         if let Err(e) = unindex(app, def.name, &run.state.id, run.state.status).await {
             tracing::warn!(error = %e, "saga finished but could not leave the sweep index; the next sweep retries");
         }
@@ -96,21 +99,25 @@ struct Run<'a, D: 'static> {
 }
 
 impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
-    async fn drive(&mut self) -> Result<SagaOutcome> {
+    async fn drive(&mut self) -> Result<Option<SagaOutcome>> {
         self.reconcile().await?;
         loop {
             match self.state.status {
-                SagaStatus::Running => self.forward().await?,
+                SagaStatus::Running => {
+                    if self.forward().await? == Flow::Parked {
+                        return Ok(None);
+                    }
+                }
                 SagaStatus::Compensating => self.compensate().await?,
                 SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed => break,
             }
         }
         let error = || self.state.error.clone().unwrap_or_default();
-        Ok(match self.state.status {
+        Ok(Some(match self.state.status {
             SagaStatus::Completed => SagaOutcome::Completed,
             SagaStatus::Compensated => SagaOutcome::Compensated { error: error() },
             _ => SagaOutcome::Failed { error: error() },
-        })
+        }))
     }
 
     /// Write the state under the lease (compare-and-set on the version).
@@ -148,19 +155,37 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
         Ok(())
     }
 
-    /// Run the next step (with its retries) and record the result.
-    async fn forward(&mut self) -> Result<()> {
+    /// Run the next step (with its retries) and record the result; a
+    /// waiting step whose event has not come parks the saga instead.
+    async fn forward(&mut self) -> Result<Flow> {
         let index = self.state.next;
         if index == self.def.steps.len() && self.state.step.is_none() {
             // Written by a build that persisted the end separately.
             self.state.status = SagaStatus::Completed;
-            return self.persist().await;
+            self.persist().await?;
+            return Ok(Flow::Go);
         }
         let step = match self.step_at(index) {
             Ok(step) => step,
-            Err(reason) => return self.fail_unknown_step(reason).await,
+            Err(reason) => {
+                self.fail_unknown_step(reason).await?;
+                return Ok(Flow::Go);
+            }
         };
-        let attempted = self.attempts(step, index, Direction::Forward, step.retry).await?;
+        let mut event = None;
+        let attempted = match &step.wait {
+            None => self.attempts(step, index, Direction::Forward, step.retry, None).await?,
+            Some(wait) => match self.waited(step, wait).await? {
+                Waited::Arrived(bytes) => {
+                    event = Some(bytes);
+                    self.attempts(step, index, Direction::Forward, step.retry, event.as_deref()).await?
+                }
+                Waited::NotYet => return Ok(Flow::Parked),
+                Waited::Over(attempted) => attempted,
+            },
+        };
+        drop(event);
+        self.state.wait_until = None;
         let gave_up = match &attempted {
             Attempted::Succeeded => None,
             Attempted::GaveUp(error) => Some(error.clone()),
@@ -203,6 +228,53 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
         }
         self.persist().await?;
         self.attempt_recorded = next_started;
+        Ok(Flow::Go)
+    }
+
+    /// At a waiting step: the event, if it has been recorded; else whether
+    /// the wait (or the saga's deadline) is over, or the saga parks.
+    async fn waited(&mut self, step: &'static Step<D>, wait: &'static Wait<D>) -> Result<Waited> {
+        let store = self.app.store();
+        let (saga, id) = (self.def.name, self.state.id.clone());
+        if let Some(event) = store.get(&event_key(saga, &id, step.name)).await? {
+            return Ok(Waited::Arrived(event.value));
+        }
+        let now = self.app.instance().clock.epoch_ms();
+        if self.state.deadline_at.is_some_and(|at| at <= now) {
+            return Ok(Waited::Over(Attempted::DeadlinePassed));
+        }
+        let until =
+            *self.state.wait_until.get_or_insert_with(|| wait.within_ms.map_or(u64::MAX, |ms| now.saturating_add(ms)));
+        if until <= now {
+            let within = wait.within_ms.map(Duration::from_millis).unwrap_or_default();
+            let error =
+                format!("no `{}` with {} = {id} arrived within {within:?}", short_type((wait.event)()), wait.key);
+            return Ok(Waited::Over(Attempted::GaveUp(error)));
+        }
+        self.park(step, until).await?;
+        Ok(Waited::NotYet)
+    }
+
+    /// Park the saga at a waiting step: recorded, its wake timer set (at the
+    /// end of its wait or its deadline), out of the running indexes. No
+    /// instance holds it or looks at it until the timer fires — or the
+    /// event's recorder moves the timer to now.
+    async fn park(&mut self, step: &'static Step<D>, until: u64) -> Result<()> {
+        let (store, saga, id) = (self.app.store(), self.def.name, self.state.id.clone());
+        self.state.attempts = 0;
+        self.attempt_recorded = false;
+        self.persist().await?;
+        let due = self.state.deadline_at.map_or(until, |deadline| deadline.min(until));
+        let queue = wake_queue(saga, &id);
+        store.timer_put(&queue, &id, due, b"", true).await?;
+        // Recorded while the timer was being set (whose wake it replaced)?
+        if store.get(&event_key(saga, &id, step.name)).await?.is_some() {
+            store.timer_put(&queue, &id, self.app.instance().clock.epoch_ms(), b"", true).await?;
+        }
+        store.set_add(&parked_key(saga), &id).await?;
+        store.set_remove(&index_key(saga), &id).await?;
+        store.set_remove(&sagas_owned_key(self.app.instance_id()), &owned_entry(saga, &id)).await?;
+        tracing::debug!(saga, id, step = step.name, due, "saga parked until its event or its time");
         Ok(())
     }
 
@@ -221,7 +293,7 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             return self.persist().await;
         };
         let retries = self.app.config().saga_compensation_retries;
-        let gave_up = match self.attempts(step, index, Direction::Compensate, retries).await? {
+        let gave_up = match self.attempts(step, index, Direction::Compensate, retries, None).await? {
             Attempted::GaveUp(error) => Some(error),
             // A deadline only stops a saga running forward.
             Attempted::Succeeded | Attempted::DeadlinePassed => None,
@@ -261,6 +333,7 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
         index: usize,
         direction: Direction,
         retries: u32,
+        event: Option<&[u8]>,
     ) -> Result<Attempted> {
         let clock = self.app.instance().clock;
         loop {
@@ -308,7 +381,11 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
                     // The step changes a copy, kept only if it succeeds: a
                     // failed attempt leaves no half-changed data behind.
                     let mut data = clone_data(self.def.name, &self.state.id, &self.state.data)?;
-                    let attempt = guarded(self.app, step, (step.run)(&mut data, &ctx)).instrument(span);
+                    let run = match (&step.wait, event) {
+                        (Some(wait), Some(event)) => (wait.run)(&mut data, event, &ctx),
+                        _ => (step.run)(&mut data, &ctx),
+                    };
+                    let attempt = guarded(self.app, step, run).instrument(span);
                     let result = match left(clock) {
                         None => attempt.await,
                         Some(left) => match clock.timeout(left, attempt).await {
@@ -478,6 +555,28 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
             self.state.trace_origin(),
         )
     }
+}
+
+/// Whether a saga goes on, or parked at a waiting step.
+#[derive(Debug, PartialEq)]
+enum Flow {
+    Go,
+    Parked,
+}
+
+/// Where a waiting step is.
+enum Waited {
+    /// Its event (as its codec wrote it).
+    Arrived(Vec<u8>),
+    /// Not yet: the saga parked.
+    NotYet,
+    /// Its wait or the saga's deadline is over.
+    Over(Attempted),
+}
+
+/// `Event` of `my_crate::events::Event`.
+fn short_type(name: &str) -> &str {
+    name.rsplit("::").next().unwrap_or(name)
 }
 
 /// How a step's (or compensation's) attempts ended.

@@ -149,6 +149,10 @@ pub(crate) struct State<D> {
     /// left to do is the same there. Absent in states written before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) definition: Option<Vec<String>>,
+    /// At a waiting step: when it gives up waiting (epoch ms; `u64::MAX`:
+    /// never), set when the saga first reaches the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) wait_until: Option<u64>,
 }
 
 impl<D> State<D> {

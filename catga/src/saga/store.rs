@@ -40,6 +40,62 @@ pub(crate) fn index_key(saga: &str) -> Key {
     Key::new(format!("saga-index:{saga}"), "active")
 }
 
+/// The sagas parked at a waiting step: no instance holds them; their wake
+/// timer (an event's arrival, or their time) brings them back.
+pub(crate) fn parked_key(saga: &str) -> Key {
+    Key::new(format!("saga-index:{saga}"), "parked")
+}
+
+/// How many wake-timer queues each saga type has (spread over a Redis
+/// Cluster's slots).
+pub(crate) const WAKE_QUEUES: u64 = 8;
+
+/// The wake-timer queue of saga `id` of type `saga`: read by the timer
+/// sweep of every instance that runs the type.
+pub(crate) fn wake_queue(saga: &str, id: &str) -> Key {
+    wake_queue_n(saga, crate::hash::stable_hash(&[id]) % WAKE_QUEUES)
+}
+
+pub(crate) fn wake_queue_n(saga: &str, n: u64) -> Key {
+    Key::new(format!("saga-wake:{saga}:{n}"), "q")
+}
+
+/// Where the event a waiting step of saga `id` waits for is recorded (in the
+/// saga's own scope): the first one that arrived, as its codec wrote it.
+pub(crate) fn event_key(saga: &str, id: &str, step: &str) -> Key {
+    Key::new(format!("saga:{saga}:{id}"), format!("event:{step}"))
+}
+
+/// Record `event` (as its codec wrote it) for waiting step `step` of saga
+/// `id` of type `saga`, and wake the saga: what the handler `#[saga]`
+/// generates for a waiting step does with each event. Only for a saga that
+/// exists and has not finished; the first event recorded for a step is the
+/// one it gets.
+pub(crate) async fn record_event(app: &App, saga: &'static str, step: &str, id: &str, event: &[u8]) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Status {
+        status: SagaStatus,
+    }
+    let store = app.store();
+    let (state_key, _) = state_key(saga, id);
+    let Some(stored) = store.get(&state_key).await? else {
+        tracing::debug!(saga, id, step, "event for no such saga; ignored");
+        return Ok(());
+    };
+    match serde_json::from_slice::<Status>(&stored.value) {
+        Ok(Status { status }) if !status.is_finished() => {}
+        _ => return Ok(()),
+    }
+    match store.put(&event_key(saga, id, step), Expect::Absent, event).await {
+        Ok(_) | Err(Error::Store(StoreError::Conflict { .. })) => {}
+        Err(e) => return Err(e),
+    }
+    // Now: whoever has it parked wakes it; a saga not parked (running, or
+    // not at this step yet) finds the event when it gets there.
+    store.timer_put(&wake_queue(saga, id), id, app.instance().clock.epoch_ms(), b"", true).await?;
+    Ok(())
+}
+
 /// The sagas that ended `Failed`: kept for an operator, not swept.
 fn failed_key(saga: &str) -> Key {
     Key::new(format!("saga-index:{saga}"), "failed")
@@ -84,6 +140,7 @@ pub(crate) async fn unindex(app: &App, saga: &str, id: &str, status: SagaStatus)
         app.store().set_add(&failed_key(saga), id).await?;
     }
     app.store().set_remove(&index_key(saga), id).await?;
+    app.store().set_remove(&parked_key(saga), id).await?;
     app.store().set_remove(&sagas_owned_key(app.instance_id()), &owned_entry(saga, id)).await?;
     Ok(())
 }
@@ -198,6 +255,7 @@ pub(crate) async fn create<D: Serialize>(
         finished_at: None,
         deadline_at: new.deadline.map(|d| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))),
         definition: new.definition,
+        wait_until: None,
     };
     match store.put_fenced(&state_key, Expect::Absent, &encode(saga, &state)?, &lease).await {
         Ok(version) => Ok(Some((lease, state, version))),
@@ -301,12 +359,16 @@ pub(crate) async fn status(saga: &str, app: &App, id: &str) -> Result<Option<Sag
     }))
 }
 
-/// Every saga of the named type that is running, compensating or failed
-/// (finished sagas leave the indexes) and that `keep` accepts.
+/// Every saga of the named type that is running (parked at a waiting step
+/// too), compensating or failed (finished sagas leave the indexes) and that
+/// `keep` accepts.
 pub(crate) async fn list(saga: &str, app: &App, keep: impl Fn(SagaStatus) -> bool) -> Result<Vec<SagaInfo>> {
     let mut out = Vec::new();
     let mut ids = app.store().set_members(&index_key(saga)).await?;
+    ids.extend(app.store().set_members(&parked_key(saga)).await?);
     ids.extend(app.store().set_members(&failed_key(saga)).await?);
+    ids.sort();
+    ids.dedup();
     for id in ids {
         if let Some(info) = status(saga, app, &id).await?
             && keep(info.status)

@@ -1,0 +1,154 @@
+//! Sagas whose step waits for an event: parked (no instance holds or polls
+//! them) until an event whose key field is the saga's id arrives — on any
+//! instance — or their wait ends; an event that came before they parked is
+//! not lost. In memory here (the same semantics as over NATS and Redis);
+//! across processes with a kill -9 in `tests/takeover.rs`.
+
+use std::time::Duration;
+
+use catga::prelude::*;
+use catga::saga::{SagaContext, SagaOutcome, SagaStatus, StepError};
+use catga::store::{Key, Store};
+use catga::transport::memory::MemoryBus;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Order {
+    charged: bool,
+    paid_by: Option<String>,
+    shipped: bool,
+    /// How long `charge` takes (ms).
+    #[serde(default)]
+    charge_ms: u64,
+}
+
+/// The event the saga waits for: `order` is the saga's id.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[catga(subject = "t.wait.payment-confirmed")]
+struct PaymentConfirmed {
+    order: String,
+    by: String,
+}
+
+struct Checkout;
+
+#[catga::saga(name = "t-checkout")]
+impl Checkout {
+    #[step(compensate = refund)]
+    async fn charge(order: &mut Order, _ctx: &SagaContext) -> Result<(), StepError> {
+        tokio::time::sleep(Duration::from_millis(order.charge_ms)).await;
+        order.charged = true;
+        Ok(())
+    }
+
+    #[step(wait = PaymentConfirmed, key = order, within = "2s", pivot)]
+    async fn confirmed(order: &mut Order, event: PaymentConfirmed, _ctx: &SagaContext) -> Result<(), StepError> {
+        order.paid_by = Some(event.by);
+        Ok(())
+    }
+
+    #[step]
+    async fn ship(order: &mut Order, _ctx: &SagaContext) -> Result<(), StepError> {
+        order.shipped = true;
+        Ok(())
+    }
+
+    async fn refund(order: &Order, _ctx: &SagaContext) -> Result<(), StepError> {
+        assert!(order.charged);
+        Ok(())
+    }
+}
+
+async fn instance(bus: &MemoryBus, store: &Store, name: &str) -> App {
+    Catga::builder()
+        .service("checkout")
+        .instance_id(name)
+        .memory_bus(bus.clone())
+        .store(store.clone())
+        // The saga's own recorder is subscribed whatever the filter says.
+        .handlers_where(|_| false)
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn status(app: &App, id: &str) -> catga::saga::SagaInfo {
+    app.saga_status::<Checkout>(id).await.unwrap().unwrap()
+}
+
+/// Wait (bounded) until saga `id` is parked: running, at `confirmed`, its
+/// lease free.
+async fn parked(app: &App, store: &Store, id: &str) {
+    let parked = Key::new("saga-index:t-checkout", "parked");
+    for _ in 0..200 {
+        if store.set_members(&parked).await.unwrap().contains(&id.to_owned()) {
+            let info = status(app, id).await;
+            assert_eq!((info.status, info.current_step.as_deref()), (SagaStatus::Running, Some("confirmed")));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{id} did not park: {:?}", status(app, id).await);
+}
+
+#[tokio::test]
+async fn a_parked_saga_is_held_by_no_instance_and_resumes_with_its_event_on_another() {
+    let (bus, store) = (MemoryBus::new(), Store::memory());
+    let a = instance(&bus, &store, "wait-a").await;
+    let b = instance(&bus, &store, "wait-b").await;
+    assert!(a.submit_saga::<Checkout>("o-1", Order::default()).await.unwrap());
+    parked(&a, &store, "o-1").await;
+    // Nobody holds it: no lease, in no instance's set.
+    for who in ["wait-a", "wait-b"] {
+        let owned = store.set_members(&Key::new(format!("saga-owner:{who}"), "sagas")).await.unwrap();
+        assert!(owned.is_empty(), "{who} holds {owned:?}");
+    }
+    assert!(a.sagas::<Checkout>(|s| s == SagaStatus::Running).await.unwrap().iter().any(|s| s.id == "o-1"), "listed");
+    // The instance that ran it goes away; the event comes to the other.
+    a.shutdown().await;
+    b.publish(PaymentConfirmed { order: "o-2".into(), by: "someone else".into() }).await.unwrap();
+    b.publish(PaymentConfirmed { order: "o-1".into(), by: "card".into() }).await.unwrap();
+    let outcome = b.saga_outcome("t-checkout", "o-1", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(outcome, SagaOutcome::Completed);
+    let info = status(&b, "o-1").await;
+    assert_eq!(info.data["paid_by"], "card", "the step got the event");
+    assert_eq!(info.data["shipped"], true);
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_event_that_arrives_before_the_saga_waits_for_it_is_not_lost() {
+    let (bus, store) = (MemoryBus::new(), Store::memory());
+    let app = instance(&bus, &store, "early").await;
+    // `charge` takes 300 ms; the event comes meanwhile.
+    let order = Order { charge_ms: 300, ..Order::default() };
+    assert!(app.submit_saga::<Checkout>("o-early", order).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    app.publish(PaymentConfirmed { order: "o-early".into(), by: "early bird".into() }).await.unwrap();
+    let outcome = app.saga_outcome("t-checkout", "o-early", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(outcome, SagaOutcome::Completed);
+    assert_eq!(status(&app, "o-early").await.data["paid_by"], "early bird");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_wait_that_ends_without_its_event_compensates() {
+    let (bus, store) = (MemoryBus::new(), Store::memory());
+    let app = instance(&bus, &store, "late").await;
+    let started = std::time::Instant::now();
+    let outcome = app.start_saga::<Checkout>("o-late", Order::default()).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        outcome,
+        SagaOutcome::Compensated {
+            error: "step `confirmed` failed: no `PaymentConfirmed` with order = o-late arrived within 2s".into()
+        }
+    );
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(10), "{took:?}");
+    // An event after the end changes nothing.
+    app.publish(PaymentConfirmed { order: "o-late".into(), by: "too late".into() }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let info = status(&app, "o-late").await;
+    assert_eq!(info.status, SagaStatus::Compensated);
+    assert!(info.data["paid_by"].is_null());
+    app.shutdown().await;
+}
