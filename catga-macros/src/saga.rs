@@ -552,7 +552,13 @@ fn expand_table(block: &ItemImpl, args: &SagaArgs, c: Checked) -> TokenStream {
     for step in &c.steps {
         let ident = &step.func.sig.ident;
         let thunk = format_ident!("__catga_step_{}", ident);
-        let part = callee(block, args, data, step.func, &thunk, true, step.args.wait.as_ref());
+        // A waiting step names its event once, through an alias (spanned at
+        // the type it was given), so a mistake there is one error.
+        let alias: Option<Type> = step.args.wait.as_ref().map(|given| {
+            let alias = format_ident!("__CatgaEvent_{}", ident, span = given.span());
+            syn::parse_quote!(#alias)
+        });
+        let part = callee(block, args, data, step.func, &thunk, true, alias.as_ref());
         checks.push(part.checks);
         conditions.extend(part.conditions);
         thunks.push(part.thunk);
@@ -580,14 +586,14 @@ fn expand_table(block: &ItemImpl, args: &SagaArgs, c: Checked) -> TokenStream {
             None => quote!(::core::option::Option::None),
         };
         let step_name = LitStr::new(&ident.to_string(), ident.span());
-        let (run, wait) = match (&step.args.wait, &step.args.key) {
-            (Some(event), Some(key)) => {
+        let (run, wait) = match (&step.args.wait, &step.args.key, &alias) {
+            (Some(given), Some(key), Some(event)) => {
                 let key_name = LitStr::new(&key.to_string(), key.span());
                 let within = match step.args.within_ms {
                     Some(ms) => quote!(::core::option::Option::Some(#ms)),
                     None => quote!(::core::option::Option::None),
                 };
-                let (check, condition, recorder) = wait_parts(args, &name, ident, event, key);
+                let (check, condition, recorder) = wait_parts(args, &name, ident, (given, event), key);
                 checks.push(check);
                 conditions.push(condition);
                 recorders.push(recorder);
@@ -701,15 +707,18 @@ fn wait_parts(
     args: &SagaArgs,
     saga: &LitStr,
     step: &syn::Ident,
-    event: &Type,
+    (given, event): (&Type, &Type),
     key: &syn::Ident,
 ) -> (TokenStream, TokenStream, TokenStream) {
     let krate = &args.krate;
     let private = quote!(#krate::__private);
     let check_fn = format_ident!("__catga_wait_check_{}", step);
-    let is_event = quote_spanned!(event.span()=> #private::is_event::<#event>(););
+    let is_event = quote_spanned!(given.span()=> #private::is_event::<#event>(););
     let key_text = quote_spanned!(key.span()=> ::std::string::ToString::to_string(&__catga_event.#key));
     let check = quote! {
+        #[allow(non_camel_case_types)]
+        type #event = #given;
+
         #[allow(dead_code, clippy::all)]
         fn #check_fn(__catga_event: &#event) -> ::std::string::String {
             #is_event
@@ -724,6 +733,7 @@ fn wait_parts(
     let recorder = quote! {
         #[allow(non_camel_case_types)]
         struct #guard;
+        use #private::Unchecked as _;
         impl #private::Unchecked for #guard {}
 
         #[allow(clippy::all)]
@@ -736,7 +746,7 @@ fn wait_parts(
 
             fn record(__catga_delivery: #private::Delivery<#event>) {
                 #private::handle_event(__catga_delivery, |__catga_event: #event, __catga_ctx: #krate::Context| {
-                    let __catga_key = ::std::string::ToString::to_string(&__catga_event.#key);
+                    let __catga_key = #check_fn(&__catga_event);
                     #private::saga_event(__catga_ctx, #saga, #step_name, __catga_key, __catga_event)
                 })
             }
