@@ -310,3 +310,72 @@ async fn sagas_a_client_submits_run_on_the_services_instances_and_their_outcomes
     println!("12 sagas submitted by a client, one runner killed: every outcome heard after {:?}", started.elapsed());
     app.shutdown().await;
 }
+
+/// The `waiting-order` saga as a client knows it, and the event it waits for.
+struct WaitingContract;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Waiting {
+    by: Option<String>,
+}
+
+impl catga::saga::SagaContract for WaitingContract {
+    const NAME: &'static str = "waiting-order";
+    type Data = Waiting;
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[catga(subject = "saga.paid")]
+struct Paid {
+    order: String,
+    by: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_sagas_outlive_a_kill_9_and_resume_with_their_event_or_compensate_when_their_wait_ends_once() {
+    let (nats, redis) = (NatsServer::start(), RedisServer::start());
+    let mut instances: Vec<ServiceProcess> = (0..3).map(|i| start(&nats, &redis, &format!("park-{i}"))).collect();
+    let app = client(&nats, &redis).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // the instances sweep
+    let ids: Vec<String> = (0..10).map(|n| format!("park-{n}")).collect();
+    for id in &ids {
+        assert!(app.submit_remote_saga::<WaitingContract>(id, Waiting::default()).await.unwrap());
+    }
+    // All park: none is held by an instance.
+    let parked = Key::new("saga-index:waiting-order", "parked");
+    let limit = Instant::now() + Duration::from_secs(10);
+    while app.store().set_members(&parked).await.unwrap().len() < ids.len() {
+        assert!(Instant::now() < limit, "parked: {:?}", app.store().set_members(&parked).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let parked_at = Instant::now();
+    // The instance that parked the first of them dies; the events come.
+    let (victim, _, _) = first_line(&mut instances, "submitted by a client taken to run here", Duration::from_secs(1));
+    instances[victim].kill();
+    for id in &ids[..8] {
+        app.publish(Paid { order: id.clone(), by: format!("card of {id}") }).await.unwrap();
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let outcome = app.saga_outcome("waiting-order", id, Duration::from_secs(30)).await.unwrap();
+        let expected: &[(&str, usize)] = if n < 8 {
+            assert_eq!(outcome, catga::saga::SagaOutcome::Completed, "{id}");
+            &[("reserve:forward", 1), ("paid:forward", 1), ("ship:forward", 1), ("reserve:compensate", 0)]
+        } else {
+            // No payment: its 4 s wait ended, on a survivor.
+            let catga::saga::SagaOutcome::Compensated { error } = &outcome else { panic!("{id}: {outcome:?}") };
+            assert!(error.contains("no `Paid` with order = park-"), "{error}");
+            &[("reserve:forward", 1), ("paid:forward", 0), ("ship:forward", 0), ("reserve:compensate", 1)]
+        };
+        for (what, times) in expected {
+            let applied = app.store().set_members(&Key::new(format!("ledger:{id}"), *what)).await.unwrap();
+            assert_eq!(applied.len(), *times, "{id}: {what} applied {applied:?}");
+        }
+    }
+    println!(
+        "10 parked sagas, the instance that parked them killed: 8 resumed by their events, 2 compensated when their \
+         wait ended, all within {:?} of parking",
+        parked_at.elapsed()
+    );
+    assert!(app.store().set_members(&parked).await.unwrap().is_empty(), "none left parked");
+    app.shutdown().await;
+}

@@ -210,6 +210,50 @@ impl SlowOrder {
     }
 }
 
+/// A payment, for the waiting saga: `order` is the saga's id.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[catga(subject = "saga.paid")]
+pub struct Paid {
+    pub order: String,
+    pub by: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Waiting {
+    pub by: Option<String>,
+}
+
+pub struct WaitingOrder;
+
+/// Reserves, waits (up to 4 s) for its payment, ships; each effect applied
+/// once per deterministic message id.
+#[catga::saga(name = "waiting-order")]
+impl WaitingOrder {
+    #[step(compensate = release)]
+    async fn reserve(_w: &mut Waiting, ctx: &SagaContext) -> Result<(), StepError> {
+        ctx.send(Effect { saga_id: ctx.saga_id().to_owned(), what: "reserve:forward".into() }).await?;
+        Ok(())
+    }
+
+    #[step(wait = Paid, key = order, within = "4s", pivot)]
+    async fn paid(w: &mut Waiting, event: Paid, ctx: &SagaContext) -> Result<(), StepError> {
+        w.by = Some(event.by);
+        ctx.send(Effect { saga_id: ctx.saga_id().to_owned(), what: "paid:forward".into() }).await?;
+        Ok(())
+    }
+
+    #[step]
+    async fn ship(_w: &mut Waiting, ctx: &SagaContext) -> Result<(), StepError> {
+        ctx.send(Effect { saga_id: ctx.saga_id().to_owned(), what: "ship:forward".into() }).await?;
+        Ok(())
+    }
+
+    async fn release(_w: &Waiting, ctx: &SagaContext) -> Result<(), StepError> {
+        ctx.send(Effect { saga_id: ctx.saga_id().to_owned(), what: "reserve:compensate".into() }).await?;
+        Ok(())
+    }
+}
+
 // ---------- trace context tests (tests/trace.rs) ----------
 
 /// Where a span is in its trace, as a handler or step sees it.
