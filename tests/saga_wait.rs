@@ -152,3 +152,42 @@ async fn a_wait_that_ends_without_its_event_compensates() {
     assert!(info.data["paid_by"].is_null());
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_and_a_redis_cluster_parked_sagas_resume_with_their_events() {
+    let (nats, cluster) = (catga_suite::NatsServer::start(), catga_suite::RedisCluster::start());
+    let mut apps = Vec::new();
+    for i in 0..2 {
+        let app = Catga::builder()
+            .service("checkout")
+            .instance_id(format!("cluster-wait-{i}"))
+            .nats_url(nats.url())
+            .redis_url(cluster.url())
+            .handlers_where(|_| false)
+            .start()
+            .await
+            .unwrap();
+        apps.push(app);
+    }
+    let ids: Vec<String> = (0..16).map(|n| format!("cw-{n}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        assert!(apps[n % 2].submit_saga::<Checkout>(id, Order::default()).await.unwrap());
+    }
+    let parked = Key::new("saga-index:t-checkout", "parked");
+    let limit = std::time::Instant::now() + Duration::from_secs(20);
+    while apps[0].store().set_members(&parked).await.unwrap().len() < ids.len() {
+        assert!(std::time::Instant::now() < limit, "not all parked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in &ids {
+        apps[1].publish(PaymentConfirmed { order: id.clone(), by: format!("card {id}") }).await.unwrap();
+    }
+    for id in &ids {
+        let outcome = apps[0].saga_outcome("t-checkout", id, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(outcome, SagaOutcome::Completed, "{id}");
+        assert_eq!(status(&apps[0], id).await.data["paid_by"], format!("card {id}"));
+    }
+    for app in apps {
+        app.shutdown().await;
+    }
+}
