@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use catga::prelude::*;
-use catga::saga::{SagaContext, SagaOutcome, SagaStatus, StepError};
+use catga::saga::{SagaContext, SagaOptions, SagaOutcome, SagaStatus, StepError};
 use catga::store::{Key, Store};
 use catga::transport::memory::MemoryBus;
 
@@ -153,6 +153,8 @@ async fn a_wait_that_ends_without_its_event_compensates() {
     app.shutdown().await;
 }
 
+/// On a Redis Cluster: parked sagas resume with their events; sagas started
+/// by a client that does not run them park, and their deadline wakes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_nats_and_a_redis_cluster_parked_sagas_resume_with_their_events() {
     let (nats, cluster) = (catga_suite::NatsServer::start(), catga_suite::RedisCluster::start());
@@ -187,7 +189,36 @@ async fn on_nats_and_a_redis_cluster_parked_sagas_resume_with_their_events() {
         assert_eq!(outcome, SagaOutcome::Completed, "{id}");
         assert_eq!(status(&apps[0], id).await.data["paid_by"], format!("card {id}"));
     }
+    // A client that does not run the saga starts four with a 1 s deadline;
+    // no payment comes: each is woken at its deadline and compensates.
+    let client = Catga::builder()
+        .service("checkout-client")
+        .nats_url(nats.url())
+        .redis_url(cluster.url())
+        .client_only()
+        .start()
+        .await
+        .unwrap();
+    let late: Vec<String> = (0..4).map(|n| format!("cw-late-{n}")).collect();
+    for id in &late {
+        let options = SagaOptions::default().deadline(Duration::from_secs(1));
+        assert!(client.submit_remote_saga_with::<CheckoutContract>(id, Order::default(), options).await.unwrap());
+    }
+    for id in &late {
+        let outcome = client.saga_outcome("t-checkout", id, Duration::from_secs(20)).await.unwrap();
+        let expected = "the saga's deadline passed during step `confirmed`";
+        assert_eq!(outcome, SagaOutcome::Compensated { error: expected.into() }, "{id}");
+    }
+    client.shutdown().await;
     for app in apps {
         app.shutdown().await;
     }
+}
+
+/// The checkout saga as a client that does not run it knows it.
+struct CheckoutContract;
+
+impl catga::saga::SagaContract for CheckoutContract {
+    const NAME: &'static str = "t-checkout";
+    type Data = Order;
 }

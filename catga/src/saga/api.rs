@@ -200,7 +200,8 @@ fn new<D>(def: &'static SagaDef<D>, data: D, options: SagaOptions) -> New<D> {
 async fn start<S: Saga>(app: &App, id: &str, data: S::Data, options: SagaOptions) -> Result<SagaOutcome> {
     let def = S::definition();
     let Some((lease, state, version)) = store::create(app, id, new(def, data, options), Holder::Here).await? else {
-        return store::wait_for_outcome(def.name, app, id).await;
+        // It exists: its outcome, once whoever runs it finishes it.
+        return app.saga_outcome(def.name, id, app.config().saga_wait).await;
     };
     app.instance().metrics.saga_started(def.name);
     // The run is a task of its own: a started saga reaches its outcome

@@ -26,7 +26,7 @@ use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::liveness::sagas_owned_key;
 use crate::saga::definition::sagas;
-use crate::saga::status::{SagaInfo, SagaOutcome, SagaStatus, State, from_epoch_ms};
+use crate::saga::status::{SagaInfo, SagaStatus, State, from_epoch_ms};
 use crate::store::{Expect, Key, Lease, StoreError};
 use std::time::Duration;
 
@@ -266,34 +266,6 @@ pub(crate) async fn create<D: Serialize>(
                 e => Err(e),
             }
         }
-    }
-}
-
-/// Between polls for the outcome of a saga running elsewhere.
-const OUTCOME_POLL: Backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(200));
-
-/// Poll the store until saga `id` finishes (someone else runs it).
-pub(crate) async fn wait_for_outcome(saga: &str, app: &App, id: &str) -> Result<SagaOutcome> {
-    let limit = app.config().saga_wait;
-    let clock = app.instance().clock;
-    let started = clock.now();
-    let mut polls = 0;
-    loop {
-        if let Some(outcome) = status(saga, app, id).await?.and_then(|info| info.outcome()) {
-            return Ok(outcome);
-        }
-        if started.elapsed() >= limit {
-            return Err(Error::Saga {
-                saga: saga.to_owned(),
-                id: id.to_owned(),
-                reason: format!(
-                    "it exists and is running elsewhere, and did not finish within {limit:?}; \
-                     query it with saga_status"
-                ),
-            });
-        }
-        polls += 1;
-        clock.sleep(OUTCOME_POLL.delay(polls)).await;
     }
 }
 
