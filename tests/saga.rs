@@ -87,6 +87,7 @@ impl Order {
 
     #[step(pivot)]
     async fn create(plan: &mut Plan, ctx: &SagaContext) -> Result<(), StepError> {
+        slow(plan, ctx).await;
         step(plan, ctx)
     }
 
@@ -695,13 +696,17 @@ impl Hurried {
         step(plan, ctx)
     }
 
-    #[step(pivot)]
+    #[step(compensate = undo_second)]
     async fn second(plan: &mut Plan, ctx: &SagaContext) -> Result<(), StepError> {
         slow(plan, ctx).await;
         step(plan, ctx)
     }
 
     async fn undo_first(plan: &Plan, ctx: &SagaContext) -> Result<(), StepError> {
+        undo(plan, ctx)
+    }
+
+    async fn undo_second(plan: &Plan, ctx: &SagaContext) -> Result<(), StepError> {
         undo(plan, ctx)
     }
 }
@@ -879,4 +884,17 @@ async fn a_client_starts_a_saga_it_does_not_run_on_an_instance_that_does_and_awa
     assert!(bad.to_string().contains("without `{`"), "{bad}");
     client.shutdown().await;
     runner.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_deadline_does_not_cut_a_pivot_short_the_saga_fails_at_the_next_step() {
+    let store = Store::memory();
+    let app = instance(&store, "deadline-pivot-running").await;
+    // `create` (the pivot) runs while the deadline passes: it finishes (what
+    // it did cannot be undone), and the saga ends Failed at `notify`.
+    let plan = Plan { slow_step: Some(("create".into(), 600)), ..Plan::default() };
+    let options = SagaOptions::default().deadline(Duration::from_millis(300));
+    let outcome = app.start_saga_with::<Order>("late-pivot", plan, options).await.unwrap();
+    assert_eq!(outcome, SagaOutcome::Failed { error: "the saga's deadline passed during step `notify`".into() });
+    assert_eq!(effects("late-pivot"), ["charge", "reserve", "create"]);
 }

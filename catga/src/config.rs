@@ -154,8 +154,9 @@ pub struct Config {
     /// for scheduled messages due within the next interval; each is then
     /// delivered at its due time.
     pub timer_interval: Duration,
-    /// How long `start_saga` waits for a saga with the same id that another
-    /// instance is running.
+    /// How long `start_saga` waits for the outcome of a saga with the same
+    /// id that another instance is running, or of its saga when it parks
+    /// at a waiting step.
     pub saga_wait: Duration,
     /// Retries of a failing compensation before the saga is `Failed`.
     pub saga_compensation_retries: u32,

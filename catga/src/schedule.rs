@@ -284,7 +284,13 @@ pub(crate) async fn deliver(app: &App, id: &str, item: &[u8]) -> Next {
 /// A stored item: its header and its payload.
 fn read(item: &[u8]) -> std::result::Result<(Header, &[u8]), String> {
     let end = item.iter().position(|b| *b == b'\n').ok_or("no header")?;
-    let header = serde_json::from_slice(&item[..end]).map_err(|e| format!("its header does not parse: {e}"))?;
+    let header: Header = serde_json::from_slice(&item[..end]).map_err(|e| format!("its header does not parse: {e}"))?;
+    // Header values go on the wire: printable, short.
+    let printable = |text: &str| text.len() <= 512 && text.bytes().all(|b| (0x20..0x7f).contains(&b));
+    let texts = [Some(&header.traceparent), header.content_type.as_ref(), header.tracestate.as_ref()];
+    if !texts.into_iter().flatten().all(|t| printable(t)) {
+        return Err("its header has a value that cannot go on the wire".into());
+    }
     Ok((header, &item[end + 1..]))
 }
 
@@ -313,5 +319,8 @@ mod tests {
         assert_eq!((read.kind, read.subject.as_str(), read.due), (Kind::Send, "orders.remind", 42));
         assert_eq!(payload, b"\n\x00binary\n");
         assert!(super::read(b"no header at all").is_err());
+        let mut bad = serde_json::to_vec(&Header { content_type: Some("a\r\nb".into()), ..read }).unwrap();
+        bad.push(b'\n');
+        assert!(super::read(&bad).unwrap_err().contains("cannot go on the wire"));
     }
 }

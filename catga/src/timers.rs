@@ -36,8 +36,12 @@ use crate::store::{Due, Key};
 /// shards; one look reads them all at once).
 pub(crate) const QUEUES: u64 = 16;
 
-/// How long a taker has to deliver an item before another may.
+/// How long a taker has to deliver an item before another may (at least;
+/// longer with a request timeout over 25 s).
 pub(crate) const TAKING: Duration = Duration::from_secs(30);
+
+/// Before a wake is tried again whose saga an instance still holds.
+const HELD_RETRY: Duration = Duration::from_secs(1);
 
 /// The most items one look at one queue lists.
 const LOOK_LIMIT: usize = 512;
@@ -125,6 +129,8 @@ impl Sweep {
         let (waiting, delivering, app, queue) =
             (self.waiting.clone(), self.delivering.clone(), app.clone(), queue.clone());
         tokio::spawn(async move {
+            // Forgotten however the task ends (a panic included).
+            let _waiting = Forget(waiting, waiting_for);
             let clock = app.instance().clock;
             let wait = due.at.saturating_sub(clock.epoch_ms());
             if wait > 0 {
@@ -136,8 +142,16 @@ impl Sweep {
             {
                 take_and_deliver(&app, &queue, family, &due).await;
             }
-            waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&waiting_for);
         });
+    }
+}
+
+/// Removes an item from the set of those waited for here when dropped.
+struct Forget(Arc<Mutex<HashSet<String>>>, String);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
     }
 }
 
@@ -145,7 +159,9 @@ impl Sweep {
 async fn take_and_deliver(app: &App, queue: &Key, family: Family, due: &Due) {
     let (store, clock) = (app.store(), app.instance().clock);
     let now = clock.epoch_ms();
-    let until = now + TAKING.as_millis() as u64;
+    // Long enough for a send to run to its own timeout.
+    let taking = TAKING.max(app.config().request_timeout + Duration::from_secs(5));
+    let until = now + taking.as_millis() as u64;
     let item = match store.timer_take(queue, &due.id, due.at, until, now).await {
         Ok(Some(item)) => item,
         // Another instance took it first, or it was cancelled.
@@ -158,10 +174,12 @@ async fn take_and_deliver(app: &App, queue: &Key, family: Family, due: &Due) {
     let next = match family {
         Family::Messages => schedule::deliver(app, &due.id, &item).await,
         Family::Wakes(record) => match record.entry.wake(app.clone(), due.id.clone()).await {
-            Ok(()) => Next::Done,
+            Ok(true) => Next::Done,
+            // Held by an instance (still parking it, or running it): again.
+            Ok(false) => Next::Again(HELD_RETRY),
             Err(e) => {
                 tracing::warn!(saga = record.name, id = due.id, error = %e, "cannot wake a parked saga; retrying");
-                Next::Again(Duration::from_secs(1))
+                Next::Again(HELD_RETRY)
             }
         },
     };
@@ -169,17 +187,19 @@ async fn take_and_deliver(app: &App, queue: &Key, family: Family, due: &Due) {
         Next::Done => None,
         Next::Again(pause) => Some(clock.epoch_ms() + pause.as_millis() as u64),
     };
-    match store.timer_end(queue, &due.id, until, again).await {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(
+    match (store.timer_end(queue, &due.id, until, again).await, family) {
+        (Ok(true), _) => {}
+        // A woken saga parked again, or its event moved its timer, before this.
+        (Ok(false), Family::Wakes(_)) => {}
+        (Ok(false), Family::Messages) => tracing::warn!(
             id = due.id,
-            "a scheduled message took longer than {TAKING:?} to deliver; another instance may deliver it again"
+            "a scheduled message took longer than its taking to deliver; another instance may deliver it again"
         ),
-        Err(e) => tracing::warn!(
+        (Err(e), _) => tracing::warn!(
             id = due.id,
             error = %e,
-            "a scheduled message was delivered but could not be marked so; it is delivered again (same message id) \
-             once its taking lapses"
+            "a timer was handled but the store did not confirm it; it may be handled again (same message id) once \
+             its taking lapses"
         ),
     }
 }

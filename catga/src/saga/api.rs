@@ -29,7 +29,8 @@ pub struct SagaOptions {
 
 impl SagaOptions {
     /// Give this saga a deadline, counted from its start: once it passes,
-    /// a saga still running forward stops (the step running is cut short),
+    /// a saga still running forward stops (the step running is cut short,
+    /// unless it is the pivot),
     /// compensates its completed steps and ends `Compensated` — or ends
     /// `Failed` if it is past its pivot. It is checked by whichever instance
     /// runs the saga, so it holds across takeovers; a finished saga is not
@@ -44,7 +45,10 @@ impl App {
     /// Start saga `id` of type `S` with `data`, run it here, and return its
     /// outcome. Idempotent on the id: if saga `id` exists, nothing starts;
     /// its outcome is returned (awaited while another instance runs it, up
-    /// to [`Config::saga_wait`](crate::Config::saga_wait)). See [`crate::saga`](mod@crate::saga).
+    /// to [`Config::saga_wait`](crate::Config::saga_wait)). A saga that
+    /// parks at a waiting step is awaited the same way, up to `saga_wait`:
+    /// for long waits, [`submit_saga`](App::submit_saga) and
+    /// [`saga_outcome`](App::saga_outcome). See [`crate::saga`](mod@crate::saga).
     pub async fn start_saga<S: Saga>(&self, id: &str, data: S::Data) -> Result<SagaOutcome> {
         self.start_saga_with::<S>(id, data, SagaOptions::default()).await
     }
@@ -114,7 +118,7 @@ impl App {
         // Watch first, then read: an end between the two is not missed.
         let mut ended = self.instance().transport.watch(subject).await?;
         let clock = self.instance().clock;
-        let deadline = clock.now() + timeout;
+        let deadline = clock.now().checked_add(timeout).unwrap_or_else(|| clock.now() + FOREVER);
         loop {
             match store::status(saga, self, id).await? {
                 None => return Err(failed("no such saga (it was never started, or its state was deleted)".into())),
@@ -240,6 +244,9 @@ async fn submit<S: Saga>(app: &App, id: &str, data: S::Data, options: SagaOption
     });
     Ok(true)
 }
+
+/// What an unbounded wait for an outcome waits.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// How often a wait for an outcome reads the store anyway (the message
 /// saying a saga ended is lost if its instance dies right after storing it).

@@ -209,9 +209,10 @@ pub trait SagaEntry: Send + Sync + 'static {
     /// The steps' names, in order.
     fn step_names(&self) -> Vec<&'static str>;
     /// Wake saga `id`, parked at a waiting step (an event came, or its
-    /// time): take its free lease and run it here in the background; `Ok`
-    /// once it is held here (or held elsewhere, or gone).
-    fn wake(&'static self, app: App, id: String) -> BoxFuture<'static, Result<()>>;
+    /// time): take its free lease and run it here in the background.
+    /// `Ok(true)` once it runs here (or is finished or gone); `Ok(false)`
+    /// if an instance holds it (it is being parked, or runs): try again.
+    fn wake(&'static self, app: App, id: String) -> BoxFuture<'static, Result<bool>>;
 }
 
 /// Every saga linked into this program, sorted by name.

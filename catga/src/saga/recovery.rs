@@ -49,6 +49,10 @@ use crate::saga::store::{
 };
 use crate::store::{Expect, Lease, Takeover, Versioned};
 
+/// After this many rounds (10 s by default) a client's submission with no
+/// saga state written is dropped (its client died between the two writes).
+const STALE_SUBMISSION_ROUNDS: u64 = 40;
+
 /// Beats a sweep reads at once.
 const BEAT_READS: usize = 64;
 
@@ -88,7 +92,7 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> SagaEntry for Saga
         self.steps.iter().map(|s| s.name).collect()
     }
 
-    fn wake(&'static self, app: App, id: String) -> BoxFuture<'static, Result<()>> {
+    fn wake(&'static self, app: App, id: String) -> BoxFuture<'static, Result<bool>> {
         Box::pin(async move { wake(self, &app, &id).await })
     }
 }
@@ -109,7 +113,10 @@ where
     if from_other {
         store.set_add(&mine, &entry).await?;
     }
-    let lease = match store.take_over_lease(&lease_key, from, &owner(app), app.config().saga_lease_ttl).await? {
+    // A client's remote start: only a free lease (the client releases its
+    // own once the state is written), so the state is there when it is taken.
+    let takes_from = if from == UNASSIGNED { "" } else { from };
+    let lease = match store.take_over_lease(&lease_key, takes_from, &owner(app), app.config().saga_lease_ttl).await? {
         Takeover::Taken(lease) => lease,
         Takeover::Held { owner } => {
             // Someone else runs it (another survivor took it first): it is
@@ -125,7 +132,7 @@ where
     };
     if !from_other {
         store.set_add(&mine, &entry).await?;
-    } else {
+    } else if from != UNASSIGNED {
         store.set_remove(&sagas_owned_key(from), &entry).await?;
     }
     let stored = match store.get(&state_key).await {
@@ -151,6 +158,10 @@ where
             };
         }
     };
+    if from == UNASSIGNED {
+        // Held here now, with its state: no longer waiting for a taker.
+        store.set_remove(&sagas_owned_key(UNASSIGNED), &entry).await?;
+    }
     if state.status.is_finished() {
         let _ = store.release_lease(&lease).await;
         unindex(app, def.name, id, state.status).await?;
@@ -170,10 +181,12 @@ where
 
 /// Wake saga `id`, parked at a waiting step: take its lease (free while it
 /// is parked), make it this instance's (its owner set, the running index),
-/// and run it on a task of its own. Returns once it is held here — or held
-/// by another instance (woken there, or never parked), or unknown or
-/// finished; then the wake is done.
-pub(crate) async fn wake<D>(def: &'static SagaDef<D>, app: &App, id: &str) -> Result<()>
+/// and run it on a task of its own. `true` once it runs here — or is
+/// unknown or finished: the wake is done. `false` while an instance holds
+/// it (it is still being parked, its runner's lease has not lapsed yet, or
+/// it runs and is not at a waiting step): the wake is tried again, so a
+/// saga being parked right when its event came is not left parked.
+pub(crate) async fn wake<D>(def: &'static SagaDef<D>, app: &App, id: &str) -> Result<bool>
 where
     D: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
@@ -182,7 +195,7 @@ where
     let me = app.instance_id();
     let (mine, entry) = (sagas_owned_key(me), owned_entry(def.name, id));
     if app.instance().running_sagas().contains(def.name, id) {
-        return Ok(());
+        return Ok(false);
     }
     store.set_add(&mine, &entry).await?;
     let lease = match store.take_over_lease(&lease_key, "", &owner(app), app.config().saga_lease_ttl).await? {
@@ -191,7 +204,7 @@ where
             if instance_of(&owner) != me {
                 store.set_remove(&mine, &entry).await?;
             }
-            return Ok(());
+            return Ok(false);
         }
     };
     store.set_add(&index_key(def.name), id).await?;
@@ -200,7 +213,7 @@ where
         let _ = store.release_lease(&lease).await;
         store.set_remove(&mine, &entry).await?;
         store.set_remove(&index_key(def.name), id).await?;
-        return Ok(());
+        return Ok(true);
     };
     let state: State<D> = match serde_json::from_slice(&stored.value) {
         Ok(state) => state,
@@ -208,12 +221,12 @@ where
             let reason = format!("its stored state does not decode as `{}`: {e}", (def.data_type)());
             let failed = fail_undecodable(app, def.name, id, &stored, &lease, &reason).await;
             let _ = store.release_lease(&lease).await;
-            return failed;
+            return failed.map(|()| true);
         }
     };
     if state.status.is_finished() {
         let _ = store.release_lease(&lease).await;
-        return unindex(app, def.name, id, state.status).await;
+        return unindex(app, def.name, id, state.status).await.map(|()| true);
     }
     tracing::debug!(saga = def.name, id, "saga woken");
     let (app, id) = (app.clone(), id.to_owned());
@@ -222,7 +235,7 @@ where
             tracing::warn!(saga = def.name, id, error = %e, "woken saga stopped; the recovery sweep continues it");
         }
     });
-    Ok(())
+    Ok(true)
 }
 
 /// A saga whose stored data this build cannot decode (a client's remote
@@ -446,7 +459,14 @@ impl Sweep {
             if !sweepers.contains_key(record.name) {
                 sweepers.insert(record.name, self.live_sweepers(app, record.name, &me).await);
             }
-            if rank(entry, &me, &sweepers[record.name]) <= ((self.round - since) / 2) as usize {
+            let age = self.round - since;
+            if age > STALE_SUBMISSION_ROUNDS && matches!(app.store().get(&state_key(record.name, id).0).await, Ok(None))
+            {
+                // Its client died before it wrote the saga: nothing to run.
+                let _ = app.store().set_remove(&sagas_owned_key(UNASSIGNED), entry).await;
+                continue;
+            }
+            if rank(entry, &me, &sweepers[record.name]) <= (age / 2) as usize {
                 self.take(app, record, id, UNASSIGNED);
             }
         }

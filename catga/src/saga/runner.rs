@@ -264,7 +264,11 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
         self.state.attempts = 0;
         self.attempt_recorded = false;
         self.persist().await?;
-        let due = self.state.deadline_at.map_or(until, |deadline| deadline.min(until));
+        // At the end of its wait or its deadline — and within the hour
+        // anyway, should a wake have been lost with an instance that died
+        // between recording the event and moving the timer.
+        let recheck = self.app.instance().clock.epoch_ms().saturating_add(PARKED_RECHECK_MS);
+        let due = self.state.deadline_at.map_or(until, |deadline| deadline.min(until)).min(recheck);
         let queue = wake_queue(saga, &id);
         store.timer_put(&queue, &id, due, b"", true).await?;
         // Recorded while the timer was being set (whose wake it replaced)?
@@ -386,7 +390,10 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
                         _ => (step.run)(&mut data, &ctx),
                     };
                     let attempt = guarded(self.app, step, run).instrument(span);
-                    let result = match left(clock) {
+                    // A pivot is never cut mid-attempt: its outcome would be
+                    // unknown, and what it did cannot be undone.
+                    let cut = if step.kind == StepKind::Pivot { None } else { left(clock) };
+                    let result = match cut {
                         None => attempt.await,
                         Some(left) => match clock.timeout(left, attempt).await {
                             Ok(result) => result,
@@ -556,6 +563,9 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
         )
     }
 }
+
+/// The longest a parked saga sleeps before it looks again for itself.
+const PARKED_RECHECK_MS: u64 = 60 * 60 * 1000;
 
 /// Whether a saga goes on, or parked at a waiting step.
 #[derive(Debug, PartialEq)]

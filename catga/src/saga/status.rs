@@ -212,8 +212,12 @@ pub(crate) fn from_epoch_ms(ms: u64) -> SystemTime {
 }
 
 fn rfc3339<S: Serializer>(time: &Option<SystemTime>, out: S) -> Result<S::Ok, S::Error> {
-    match time {
-        Some(t) => out.collect_str(&humantime::format_rfc3339_millis(*t)),
+    // RFC 3339 ends at the year 9999: a time past it (a deadline of
+    // millennia) is written as epoch milliseconds instead.
+    const LAST: Duration = Duration::from_secs(253_402_300_799);
+    match time.map(|t| (t, t.duration_since(UNIX_EPOCH).unwrap_or_default())) {
+        Some((t, since)) if since <= LAST => out.collect_str(&humantime::format_rfc3339_millis(t)),
+        Some((_, since)) => out.serialize_u64(u64::try_from(since.as_millis()).unwrap_or(u64::MAX)),
         None => out.serialize_none(),
     }
 }

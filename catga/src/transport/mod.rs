@@ -224,7 +224,7 @@ pub(crate) fn intern_subject(subject: &str) -> std::result::Result<&'static str,
         return Ok(known);
     }
     if subjects.len() >= MAX_SUBJECTS {
-        return Err("too many distinct subjects in scheduled messages");
+        return Err("too many distinct subjects named at run time (scheduled messages, saga outcomes)");
     }
     let leaked: &'static str = Box::leak(subject.to_owned().into_boxed_str());
     subjects.insert(leaked);
