@@ -120,6 +120,7 @@ pub mod schedule;
 pub mod security;
 mod signals;
 pub mod store;
+pub mod testing;
 mod timers;
 pub mod trace;
 pub mod transport;

@@ -59,7 +59,22 @@ struct Bus {
     write: Mutex<()>,
     /// Who watches which subject's encoded events (see [`MemoryBus::watch`]).
     watchers: Mutex<Vec<Watcher>>,
+    /// A test harness's view of the bus ([`crate::testing`]), if any.
+    tap: OnceLock<Arc<dyn Tap>>,
 }
+
+/// What a test harness ([`crate::testing`]) sees of a bus, and asks it.
+pub(crate) trait Tap: Send + Sync {
+    /// A command was sent (`published`: an event published), as its codec
+    /// wrote it.
+    fn saw(&self, published: bool, subject: &'static str, payload: &[u8], meta: &Metadata);
+    /// The stand-in for the commands of `subject`, if the test gave one.
+    fn stub(&self, subject: &'static str) -> Option<Stub>;
+}
+
+/// A test's stand-in for a command's handler: the command's bytes to the
+/// reply's, or an error.
+pub(crate) type Stub = Arc<dyn Fn(&[u8]) -> std::result::Result<Vec<u8>, HandlerError> + Send + Sync>;
 
 /// A subject and where its encoded events go.
 type Watcher = (&'static str, tokio::sync::mpsc::UnboundedSender<Vec<u8>>);
@@ -187,9 +202,50 @@ impl MemoryBus {
         routes.subjects.get(subject)?.commands.iter().find_map(Group::pick)
     }
 
+    /// Let a test harness see (and stand in on) this bus; once.
+    pub(crate) fn set_tap(&self, tap: Arc<dyn Tap>) {
+        let _ = self.inner.tap.set(tap);
+    }
+
     /// Route a command to one handler and start its handling (it runs
     /// when the returned future is polled, on the caller's task).
     pub(crate) fn send<C: Command>(&self, command: C, meta: Metadata, timeout: Duration) -> Pending<C::Reply> {
+        if let Some(tap) = self.inner.tap.get() {
+            return self.send_tapped(&**tap, command, meta, timeout);
+        }
+        self.route(command, meta, timeout)
+    }
+
+    /// [`send`](MemoryBus::send) on a bus a test harness watches: recorded,
+    /// and answered by the test's stand-in if it gave one.
+    #[cold]
+    fn send_tapped<C: Command>(
+        &self,
+        tap: &dyn Tap,
+        command: C,
+        meta: Metadata,
+        timeout: Duration,
+    ) -> Pending<C::Reply> {
+        let payload = match C::Codec::encode(&command) {
+            Ok(payload) => payload,
+            Err(e) => {
+                let handling = Handling::Failed(Some(Box::new(codec_error::<C>("encode", C::SUBJECT, e))));
+                return Pending { handling, subject: C::SUBJECT, deadline: Deadline::new(timeout) };
+            }
+        };
+        tap.saw(false, C::SUBJECT, &payload, &meta);
+        match tap.stub(C::SUBJECT) {
+            Some(stub) => {
+                let answer: BoxFuture<'static, std::result::Result<Vec<u8>, HandlerError>> =
+                    Box::pin(async move { stub(&payload) });
+                let handling = Handling::Raw(answer, decode_reply::<C>);
+                Pending { handling, subject: C::SUBJECT, deadline: Deadline::new(timeout) }
+            }
+            None => self.route(command, meta, timeout),
+        }
+    }
+
+    fn route<C: Command>(&self, command: C, meta: Metadata, timeout: Duration) -> Pending<C::Reply> {
         let handling = match self.pick_command(C::SUBJECT) {
             None => Handling::Failed(Some(Box::new(Error::NoHandler { subject: C::SUBJECT }))),
             Some((in_flight, record)) => {
@@ -212,6 +268,12 @@ impl MemoryBus {
     /// path (as a client with another Rust type of the contract would).
     pub(crate) async fn send_encoded(&self, message: Encoded<'_>, meta: Metadata, left: Duration) -> Result<Vec<u8>> {
         let subject = message.subject;
+        if let Some(tap) = self.inner.tap.get() {
+            tap.saw(false, subject, &message.payload, &meta);
+            if let Some(stub) = tap.stub(subject) {
+                return stub(&message.payload).map_err(|error| Error::Handler { subject, error });
+            }
+        }
         let Some((in_flight, record)) = self.pick_command(subject) else { return Err(Error::NoHandler { subject }) };
         let handling = record.entry.call_raw(&message.payload, record, in_flight, meta);
         match tokio::time::timeout(left, handling).await {
@@ -232,6 +294,9 @@ impl MemoryBus {
     /// Deliver an event already encoded to its subscribers, through their
     /// bytes path, and to its watchers.
     pub(crate) fn publish_encoded(&self, message: &Encoded<'_>, meta: Metadata) {
+        if let Some(tap) = self.inner.tap.get() {
+            tap.saw(true, message.subject, &message.payload, &meta);
+        }
         {
             let mut watchers = self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner());
             watchers.retain(|(_, tx)| !tx.is_closed());
@@ -250,6 +315,11 @@ impl MemoryBus {
     }
 
     pub(crate) fn publish<E: Event>(&self, event: E, meta: Metadata) {
+        if let Some(tap) = self.inner.tap.get()
+            && let Ok(payload) = E::Codec::encode(&event)
+        {
+            tap.saw(true, E::SUBJECT, &payload, &meta);
+        }
         let routes = self.inner.routes.load();
         let Some(s) = routes.subjects.get(E::SUBJECT) else {
             tracing::trace!(subject = E::SUBJECT, "event published with no subscriber");

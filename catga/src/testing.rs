@@ -1,0 +1,434 @@
+//! A test harness for your handlers and sagas: one in-memory instance with
+//! the handlers and sagas linked into the test, that records every message
+//! sent and published and every handling (with its handler and outcome),
+//! stands in for commands another service handles, makes handlers fail,
+//! and moves time so that deadlines, waits and scheduled messages come due
+//! without sleeping.
+//!
+//! ```
+//! use std::time::Duration;
+//! use catga::prelude::*;
+//! use catga::testing::Harness;
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+//! #[catga(subject = "docs.harness.place", reply = String)]
+//! struct PlaceOrder { id: String, cents: u64 }
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+//! #[catga(subject = "docs.harness.charge", reply = String)]
+//! struct ChargeCard { cents: u64 }
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+//! #[catga(subject = "docs.harness.placed")]
+//! struct OrderPlaced { id: String, receipt: String }
+//!
+//! #[catga::command(queue = "orders")]
+//! async fn place_order(cmd: PlaceOrder, ctx: Context) -> Result<String, HandlerError> {
+//!     // Another service handles `ChargeCard`; the test stands in for it.
+//!     let receipt = ctx.send(ChargeCard { cents: cmd.cents }).await?;
+//!     ctx.publish(OrderPlaced { id: cmd.id.clone(), receipt: receipt.clone() }).await?;
+//!     Ok(receipt)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let harness = Harness::builder().handlers_where(|h| h.subject.starts_with("docs.harness.")).start().await.unwrap();
+//! harness.stub(|charge: ChargeCard| Ok(format!("receipt for {}", charge.cents)));
+//! let receipt = harness.app().send(PlaceOrder { id: "o-1".into(), cents: 250 }).await.unwrap();
+//! assert_eq!(receipt, "receipt for 250");
+//! let placed = harness.wait_published(Duration::from_secs(1), |e: &OrderPlaced| e.id == "o-1").await.unwrap();
+//! assert_eq!(placed.receipt, "receipt for 250");
+//! assert_eq!(harness.sent::<ChargeCard>().len(), 1);
+//! assert_eq!(harness.handled().iter().filter(|h| h.handler == "place_order").count(), 1);
+//!
+//! // The next handling of `PlaceOrder` fails, as a broken dependency would.
+//! harness.fail_next::<PlaceOrder>(1, HandlerError::new("unavailable", "on purpose"));
+//! let err = harness.app().send(PlaceOrder { id: "o-2".into(), cents: 1 }).await.unwrap_err();
+//! assert_eq!(err.code(), Some("unavailable"));
+//! assert_eq!(harness.failed().len(), 1);
+//! harness.shutdown().await;
+//! # }
+//! ```
+//!
+//! ## Time
+//! The instance reads time through a [`Clock`] that follows tokio's clock
+//! (wall-clock readings included), so in a test on a paused runtime
+//! (`#[tokio::test(start_paused = true)]`) [`Harness::advance`] moves it:
+//! a saga's deadline or a step's wait of ten minutes, or a message
+//! scheduled for tomorrow, comes due at once. (A paused runtime also jumps
+//! ahead by itself whenever every task waits.)
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::app::App;
+use crate::builder::Catga;
+use crate::clock::Clock;
+use crate::codec::Codec;
+use crate::error::{HandlerError, Result};
+use crate::future::BoxFuture;
+use crate::message::{Command, Event, Message};
+use crate::metadata::{MessageId, Metadata};
+use crate::middleware::{Handling, Middleware, Next};
+use crate::registry::HandlerRecord;
+use crate::store::{MemoryStore, Store};
+use crate::transport::memory::{MemoryBus, Stub, Tap};
+
+/// A running harness: one in-memory instance and what it recorded.
+pub struct Harness {
+    app: App,
+    log: Arc<Log>,
+}
+
+/// How to start a [`Harness`].
+pub struct HarnessBuilder {
+    service: String,
+    filter: Option<Filter>,
+}
+
+/// Which handlers a harness subscribes.
+type Filter = Box<dyn Fn(&HandlerRecord) -> bool + Send + Sync>;
+
+/// Whether a recorded message was sent (a command) or published (an event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A command, by `send`.
+    Sent,
+    /// An event, by `publish`.
+    Published,
+}
+
+/// A message as the harness saw it go through the bus.
+#[derive(Clone)]
+pub struct Recorded {
+    /// Sent or published.
+    pub kind: Kind,
+    /// Its subject.
+    pub subject: &'static str,
+    /// Its ids.
+    pub message_id: MessageId,
+    /// The conversation it belongs to.
+    pub correlation_id: MessageId,
+    /// The message whose handling sent it, if any.
+    pub causation_id: Option<MessageId>,
+    payload: Vec<u8>,
+}
+
+impl Recorded {
+    /// The message as `M`, if it is one (its subject and payload).
+    pub fn decode<M: Message>(&self) -> Option<M> {
+        (self.subject == M::SUBJECT).then(|| M::Codec::decode(&self.payload).ok()).flatten()
+    }
+}
+
+impl fmt::Debug for Recorded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} {} {}", self.kind, self.subject, String::from_utf8_lossy(&self.payload))
+    }
+}
+
+/// A handling that ran (or was refused), as the harness saw it.
+#[derive(Debug, Clone)]
+pub struct Handled {
+    /// The handler's function name.
+    pub handler: &'static str,
+    /// The subject it handles.
+    pub subject: &'static str,
+    /// The message it handled.
+    pub message_id: MessageId,
+    /// Its error, if it failed.
+    pub error: Option<HandlerError>,
+}
+
+/// What [`Harness::wait_published`] (and friends) found instead of the
+/// message waited for: every message recorded by then.
+#[derive(Debug)]
+pub struct NotSeen {
+    /// What was waited for.
+    pub wanted: String,
+    /// What went through the bus meanwhile, in order.
+    pub seen: Vec<Recorded>,
+}
+
+impl fmt::Display for NotSeen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} did not come; the bus carried {} message(s):", self.wanted, self.seen.len())?;
+        for message in &self.seen {
+            write!(f, "\n  {message:?}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NotSeen {}
+
+/// What the harness records and the rules it applies.
+#[derive(Default)]
+struct Log {
+    messages: Mutex<Vec<Recorded>>,
+    handlings: Mutex<Vec<Handled>>,
+    stubs: Mutex<HashMap<&'static str, Stub>>,
+    /// Faults to inject, by subject: how many more, and which.
+    faults: Mutex<HashMap<&'static str, (u32, Fault)>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Log {
+    fn record(&self, kind: Kind, subject: &'static str, payload: &[u8], meta: &Metadata) {
+        let recorded = Recorded {
+            kind,
+            subject,
+            message_id: meta.message_id,
+            correlation_id: meta.correlation_id,
+            causation_id: meta.causation_id,
+            payload: payload.to_vec(),
+        };
+        self.messages.lock().unwrap_or_else(|e| e.into_inner()).push(recorded);
+        self.changed.notify_waiters();
+    }
+}
+
+impl Tap for Log {
+    fn saw(&self, published: bool, subject: &'static str, payload: &[u8], meta: &Metadata) {
+        let kind = if published { Kind::Published } else { Kind::Sent };
+        self.record(kind, subject, payload, meta);
+    }
+
+    fn stub(&self, subject: &'static str) -> Option<Stub> {
+        self.stubs.lock().unwrap_or_else(|e| e.into_inner()).get(subject).cloned()
+    }
+}
+
+/// What an injected fault does to a handling.
+#[derive(Clone)]
+enum Fault {
+    /// Fail with this error; the handler does not run.
+    Fail(HandlerError),
+    /// Wait this long, then run the handler.
+    Delay(Duration),
+    /// Panic where the handler would run (the pipeline catches it).
+    Panic,
+}
+
+/// The harness's middleware: injects failures, records every handling.
+struct Recorder(Arc<Log>);
+
+impl Middleware for Recorder {
+    fn handle<'a>(&'a self, handling: &'a Handling<'a>, next: Next<'a>) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let record = handling.record;
+            let injected = {
+                let mut faults = self.0.faults.lock().unwrap_or_else(|e| e.into_inner());
+                match faults.get_mut(record.subject) {
+                    Some((left, error)) if *left > 0 => {
+                        *left -= 1;
+                        Some(error.clone())
+                    }
+                    _ => None,
+                }
+            };
+            let outcome = match injected {
+                Some(Fault::Fail(error)) => Err(error),
+                Some(Fault::Delay(by)) => {
+                    tokio::time::sleep(by).await;
+                    next.run().await
+                }
+                Some(Fault::Panic) => {
+                    // Recorded first: the panic unwinds past this stage.
+                    let error = HandlerError::new(HandlerError::PANIC, "panic_next");
+                    self.0.handlings.lock().unwrap_or_else(|e| e.into_inner()).push(Handled {
+                        handler: record.name,
+                        subject: record.subject,
+                        message_id: handling.metadata.message_id,
+                        error: Some(error),
+                    });
+                    panic!("the test harness made `{}` panic (panic_next)", record.name)
+                }
+                None => next.run().await,
+            };
+            let handled = Handled {
+                handler: record.name,
+                subject: record.subject,
+                message_id: handling.metadata.message_id,
+                error: outcome.as_ref().err().cloned(),
+            };
+            self.0.handlings.lock().unwrap_or_else(|e| e.into_inner()).push(handled);
+            self.0.changed.notify_waiters();
+            outcome
+        })
+    }
+}
+
+impl Harness {
+    /// Start a harness with every handler and saga linked into the test.
+    pub async fn start() -> Result<Harness> {
+        Harness::builder().start().await
+    }
+
+    /// Start one with a subset of the handlers, another service name, ...
+    pub fn builder() -> HarnessBuilder {
+        HarnessBuilder { service: "test".into(), filter: None }
+    }
+
+    /// The instance, to send, publish and start sagas as the test.
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// Every message sent or published so far, in order.
+    pub fn messages(&self) -> Vec<Recorded> {
+        self.log.messages.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The commands of type `C` sent so far (by the test or a handler).
+    pub fn sent<C: Command>(&self) -> Vec<C> {
+        self.decoded::<C>(Kind::Sent)
+    }
+
+    /// The events of type `E` published so far.
+    pub fn published<E: Event>(&self) -> Vec<E> {
+        self.decoded::<E>(Kind::Published)
+    }
+
+    fn decoded<M: Message>(&self, kind: Kind) -> Vec<M> {
+        self.messages().iter().filter(|m| m.kind == kind).filter_map(Recorded::decode).collect()
+    }
+
+    /// Every handling so far, in the order they ended.
+    pub fn handled(&self) -> Vec<Handled> {
+        self.log.handlings.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The handlings that failed (or had a failure injected).
+    pub fn failed(&self) -> Vec<Handled> {
+        self.handled().into_iter().filter(|h| h.error.is_some()).collect()
+    }
+
+    /// Wait (up to `within`) until an event of type `E` that `matches` has
+    /// been published — already, or from now; it, or what was published
+    /// instead.
+    pub async fn wait_published<E: Event>(
+        &self,
+        within: Duration,
+        matches: impl Fn(&E) -> bool,
+    ) -> std::result::Result<E, NotSeen> {
+        let found = || self.published::<E>().into_iter().find(|e| matches(e));
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.log.changed.notified();
+            if let Some(event) = found() {
+                return Ok(event);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return found().ok_or_else(|| NotSeen {
+                    wanted: format!("a matching `{}` on {}", short(std::any::type_name::<E>()), E::SUBJECT),
+                    seen: self.messages(),
+                });
+            }
+        }
+    }
+
+    /// Stand in for the handler of `C` (another service's, or one not
+    /// linked): every send of a `C` gets `answer`'s reply or error, and no
+    /// handler runs. The sends are still recorded.
+    pub fn stub<C: Command>(
+        &self,
+        answer: impl Fn(C) -> std::result::Result<C::Reply, HandlerError> + Send + Sync + 'static,
+    ) {
+        let stub: Stub = Arc::new(move |payload| {
+            let command = C::Codec::decode::<C>(payload).map_err(|e| {
+                HandlerError::new(HandlerError::INVALID, format!("the stub could not decode it: {}", e.0))
+            })?;
+            let reply = answer(command)?;
+            C::Codec::encode(&reply).map_err(|e| HandlerError::new(HandlerError::CODEC, e.0))
+        });
+        self.log.stubs.lock().unwrap_or_else(|e| e.into_inner()).insert(C::SUBJECT, stub);
+    }
+
+    /// Make the next `times` handlings of `M` fail with `error` (without
+    /// running the handler), as a broken dependency would.
+    pub fn fail_next<M: Message>(&self, times: u32, error: HandlerError) {
+        self.inject::<M>(times, Fault::Fail(error));
+    }
+
+    /// Make the next `times` handlings of `M` wait `by` before the handler
+    /// runs (a slow dependency: the handler timeout and the sender's
+    /// deadline apply).
+    pub fn delay_next<M: Message>(&self, times: u32, by: Duration) {
+        self.inject::<M>(times, Fault::Delay(by));
+    }
+
+    /// Make the next `times` handlings of `M` panic where the handler would
+    /// run (a `panic` error reply, as for a handler that panics).
+    pub fn panic_next<M: Message>(&self, times: u32) {
+        self.inject::<M>(times, Fault::Panic);
+    }
+
+    fn inject<M: Message>(&self, times: u32, fault: Fault) {
+        self.log.faults.lock().unwrap_or_else(|e| e.into_inner()).insert(M::SUBJECT, (times, fault));
+    }
+
+    /// Move time on by `by` — the instance's clock, wall-clock readings
+    /// included — and let what came due run. Needs a paused runtime:
+    /// `#[tokio::test(start_paused = true)]`.
+    pub async fn advance(&self, by: Duration) {
+        // In up to 200 steps (of at least 50 ms), so that what comes due on
+        // the way runs on the way, and what it sets in motion too.
+        let step = (by / 200).max(Duration::from_millis(50));
+        let mut left = by;
+        while !left.is_zero() {
+            let now = step.min(left);
+            tokio::time::advance(now).await;
+            left -= now;
+            for _ in 0..8 {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    /// Shut the instance down (waiting for what is in flight).
+    pub async fn shutdown(self) {
+        self.app.shutdown().await;
+    }
+}
+
+impl HarnessBuilder {
+    /// The instance's service name (`test` by default).
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.service = name.into();
+        self
+    }
+
+    /// Subscribe only the handlers `keep` accepts (the sagas' own event
+    /// recorders are always subscribed).
+    pub fn handlers_where(mut self, keep: impl Fn(&HandlerRecord) -> bool + Send + Sync + 'static) -> Self {
+        self.filter = Some(Box::new(keep));
+        self
+    }
+
+    /// Start it: a fresh bus and store of its own, time that a paused
+    /// runtime controls, the recorder.
+    pub async fn start(self) -> Result<Harness> {
+        let log = Arc::new(Log::default());
+        let bus = MemoryBus::new();
+        bus.set_tap(log.clone());
+        let clock = Clock::following_tokio();
+        let store = Store::from(MemoryStore::with_clock(clock));
+        let mut builder = Catga::builder()
+            .service(self.service)
+            .memory_bus(bus)
+            .store(store)
+            .clock(clock)
+            .middleware(Recorder(log.clone()));
+        if let Some(keep) = self.filter {
+            builder = builder.handlers_where(move |h| keep(h));
+        }
+        let app = builder.start().await?;
+        Ok(Harness { app, log })
+    }
+}
+
+fn short(name: &str) -> &str {
+    name.rsplit("::").next().unwrap_or(name)
+}
