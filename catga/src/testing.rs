@@ -372,6 +372,42 @@ impl Harness {
     /// Move time on by `by` — the instance's clock, wall-clock readings
     /// included — and let what came due run. Needs a paused runtime:
     /// `#[tokio::test(start_paused = true)]`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use catga::prelude::*;
+    /// use catga::saga::{SagaContext, SagaOutcome, StepError};
+    /// use catga::testing::Harness;
+    ///
+    /// #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    /// struct Hold { released: bool }
+    ///
+    /// #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+    /// #[catga(subject = "docs.advance.paid")]
+    /// struct Paid { hold: String }
+    ///
+    /// struct HoldSaga;
+    ///
+    /// #[catga::saga(name = "docs-advance-hold")]
+    /// impl HoldSaga {
+    ///     #[step(compensate = release)]
+    ///     async fn hold(_: &mut Hold, _: &SagaContext) -> Result<(), StepError> { Ok(()) }
+    ///
+    ///     // Gives up (and releases the hold) after 15 minutes without payment.
+    ///     #[step(wait = Paid, key = hold, within = "15m", pivot)]
+    ///     async fn paid(_: &mut Hold, _: Paid, _: &SagaContext) -> Result<(), StepError> { Ok(()) }
+    ///
+    ///     async fn release(_: &Hold, _: &SagaContext) -> Result<(), StepError> { Ok(()) }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let harness = Harness::builder().handlers_where(|_| false).start().await.unwrap();
+    /// harness.app().submit_saga::<HoldSaga>("h-1", Hold::default()).await.unwrap();
+    /// harness.advance(Duration::from_secs(16 * 60)).await; // no waiting in real time
+    /// let outcome = harness.app().saga_outcome("docs-advance-hold", "h-1", Duration::from_secs(1)).await.unwrap();
+    /// assert!(matches!(outcome, SagaOutcome::Compensated { .. }));
+    /// # harness.shutdown().await; }
+    /// ```
     pub async fn advance(&self, by: Duration) {
         // In up to 200 steps (of at least 50 ms), so that what comes due on
         // the way runs on the way, and what it sets in motion too.
