@@ -58,6 +58,10 @@ async fn the_harness_records_what_was_sent_published_and_handled_with_ids() {
     let err = harness.app().send(Reserve { sku: "pear".into(), qty: 11 }).await.unwrap_err();
     assert_eq!(err.code(), Some("out_of_stock"));
     assert_eq!(harness.failed()[0].error.as_ref().unwrap().code(), "out_of_stock");
+    let sent = harness.wait_sent(Duration::from_secs(1), |c: &Reserve| c.qty == 11).await.unwrap();
+    assert_eq!(sent.sku, "pear");
+    let failed = harness.wait_handled(Duration::from_secs(1), |h| h.error.is_some()).await.unwrap();
+    assert_eq!(failed.handler, "reserve");
 
     // Waiting for what never comes says what came instead.
     let missing = harness.wait_published(Duration::from_millis(50), |e: &Reserved| e.sku == "kiwi").await.unwrap_err();

@@ -313,18 +313,45 @@ impl Harness {
         within: Duration,
         matches: impl Fn(&E) -> bool,
     ) -> std::result::Result<E, NotSeen> {
-        let found = || self.published::<E>().into_iter().find(|e| matches(e));
+        let wanted = || format!("a matching `{}` on {}", short(std::any::type_name::<E>()), E::SUBJECT);
+        self.wait(within, wanted, || self.published::<E>().into_iter().find(|e| matches(e))).await
+    }
+
+    /// Wait (up to `within`) until a command of type `C` that `matches` has
+    /// been sent; it, or what was sent and published instead.
+    pub async fn wait_sent<C: Command>(
+        &self,
+        within: Duration,
+        matches: impl Fn(&C) -> bool,
+    ) -> std::result::Result<C, NotSeen> {
+        let wanted = || format!("a matching `{}` sent on {}", short(std::any::type_name::<C>()), C::SUBJECT);
+        self.wait(within, wanted, || self.sent::<C>().into_iter().find(|c| matches(c))).await
+    }
+
+    /// Wait (up to `within`) until a handling that `matches` has ended
+    /// (e.g. `|h| h.handler == "reserve" && h.error.is_some()`).
+    pub async fn wait_handled(
+        &self,
+        within: Duration,
+        matches: impl Fn(&Handled) -> bool,
+    ) -> std::result::Result<Handled, NotSeen> {
+        self.wait(within, || "a matching handling".to_owned(), || self.handled().into_iter().find(|h| matches(h))).await
+    }
+
+    async fn wait<T>(
+        &self,
+        within: Duration,
+        wanted: impl Fn() -> String,
+        found: impl Fn() -> Option<T>,
+    ) -> std::result::Result<T, NotSeen> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let changed = self.log.changed.notified();
-            if let Some(event) = found() {
-                return Ok(event);
+            if let Some(found) = found() {
+                return Ok(found);
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return found().ok_or_else(|| NotSeen {
-                    wanted: format!("a matching `{}` on {}", short(std::any::type_name::<E>()), E::SUBJECT),
-                    seen: self.messages(),
-                });
+                return found().ok_or_else(|| NotSeen { wanted: wanted(), seen: self.messages() });
             }
         }
     }
