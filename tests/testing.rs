@@ -163,3 +163,58 @@ async fn moving_time_makes_a_ten_minute_wait_and_a_message_for_tomorrow_come_due
     assert!(real.elapsed() < Duration::from_secs(30), "a day passed in {:?}", real.elapsed());
     harness.shutdown().await;
 }
+
+// ---------- a saga step by step ----------
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Trip {
+    booked: Vec<String>,
+    #[serde(default)]
+    fail_hotel: bool,
+}
+
+struct TripSaga;
+
+#[catga::saga(name = "t-harness-trip")]
+impl TripSaga {
+    #[step(compensate = cancel_flight)]
+    async fn flight(t: &mut Trip, _ctx: &SagaContext) -> Result<(), StepError> {
+        t.booked.push("flight".into());
+        Ok(())
+    }
+
+    #[step(pivot)]
+    async fn hotel(t: &mut Trip, _ctx: &SagaContext) -> Result<(), StepError> {
+        if t.fail_hotel {
+            return Err(StepError::new("full", "no room"));
+        }
+        t.booked.push("hotel".into());
+        Ok(())
+    }
+
+    async fn cancel_flight(_t: &Trip, _ctx: &SagaContext) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_saga_can_be_run_step_by_step_and_looked_at_between_its_steps() {
+    let harness = Harness::builder().handlers_where(|_| false).start().await.unwrap();
+    harness.hold_saga_steps();
+    let trip = Trip { fail_hotel: true, ..Trip::default() };
+    harness.app().submit_saga::<TripSaga>("trip-1", trip).await.unwrap();
+    let within = Duration::from_secs(5);
+    let info = harness.step("t-harness-trip", "trip-1", within).await.unwrap();
+    assert_eq!((info.status, info.current_step.as_deref()), (catga::saga::SagaStatus::Running, Some("hotel")));
+    assert_eq!(info.history.len(), 1);
+    // The pivot fails: the next held attempt is the compensation.
+    let info = harness.step("t-harness-trip", "trip-1", within).await.unwrap();
+    assert_eq!(info.status, catga::saga::SagaStatus::Compensating, "{info:?}");
+    let info = harness.step("t-harness-trip", "trip-1", within).await.unwrap();
+    assert_eq!(info.status, catga::saga::SagaStatus::Compensated, "{info:?}");
+    assert_eq!(info.history.len(), 3, "flight, hotel (failed), cancel_flight");
+    // Nothing more to step: it says so.
+    let err = harness.step("t-harness-trip", "trip-1", Duration::from_millis(100)).await.unwrap_err();
+    assert!(err.to_string().contains("the next step of saga t-harness-trip trip-1"), "{err}");
+    harness.shutdown().await;
+}

@@ -108,6 +108,7 @@ pub struct Builder {
     bus: Option<MemoryBus>,
     store: Option<Store>,
     middleware: Vec<Arc<dyn Middleware>>,
+    saga_gate: Option<Arc<dyn crate::instance::SagaGate>>,
     filter: Option<HandlerFilter>,
     /// Run the background sweeps: saga recovery, scheduled deliveries (not a client).
     sweeps: bool,
@@ -122,6 +123,7 @@ impl Builder {
             bus: None,
             store: None,
             middleware: Vec::new(),
+            saga_gate: None,
             filter: None,
             sweeps: true,
             state: State::new(),
@@ -422,6 +424,12 @@ impl Builder {
         self
     }
 
+    /// Hold every saga step attempt at this gate (a test harness's).
+    pub(crate) fn saga_gate(mut self, gate: Arc<dyn crate::instance::SagaGate>) -> Self {
+        self.saga_gate = Some(gate);
+        self
+    }
+
     /// Subscribe no handlers, recover no sagas and deliver no scheduled
     /// messages: a client that only sends, publishes, schedules, and starts
     /// or queries sagas.
@@ -482,7 +490,14 @@ impl Builder {
             }
             (None, bus) => Transport::Memory(bus.unwrap_or_else(MemoryBus::global)),
         };
-        let parts = Parts { middleware: self.middleware, state: self.state, handlers, clock: self.clock, metrics };
+        let parts = Parts {
+            middleware: self.middleware,
+            saga_gate: self.saga_gate,
+            state: self.state,
+            handlers,
+            clock: self.clock,
+            metrics,
+        };
         let instance = Instance::new(config, transport, store, parts);
         // Up before the handlers: `/readyz` says "starting" meanwhile.
         if let Some(addr) = instance.config.http_addr {

@@ -51,6 +51,8 @@ pub(crate) struct Instance {
     pub(crate) transport: Transport,
     pub(crate) store: Store,
     pub(crate) middleware: Vec<Arc<dyn Middleware>>,
+    /// A test harness's hold on saga steps ([`crate::testing`]), if any.
+    pub(crate) saga_gate: Option<Arc<dyn SagaGate>>,
     pub(crate) state: State,
     pub(crate) handlers: Vec<&'static HandlerRecord>,
     pub(crate) clock: Clock,
@@ -82,10 +84,18 @@ struct Serving {
 /// and store.
 pub(crate) struct Parts {
     pub(crate) middleware: Vec<Arc<dyn Middleware>>,
+    pub(crate) saga_gate: Option<Arc<dyn SagaGate>>,
     pub(crate) state: State,
     pub(crate) handlers: Vec<&'static HandlerRecord>,
     pub(crate) clock: Clock,
     pub(crate) metrics: Arc<Metrics>,
+}
+
+/// Holds each saga step attempt until a test lets it run
+/// ([`Harness::step_sagas`](crate::testing::Harness)).
+pub(crate) trait SagaGate: Send + Sync {
+    /// Before an attempt of `step` of saga `id` runs (its start recorded).
+    fn before<'a>(&'a self, saga: &'static str, id: &'a str, step: &'static str) -> crate::future::BoxFuture<'a, ()>;
 }
 
 /// Options of one `send`.
@@ -122,12 +132,13 @@ pub struct ShutdownReport {
 
 impl Instance {
     pub(crate) fn new(config: Config, transport: Transport, store: Store, parts: Parts) -> Arc<Instance> {
-        let Parts { middleware, state, handlers, clock, metrics } = parts;
+        let Parts { middleware, saga_gate, state, handlers, clock, metrics } = parts;
         Arc::new(Instance {
             config,
             transport,
             store,
             middleware,
+            saga_gate,
             state,
             handlers,
             clock,

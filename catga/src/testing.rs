@@ -59,6 +59,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,17 +69,20 @@ use crate::clock::Clock;
 use crate::codec::Codec;
 use crate::error::{HandlerError, Result};
 use crate::future::BoxFuture;
+use crate::instance::SagaGate;
 use crate::message::{Command, Event, Message};
 use crate::metadata::{MessageId, Metadata};
 use crate::middleware::{Handling, Middleware, Next};
 use crate::registry::HandlerRecord;
-use crate::store::{MemoryStore, Store};
+use crate::saga::SagaInfo;
+use crate::store::{Key, MemoryStore, Store};
 use crate::transport::memory::{MemoryBus, Stub, Tap};
 
 /// A running harness: one in-memory instance and what it recorded.
 pub struct Harness {
     app: App,
     log: Arc<Log>,
+    steps: Arc<Steps>,
 }
 
 /// How to start a [`Harness`].
@@ -209,6 +213,60 @@ enum Fault {
     Delay(Duration),
     /// Panic where the handler would run (the pipeline catches it).
     Panic,
+}
+
+/// The harness's hold on saga steps: while holding, each attempt waits for
+/// a permit of its saga ([`Harness::step`]).
+#[derive(Default)]
+struct Steps {
+    holding: AtomicBool,
+    /// By `saga/id`: permits granted, attempts let through, and whether an
+    /// attempt waits now.
+    sagas: Mutex<HashMap<String, Gate>>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Gate {
+    permits: u32,
+    ran: u64,
+    waiting: bool,
+}
+
+impl Steps {
+    fn gate<T>(&self, key: &str, f: impl FnOnce(&mut Gate) -> T) -> T {
+        let mut sagas = self.sagas.lock().unwrap_or_else(|e| e.into_inner());
+        f(sagas.entry(key.to_owned()).or_default())
+    }
+}
+
+impl SagaGate for Steps {
+    fn before<'a>(&'a self, saga: &'static str, id: &'a str, _step: &'static str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let key = format!("{saga}/{id}");
+            loop {
+                let passed = self.gate(&key, |g| {
+                    let pass = !self.holding.load(Ordering::SeqCst) || g.permits > 0;
+                    if pass {
+                        g.permits = g.permits.saturating_sub(1);
+                        g.ran += 1;
+                    }
+                    g.waiting = !pass;
+                    pass
+                });
+                self.changed.notify_waiters();
+                if passed {
+                    return;
+                }
+                // Registered before the look, so a permit given after it wakes us.
+                let granted = self.changed.notified();
+                if self.gate(&key, |g| g.permits > 0) || !self.holding.load(Ordering::SeqCst) {
+                    continue;
+                }
+                granted.await;
+            }
+        })
+    }
 }
 
 /// The harness's middleware: injects failures, records every handling.
@@ -396,6 +454,83 @@ impl Harness {
         self.log.faults.lock().unwrap_or_else(|e| e.into_inner()).insert(M::SUBJECT, (times, fault));
     }
 
+    /// From now on, hold every saga step (and compensation) attempt until
+    /// [`step`](Harness::step) lets it run: to look at a saga between its
+    /// steps.
+    pub fn hold_saga_steps(&self) {
+        self.steps.holding.store(true, Ordering::SeqCst);
+    }
+
+    /// Stop holding saga steps: everything held runs on.
+    pub fn release_saga_steps(&self) {
+        self.steps.holding.store(false, Ordering::SeqCst);
+        self.steps.changed.notify_waiters();
+    }
+
+    /// Let the next attempt of a step (or compensation) of saga `id` of the
+    /// named type run, and wait (up to `within`) until it has: the saga is
+    /// held before its next attempt, parked at a waiting step, or finished.
+    /// Where it is then.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use catga::prelude::*;
+    /// # use catga::saga::{SagaContext, SagaStatus, StepError};
+    /// # use catga::testing::Harness;
+    /// # #[derive(Debug, Clone, Default, Serialize, Deserialize)] struct Trip { booked: Vec<String> }
+    /// # struct TripSaga;
+    /// # #[catga::saga(name = "docs-step-trip")]
+    /// # impl TripSaga {
+    /// #     #[step(compensate = cancel_flight)]
+    /// #     async fn flight(t: &mut Trip, _: &SagaContext) -> Result<(), StepError> { t.booked.push("flight".into()); Ok(()) }
+    /// #     #[step(pivot)]
+    /// #     async fn hotel(t: &mut Trip, _: &SagaContext) -> Result<(), StepError> { t.booked.push("hotel".into()); Ok(()) }
+    /// #     async fn cancel_flight(_: &Trip, _: &SagaContext) -> Result<(), StepError> { Ok(()) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let harness = Harness::builder().handlers_where(|_| false).start().await.unwrap();
+    /// harness.hold_saga_steps();
+    /// harness.app().submit_saga::<TripSaga>("t-1", Trip::default()).await.unwrap();
+    /// let after_flight = harness.step("docs-step-trip", "t-1", Duration::from_secs(5)).await.unwrap();
+    /// assert_eq!(after_flight.current_step.as_deref(), Some("hotel"));
+    /// assert_eq!(after_flight.data["booked"], serde_json::json!(["flight"]));
+    /// let done = harness.step("docs-step-trip", "t-1", Duration::from_secs(5)).await.unwrap();
+    /// assert_eq!(done.status, SagaStatus::Completed);
+    /// # harness.shutdown().await; }
+    /// ```
+    pub async fn step(&self, saga: &str, id: &str, within: Duration) -> std::result::Result<SagaInfo, NotSeen> {
+        let key = format!("{saga}/{id}");
+        let ran = self.steps.gate(&key, |g| {
+            g.permits += 1;
+            g.ran
+        });
+        self.steps.changed.notify_waiters();
+        let parked = Key::new(format!("saga-index:{saga}"), "parked");
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.steps.changed.notified();
+            let (moved, waiting) = self.steps.gate(&key, |g| (g.ran > ran, g.waiting));
+            if moved {
+                let info = self.app.saga_status_by_name(saga, id).await.ok().flatten();
+                let is_parked = self.app.store().set_members(&parked).await.unwrap_or_default().iter().any(|p| p == id);
+                if let Some(info) = info
+                    && (waiting || is_parked || info.status.is_finished())
+                {
+                    return Ok(info);
+                }
+            }
+            let poll = tokio::time::Instant::now() + Duration::from_millis(10);
+            if tokio::time::timeout_at(deadline.min(poll), changed).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return Err(NotSeen {
+                    wanted: format!("the next step of saga {saga} {id} (is it started, and held?)"),
+                    seen: self.messages(),
+                });
+            }
+        }
+    }
+
     /// Move time on by `by` — the instance's clock, wall-clock readings
     /// included — and let what came due run. Needs a paused runtime:
     /// `#[tokio::test(start_paused = true)]`.
@@ -450,8 +585,10 @@ impl Harness {
         }
     }
 
-    /// Shut the instance down (waiting for what is in flight).
+    /// Shut the instance down (waiting for what is in flight; held saga
+    /// steps are let go first).
     pub async fn shutdown(self) {
+        self.release_saga_steps();
         self.app.shutdown().await;
     }
 }
@@ -474,6 +611,7 @@ impl HarnessBuilder {
     /// runtime controls, the recorder.
     pub async fn start(self) -> Result<Harness> {
         let log = Arc::new(Log::default());
+        let steps = Arc::new(Steps::default());
         let bus = MemoryBus::new();
         bus.set_tap(log.clone());
         let clock = Clock::following_tokio();
@@ -483,12 +621,13 @@ impl HarnessBuilder {
             .memory_bus(bus)
             .store(store)
             .clock(clock)
-            .middleware(Recorder(log.clone()));
+            .middleware(Recorder(log.clone()))
+            .saga_gate(steps.clone());
         if let Some(keep) = self.filter {
             builder = builder.handlers_where(move |h| keep(h));
         }
         let app = builder.start().await?;
-        Ok(Harness { app, log })
+        Ok(Harness { app, log, steps })
     }
 }
 

@@ -367,6 +367,9 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
                 self.state.attempts += 1;
                 self.persist().await?;
             }
+            if let Some(gate) = &self.app.instance().saga_gate {
+                gate.before(self.def.name, &self.state.id, step.name).await;
+            }
             let ctx = self.context(step.name, index, direction);
             let trace = ctx.trace();
             let span = tracing::info_span!(
