@@ -49,6 +49,35 @@
 //! # }
 //! ```
 //!
+//! An event fan-out: every broadcast handler and one member of each queue
+//! group handle it, and the harness sees each handling.
+//!
+//! ```
+//! use std::time::Duration;
+//! use catga::prelude::*;
+//! use catga::testing::Harness;
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+//! #[catga(subject = "docs.fanout.shipped")]
+//! struct Shipped { order: String }
+//!
+//! #[catga::event] // every instance
+//! async fn update_dashboard(_: Shipped) -> Result<(), HandlerError> { Ok(()) }
+//!
+//! #[catga::event(queue = "email")] // once per group
+//! async fn email_customer(_: Shipped) -> Result<(), HandlerError> { Ok(()) }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let harness = Harness::builder().handlers_where(|h| h.subject.starts_with("docs.fanout.")).start().await.unwrap();
+//! harness.app().publish(Shipped { order: "o-1".into() }).await.unwrap();
+//! for handler in ["update_dashboard", "email_customer"] {
+//!     harness.wait_handled(Duration::from_secs(1), |h| h.handler == handler).await.unwrap();
+//! }
+//! assert_eq!(harness.published::<Shipped>().len(), 1);
+//! assert!(harness.failed().is_empty());
+//! # harness.shutdown().await; }
+//! ```
+//!
 //! ## Time
 //! The instance reads time through a [`Clock`] that follows tokio's clock
 //! (wall-clock readings included), so in a test on a paused runtime
