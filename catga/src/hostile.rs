@@ -94,6 +94,24 @@ fn config() -> ProptestConfig {
     config
 }
 
+/// Run `f` with a fresh in-memory client instance, on a runtime of its own.
+fn on_client<T>(f: impl AsyncFnOnce(&crate::App) -> T) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let app = crate::Catga::builder()
+            .service("hostile")
+            .memory_bus(crate::transport::memory::MemoryBus::new())
+            .store(crate::store::Store::memory())
+            .client_only()
+            .start()
+            .await
+            .unwrap();
+        let out = f(&app).await;
+        app.shutdown().await;
+        out
+    })
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -169,20 +187,10 @@ proptest! {
         Just(br#"{"saga":"s","id":"i","status":"running","next":99999999999,"attempts":1,"data":null,"history":[],"error":null}"#.to_vec()),
         Just(br#"{"saga":"s","id":"i","status":"compensating","next":0,"attempts":4294967295,"data":{},"history":[{"step":"x","direction":"forward","error":null,"attempts":1}],"error":"e"}"#.to_vec()),
     ]) {
-        let outcome = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-            let app = crate::Catga::builder()
-                .service("hostile")
-                .memory_bus(crate::transport::memory::MemoryBus::new())
-                .store(crate::store::Store::memory())
-                .client_only()
-                .start()
-                .await
-                .unwrap();
+        let outcome = on_client(async |app| {
             let (key, _) = crate::saga::store::state_key("s", "i");
             app.store().put(&key, crate::store::Expect::Any, &bytes).await.unwrap();
-            let status = app.saga_status_by_name("s", "i").await;
-            app.shutdown().await;
-            status
+            app.saga_status_by_name("s", "i").await
         });
         match outcome {
             Ok(Some(info)) => prop_assert_eq!(info.saga, "s"),
@@ -211,19 +219,7 @@ proptest! {
             item.extend_from_slice(&payload);
             item
         });
-        let next = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-            let app = crate::Catga::builder()
-                .service("hostile")
-                .memory_bus(crate::transport::memory::MemoryBus::new())
-                .store(crate::store::Store::memory())
-                .client_only()
-                .start()
-                .await
-                .unwrap();
-            let next = crate::schedule::deliver(&app, "item", &item).await;
-            app.shutdown().await;
-            next
-        });
+        let next = on_client(async |app| crate::schedule::deliver(app, "item", &item).await);
         match next {
             crate::schedule::Next::Again(pause) => {
                 prop_assert!(raw.is_none(), "an unreadable item is dropped, not retried");
