@@ -112,6 +112,7 @@ async fn a_parked_saga_is_held_by_no_instance_and_resumes_with_its_event_on_anot
     let info = status(&b, "o-1").await;
     assert_eq!(info.data["paid_by"], "card", "the step got the event");
     assert_eq!(info.data["shipped"], true);
+    assert!(b.metrics_text().contains("catga_sagas_woken_total{saga=\"t-checkout\"} 1"), "{}", b.metrics_text());
     b.shutdown().await;
 }
 

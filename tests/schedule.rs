@@ -92,6 +92,15 @@ async fn scheduled_events_are_published_at_their_time_once_across_three_instance
     for (n, at) in got_now {
         assert!(at >= due[&n], "{n} delivered {:?} early", due[&n].duration_since(at).unwrap_or_default());
     }
+    // Counted: scheduled where scheduled, delivered wherever delivered.
+    let count = |app: &App, line: &str| -> u64 {
+        let text = app.metrics_text();
+        text.lines().find(|l| l.starts_with(line)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+    };
+    assert_eq!(count(&apps[0], "catga_messages_scheduled_total{subject=\"t.sched.reminder\"}"), 20);
+    let delivered = "catga_scheduled_deliveries_total{subject=\"t.sched.reminder\",outcome=\"delivered\"}";
+    assert_eq!(apps.iter().map(|a| count(a, delivered)).sum::<u64>(), 20);
+    assert_eq!(apps.iter().map(|a| count(a, "catga_scheduled_lateness_seconds_count")).sum::<u64>(), 20);
     for app in apps {
         assert_eq!(app.shutdown().await.abandoned, 0);
     }

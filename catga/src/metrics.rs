@@ -16,10 +16,15 @@
 //! | `catga_send_failures_total` | `subject`, `code` | sends that failed, by code (`timeout`, `no_handler`, a handler's code…) |
 //! | `catga_send_duration_seconds` | `subject` | histogram of sends' durations, every attempt included |
 //! | `catga_events_published_total` | `subject` | events published |
-//! | `catga_sagas_started_total` | `saga` | sagas started here |
+//! | `catga_sagas_started_total` | `saga` | sagas started here (or, submitted by a client, taken to run here) |
 //! | `catga_sagas_ended_total` | `saga`, `status` | runs that ended here: `completed`, `compensated`, `failed` |
 //! | `catga_saga_step_duration_seconds` | `saga`, `step`, `direction` | histogram of step attempts' durations |
 //! | `catga_saga_takeovers_total` | `saga` | sagas taken over here from a dead or stopped instance |
+//! | `catga_sagas_parked_total` | `saga` | times a saga parked here at a waiting step |
+//! | `catga_sagas_woken_total` | `saga` | parked sagas woken here (their event came, or their time) |
+//! | `catga_messages_scheduled_total` | `subject` | messages scheduled here (`schedule_send`, `schedule_publish`) |
+//! | `catga_scheduled_deliveries_total` | `subject`, `outcome` | scheduled messages handled here: `delivered`, `retried` (a transient failure; due again later), `dropped` (never deliverable; logged) |
+//! | `catga_scheduled_lateness_seconds` | | histogram of due → delivered for scheduled messages delivered here |
 //! | `catga_durable_redeliveries_total` | `handler`, `subject` | durable messages delivered more than once |
 //! | `catga_dead_letters_total` | `handler`, `subject` | durable messages dead-lettered |
 //! | `catga_nats_connected` | | 1 while the NATS connection is up (0: down, or no NATS configured) |
@@ -103,6 +108,12 @@ struct SendErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScheduledLabels {
+    subject: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SagaLabels {
     saga: &'static str,
 }
@@ -159,6 +170,11 @@ pub(crate) struct Metrics {
     sagas_ended: Family<SagaEndLabels, Counter>,
     step_seconds: Family<StepLabels, Histogram, Seconds>,
     takeovers: Family<SagaLabels, Counter>,
+    parked: Family<SagaLabels, Counter>,
+    woken: Family<SagaLabels, Counter>,
+    scheduled: Family<SubjectLabels, Counter>,
+    scheduled_deliveries: Family<ScheduledLabels, Counter>,
+    scheduled_lateness: Histogram,
     redeliveries: Family<HandlerLabels, Counter>,
     dead_letters: Family<HandlerLabels, Counter>,
     nats_connected: Gauge,
@@ -189,6 +205,11 @@ impl Metrics {
             sagas_ended: Family::default(),
             step_seconds: Family::new_with_constructor(seconds),
             takeovers: Family::default(),
+            parked: Family::default(),
+            woken: Family::default(),
+            scheduled: Family::default(),
+            scheduled_deliveries: Family::default(),
+            scheduled_lateness: seconds(),
             redeliveries: Family::default(),
             dead_letters: Family::default(),
             nats_connected: Gauge::default(),
@@ -210,6 +231,19 @@ impl Metrics {
         r.register("sagas_ended", "Saga runs that ended here, by status", m.sagas_ended.clone());
         r.register("saga_step_duration_seconds", "Durations of saga step attempts", m.step_seconds.clone());
         r.register("saga_takeovers", "Sagas taken over here", m.takeovers.clone());
+        r.register("sagas_parked", "Times a saga parked here at a waiting step", m.parked.clone());
+        r.register("sagas_woken", "Parked sagas woken here", m.woken.clone());
+        r.register("messages_scheduled", "Messages scheduled here", m.scheduled.clone());
+        r.register(
+            "scheduled_deliveries",
+            "Scheduled messages handled here, by outcome",
+            m.scheduled_deliveries.clone(),
+        );
+        r.register(
+            "scheduled_lateness_seconds",
+            "Due to delivered, of scheduled messages",
+            m.scheduled_lateness.clone(),
+        );
         r.register("durable_redeliveries", "Durable messages delivered more than once", m.redeliveries.clone());
         r.register("dead_letters", "Durable messages dead-lettered", m.dead_letters.clone());
         r.register("nats_connected", "1 while the NATS connection is up", m.nats_connected.clone());
@@ -319,6 +353,30 @@ impl Metrics {
     /// A saga was taken over here.
     pub(crate) fn taken_over(&self, saga: &'static str) {
         self.takeovers.get_or_create(&SagaLabels { saga }).inc();
+    }
+
+    /// A saga parked here at a waiting step.
+    pub(crate) fn parked(&self, saga: &'static str) {
+        self.parked.get_or_create(&SagaLabels { saga }).inc();
+    }
+
+    /// A parked saga was woken here.
+    pub(crate) fn woken(&self, saga: &'static str) {
+        self.woken.get_or_create(&SagaLabels { saga }).inc();
+    }
+
+    /// A message was scheduled here.
+    pub(crate) fn scheduled(&self, subject: &'static str) {
+        self.scheduled.get_or_create(&SubjectLabels { subject }).inc();
+    }
+
+    /// A scheduled message was handled here: `delivered` (`late` after its
+    /// due time), `retried` or `dropped`.
+    pub(crate) fn scheduled_delivery(&self, subject: &'static str, outcome: &'static str, late: Option<Duration>) {
+        self.scheduled_deliveries.get_or_create(&ScheduledLabels { subject, outcome }).inc();
+        if let Some(late) = late {
+            self.scheduled_lateness.observe(late.as_secs_f64());
+        }
     }
 
     /// A durable message for a handler came again.

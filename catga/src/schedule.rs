@@ -201,6 +201,9 @@ async fn schedule(app: &App, when: Schedule, kind: Kind, message: Encoded<'_>) -
     item.push(b'\n');
     item.extend_from_slice(&message.payload);
     let new = app.store().timer_put(&queue_of(&id), &id, due, &item, false).await?;
+    if new {
+        app.instance().metrics.scheduled(message.subject);
+    }
     tracing::debug!(id, subject = message.subject, due, new, "message scheduled");
     Ok(Scheduled { id, due: UNIX_EPOCH + Duration::from_millis(due), new })
 }
@@ -221,10 +224,12 @@ pub(crate) enum Next {
 
 /// Deliver scheduled message `id` (the timer sweep took it).
 pub(crate) async fn deliver(app: &App, id: &str, item: &[u8]) -> Next {
+    let metrics = &app.instance().metrics;
     let (header, payload) = match read(item) {
         Ok(read) => read,
         Err(reason) => {
             tracing::error!(id, reason, "scheduled message is unreadable; dropped");
+            metrics.scheduled_delivery("(unreadable)", "dropped", None);
             return Next::Done;
         }
     };
@@ -232,6 +237,7 @@ pub(crate) async fn deliver(app: &App, id: &str, item: &[u8]) -> Next {
         Ok(subject) => subject,
         Err(reason) => {
             tracing::error!(id, subject = header.subject, reason, "scheduled message cannot be delivered; dropped");
+            metrics.scheduled_delivery("(invalid)", "dropped", None);
             return Next::Done;
         }
     };
@@ -255,8 +261,10 @@ pub(crate) async fn deliver(app: &App, id: &str, item: &[u8]) -> Next {
         }
         Kind::Send => instance.send_encoded(message, meta).await.map(drop),
     };
+    let late = Duration::from_millis(instance.clock.epoch_ms().saturating_sub(header.due));
     let Err(error) = outcome else {
         tracing::debug!(id, subject, "scheduled message delivered");
+        instance.metrics.scheduled_delivery(subject, "delivered", Some(late));
         return Next::Done;
     };
     let code = error.handler_error().map_or(error.failure_code(), HandlerError::code);
@@ -272,11 +280,18 @@ pub(crate) async fn deliver(app: &App, id: &str, item: &[u8]) -> Next {
             retry_in = ?pause,
             "scheduled message not delivered; trying again"
         );
+        instance.metrics.scheduled_delivery(subject, "retried", None);
         return Next::Again(pause);
     }
     match error {
-        Error::Handler { .. } => tracing::warn!(id, subject, %error, "scheduled command handled with an error"),
-        error => tracing::error!(id, subject, %error, "scheduled message cannot be delivered; dropped"),
+        Error::Handler { .. } => {
+            tracing::warn!(id, subject, %error, "scheduled command handled with an error");
+            instance.metrics.scheduled_delivery(subject, "delivered", Some(late));
+        }
+        error => {
+            tracing::error!(id, subject, %error, "scheduled message cannot be delivered; dropped");
+            instance.metrics.scheduled_delivery(subject, "dropped", None);
+        }
     }
     Next::Done
 }

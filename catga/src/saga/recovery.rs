@@ -171,6 +171,7 @@ where
     }
     if from == UNASSIGNED {
         tracing::info!(saga = def.name, id, "saga submitted by a client taken to run here");
+        app.instance().metrics.saga_started(def.name);
     } else {
         let from = if from.is_empty() { "(free lease)" } else { from };
         tracing::info!(saga = def.name, id, from, status = ?state.status, step = state.next, "saga taken over");
@@ -229,6 +230,7 @@ where
         return unindex(app, def.name, id, state.status).await.map(|()| true);
     }
     tracing::debug!(saga = def.name, id, "saga woken");
+    app.instance().metrics.woken(def.name);
     let (app, id) = (app.clone(), id.to_owned());
     tokio::spawn(async move {
         if let Err(e) = run(def, &app, lease, state, stored.version, false).await {

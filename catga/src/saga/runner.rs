@@ -279,6 +279,7 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
         store.set_remove(&index_key(saga), &id).await?;
         store.set_remove(&sagas_owned_key(self.app.instance_id()), &owned_entry(saga, &id)).await?;
         tracing::debug!(saga, id, step = step.name, due, "saga parked until its event or its time");
+        self.app.instance().metrics.parked(saga);
         Ok(())
     }
 
