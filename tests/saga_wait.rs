@@ -103,6 +103,13 @@ async fn a_parked_saga_is_held_by_no_instance_and_resumes_with_its_event_on_anot
         assert!(owned.is_empty(), "{who} holds {owned:?}");
     }
     assert!(a.sagas::<Checkout>(|s| s == SagaStatus::Running).await.unwrap().iter().any(|s| s.id == "o-1"), "listed");
+    let info = status(&a, "o-1").await;
+    assert!(info.waiting, "{info:?}");
+    let waits = info.waiting_until.unwrap().duration_since(info.created.unwrap()).unwrap();
+    assert!(
+        waits >= Duration::from_secs(2) && waits < Duration::from_secs(3),
+        "within 2s of reaching the step: {waits:?}"
+    );
     // The instance that ran it goes away; the event comes to the other.
     a.shutdown().await;
     b.publish(PaymentConfirmed { order: "o-2".into(), by: "someone else".into() }).await.unwrap();
@@ -111,6 +118,7 @@ async fn a_parked_saga_is_held_by_no_instance_and_resumes_with_its_event_on_anot
     assert_eq!(outcome, SagaOutcome::Completed);
     let info = status(&b, "o-1").await;
     assert_eq!(info.data["paid_by"], "card", "the step got the event");
+    assert!(!info.waiting && info.waiting_until.is_none());
     assert_eq!(info.data["shipped"], true);
     assert!(b.metrics_text().contains("catga_sagas_woken_total{saga=\"t-checkout\"} 1"), "{}", b.metrics_text());
     b.shutdown().await;

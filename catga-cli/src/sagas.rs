@@ -95,6 +95,10 @@ fn print_saga(s: &SagaInfo) {
     if let Some(error) = &s.error {
         println!("error    {error}");
     }
+    if s.waiting {
+        let until = s.waiting_until.map(|t| humantime::format_rfc3339_millis(t).to_string());
+        println!("waiting  for its event (parked){}", until.map(|u| format!(" until {u}")).unwrap_or_default());
+    }
     let times = [("created", s.created), ("updated", s.updated), ("finished", s.finished), ("deadline", s.deadline)];
     for (what, at) in times {
         if let Some(at) = at {

@@ -204,6 +204,12 @@ pub struct SagaInfo {
     /// compensates (or ends `Failed` past its pivot).
     #[serde(serialize_with = "rfc3339")]
     pub deadline: Option<SystemTime>,
+    /// At a waiting step (`current_step`), waiting for its event: parked,
+    /// held by no instance.
+    pub waiting: bool,
+    /// Until when it waits, if its wait is bounded (`within`).
+    #[serde(serialize_with = "rfc3339")]
+    pub waiting_until: Option<SystemTime>,
 }
 
 /// An epoch-milliseconds reading of the store as a time.

@@ -328,6 +328,8 @@ pub(crate) async fn status(saga: &str, app: &App, id: &str) -> Result<Option<Sag
         updated: state.updated_at.map(from_epoch_ms),
         finished: state.finished_at.map(from_epoch_ms),
         deadline: state.deadline_at.map(from_epoch_ms),
+        waiting: state.wait_until.is_some() && state.status == SagaStatus::Running,
+        waiting_until: state.wait_until.filter(|until| *until != u64::MAX).map(from_epoch_ms),
     }))
 }
 
