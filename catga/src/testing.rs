@@ -88,7 +88,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -98,7 +98,6 @@ use crate::clock::Clock;
 use crate::codec::Codec;
 use crate::error::{HandlerError, Result};
 use crate::future::BoxFuture;
-use crate::instance::SagaGate;
 use crate::message::{Command, Event, Message};
 use crate::metadata::{MessageId, Metadata};
 use crate::middleware::{Handling, Middleware, Next};
@@ -106,6 +105,10 @@ use crate::registry::HandlerRecord;
 use crate::saga::SagaInfo;
 use crate::store::{Key, MemoryStore, Store};
 use crate::transport::memory::{MemoryBus, Stub, Tap};
+
+mod steps;
+
+use steps::Steps;
 
 /// A running harness: one in-memory instance and what it recorded.
 pub struct Harness {
@@ -242,60 +245,6 @@ enum Fault {
     Delay(Duration),
     /// Panic where the handler would run (the pipeline catches it).
     Panic,
-}
-
-/// The harness's hold on saga steps: while holding, each attempt waits for
-/// a permit of its saga ([`Harness::step`]).
-#[derive(Default)]
-struct Steps {
-    holding: AtomicBool,
-    /// By `saga/id`: permits granted, attempts let through, and whether an
-    /// attempt waits now.
-    sagas: Mutex<HashMap<String, Gate>>,
-    changed: tokio::sync::Notify,
-}
-
-#[derive(Default)]
-struct Gate {
-    permits: u32,
-    ran: u64,
-    waiting: bool,
-}
-
-impl Steps {
-    fn gate<T>(&self, key: &str, f: impl FnOnce(&mut Gate) -> T) -> T {
-        let mut sagas = self.sagas.lock().unwrap_or_else(|e| e.into_inner());
-        f(sagas.entry(key.to_owned()).or_default())
-    }
-}
-
-impl SagaGate for Steps {
-    fn before<'a>(&'a self, saga: &'static str, id: &'a str, _step: &'static str) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            let key = format!("{saga}/{id}");
-            loop {
-                let passed = self.gate(&key, |g| {
-                    let pass = !self.holding.load(Ordering::SeqCst) || g.permits > 0;
-                    if pass {
-                        g.permits = g.permits.saturating_sub(1);
-                        g.ran += 1;
-                    }
-                    g.waiting = !pass;
-                    pass
-                });
-                self.changed.notify_waiters();
-                if passed {
-                    return;
-                }
-                // Registered before the look, so a permit given after it wakes us.
-                let granted = self.changed.notified();
-                if self.gate(&key, |g| g.permits > 0) || !self.holding.load(Ordering::SeqCst) {
-                    continue;
-                }
-                granted.await;
-            }
-        })
-    }
 }
 
 /// The harness's middleware: injects failures, records every handling.

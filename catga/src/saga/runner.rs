@@ -15,14 +15,18 @@ use crate::backoff::Backoff;
 use crate::codec::{Codec, Json};
 use crate::error::{Error, HandlerError, Result};
 use crate::future::{BoxFuture, CatchUnwind, panic_message};
-use crate::liveness::sagas_owned_key;
 use crate::metadata::Metadata;
 use crate::saga::context::SagaContext;
-use crate::saga::definition::{SagaDef, Step, StepError, StepKind, Wait, remap};
+use crate::saga::definition::{SagaDef, Step, StepError, StepKind};
 use crate::saga::status::{Direction, HistoryEntry, SagaEnded, SagaOutcome, SagaStatus, State, ended_subject};
-use crate::saga::store::{encode, event_key, index_key, owned_entry, parked_key, state_key, unindex, wake_queue};
+use crate::saga::store::{encode, state_key, unindex};
 use crate::store::{Expect, Lease};
 use crate::transport::{Encoded, intern_subject};
+
+mod versions;
+mod wait;
+
+use wait::Waited;
 
 /// Run (or continue) a saga while holding its lease, to its end — its
 /// outcome — or until it parks at a waiting step (`None`: no instance holds
@@ -231,58 +235,6 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
         Ok(Flow::Go)
     }
 
-    /// At a waiting step: the event, if it has been recorded; else whether
-    /// the wait (or the saga's deadline) is over, or the saga parks.
-    async fn waited(&mut self, step: &'static Step<D>, wait: &'static Wait<D>) -> Result<Waited> {
-        let store = self.app.store();
-        let (saga, id) = (self.def.name, self.state.id.clone());
-        if let Some(event) = store.get(&event_key(saga, &id, step.name)).await? {
-            return Ok(Waited::Arrived(event.value));
-        }
-        let now = self.app.instance().clock.epoch_ms();
-        if self.state.deadline_at.is_some_and(|at| at <= now) {
-            return Ok(Waited::Over(Attempted::DeadlinePassed));
-        }
-        let until =
-            *self.state.wait_until.get_or_insert_with(|| wait.within_ms.map_or(u64::MAX, |ms| now.saturating_add(ms)));
-        if until <= now {
-            let within = wait.within_ms.map(Duration::from_millis).unwrap_or_default();
-            let error =
-                format!("no `{}` with {} = {id} arrived within {within:?}", short_type((wait.event)()), wait.key);
-            return Ok(Waited::Over(Attempted::GaveUp(error)));
-        }
-        self.park(step, until).await?;
-        Ok(Waited::NotYet)
-    }
-
-    /// Park the saga at a waiting step: recorded, its wake timer set (at the
-    /// end of its wait or its deadline), out of the running indexes. No
-    /// instance holds it or looks at it until the timer fires — or the
-    /// event's recorder moves the timer to now.
-    async fn park(&mut self, step: &'static Step<D>, until: u64) -> Result<()> {
-        let (store, saga, id) = (self.app.store(), self.def.name, self.state.id.clone());
-        self.state.attempts = 0;
-        self.attempt_recorded = false;
-        self.persist().await?;
-        // At the end of its wait or its deadline — and within the hour
-        // anyway, should a wake have been lost with an instance that died
-        // between recording the event and moving the timer.
-        let recheck = self.app.instance().clock.epoch_ms().saturating_add(PARKED_RECHECK_MS);
-        let due = self.state.deadline_at.map_or(until, |deadline| deadline.min(until)).min(recheck);
-        let queue = wake_queue(saga, &id);
-        store.timer_put(&queue, &id, due, b"", true).await?;
-        // Recorded while the timer was being set (whose wake it replaced)?
-        if store.get(&event_key(saga, &id, step.name)).await?.is_some() {
-            store.timer_put(&queue, &id, self.app.instance().clock.epoch_ms(), b"", true).await?;
-        }
-        store.set_add(&parked_key(saga), &id).await?;
-        store.set_remove(&index_key(saga), &id).await?;
-        store.set_remove(&sagas_owned_key(self.app.instance_id()), &owned_entry(saga, &id)).await?;
-        tracing::debug!(saga, id, step = step.name, due, "saga parked until its event or its time");
-        self.app.instance().metrics.parked(saga);
-        Ok(())
-    }
-
     /// Undo the last completed step that has a compensation.
     async fn compensate(&mut self) -> Result<()> {
         let Some(index) = self.state.next.checked_sub(1) else {
@@ -469,52 +421,6 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
         }
     }
 
-    /// A saga stored under another definition of this saga (an older or
-    /// newer build): continued here if what it has left to do is the same —
-    /// its position moved to the same step of this build's table — or ended
-    /// `Failed` naming what changed. Never run on with a step it was not at.
-    async fn reconcile(&mut self) -> Result<()> {
-        let here = self.def.path();
-        let state = &mut self.state;
-        let untouched = state.status == SagaStatus::Running && state.next == 0 && state.history.is_empty();
-        if state.definition.is_none() && state.created_at.is_some() && untouched {
-            // Created by a client that does not link the saga (a remote
-            // start): it runs under this build's definition and deadline.
-            state.definition = Some(here);
-            state.step = self.def.steps.first().map(|s| s.name.to_owned());
-            if let (None, Some(created), Some(ms)) = (state.deadline_at, state.created_at, self.def.deadline_ms) {
-                state.deadline_at = Some(created.saturating_add(ms));
-            }
-            return Ok(());
-        }
-        let Some(stored) = &self.state.definition else { return Ok(()) };
-        if *stored == here || self.state.status.is_finished() {
-            return Ok(());
-        }
-        let forward = self.state.status == SagaStatus::Running;
-        match remap(stored, &here, forward, self.state.next) {
-            Ok(next) => {
-                tracing::info!(
-                    saga = self.def.name,
-                    id = %self.state.id,
-                    from = self.state.next,
-                    to = next,
-                    "saga continues under this build's changed definition: what it has left to do is the same"
-                );
-                self.state.next = next;
-                self.state.definition = Some(here);
-                Ok(())
-            }
-            Err(what) => {
-                let reason = format!(
-                    "definition changed: {what}; it cannot go on under this build — an operator must finish it \
-                     (see docs/SAGAS.md, \"Changing a saga\")"
-                );
-                self.fail_unknown_step(reason).await
-            }
-        }
-    }
-
     /// End a saga whose step this build does not have: `Failed`, kept and
     /// listed, never run on with a step it was not at.
     async fn fail_unknown_step(&mut self, reason: String) -> Result<()> {
@@ -568,29 +474,11 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
     }
 }
 
-/// The longest a parked saga sleeps before it looks again for itself.
-const PARKED_RECHECK_MS: u64 = 60 * 60 * 1000;
-
 /// Whether a saga goes on, or parked at a waiting step.
 #[derive(Debug, PartialEq)]
 enum Flow {
     Go,
     Parked,
-}
-
-/// Where a waiting step is.
-enum Waited {
-    /// Its event (as its codec wrote it).
-    Arrived(Vec<u8>),
-    /// Not yet: the saga parked.
-    NotYet,
-    /// Its wait or the saga's deadline is over.
-    Over(Attempted),
-}
-
-/// `Event` of `my_crate::events::Event`.
-fn short_type(name: &str) -> &str {
-    name.rsplit("::").next().unwrap_or(name)
 }
 
 /// How a step's (or compensation's) attempts ended.

@@ -23,12 +23,6 @@
 //! | `fence` | `t` latest token             | none          | `Fence`               |
 //! | `beat`  | `n` count, `g` gone (`1`/`0`) | beat TTL (60 s) | `Beat`              |
 //!
-//! A timer queue `catga:{scope}:name` is three native Redis keys beside it:
-//! `…:due` (a sorted set of waiting item ids by due time, epoch ms),
-//! `…:taken` (a sorted set of the ids being delivered, by when their taking
-//! lapses) and `…:items` (a hash of the items by id); its scripts touch
-//! only those three.
-//!
 //! A lease `catga:{scope}:name` keeps its latest token in
 //! `catga:{scope}:name:fence`, next to it in the same scope (and so the same
 //! Cluster slot). Values are bytes (Lua strings are binary-safe); numbers
@@ -57,8 +51,10 @@ use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use ::redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, ScriptInvocation, Value};
 
+mod timers;
+
 use super::lua::{SCRIPTS, expect_arg, millis, number, reply_parts, unexpected};
-use super::{Beat, Claim, Due, Expect, Key, Lease, StoreError, Takeover, Versioned, memory::fence_key};
+use super::{Beat, Claim, Expect, Key, Lease, StoreError, Takeover, Versioned, memory::fence_key};
 use crate::error::Error;
 use crate::security::RedisTls;
 
@@ -576,93 +572,6 @@ impl RedisStore {
         inv.key(lease.key.stored()).arg(&lease.owner).arg(lease.token);
         let released = self.eval("release_lease", &lease.key, &inv).await?;
         self.confirmed("release_lease", &lease.key, released).await
-    }
-}
-
-impl RedisStore {
-    /// A timer queue's keys, in the queue's scope: the waiting items (a
-    /// sorted set by due time), the taken ones (by when the taking lapses),
-    /// and the items (a hash by id).
-    fn timer_keys<'a>(inv: &mut ScriptInvocation<'a>, queue: &Key) {
-        let stored = queue.stored();
-        inv.key(format!("{stored}:due")).key(format!("{stored}:taken")).key(format!("{stored}:items"));
-    }
-
-    pub(super) async fn timer_put(
-        &self,
-        queue: &Key,
-        id: &str,
-        due: u64,
-        item: &[u8],
-        replace: bool,
-    ) -> Result<bool, StoreError> {
-        let mut inv = SCRIPTS.timer_put.prepare_invoke();
-        Self::timer_keys(&mut inv, queue);
-        inv.arg(id).arg(due).arg(item).arg(if replace { "1" } else { "0" });
-        let put: bool = self.eval("timer_put", queue, &inv).await?;
-        self.confirmed("timer_put", queue, put).await
-    }
-
-    pub(super) async fn timers_due(
-        &self,
-        queue: &Key,
-        upto: u64,
-        now: u64,
-        limit: usize,
-    ) -> Result<Vec<Due>, StoreError> {
-        let mut inv = SCRIPTS.timers_due.prepare_invoke();
-        Self::timer_keys(&mut inv, queue);
-        inv.arg(upto).arg(now).arg(limit);
-        let flat: Vec<String> = self.eval("timers_due", queue, &inv).await?;
-        flat.chunks(2)
-            .map(|pair| match pair {
-                [id, score] => match score.parse::<f64>() {
-                    Ok(at) if at >= 0.0 => Ok(Due { id: id.clone(), at: at as u64 }),
-                    _ => Err(unexpected("timers_due", queue, pair)),
-                },
-                _ => Err(unexpected("timers_due", queue, pair)),
-            })
-            .collect()
-    }
-
-    pub(super) async fn timer_take(
-        &self,
-        queue: &Key,
-        id: &str,
-        seen: u64,
-        until: u64,
-        now: u64,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut inv = SCRIPTS.timer_take.prepare_invoke();
-        Self::timer_keys(&mut inv, queue);
-        inv.arg(id).arg(seen).arg(until).arg(now);
-        let item: Option<Vec<u8>> = self.eval("timer_take", queue, &inv).await?;
-        if item.is_some() {
-            self.replicated("timer_take", queue).await?;
-        }
-        Ok(item)
-    }
-
-    pub(super) async fn timer_end(
-        &self,
-        queue: &Key,
-        id: &str,
-        until: u64,
-        again: Option<u64>,
-    ) -> Result<bool, StoreError> {
-        let mut inv = SCRIPTS.timer_end.prepare_invoke();
-        Self::timer_keys(&mut inv, queue);
-        inv.arg(id).arg(until).arg(again.map(|a| a.to_string()).unwrap_or_default());
-        let ended: bool = self.eval("timer_end", queue, &inv).await?;
-        self.confirmed("timer_end", queue, ended).await
-    }
-
-    pub(super) async fn timer_cancel(&self, queue: &Key, id: &str, now: u64) -> Result<bool, StoreError> {
-        let mut inv = SCRIPTS.timer_cancel.prepare_invoke();
-        Self::timer_keys(&mut inv, queue);
-        inv.arg(id).arg(now);
-        let cancelled: bool = self.eval("timer_cancel", queue, &inv).await?;
-        self.confirmed("timer_cancel", queue, cancelled).await
     }
 }
 
