@@ -97,17 +97,17 @@ use crate::builder::Catga;
 use crate::clock::Clock;
 use crate::codec::Codec;
 use crate::error::{HandlerError, Result};
-use crate::future::BoxFuture;
 use crate::message::{Command, Event, Message};
 use crate::metadata::{MessageId, Metadata};
-use crate::middleware::{Handling, Middleware, Next};
 use crate::registry::HandlerRecord;
 use crate::saga::SagaInfo;
 use crate::store::{Key, MemoryStore, Store};
 use crate::transport::memory::{MemoryBus, Stub, Tap};
 
+mod recorder;
 mod steps;
 
+use recorder::{Fault, Recorder};
 use steps::Steps;
 
 /// A running harness: one in-memory instance and what it recorded.
@@ -233,66 +233,6 @@ impl Tap for Log {
 
     fn stub(&self, subject: &'static str) -> Option<Stub> {
         self.stubs.lock().unwrap_or_else(|e| e.into_inner()).get(subject).cloned()
-    }
-}
-
-/// What an injected fault does to a handling.
-#[derive(Clone)]
-enum Fault {
-    /// Fail with this error; the handler does not run.
-    Fail(HandlerError),
-    /// Wait this long, then run the handler.
-    Delay(Duration),
-    /// Panic where the handler would run (the pipeline catches it).
-    Panic,
-}
-
-/// The harness's middleware: injects failures, records every handling.
-struct Recorder(Arc<Log>);
-
-impl Middleware for Recorder {
-    fn handle<'a>(&'a self, handling: &'a Handling<'a>, next: Next<'a>) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let record = handling.record;
-            let injected = {
-                let mut faults = self.0.faults.lock().unwrap_or_else(|e| e.into_inner());
-                match faults.get_mut(record.subject) {
-                    Some((left, error)) if *left > 0 => {
-                        *left -= 1;
-                        Some(error.clone())
-                    }
-                    _ => None,
-                }
-            };
-            let outcome = match injected {
-                Some(Fault::Fail(error)) => Err(error),
-                Some(Fault::Delay(by)) => {
-                    tokio::time::sleep(by).await;
-                    next.run().await
-                }
-                Some(Fault::Panic) => {
-                    // Recorded first: the panic unwinds past this stage.
-                    let error = HandlerError::new(HandlerError::PANIC, "panic_next");
-                    self.0.handlings.lock().unwrap_or_else(|e| e.into_inner()).push(Handled {
-                        handler: record.name,
-                        subject: record.subject,
-                        message_id: handling.metadata.message_id,
-                        error: Some(error),
-                    });
-                    panic!("the test harness made `{}` panic (panic_next)", record.name)
-                }
-                None => next.run().await,
-            };
-            let handled = Handled {
-                handler: record.name,
-                subject: record.subject,
-                message_id: handling.metadata.message_id,
-                error: outcome.as_ref().err().cloned(),
-            };
-            self.0.handlings.lock().unwrap_or_else(|e| e.into_inner()).push(handled);
-            self.0.changed.notify_waiters();
-            outcome
-        })
     }
 }
 
