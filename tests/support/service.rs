@@ -108,10 +108,11 @@ pub struct Tick {
 async fn tick(cmd: Tick, ctx: Context) -> Result<(), HandlerError> {
     use catga::store::{Expect, Key};
     let scope = format!("tick:{}", cmd.tag);
-    ctx.store().incr(&Key::new(&scope, cmd.n.to_string()), 1).await?;
+    // When first, then the count: a reader that sees a count sees the time.
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
     let at = Key::new(&scope, format!("{}:at", cmd.n));
     let _first = ctx.store().put(&at, Expect::Absent, now.to_string().as_bytes()).await;
+    ctx.store().incr(&Key::new(&scope, cmd.n.to_string()), 1).await?;
     Ok(())
 }
 
