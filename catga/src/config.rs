@@ -30,6 +30,9 @@
 //! | `CATGA_ACK_WAIT_MS`          | durable: how long a pulled message may go without a sign of life before it is redelivered | 1500 |
 //! | `CATGA_MAX_DELIVER`          | durable: deliveries of one message before it is dead-lettered | 5 |
 //! | `CATGA_EVENT_MAX_AGE_MS`     | durable: how long a durable event stream keeps events | 604800000 (7 days) |
+//! | `CATGA_POSTGRES_URL`         | the outbox and inbox's PostgreSQL (feature `postgres`; see [`crate::outbox`]) | unset: no outbox |
+//! | `CATGA_OUTBOX_RETENTION_MS`  | how long published outbox rows are kept before they are deleted | 3600000 (1 h) |
+//! | `CATGA_INBOX_RETENTION_MS`   | how long the inbox remembers a handled message (a copy arriving later is handled again) | 604800000 (7 days) |
 //!
 //! The durable settings apply to handlers of `#[catga(durable)]` contracts
 //! over NATS (JetStream); every instance of a handler should use the same
@@ -199,6 +202,20 @@ pub struct Config {
     /// or not), so a queue group that is down for less than this misses
     /// nothing.
     pub event_max_age: Duration,
+    /// The PostgreSQL database of the transactional outbox and inbox
+    /// (`postgres://user:password@host/db`; feature `postgres`, see
+    /// [`crate::outbox`]). `None`: no outbox, unless a pool is given with
+    /// [`Builder::postgres`](crate::Builder::postgres). A password in the
+    /// URL is used and never shown.
+    pub postgres_url: Option<String>,
+    /// How long the outbox keeps a row after it was published (then it is
+    /// deleted, a batch at a time, by one instance a minute).
+    pub outbox_retention: Duration,
+    /// How long the inbox remembers that a message was handled: a copy of
+    /// it arriving within this changes nothing and gets the recorded reply;
+    /// later, it is handled again. Longer than every way a copy can arrive
+    /// (the idempotency TTL, durable redeliveries, a saga step re-run).
+    pub inbox_retention: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -238,6 +255,9 @@ impl std::fmt::Debug for Config {
             ack_wait,
             max_deliver,
             event_max_age,
+            postgres_url,
+            outbox_retention,
+            inbox_retention,
         } = self;
         let url = |u: &Option<String>| u.as_deref().map(redact_url);
         f.debug_struct("Config")
@@ -273,6 +293,9 @@ impl std::fmt::Debug for Config {
             .field("ack_wait", ack_wait)
             .field("max_deliver", max_deliver)
             .field("event_max_age", event_max_age)
+            .field("postgres_url", &url(postgres_url))
+            .field("outbox_retention", outbox_retention)
+            .field("inbox_retention", inbox_retention)
             .finish()
     }
 }
@@ -319,6 +342,9 @@ impl Default for Config {
             ack_wait: Duration::from_millis(1500),
             max_deliver: 5,
             event_max_age: Duration::from_secs(7 * 24 * 3600),
+            postgres_url: None,
+            outbox_retention: Duration::from_secs(3600),
+            inbox_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -417,6 +443,13 @@ impl Config {
         if let Some(d) = millis("CATGA_EVENT_MAX_AGE_MS")? {
             c.event_max_age = d;
         }
+        c.postgres_url = set("CATGA_POSTGRES_URL");
+        if let Some(d) = millis("CATGA_OUTBOX_RETENTION_MS")? {
+            c.outbox_retention = d;
+        }
+        if let Some(d) = millis("CATGA_INBOX_RETENTION_MS")? {
+            c.inbox_retention = d;
+        }
         if let Some(v) = set("CATGA_SERVICE_VERSION") {
             c.version = v;
         }
@@ -504,6 +537,8 @@ impl Config {
             ("idempotency_ttl", "CATGA_IDEMPOTENCY_TTL_MS", Some(self.idempotency_ttl)),
             ("ack_wait", "CATGA_ACK_WAIT_MS", Some(self.ack_wait)),
             ("event_max_age", "CATGA_EVENT_MAX_AGE_MS", Some(self.event_max_age)),
+            ("outbox_retention", "CATGA_OUTBOX_RETENTION_MS", Some(self.outbox_retention)),
+            ("inbox_retention", "CATGA_INBOX_RETENTION_MS", Some(self.inbox_retention)),
         ];
         for (name, var, value) in limits {
             if value == Some(Duration::ZERO) {
@@ -538,6 +573,13 @@ impl Config {
             return Err(Error::Config(
                 "max_deliver is 0 (CATGA_MAX_DELIVER=0 or its builder method): it would never deliver a durable \
                  message"
+                    .into(),
+            ));
+        }
+        if self.postgres_url.is_some() && !cfg!(feature = "postgres") {
+            return Err(Error::Config(
+                "CATGA_POSTGRES_URL is set but this build has no PostgreSQL support: enable catga's `postgres` \
+                 feature (catga = { features = [\"postgres\"] })"
                     .into(),
             ));
         }

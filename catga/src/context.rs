@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::instance::{Instance, SendOptions};
 use crate::message::{Command, Event};
 pub use crate::metadata::{MessageId, Metadata};
+use crate::registry::HandlerRecord;
 use crate::store::Store;
 
 /// What a handler knows about the message it handles, and its way to send
@@ -33,7 +34,8 @@ use crate::store::Store;
 pub struct Context {
     instance: Arc<Instance>,
     meta: Metadata,
-    subject: &'static str,
+    /// The handler this context is for.
+    record: &'static HandlerRecord,
     /// An `idempotent` handling's fencing token, set once its claim is won.
     fence: Option<Arc<AtomicU64>>,
 }
@@ -41,8 +43,14 @@ pub struct Context {
 impl Context {
     /// The context of a delivered message's handling: its metadata in a
     /// span of its own, child of the send's (see [`Metadata::trace`]).
-    pub(crate) fn new(instance: Arc<Instance>, meta: Metadata, subject: &'static str) -> Self {
-        Context { instance, meta: meta.delivered(), subject, fence: None }
+    pub(crate) fn new(instance: Arc<Instance>, meta: Metadata, record: &'static HandlerRecord) -> Self {
+        Context { instance, meta: meta.delivered(), record, fence: None }
+    }
+
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    /// The handler this handling runs.
+    pub(crate) fn record(&self) -> &'static HandlerRecord {
+        self.record
     }
 
     /// Give this handling a fencing token, filled in by the idempotency
@@ -124,7 +132,7 @@ impl Context {
 
     /// The subject of the message being handled.
     pub fn subject(&self) -> &'static str {
-        self.subject
+        self.record.subject
     }
 
     /// The service this instance belongs to.

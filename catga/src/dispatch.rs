@@ -61,7 +61,7 @@ pub(crate) type Done = tokio::sync::oneshot::Sender<Result<(), HandlerError>>;
 
 impl<M> Delivery<M> {
     pub(crate) fn new(message: M, record: &'static HandlerRecord, in_flight: InFlight, meta: Metadata) -> Self {
-        let ctx = Context::new(in_flight.instance().clone(), meta, record.subject);
+        let ctx = Context::new(in_flight.instance().clone(), meta, record);
         Delivery { message, ctx, record, in_flight, done: None }
     }
 

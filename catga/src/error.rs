@@ -105,6 +105,16 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] crate::store::types::StoreError),
 
+    /// PostgreSQL (the outbox and inbox, feature `postgres`) refused or
+    /// failed an operation.
+    #[error("PostgreSQL: {what} failed: {reason}")]
+    Database {
+        /// What Catga was doing, e.g. "writing a message to the outbox".
+        what: &'static str,
+        /// What the database (or its driver) said.
+        reason: String,
+    },
+
     /// A saga could not be started, continued or read.
     #[error("saga \"{saga}\" id \"{id}\": {reason}")]
     Saga {
@@ -143,7 +153,7 @@ pub enum Error {
 impl Error {
     /// What failed, as a [`HandlerError`] code: `no_handler`, `timeout`,
     /// `codec`, `shutdown`, `transport`, `permission_denied`,
-    /// `payload_too_large`, `store`, `saga`, `config` — or, for a
+    /// `payload_too_large`, `store`, `database`, `saga`, `config` — or, for a
     /// handler's own error, `handler` (its code is [`code`](Error::code)).
     pub(crate) fn failure_code(&self) -> &'static str {
         match self {
@@ -156,6 +166,7 @@ impl Error {
             Error::PermissionDenied { .. } => HandlerError::PERMISSION_DENIED,
             Error::PayloadTooLarge { .. } => HandlerError::PAYLOAD_TOO_LARGE,
             Error::Store(_) => HandlerError::STORE,
+            Error::Database { .. } => HandlerError::DATABASE,
             Error::Saga { .. } => HandlerError::SAGA,
             Error::Config(_) | Error::DuplicateHandler { .. } => HandlerError::CONFIG,
         }
@@ -233,6 +244,8 @@ impl HandlerError {
     pub const PAYLOAD_TOO_LARGE: &'static str = "payload_too_large";
     /// An [`Error::Store`] met inside a handler.
     pub const STORE: &'static str = "store";
+    /// An [`Error::Database`] met inside a handler (the outbox or inbox).
+    pub const DATABASE: &'static str = "database";
     /// An [`Error::Saga`] met inside a handler.
     pub const SAGA: &'static str = "saga";
     /// An [`Error::Config`] or [`Error::DuplicateHandler`] met inside a handler.
@@ -253,7 +266,7 @@ impl HandlerError {
 
     /// Whether `code` is a failure of the infrastructure rather than of a
     /// handler's own logic: no handler reachable, a timeout (the caller's or
-    /// the handler's), the transport or the store failing, a copy still in
+    /// the handler's), the transport, the store or the database failing, a copy still in
     /// progress, an instance shutting down. Retrying later may succeed.
     ///
     /// ```
@@ -267,6 +280,7 @@ impl HandlerError {
             Self::TIMEOUT,
             Self::TRANSPORT,
             Self::STORE,
+            Self::DATABASE,
             Self::SHUTDOWN,
             Self::IN_PROGRESS,
             Self::HANDLER_TIMEOUT,

@@ -90,14 +90,18 @@ pub(crate) fn applies(record: &HandlerRecord, ctx: &Context) -> bool {
 
 /// The store key of one receiver's handling of one message id.
 pub(crate) fn key(record: &HandlerRecord, ctx: &Context) -> Key {
+    Key::new(ctx.message_id().to_string(), format!("idem:{}", receiver(record, ctx)))
+}
+
+/// Who handles a message once: `subject:group-or-instance:module::handler`
+/// (a broadcast subscriber's instance handles it once; a queue group, once
+/// among its members).
+pub(crate) fn receiver(record: &HandlerRecord, ctx: &Context) -> String {
     let receiver = match record.queue_group(ctx.service()) {
         Some(group) => group,
-        None => ctx.instance_id(), // a broadcast subscriber: every instance handles it once
+        None => ctx.instance_id(),
     };
-    Key::new(
-        ctx.message_id().to_string(),
-        format!("idem:{}:{receiver}:{}::{}", record.subject, record.module, record.name),
-    )
+    format!("{}:{receiver}:{}::{}", record.subject, record.module, record.name)
 }
 
 /// Run `handling` unless a copy of this message already ran (or runs) it.

@@ -97,6 +97,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod context;
+mod delivery;
 pub mod dispatch;
 pub mod error;
 mod future;
@@ -113,6 +114,8 @@ pub mod metadata;
 pub mod metrics;
 pub mod middleware;
 pub mod otel;
+#[cfg(feature = "postgres")]
+pub mod outbox;
 mod receiver;
 pub mod registry;
 pub mod saga;

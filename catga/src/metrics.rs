@@ -25,6 +25,8 @@
 //! | `catga_messages_scheduled_total` | `subject` | messages scheduled here (`schedule_send`, `schedule_publish`) |
 //! | `catga_scheduled_deliveries_total` | `subject`, `outcome` | scheduled messages handled here: `delivered`, `retried` (a transient failure; due again later), `dropped` (never deliverable; logged) |
 //! | `catga_scheduled_lateness_seconds` | | histogram of due → delivered for scheduled messages delivered here |
+//! | `catga_outbox_relayed_total` | `subject`, `outcome` | outbox rows this instance's relay handled: `delivered`, `retried` (a transient failure; tried again after a pause), `dropped` (never deliverable; logged, kept with its error) |
+//! | `catga_outbox_lag_seconds` | | histogram of commit → published for outbox rows published here |
 //! | `catga_durable_redeliveries_total` | `handler`, `subject` | durable messages delivered more than once |
 //! | `catga_dead_letters_total` | `handler`, `subject` | durable messages dead-lettered |
 //! | `catga_nats_connected` | | 1 while the NATS connection is up (0: down, or no NATS configured) |
@@ -175,6 +177,8 @@ pub(crate) struct Metrics {
     scheduled: Family<SubjectLabels, Counter>,
     scheduled_deliveries: Family<ScheduledLabels, Counter>,
     scheduled_lateness: Histogram,
+    outbox_relayed: Family<ScheduledLabels, Counter>,
+    outbox_lag: Histogram,
     redeliveries: Family<HandlerLabels, Counter>,
     dead_letters: Family<HandlerLabels, Counter>,
     nats_connected: Gauge,
@@ -210,6 +214,8 @@ impl Metrics {
             scheduled: Family::default(),
             scheduled_deliveries: Family::default(),
             scheduled_lateness: seconds(),
+            outbox_relayed: Family::default(),
+            outbox_lag: seconds(),
             redeliveries: Family::default(),
             dead_letters: Family::default(),
             nats_connected: Gauge::default(),
@@ -244,6 +250,8 @@ impl Metrics {
             "Due to delivered, of scheduled messages",
             m.scheduled_lateness.clone(),
         );
+        r.register("outbox_relayed", "Outbox rows relayed here, by outcome", m.outbox_relayed.clone());
+        r.register("outbox_lag_seconds", "Written to published, of outbox rows", m.outbox_lag.clone());
         r.register("durable_redeliveries", "Durable messages delivered more than once", m.redeliveries.clone());
         r.register("dead_letters", "Durable messages dead-lettered", m.dead_letters.clone());
         r.register("nats_connected", "1 while the NATS connection is up", m.nats_connected.clone());
@@ -376,6 +384,16 @@ impl Metrics {
         self.scheduled_deliveries.get_or_create(&ScheduledLabels { subject, outcome }).inc();
         if let Some(late) = late {
             self.scheduled_lateness.observe(late.as_secs_f64());
+        }
+    }
+
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    /// The relay handled an outbox row: `delivered` (`lag` after it was
+    /// written), `retried` or `dropped`.
+    pub(crate) fn outbox_relayed(&self, subject: &'static str, outcome: &'static str, lag: Option<Duration>) {
+        self.outbox_relayed.get_or_create(&ScheduledLabels { subject, outcome }).inc();
+        if let Some(lag) = lag {
+            self.outbox_lag.observe(lag.as_secs_f64());
         }
     }
 

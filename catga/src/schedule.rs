@@ -59,11 +59,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::codec::{Codec, Json};
-use crate::error::{Error, HandlerError, Result};
+use crate::delivery::{self, Kind, Outcome};
+use crate::error::{Error, Result};
 use crate::message::{Command, Event};
 use crate::metadata::Metadata;
 use crate::timers::queue_of;
-use crate::trace::TraceContext;
 use crate::transport::envelope::codec_error;
 use crate::transport::{Encoded, intern_subject};
 
@@ -141,14 +141,6 @@ impl App {
     }
 }
 
-/// A command is sent, an event published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Kind {
-    Send,
-    Publish,
-}
-
 /// What the store keeps of a scheduled message besides its payload (as
 /// JSON, then a line break, then the payload as its codec wrote it).
 #[derive(Debug, Serialize, Deserialize)]
@@ -224,7 +216,8 @@ pub(crate) enum Next {
 
 /// Deliver scheduled message `id` (the timer sweep took it).
 pub(crate) async fn deliver(app: &App, id: &str, item: &[u8]) -> Next {
-    let metrics = &app.instance().metrics;
+    let instance = app.instance();
+    let metrics = &instance.metrics;
     let (header, payload) = match read(item) {
         Ok(read) => read,
         Err(reason) => {
@@ -241,56 +234,49 @@ pub(crate) async fn deliver(app: &App, id: &str, item: &[u8]) -> Next {
             return Next::Done;
         }
     };
-    let trace = TraceContext::parse(&header.traceparent, header.tracestate.as_deref());
-    let (Ok(message_id), Ok(correlation_id)) = (header.message_id.parse(), header.correlation_id.parse()) else {
+    let ids = (&header.message_id, &header.correlation_id, &header.traceparent, header.tracestate.as_deref());
+    let Some(meta) = delivery::metadata(ids.0, ids.1, None, Some(ids.2), ids.3) else {
         tracing::error!(id, "scheduled message has no valid message id; dropped");
         return Next::Done;
     };
-    let mut meta = Metadata::with_ids(message_id, correlation_id, None);
-    if let Some(trace) = trace {
-        meta.trace = trace;
-    }
     let content_type = header.content_type.as_deref().unwrap_or(Json::CONTENT_TYPE);
     let message = Encoded { subject, payload: payload.to_vec(), content_type, durable: header.durable };
-    let instance = app.instance();
-    let outcome = match header.kind {
-        Kind::Publish => instance.publish_encoded(message, meta).await,
-        // Stored by JetStream is delivered: its consumer takes it from there.
-        Kind::Send if header.durable && instance.transport.name() == "nats" => {
-            instance.publish_encoded(message, meta).await
-        }
-        Kind::Send => instance.send_encoded(message, meta).await.map(drop),
-    };
-    let late = Duration::from_millis(instance.clock.epoch_ms().saturating_sub(header.due));
-    let Err(error) = outcome else {
-        tracing::debug!(id, subject, "scheduled message delivered");
-        instance.metrics.scheduled_delivery(subject, "delivered", Some(late));
-        return Next::Done;
-    };
-    let code = error.handler_error().map_or(error.failure_code(), HandlerError::code);
-    if HandlerError::is_transient_code(code) {
-        let late = instance.clock.epoch_ms().saturating_sub(header.due);
-        let pause = Duration::from_millis(late / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
-        crate::logging::warn_limited!(
-            subject,
-            "scheduled",
-            id,
-            subject,
-            %error,
-            retry_in = ?pause,
-            "scheduled message not delivered; trying again"
-        );
-        instance.metrics.scheduled_delivery(subject, "retried", None);
-        return Next::Again(pause);
+    let mut outcome = delivery::deliver(instance, header.kind, message, meta).await;
+    // A core NATS publish is in the client's buffer: on the server before
+    // the item is removed.
+    if matches!(outcome, Outcome::Delivered)
+        && header.kind == Kind::Publish
+        && let Err(error) = instance.transport.flush().await
+    {
+        outcome = Outcome::Transient(error);
     }
-    match error {
-        Error::Handler { .. } => {
-            tracing::warn!(id, subject, %error, "scheduled command handled with an error");
-            instance.metrics.scheduled_delivery(subject, "delivered", Some(late));
+    let late = Duration::from_millis(instance.clock.epoch_ms().saturating_sub(header.due));
+    match outcome {
+        Outcome::Delivered => {
+            tracing::debug!(id, subject, "scheduled message delivered");
+            metrics.scheduled_delivery(subject, "delivered", Some(late));
         }
-        error => {
+        Outcome::Refused(error) => {
+            tracing::warn!(id, subject, %error, "scheduled command handled with an error");
+            metrics.scheduled_delivery(subject, "delivered", Some(late));
+        }
+        Outcome::Transient(error) => {
+            let pause = (late / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            crate::logging::warn_limited!(
+                subject,
+                "scheduled",
+                id,
+                subject,
+                %error,
+                retry_in = ?pause,
+                "scheduled message not delivered; trying again"
+            );
+            metrics.scheduled_delivery(subject, "retried", None);
+            return Next::Again(pause);
+        }
+        Outcome::Undeliverable(error) => {
             tracing::error!(id, subject, %error, "scheduled message cannot be delivered; dropped");
-            instance.metrics.scheduled_delivery(subject, "dropped", None);
+            metrics.scheduled_delivery(subject, "dropped", None);
         }
     }
     Next::Done
@@ -301,9 +287,8 @@ fn read(item: &[u8]) -> std::result::Result<(Header, &[u8]), String> {
     let end = item.iter().position(|b| *b == b'\n').ok_or("no header")?;
     let header: Header = serde_json::from_slice(&item[..end]).map_err(|e| format!("its header does not parse: {e}"))?;
     // Header values go on the wire: printable, short.
-    let printable = |text: &str| text.len() <= 512 && text.bytes().all(|b| (0x20..0x7f).contains(&b));
     let texts = [Some(&header.traceparent), header.content_type.as_ref(), header.tracestate.as_ref()];
-    if !texts.into_iter().flatten().all(|t| printable(t)) {
+    if !texts.into_iter().flatten().all(|t| delivery::printable(t)) {
         return Err("its header has a value that cannot go on the wire".into());
     }
     Ok((header, &item[end + 1..]))
@@ -323,7 +308,7 @@ mod tests {
             durable: false,
             message_id: MessageId::new().to_string(),
             correlation_id: MessageId::new().to_string(),
-            traceparent: TraceContext::root(crate::trace::TraceId::random()).traceparent(),
+            traceparent: crate::trace::TraceContext::root(crate::trace::TraceId::random()).traceparent(),
             tracestate: None,
             due: 42,
         };

@@ -9,8 +9,10 @@
 //! name — when dropped.
 
 pub mod load;
+pub mod postgres;
 pub mod redis;
 
+pub use postgres::PgDatabase;
 pub use redis::{RedisCluster, RedisServer};
 
 use std::io::{BufRead, BufReader};

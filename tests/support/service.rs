@@ -57,6 +57,51 @@ async fn echo(cmd: Echo) -> Result<String, HandlerError> {
     Ok(cmd.text)
 }
 
+/// Adds `amount` to `account` in PostgreSQL (table `accounts`, made by the
+/// test) once per message id — the inbox — and publishes the new balance
+/// through the outbox, in order per account; answers the balance. With
+/// `die_after_commit`, the process aborts right after the commit (no
+/// destructor, no flush: as a kill -9 would leave it).
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[catga(subject = "svc.outbox.deposit", reply = i64)]
+pub struct Deposit {
+    pub account: String,
+    pub amount: i64,
+    pub die_after_commit: bool,
+}
+
+/// An account's balance after a deposit.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[catga(subject = "svc.outbox.deposited")]
+pub struct Deposited {
+    pub account: String,
+    pub balance: i64,
+}
+
+#[catga::command(queue = "svc")]
+async fn deposit(cmd: Deposit, ctx: Context) -> Result<i64, HandlerError> {
+    use catga::outbox::Begin;
+    let mut tx = match ctx.outbox()?.begin(&ctx).await? {
+        Begin::New(tx) => tx,
+        Begin::Done(balance) => return Ok(balance),
+    };
+    let (balance,): (i64,) = sqlx::query_as(
+        "INSERT INTO accounts (id, balance) VALUES ($1, $2) \
+         ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + $2 RETURNING balance",
+    )
+    .bind(&cmd.account)
+    .bind(cmd.amount)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.key(format!("account:{}", cmd.account)).publish(Deposited { account: cmd.account, balance }).await?;
+    tx.commit_with(&balance).await?;
+    if cmd.die_after_commit {
+        eprintln!("committed; dying before the relay publishes");
+        std::process::abort();
+    }
+    Ok(balance)
+}
+
 /// Every instance answers a ping event with a pong event.
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
 #[catga(subject = "svc.ping")]

@@ -113,6 +113,19 @@ impl SagaContext {
         Metadata::with_ids(message_id, correlation_id(self.saga, &self.id), None).in_trace(&self.trace)
     }
 
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    /// This step's own ids (deterministic: the same on every run of it),
+    /// what the messages it writes to an outbox descend from.
+    pub(crate) fn metadata(&self) -> Metadata {
+        let step_id = deterministic_id(&[
+            self.saga.as_bytes(),
+            self.id.as_bytes(),
+            &(self.step_index as u64).to_le_bytes(),
+            &[self.direction as u8],
+        ]);
+        Metadata::with_ids(step_id, correlation_id(self.saga, &self.id), None).in_trace(&self.trace)
+    }
+
     /// Send a command with this step's deterministic message id.
     pub async fn send<C: Command>(&self, command: C) -> Result<C::Reply> {
         self.app.send_as(command, self.next_metadata(), SendOptions::default()).await

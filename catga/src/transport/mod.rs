@@ -141,6 +141,16 @@ impl Transport {
         }
     }
 
+    /// Wait until everything published so far reached the server (the
+    /// in-memory bus delivers at once): what a relay confirms before it
+    /// marks messages sent.
+    pub(crate) async fn flush(&self) -> Result<()> {
+        match self {
+            Transport::Memory(_) => Ok(()),
+            Transport::Nats(nats) => nats.flush().await,
+        }
+    }
+
     /// Watch the events published on `subject` from now on, as their
     /// payloads.
     pub(crate) async fn watch(&self, subject: &'static str) -> Result<Watch> {

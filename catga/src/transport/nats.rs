@@ -239,6 +239,18 @@ impl Nats {
         }
     }
 
+    /// Wait until what this connection published reached the server (a
+    /// PING/PONG round trip after it), within 5 s.
+    pub(crate) async fn flush(&self) -> Result<()> {
+        let conn = &self.inner.conn;
+        let transport = |reason: String| Error::Transport { subject: "(flush)", reason };
+        match conn.clock.timeout(Duration::from_secs(5), conn.client.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(transport(format!("flushing to the NATS server failed: {e}"))),
+            Err(_) => Err(transport("the NATS server did not confirm what was published in time".into())),
+        }
+    }
+
     /// After the last handling: flush and close the connection (see
     /// [`Connection::close`]).
     pub(crate) async fn close(&self) {

@@ -1,0 +1,524 @@
+//! The transactional outbox and inbox on PostgreSQL (feature `postgres`):
+//! a handler that changes a database publishes and sends in the same
+//! transaction as its change, and applies each message once.
+//!
+//! ```no_run
+//! use catga::prelude::*;
+//! use catga::outbox::Begin;
+//!
+//! #[derive(Debug, Serialize, Deserialize, Command)]
+//! #[catga(subject = "doc.outbox.place", reply = u64)]
+//! pub struct PlaceOrder { customer: String, amount: i64 }
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+//! #[catga(subject = "doc.outbox.placed")]
+//! pub struct OrderPlaced { order: u64 }
+//!
+//! #[catga::command(queue = "orders")]
+//! async fn place(cmd: PlaceOrder, ctx: Context) -> Result<u64, HandlerError> {
+//!     // BEGIN, and record this message in the inbox — or find that a copy
+//!     // of it was handled already, and answer what that handling did.
+//!     let mut tx = match ctx.outbox()?.begin(&ctx).await? {
+//!         Begin::New(tx) => tx,
+//!         Begin::Done(reply) => return Ok(reply),
+//!     };
+//!     let (order,): (i64,) = sqlx::query_as("INSERT INTO orders (customer, amount) VALUES ($1, $2) RETURNING id")
+//!         .bind(&cmd.customer)
+//!         .bind(cmd.amount)
+//!         .fetch_one(&mut *tx)
+//!         .await?;
+//!     let order = order as u64;
+//!     // A row of the outbox, in the same transaction: published once it commits.
+//!     tx.key(format!("order:{order}")).publish(OrderPlaced { order }).await?;
+//!     tx.commit_with(&order).await?;
+//!     Ok(order)
+//! }
+//!
+//! # #[tokio::main] async fn main() -> catga::Result<()> {
+//! // CATGA_POSTGRES_URL=postgres://localhost/shop, or a pool of the program's:
+//! let app = Catga::builder().postgres_url("postgres://localhost/shop").start().await?;
+//! # app.shutdown().await; Ok(()) }
+//! ```
+//!
+//! ## What it guarantees
+//! - **Outbox**: what a transaction publishes or sends ([`Tx::publish`],
+//!   [`Tx::send`]) is a row of `catga_outbox`, committed or rolled back
+//!   with the rest of the transaction. A committed row is delivered at
+//!   least once — with the message id, correlation id and trace context it
+//!   was written with — whatever instance dies when: a crash after the
+//!   commit leaves the row for another instance's relay; a crash after the
+//!   delivery but before the row was marked sent delivers it again, with
+//!   the same message id (a receiver with an inbox, or an `idempotent`
+//!   one, sees it once).
+//! - **Order**: the rows of one key ([`Tx::key`]; by default, the
+//!   transaction's own: its messages in the order written) are delivered
+//!   one at a time, in commit order; a row that cannot be delivered yet
+//!   holds back the later rows of its key, not other keys.
+//! - **Inbox**: [`Outbox::begin`] records the handled message's id (per
+//!   handler: its queue group, or its instance for a broadcast handler) in
+//!   `catga_inbox` in the same transaction. A copy of the message — a
+//!   retry, a redelivery, a saga step run again — finds it and gets
+//!   [`Begin::Done`] with the reply the first handling recorded, and
+//!   changes nothing. A copy arriving while the first handling's
+//!   transaction is open waits for it to end (PostgreSQL's unique index),
+//!   then is `Done` if it committed, `New` if it rolled back.
+//!
+//! A command written to the outbox is sent as [`App::send`](crate::App::send)
+//! would (the reply is not kept; a handler's error is logged and counts as
+//! delivered); a durable one counts as delivered once JetStream stored it.
+//!
+//! ## The relay
+//! Every instance but a client (`client_only`) runs one. It wakes when a
+//! transaction with messages commits (`NOTIFY catga_outbox`, sent by
+//! [`Tx::commit`]) and every second, and takes the unsent rows a bucket
+//! (64, by a stable hash of the key) at a time under a transaction-scoped
+//! advisory lock, so no two relays deliver one key at once and a dead
+//! relay's lock is gone with its connection. It delivers each key's rows
+//! in order (keys of a bucket concurrently), confirms publishes with the
+//! NATS server (flush), then marks the rows sent in the same transaction.
+//! A transient failure (no handler, a timeout, NATS down) is tried again
+//! with a growing pause (1 s to 1 min); a row that can never be delivered
+//! (not permitted, over the server's size limit) is marked `dropped` with
+//! its error and logged. Sent rows are deleted after
+//! [`Config::outbox_retention`](crate::Config::outbox_retention), inbox
+//! rows after [`Config::inbox_retention`](crate::Config::inbox_retention).
+//!
+//! ## The tables
+//! `catga/migrations/0001_catga_outbox_inbox.sql` (idempotent), run by
+//! `start` under an advisory lock unless
+//! [`Builder::postgres_migrate`](crate::Builder::postgres_migrate) says not.
+
+pub(crate) mod relay;
+
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, Postgres};
+use tokio::sync::Notify;
+
+use crate::app::App;
+use crate::codec::{Codec, Json};
+use crate::context::Context;
+use crate::delivery::Kind;
+use crate::error::{Error, Result};
+use crate::hash::stable_hash;
+use crate::message::{Command, Event};
+use crate::metadata::Metadata;
+use crate::saga::SagaContext;
+use crate::transport::envelope::codec_error;
+
+/// The schema: created by `start` unless told not to.
+pub const MIGRATION: &str = include_str!("../migrations/0001_catga_outbox_inbox.sql");
+
+/// The buckets rows are locked by (a stable hash of their key).
+pub(crate) const BUCKETS: u64 = 64;
+
+/// The NOTIFY channel a commit with messages wakes the relays on.
+pub(crate) const CHANNEL: &str = "catga_outbox";
+
+/// Advisory lock keys are (this, n): the migration 0, pruning 1, bucket
+/// b is 1000 + b.
+pub(crate) const LOCK_SPACE: i32 = 0x6361_7467; // "catg"
+
+/// The outbox and inbox of one database: [`Context::outbox`],
+/// [`App::outbox`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    /// Wakes this instance's relay when one of its transactions committed
+    /// messages (before the database's notification comes back).
+    wake: Notify,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").field("pool_size", &self.inner.pool.size()).finish()
+    }
+}
+
+pub(crate) fn database(what: &'static str) -> impl Fn(sqlx::Error) -> Error {
+    move |e| Error::Database { what, reason: e.to_string() }
+}
+
+impl Outbox {
+    /// The outbox of the builder's pool or URL (none without either),
+    /// its tables created if `migrate`.
+    pub(crate) async fn open(given: (Option<PgPool>, bool), url: Option<&str>) -> Result<Option<Outbox>> {
+        let (pool, migrate) = given;
+        let pool = match (pool, url) {
+            (Some(pool), _) => pool,
+            (None, Some(url)) => PgPoolOptions::new().connect(url).await.map_err(|e| Error::Database {
+                what: "connecting",
+                reason: format!("{} ({e})", crate::security::redact_url(url)),
+            })?,
+            (None, None) => return Ok(None),
+        };
+        let outbox = Outbox { inner: Arc::new(Inner { pool, wake: Notify::new() }) };
+        if migrate {
+            outbox.migrate().await?;
+        }
+        Ok(Some(outbox))
+    }
+
+    /// Create the outbox and inbox tables and indexes where missing
+    /// ([`MIGRATION`]), under an advisory lock (instances starting at once
+    /// do not race).
+    pub async fn migrate(&self) -> Result<()> {
+        let error = database("creating the outbox and inbox tables (catga/migrations)");
+        let mut tx = self.inner.pool.begin().await.map_err(&error)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, 0)").bind(LOCK_SPACE).execute(&mut *tx).await.map_err(&error)?;
+        sqlx::raw_sql(MIGRATION).execute(&mut *tx).await.map_err(&error)?;
+        tx.commit().await.map_err(&error)
+    }
+
+    /// The pool (for queries outside a transaction of the outbox).
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Begin handling `handling`'s message once: a transaction with the
+    /// message recorded in the inbox ([`Begin::New`]), or the reply a
+    /// handling of a copy of it recorded ([`Begin::Done`]; nothing to do).
+    /// A copy whose handling is in progress is waited for.
+    pub async fn begin<R: DeserializeOwned>(&self, handling: &impl Handling) -> Result<Begin<R>> {
+        let tx = self.inner.pool.begin().await.map_err(database("beginning a transaction"))?;
+        self.begin_in(tx, handling).await
+    }
+
+    /// [`begin`](Self::begin) in a transaction the program opened.
+    pub async fn begin_in<R: DeserializeOwned>(
+        &self,
+        mut tx: sqlx::Transaction<'static, Postgres>,
+        handling: &impl Handling,
+    ) -> Result<Begin<R>> {
+        let (consumer, message_id) = handling.inbox_key();
+        let error = database("recording the message in the inbox");
+        let inserted = sqlx::query(
+            "INSERT INTO catga_inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT (consumer, message_id) DO NOTHING",
+        )
+        .bind(&consumer)
+        .bind(&message_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(&error)?;
+        if inserted.rows_affected() == 0 {
+            let (reply,): (Option<Vec<u8>>,) =
+                sqlx::query_as("SELECT reply FROM catga_inbox WHERE consumer = $1 AND message_id = $2")
+                    .bind(&consumer)
+                    .bind(&message_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(&error)?;
+            tx.rollback().await.map_err(&error)?;
+            let reply = reply.as_deref().unwrap_or(b"null");
+            return serde_json::from_slice(reply).map(Begin::Done).map_err(|e| Error::Database {
+                what: "reading the reply the inbox recorded",
+                reason: format!(
+                    "message {message_id} was handled by {consumer}, but its recorded reply is not a {}: {e}",
+                    std::any::type_name::<R>()
+                ),
+            });
+        }
+        let mut tx = Tx::new(self.clone(), tx, handling.parent());
+        tx.inbox = Some((consumer, message_id));
+        Ok(Begin::New(tx))
+    }
+
+    /// A transaction whose messages go out when it commits, without an
+    /// inbox record (an API endpoint's, a job's).
+    pub async fn transaction(&self, origin: &impl Origin) -> Result<Tx> {
+        let tx = self.inner.pool.begin().await.map_err(database("beginning a transaction"))?;
+        Ok(Tx::new(self.clone(), tx, origin.parent()))
+    }
+
+    /// [`transaction`](Self::transaction) in a transaction the program
+    /// opened.
+    pub fn transaction_in(&self, tx: sqlx::Transaction<'static, Postgres>, origin: &impl Origin) -> Tx {
+        Tx::new(self.clone(), tx, origin.parent())
+    }
+
+    pub(crate) fn wake(&self) -> &Notify {
+        &self.inner.wake
+    }
+}
+
+/// What [`Outbox::begin`] found.
+#[derive(Debug)]
+#[must_use = "a New transaction does nothing until it commits; a Done reply is what to answer"]
+// Matched at once, never stored: boxing `New` would make `&mut *tx` a
+// `&mut Tx` instead of the connection.
+#[allow(clippy::large_enum_variant)]
+pub enum Begin<R> {
+    /// The first handling of this message: a transaction, with the message
+    /// recorded in the inbox when it commits.
+    New(Tx<R>),
+    /// A copy of a message already handled (its transaction committed):
+    /// the reply that handling recorded.
+    Done(R),
+}
+
+/// Where messages written to the outbox come from: their correlation id,
+/// cause and trace ([`Context`], [`SagaContext`], [`App`]).
+pub trait Origin: sealed::Sealed {
+    /// The metadata the messages are children of; `None` for a new
+    /// conversation.
+    #[doc(hidden)]
+    fn parent(&self) -> Parent;
+}
+
+/// A handling whose message the inbox records: a handler's [`Context`],
+/// a saga step's [`SagaContext`] (the saga id, per step and direction).
+pub trait Handling: Origin {
+    /// (who handles, the message id): the inbox's key.
+    #[doc(hidden)]
+    fn inbox_key(&self) -> (String, String);
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::context::Context {}
+    impl Sealed for crate::saga::SagaContext {}
+    impl Sealed for crate::app::App {}
+}
+
+/// What the messages of a transaction descend from.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub enum Parent {
+    /// A handled message (or saga step): children of its metadata.
+    Message(Metadata),
+    /// None: each message starts a conversation, in this trace if any.
+    Root(Option<crate::trace::TraceContext>),
+}
+
+impl Origin for Context {
+    fn parent(&self) -> Parent {
+        Parent::Message(self.metadata().clone())
+    }
+}
+
+impl Handling for Context {
+    fn inbox_key(&self) -> (String, String) {
+        (crate::idempotency::receiver(self.record(), self), self.message_id().to_string())
+    }
+}
+
+impl Origin for SagaContext {
+    fn parent(&self) -> Parent {
+        Parent::Message(self.metadata())
+    }
+}
+
+impl Handling for SagaContext {
+    fn inbox_key(&self) -> (String, String) {
+        let direction = match self.direction() {
+            crate::saga::Direction::Forward => "do",
+            crate::saga::Direction::Compensate => "undo",
+        };
+        (format!("saga:{}:{}:{direction}", self.saga(), self.step()), self.saga_id().to_owned())
+    }
+}
+
+impl Origin for App {
+    fn parent(&self) -> Parent {
+        Parent::Root(self.trace_context().cloned())
+    }
+}
+
+/// A transaction of the outbox: the program's queries run in it
+/// (`&mut *tx` is a `&mut PgConnection`), and the messages it writes
+/// ([`publish`](Tx::publish), [`send`](Tx::send)) are rows committed or
+/// rolled back with them. Dropped without [`commit`](Tx::commit), it rolls
+/// back. `R`: the reply recorded in the inbox.
+#[must_use = "a transaction rolls back unless it commits"]
+pub struct Tx<R = ()> {
+    tx: sqlx::Transaction<'static, Postgres>,
+    outbox: Outbox,
+    parent: Parent,
+    inbox: Option<(String, String)>,
+    key: Option<String>,
+    written: u32,
+    reply: PhantomData<fn(&R)>,
+}
+
+impl<R> Tx<R> {
+    fn new(outbox: Outbox, tx: sqlx::Transaction<'static, Postgres>, parent: Parent) -> Tx<R> {
+        Tx { tx, outbox, parent, inbox: None, key: None, written: 0, reply: PhantomData }
+    }
+
+    /// The messages written from now on are delivered in order with the
+    /// other messages of `key` (an aggregate's id: `order:42`), one at a
+    /// time, in commit order. Without a key, a transaction's messages are
+    /// in order among themselves only.
+    pub fn key(&mut self, key: impl Into<String>) -> &mut Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Publish `event` when the transaction commits.
+    pub async fn publish<E: Event>(&mut self, event: E) -> Result<()> {
+        let payload = E::Codec::encode(&event).map_err(|e| codec_error::<E>("encode", E::SUBJECT, e.0))?;
+        self.write(Kind::Publish, E::SUBJECT, E::Codec::CONTENT_TYPE, E::DURABLE, payload).await
+    }
+
+    /// Send `command` when the transaction commits (its reply is not
+    /// kept; see the [module](crate::outbox) docs).
+    pub async fn send<C: Command>(&mut self, command: C) -> Result<()> {
+        let payload = C::Codec::encode(&command).map_err(|e| codec_error::<C>("encode", C::SUBJECT, e.0))?;
+        self.write(Kind::Send, C::SUBJECT, C::Codec::CONTENT_TYPE, C::DURABLE, payload).await
+    }
+
+    async fn write(
+        &mut self,
+        kind: Kind,
+        subject: &'static str,
+        content_type: &'static str,
+        durable: bool,
+        payload: Vec<u8>,
+    ) -> Result<()> {
+        let meta = match &self.parent {
+            Parent::Message(parent) => parent.child(),
+            Parent::Root(Some(trace)) => Metadata::root().in_trace(trace),
+            Parent::Root(None) => Metadata::root(),
+        };
+        let key = match &self.key {
+            Some(key) => key.clone(),
+            None => {
+                // The transaction's own key: its first message's id.
+                let key = format!("tx:{}", meta.message_id);
+                self.key = Some(key.clone());
+                key
+            }
+        };
+        let bucket = (stable_hash(&[&key]) % BUCKETS) as i16;
+        sqlx::query(
+            "INSERT INTO catga_outbox (key, bucket, kind, subject, content_type, durable, message_id, \
+             correlation_id, causation_id, traceparent, tracestate, payload) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(key)
+        .bind(bucket)
+        .bind(kind.as_str())
+        .bind(subject)
+        .bind((content_type != Json::CONTENT_TYPE).then_some(content_type))
+        .bind(durable)
+        .bind(meta.message_id.to_string())
+        .bind(meta.correlation_id.to_string())
+        .bind(meta.causation_id.map(|id| id.to_string()))
+        .bind(meta.trace.traceparent())
+        .bind(meta.trace.tracestate().map(str::to_owned))
+        .bind(payload)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(database("writing a message to the outbox"))?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Commit, recording `reply` in the inbox (for [`Begin::Done`] of the
+    /// copies); the messages written go out.
+    pub async fn commit_with(mut self, reply: &R) -> Result<()>
+    where
+        R: Serialize,
+    {
+        if let Some((consumer, message_id)) = &self.inbox {
+            let reply = serde_json::to_vec(reply).map_err(|e| Error::Database {
+                what: "recording the reply in the inbox",
+                reason: format!("the reply ({}) does not serialize: {e}", std::any::type_name::<R>()),
+            })?;
+            sqlx::query("UPDATE catga_inbox SET reply = $3 WHERE consumer = $1 AND message_id = $2")
+                .bind(consumer)
+                .bind(message_id)
+                .bind(reply)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(database("recording the reply in the inbox"))?;
+        }
+        self.finish().await
+    }
+
+    /// Roll back: nothing written happened, the inbox does not record the
+    /// message (a copy handles it again).
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await.map_err(database("rolling back"))
+    }
+
+    /// The sqlx transaction (for what `&mut *tx` does not reach).
+    pub fn transaction(&mut self) -> &mut sqlx::Transaction<'static, Postgres> {
+        &mut self.tx
+    }
+
+    async fn finish(mut self) -> Result<()> {
+        let error = database("committing");
+        if self.written > 0 {
+            // Delivered to the listening relays when (and only if) this commits.
+            sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *self.tx).await.map_err(&error)?;
+        }
+        self.tx.commit().await.map_err(&error)?;
+        if self.written > 0 {
+            self.outbox.wake().notify_one();
+        }
+        Ok(())
+    }
+}
+
+impl Tx<()> {
+    /// Commit; the messages written go out (the inbox records no reply).
+    pub async fn commit(self) -> Result<()> {
+        self.commit_with(&()).await
+    }
+}
+
+impl<R> std::fmt::Debug for Tx<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx")
+            .field("inbox", &self.inbox)
+            .field("key", &self.key)
+            .field("written", &self.written)
+            .finish()
+    }
+}
+
+impl<R> Deref for Tx<R> {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl<R> DerefMut for Tx<R> {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}
+
+impl Context {
+    /// The outbox and inbox (PostgreSQL, feature `postgres`); the error
+    /// says how to configure one.
+    pub fn outbox(&self) -> std::result::Result<&Outbox, crate::HandlerError> {
+        self.instance().outbox.as_ref().ok_or_else(not_configured)
+    }
+}
+
+impl App {
+    /// The outbox and inbox (PostgreSQL, feature `postgres`); the error
+    /// says how to configure one.
+    pub fn outbox(&self) -> std::result::Result<&Outbox, crate::HandlerError> {
+        self.instance().outbox.as_ref().ok_or_else(not_configured)
+    }
+}
+
+fn not_configured() -> crate::HandlerError {
+    crate::HandlerError::new(
+        crate::HandlerError::CONFIG,
+        "no outbox: this instance has no PostgreSQL — set CATGA_POSTGRES_URL (or Builder::postgres_url / \
+         Builder::postgres)",
+    )
+}

@@ -1,0 +1,392 @@
+//! The outbox relay: delivers committed `catga_outbox` rows, on every
+//! instance but a client (see [`crate::outbox`] for what it guarantees).
+//!
+//! A round lists the buckets with rows due, then, in a random order and a
+//! few at a time, takes each bucket's transaction-scoped advisory lock (a
+//! bucket another relay holds is skipped), reads its unsent rows in order,
+//! delivers each key's rows one after the other (keys concurrently),
+//! flushes, and marks the rows in the same transaction. Rounds run when a
+//! commit with messages is notified, every [`POLL`] otherwise, and at once
+//! again while a bucket had more rows than one batch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use sqlx::Row;
+use sqlx::postgres::{PgListener, PgRow};
+
+use super::{CHANNEL, LOCK_SPACE, Outbox, database};
+use crate::codec::{Codec, Json};
+use crate::delivery::{self, Kind, Outcome};
+use crate::error::Result;
+use crate::instance::{InFlight, Instance};
+use crate::transport::{Encoded, intern_subject};
+
+/// How often a relay looks without being woken (a retry's pause ending, a
+/// notification lost while the listener reconnected).
+const POLL: Duration = Duration::from_secs(1);
+
+/// The most rows of one bucket one round reads.
+const BATCH: i64 = 256;
+
+/// Buckets one relay works on at once.
+const CONCURRENT_BUCKETS: usize = 4;
+
+/// How often sent rows and old inbox records are deleted (by one instance).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// The most rows one prune deletes from each table.
+const PRUNE_LIMIT: i64 = 10_000;
+
+/// Start this instance's relay, if it has an outbox.
+pub(crate) fn start(instance: &Arc<Instance>) {
+    let Some(outbox) = instance.outbox.clone() else { return };
+    tokio::spawn(run(Arc::downgrade(instance), outbox));
+}
+
+async fn run(instance: Weak<Instance>, outbox: Outbox) {
+    let listener = tokio::spawn(listen(outbox.clone()));
+    let _listener = AbortOnDrop(listener.abort_handle());
+    let mut pruned: Option<tokio::time::Instant> = None;
+    loop {
+        let Some(strong) = instance.upgrade() else { return };
+        let clock = strong.clock;
+        let more = {
+            // Counted as in flight: a shutdown waits for the round.
+            let Some(_in_flight) = InFlight::admit(strong.clone()) else { return };
+            let more = match round(&strong, &outbox).await {
+                Ok(more) => more,
+                Err(error) => {
+                    crate::logging::warn_limited!("outbox", "relay", %error, "outbox relay: round failed; trying again");
+                    false
+                }
+            };
+            if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                pruned = Some(tokio::time::Instant::now());
+                if let Err(error) = prune(&strong, &outbox).await {
+                    tracing::debug!(%error, "outbox relay: pruning failed");
+                }
+            }
+            more
+        };
+        drop(strong);
+        if !more {
+            tokio::select! {
+                () = outbox.wake().notified() => {}
+                () = clock.sleep(POLL) => {}
+            }
+        }
+    }
+}
+
+/// Wake the relay on every `NOTIFY catga_outbox` (sent by commits with
+/// messages, on any instance).
+async fn listen(outbox: Outbox) {
+    loop {
+        let mut listener = match PgListener::connect_with(outbox.pool()).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::debug!(%error, "outbox relay: cannot listen for commits; polling meanwhile");
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+        };
+        if let Err(error) = listener.listen(CHANNEL).await {
+            tracing::debug!(%error, "outbox relay: LISTEN failed; polling meanwhile");
+            tokio::time::sleep(POLL).await;
+            continue;
+        }
+        // recv reconnects by itself after a lost connection.
+        loop {
+            match listener.recv().await {
+                Ok(_) => outbox.wake().notify_one(),
+                Err(error) => {
+                    tracing::debug!(%error, "outbox relay: listener lost; polling meanwhile");
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One round over the buckets with rows due; true if one had more than a
+/// batch (another round at once).
+async fn round(instance: &Arc<Instance>, outbox: &Outbox) -> Result<bool> {
+    let mut buckets: Vec<i16> =
+        sqlx::query_scalar("SELECT DISTINCT bucket FROM catga_outbox WHERE sent_at IS NULL AND due_at <= now()")
+            .fetch_all(outbox.pool())
+            .await
+            .map_err(database("listing the outbox's rows due"))?;
+    fastrand::shuffle(&mut buckets);
+    let results: Vec<Result<bool>> = futures_util::stream::iter(buckets)
+        .map(|bucket| relay_bucket(instance, outbox, bucket))
+        .buffer_unordered(CONCURRENT_BUCKETS)
+        .collect()
+        .await;
+    let mut more = false;
+    for result in results {
+        more |= result?;
+    }
+    Ok(more)
+}
+
+/// One unsent row.
+struct OutboxRow {
+    seq: i64,
+    key: String,
+    kind: String,
+    subject: String,
+    content_type: Option<String>,
+    durable: bool,
+    message_id: String,
+    correlation_id: String,
+    causation_id: Option<String>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+    payload: Vec<u8>,
+    attempts: i32,
+    /// Since it was written.
+    age: Duration,
+}
+
+impl OutboxRow {
+    fn from_row(row: &PgRow) -> std::result::Result<OutboxRow, sqlx::Error> {
+        Ok(OutboxRow {
+            seq: row.try_get("seq")?,
+            key: row.try_get("key")?,
+            kind: row.try_get("kind")?,
+            subject: row.try_get("subject")?,
+            content_type: row.try_get("content_type")?,
+            durable: row.try_get("durable")?,
+            message_id: row.try_get("message_id")?,
+            correlation_id: row.try_get("correlation_id")?,
+            causation_id: row.try_get("causation_id")?,
+            traceparent: row.try_get("traceparent")?,
+            tracestate: row.try_get("tracestate")?,
+            payload: row.try_get("payload")?,
+            attempts: row.try_get("attempts")?,
+            age: Duration::from_millis(row.try_get::<i64, _>("age_ms")?.max(0) as u64),
+        })
+    }
+}
+
+/// What became of one row.
+enum Done {
+    Sent { seq: i64, publish: bool },
+    Dropped { seq: i64, error: String },
+    Again { seq: i64, pause: Duration, error: String },
+}
+
+/// Deliver what `bucket` holds, if no other relay does; true if it had
+/// more than a batch.
+async fn relay_bucket(instance: &Arc<Instance>, outbox: &Outbox, bucket: i16) -> Result<bool> {
+    let error = database("relaying the outbox");
+    let mut tx = outbox.pool().begin().await.map_err(&error)?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
+        .bind(LOCK_SPACE)
+        .bind(1000 + i32::from(bucket))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(&error)?;
+    if !locked {
+        return Ok(false);
+    }
+    // In order; the rows of a key held back by a row waiting to be tried
+    // again are left for later.
+    let rows = sqlx::query(
+        "SELECT seq, key, kind, subject, content_type, durable, message_id, correlation_id, causation_id, \
+         traceparent, tracestate, payload, attempts, \
+         (EXTRACT(EPOCH FROM (clock_timestamp() - created_at)) * 1000)::bigint AS age_ms \
+         FROM catga_outbox o WHERE bucket = $1 AND sent_at IS NULL AND NOT EXISTS ( \
+           SELECT 1 FROM catga_outbox w WHERE w.key = o.key AND w.sent_at IS NULL AND w.attempts > 0 \
+           AND w.due_at > now() AND w.seq <= o.seq) \
+         ORDER BY seq LIMIT $2",
+    )
+    .bind(bucket)
+    .bind(BATCH)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(&error)?;
+    let more = rows.len() as i64 == BATCH;
+    let rows: Vec<OutboxRow> =
+        rows.iter().map(OutboxRow::from_row).collect::<std::result::Result<_, _>>().map_err(&error)?;
+    // Each key's rows in order, the keys at once.
+    let mut keys: Vec<Vec<OutboxRow>> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for row in rows {
+        let at = *index.entry(row.key.clone()).or_insert_with(|| {
+            keys.push(Vec::new());
+            keys.len() - 1
+        });
+        keys[at].push(row);
+    }
+    let done: Vec<Done> = futures_util::future::join_all(keys.into_iter().map(|rows| deliver_in_order(instance, rows)))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    // A core NATS publish is in the client's buffer until flushed: on the
+    // server before its row is marked sent (else the round rolls back and
+    // delivers them again).
+    if done.iter().any(|d| matches!(d, Done::Sent { publish: true, .. })) {
+        instance.transport.flush().await?;
+    }
+    let sent: Vec<i64> =
+        done.iter().filter_map(|d| if let Done::Sent { seq, .. } = d { Some(*seq) } else { None }).collect();
+    if !sent.is_empty() {
+        sqlx::query("UPDATE catga_outbox SET sent_at = now(), attempts = attempts + 1 WHERE seq = ANY($1)")
+            .bind(&sent)
+            .execute(&mut *tx)
+            .await
+            .map_err(&error)?;
+    }
+    for d in &done {
+        match d {
+            Done::Sent { .. } => {}
+            Done::Dropped { seq, error: reason } => {
+                sqlx::query(
+                    "UPDATE catga_outbox SET sent_at = now(), dropped = true, attempts = attempts + 1, \
+                     last_error = $2 WHERE seq = $1",
+                )
+                .bind(seq)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await
+                .map_err(&error)?;
+            }
+            Done::Again { seq, pause, error: reason } => {
+                sqlx::query(
+                    "UPDATE catga_outbox SET attempts = attempts + 1, last_error = $2, \
+                     due_at = now() + make_interval(secs => $3) WHERE seq = $1",
+                )
+                .bind(seq)
+                .bind(reason)
+                .bind(pause.as_secs_f64())
+                .execute(&mut *tx)
+                .await
+                .map_err(&error)?;
+            }
+        }
+    }
+    tx.commit().await.map_err(&error)?;
+    Ok(more)
+}
+
+/// Deliver one key's rows in order, up to the first that must wait.
+async fn deliver_in_order(instance: &Instance, rows: Vec<OutboxRow>) -> Vec<Done> {
+    let mut done = Vec::with_capacity(rows.len());
+    for row in rows {
+        let outcome = deliver(instance, &row).await;
+        let again = matches!(outcome, Done::Again { .. });
+        done.push(outcome);
+        if again {
+            break;
+        }
+    }
+    done
+}
+
+/// Deliver one row.
+async fn deliver(instance: &Instance, row: &OutboxRow) -> Done {
+    let metrics = &instance.metrics;
+    let seq = row.seq;
+    let dropped = |label: &'static str, reason: String| {
+        tracing::error!(seq, subject = row.subject, reason, "outbox row cannot be delivered; marked dropped");
+        metrics.outbox_relayed(label, "dropped", None);
+        Done::Dropped { seq, error: reason }
+    };
+    let subject = match intern_subject(&row.subject) {
+        Ok(subject) => subject,
+        Err(reason) => return dropped("(invalid)", format!("subject {:?}: {reason}", row.subject)),
+    };
+    let (Some(kind), Some(meta)) = (
+        Kind::parse(&row.kind),
+        delivery::metadata(
+            &row.message_id,
+            &row.correlation_id,
+            row.causation_id.as_deref(),
+            row.traceparent.as_deref(),
+            row.tracestate.as_deref(),
+        ),
+    ) else {
+        return dropped(subject, "its kind, ids or trace context do not parse".into());
+    };
+    let content_type = row.content_type.as_deref().unwrap_or(Json::CONTENT_TYPE);
+    if !delivery::printable(content_type) {
+        return dropped(subject, format!("content type {content_type:?} cannot go on the wire"));
+    }
+    let message = Encoded { subject, payload: row.payload.clone(), content_type, durable: row.durable };
+    match delivery::deliver(instance, kind, message, meta).await {
+        Outcome::Delivered => {
+            metrics.outbox_relayed(subject, "delivered", Some(row.age));
+            Done::Sent { seq, publish: kind == Kind::Publish && !row.durable }
+        }
+        Outcome::Refused(error) => {
+            tracing::warn!(seq, subject, %error, "outbox command handled with an error");
+            metrics.outbox_relayed(subject, "delivered", Some(row.age));
+            Done::Sent { seq, publish: false }
+        }
+        Outcome::Transient(error) => {
+            let pause = Duration::from_secs(1u64 << row.attempts.clamp(0, 6) as u32).min(Duration::from_secs(60));
+            crate::logging::warn_limited!(
+                subject,
+                "outbox",
+                seq,
+                subject,
+                %error,
+                retry_in = ?pause,
+                "outbox row not delivered; trying again (later rows of its key wait)"
+            );
+            metrics.outbox_relayed(subject, "retried", None);
+            Done::Again { seq, pause, error: error.to_string() }
+        }
+        Outcome::Undeliverable(error) => dropped(subject, error.to_string()),
+    }
+}
+
+/// Delete rows sent longer ago than the outbox retention and inbox records
+/// older than the inbox retention — on one instance at a time.
+async fn prune(instance: &Instance, outbox: &Outbox) -> Result<()> {
+    let error = database("pruning the outbox and inbox");
+    let mut tx = outbox.pool().begin().await.map_err(&error)?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, 1)")
+        .bind(LOCK_SPACE)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(&error)?;
+    if !locked {
+        return Ok(());
+    }
+    let config = &instance.config;
+    let sent = sqlx::query(
+        "DELETE FROM catga_outbox WHERE seq IN (SELECT seq FROM catga_outbox \
+         WHERE sent_at < now() - make_interval(secs => $1) LIMIT $2)",
+    )
+    .bind(config.outbox_retention.as_secs_f64())
+    .bind(PRUNE_LIMIT)
+    .execute(&mut *tx)
+    .await
+    .map_err(&error)?;
+    let handled = sqlx::query(
+        "DELETE FROM catga_inbox WHERE (consumer, message_id) IN (SELECT consumer, message_id FROM catga_inbox \
+         WHERE handled_at < now() - make_interval(secs => $1) LIMIT $2)",
+    )
+    .bind(config.inbox_retention.as_secs_f64())
+    .bind(PRUNE_LIMIT)
+    .execute(&mut *tx)
+    .await
+    .map_err(&error)?;
+    tx.commit().await.map_err(&error)?;
+    tracing::debug!(outbox = sent.rows_affected(), inbox = handled.rows_affected(), "outbox relay: pruned");
+    Ok(())
+}

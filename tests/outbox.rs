@@ -1,0 +1,320 @@
+//! The transactional outbox and inbox against a real PostgreSQL server and
+//! real nats-server processes (`catga::outbox`): a rollback publishes
+//! nothing, a commit publishes once, copies of one message change the
+//! database once, a process that dies right after its commit still has its
+//! event published (by another instance), and with three processes — one
+//! killed under load — every event arrives, in order per key.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use catga::outbox::Begin;
+use catga::prelude::*;
+use catga::saga::{SagaContext, SagaOutcome, StepError};
+use catga::{App, Metadata, SendOptions};
+use catga_suite::{NatsServer, PgDatabase, ServiceProcess};
+use futures_util::StreamExt;
+
+/// The test service's contracts (tests/support/service.rs), copied as
+/// another service's would be.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[catga(subject = "svc.outbox.deposit", reply = i64)]
+struct Deposit {
+    account: String,
+    amount: i64,
+    die_after_commit: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[catga(subject = "svc.outbox.deposited")]
+struct Deposited {
+    account: String,
+    balance: i64,
+}
+
+const SERVICE: &str = env!("CARGO_BIN_EXE_catga-test-service");
+
+/// Every `Deposited` the NATS server carries, in arrival order, with its
+/// message id (a plain subscriber: it sees copies a Catga handler would
+/// have deduplicated).
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<(String, Deposited)>>>);
+
+impl Seen {
+    async fn subscribe(url: &str) -> Seen {
+        let client = async_nats::connect(url).await.unwrap();
+        let mut sub = client.subscribe("svc.outbox.deposited").await.unwrap();
+        client.flush().await.unwrap();
+        let seen = Seen::default();
+        let into = seen.clone();
+        tokio::spawn(async move {
+            let _client = client;
+            while let Some(message) = sub.next().await {
+                let id = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Catga-Message-Id"))
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
+                let event: Deposited = serde_json::from_slice(&message.payload).unwrap();
+                into.0.lock().unwrap().push((id, event));
+            }
+        });
+        seen
+    }
+
+    fn all(&self) -> Vec<(String, Deposited)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Wait (bounded) until `done` holds for what was seen.
+    async fn wait(&self, within: Duration, what: &str, done: impl Fn(&[(String, Deposited)]) -> bool) {
+        let deadline = Instant::now() + within;
+        loop {
+            if done(&self.all()) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: not seen within {within:?}; seen {:?}", self.all());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn accounts(db: &PgDatabase) {
+    db.sql("CREATE TABLE accounts (id text PRIMARY KEY, balance bigint NOT NULL)");
+}
+
+async fn client(nats: &NatsServer, db: &PgDatabase) -> App {
+    Catga::builder()
+        .service("outbox-client")
+        .nats_url(nats.url())
+        .postgres_url(db.url())
+        .client_only()
+        .start()
+        .await
+        .unwrap()
+}
+
+fn service(nats: &NatsServer, db: &PgDatabase) -> ServiceProcess {
+    ServiceProcess::started(
+        SERVICE,
+        &[("CATGA_SERVICE", "svc"), ("CATGA_NATS_URL", &nats.url()), ("CATGA_POSTGRES_URL", &db.url())],
+    )
+}
+
+#[tokio::test]
+async fn a_rollback_publishes_nothing_and_a_commit_publishes_once() {
+    let (nats, db) = (NatsServer::start(), PgDatabase::create());
+    let seen = Seen::subscribe(&nats.url()).await;
+    // An instance (with a relay), no handlers of its own.
+    let app = Catga::builder()
+        .service("outbox-a")
+        .nats_url(nats.url())
+        .postgres_url(db.url())
+        .handlers_where(|_| false)
+        .start()
+        .await
+        .unwrap();
+    let outbox = app.outbox().unwrap();
+    let event = |balance| Deposited { account: "a".into(), balance };
+    let mut tx = outbox.transaction(&app).await.unwrap();
+    tx.key("account:a").publish(event(-1)).await.unwrap();
+    tx.rollback().await.unwrap();
+    let mut tx = outbox.transaction(&app).await.unwrap();
+    tx.key("account:a").publish(event(-2)).await.unwrap();
+    drop(tx); // dropped without a commit: rolled back too
+    let mut tx = outbox.transaction(&app).await.unwrap();
+    tx.key("account:a").publish(event(1)).await.unwrap();
+    tx.publish(event(2)).await.unwrap();
+    tx.commit().await.unwrap();
+    // Same key, so anything rolled back would have come first.
+    seen.wait(Duration::from_secs(10), "the committed events", |s| s.len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let balances: Vec<i64> = seen.all().iter().map(|(_, e)| e.balance).collect();
+    assert_eq!(balances, [1, 2], "only what committed, once, in order");
+    assert_eq!(db.sql("SELECT count(*) FROM catga_outbox WHERE sent_at IS NOT NULL AND NOT dropped"), "2");
+    assert_eq!(db.sql("SELECT count(*) FROM catga_outbox"), "2", "rolled-back rows never existed");
+    // The rows carry the ids the subscriber saw.
+    let ids: HashSet<String> = db.sql("SELECT message_id FROM catga_outbox").lines().map(str::to_owned).collect();
+    assert_eq!(ids, seen.all().into_iter().map(|(id, _)| id).collect());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hundred_copies_of_one_message_change_the_database_once() {
+    let (nats, db) = (NatsServer::start(), PgDatabase::create());
+    accounts(&db);
+    let seen = Seen::subscribe(&nats.url()).await;
+    let _services = [service(&nats, &db), service(&nats, &db)];
+    let app = client(&nats, &db).await;
+    let meta = Metadata::root();
+    let cmd = Deposit { account: "copies".into(), amount: 7, die_after_commit: false };
+    let sends = (0..100).map(|_| app.send_as(cmd.clone(), meta.clone(), SendOptions::default()));
+    let replies: Vec<i64> = futures_util::future::join_all(sends).await.into_iter().map(Result::unwrap).collect();
+    assert!(replies.iter().all(|r| *r == 7), "every copy gets the first handling's reply: {replies:?}");
+    assert_eq!(db.sql("SELECT balance FROM accounts WHERE id = 'copies'"), "7");
+    assert_eq!(db.sql("SELECT count(*) FROM catga_inbox"), "1");
+    seen.wait(Duration::from_secs(10), "the one event", |s| !s.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(seen.all().len(), 1, "one change, one event: {:?}", seen.all());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_process_dead_right_after_its_commit_still_has_its_event_published_once() {
+    let (nats, db) = (NatsServer::start(), PgDatabase::create());
+    accounts(&db);
+    let seen = Seen::subscribe(&nats.url()).await;
+    // Committed by a client (no relay) while no instance runs: nobody
+    // publishes it...
+    let app = client(&nats, &db).await;
+    let mut tx = app.outbox().unwrap().transaction(&app).await.unwrap();
+    tx.publish(Deposited { account: "queued".into(), balance: 1 }).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(db.sql("SELECT count(*) FROM catga_outbox WHERE sent_at IS NULL"), "1");
+    // ... until one starts.
+    let mut first = service(&nats, &db);
+    seen.wait(Duration::from_secs(10), "the queued event", |s| s.len() == 1).await;
+    // Two instances; whichever handles the deposit aborts right after its
+    // commit. The sender's copy goes to the other (the first stopped
+    // showing signs of life), which finds it in the inbox; the survivor's
+    // relay publishes the dead one's row.
+    let mut second = service(&nats, &db);
+    let cmd = Deposit { account: "crash".into(), amount: 5, die_after_commit: true };
+    assert_eq!(app.send(cmd).await.unwrap(), 5, "the copy answers what the dead instance committed");
+    seen.wait(Duration::from_secs(10), "the dead instance's event", |s| s.len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events: Vec<Deposited> = seen.all().into_iter().map(|(_, e)| e).collect();
+    assert_eq!(events[1], Deposited { account: "crash".into(), balance: 5 });
+    assert_eq!(events.len(), 2, "published once: {events:?}");
+    assert_eq!(db.sql("SELECT balance FROM accounts WHERE id = 'crash'"), "5");
+    assert!(first.exited() || second.exited(), "one of them aborted");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn three_relays_one_killed_under_load_deliver_every_event_in_order_per_key() {
+    const ACCOUNTS: usize = 8;
+    const DEPOSITS: usize = 40; // per account
+    let (nats, db) = (NatsServer::start(), PgDatabase::create());
+    accounts(&db);
+    let seen = Seen::subscribe(&nats.url()).await;
+    let mut services: Vec<ServiceProcess> = (0..3).map(|_| service(&nats, &db)).collect();
+    let app = client(&nats, &db).await;
+    // Deposits of +1 on 8 accounts, 16 at a time, from every process; one
+    // instance killed (-9) a third of the way in.
+    let started = Instant::now();
+    let work: Vec<(usize, usize)> = (0..DEPOSITS).flat_map(|n| (0..ACCOUNTS).map(move |a| (a, n))).collect();
+    let total = work.len();
+    let app_ref = &app;
+    let mut sends = futures_util::stream::iter(work)
+        .map(|(a, _)| async move {
+            let cmd = Deposit { account: format!("acc-{a}"), amount: 1, die_after_commit: false };
+            app_ref.send(cmd).await
+        })
+        .buffer_unordered(16);
+    let mut done = 0;
+    while let Some(reply) = sends.next().await {
+        reply.expect("every deposit answered (a killed instance's copy re-sent to another)");
+        done += 1;
+        if done == total / 3 {
+            services[0].kill();
+        }
+    }
+    drop(sends);
+    seen.wait(Duration::from_secs(30), "every balance", |s| {
+        let distinct: HashSet<(String, i64)> = s.iter().map(|(_, e)| (e.account.clone(), e.balance)).collect();
+        distinct.len() == total
+    })
+    .await;
+    // Per account: balances 1..=40, first arrivals in increasing order (a
+    // row delivered again after a relay died may come twice, later).
+    let mut per: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut first = HashSet::new();
+    for (id, e) in seen.all() {
+        if first.insert(id) {
+            per.entry(e.account).or_default().push(e.balance);
+        }
+    }
+    for (account, balances) in &per {
+        assert_eq!(*balances, (1..=DEPOSITS as i64).collect::<Vec<_>>(), "{account}: in order, every one");
+        assert_eq!(db.sql(&format!("SELECT balance FROM accounts WHERE id = '{account}'")), DEPOSITS.to_string());
+    }
+    let copies = seen.all().len() - total;
+    eprintln!(
+        "{total} deposits over 3 instances, one killed: every event in order per key in {:?}; {copies} copies",
+        started.elapsed()
+    );
+    assert_eq!(db.sql("SELECT count(*) FROM catga_outbox WHERE sent_at IS NULL"), "0");
+    app.shutdown().await;
+    for s in &mut services {
+        s.kill();
+    }
+}
+
+// A saga step that writes to the database through the outbox and fails
+// after its commit the first time: run again, the inbox answers it, so
+// the change and its event happen once.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Transfer {
+    account: String,
+    balance: Option<i64>,
+}
+
+struct Transfers;
+
+#[catga::saga(name = "t-outbox-transfer")]
+impl Transfers {
+    #[step(retry = 2)]
+    async fn credit(transfer: &mut Transfer, ctx: &SagaContext) -> Result<(), StepError> {
+        let outbox = ctx.app().outbox()?;
+        let mut tx = match outbox.begin(ctx).await? {
+            Begin::New(tx) => tx,
+            Begin::Done(balance) => {
+                transfer.balance = Some(balance);
+                return Ok(());
+            }
+        };
+        let (balance,): (i64,) = sqlx::query_as(
+            "INSERT INTO accounts (id, balance) VALUES ($1, 10) \
+             ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + 10 RETURNING balance",
+        )
+        .bind(&transfer.account)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.key(format!("account:{}", transfer.account))
+            .publish(Deposited { account: transfer.account.clone(), balance })
+            .await?;
+        tx.commit_with(&balance).await?;
+        if ctx.attempt() == 1 {
+            return Err(StepError::new("lost_reply", "failed after the commit on purpose"));
+        }
+        transfer.balance = Some(balance);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_saga_step_run_again_after_its_commit_changes_the_database_once() {
+    let (nats, db) = (NatsServer::start(), PgDatabase::create());
+    accounts(&db);
+    let seen = Seen::subscribe(&nats.url()).await;
+    let app = Catga::builder()
+        .service("outbox-saga")
+        .nats_url(nats.url())
+        .postgres_url(db.url())
+        .handlers_where(|_| false)
+        .start()
+        .await
+        .unwrap();
+    let outcome = app.start_saga::<Transfers>("t-1", Transfer { account: "saga".into(), balance: None }).await.unwrap();
+    assert_eq!(outcome, SagaOutcome::Completed);
+    assert_eq!(db.sql("SELECT balance FROM accounts WHERE id = 'saga'"), "10");
+    seen.wait(Duration::from_secs(10), "the step's event", |s| !s.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(seen.all().len(), 1, "{:?}", seen.all());
+    // The inbox's key for a step: the saga, the step and its direction.
+    assert_eq!(db.sql("SELECT consumer || ' ' || message_id FROM catga_inbox"), "saga:t-outbox-transfer:credit:do t-1");
+    app.shutdown().await;
+}
