@@ -119,14 +119,14 @@ async fn a_rollback_publishes_nothing_and_a_commit_publishes_once() {
     let outbox = app.outbox().unwrap();
     let event = |balance| Deposited { account: "a".into(), balance };
     let mut tx = outbox.transaction(&app).await.unwrap();
-    tx.key("account:a").publish(event(-1)).await.unwrap();
+    tx.key("account:a").publish(event(-1)).unwrap();
     tx.rollback().await.unwrap();
     let mut tx = outbox.transaction(&app).await.unwrap();
-    tx.key("account:a").publish(event(-2)).await.unwrap();
+    tx.key("account:a").publish(event(-2)).unwrap();
     drop(tx); // dropped without a commit: rolled back too
     let mut tx = outbox.transaction(&app).await.unwrap();
-    tx.key("account:a").publish(event(1)).await.unwrap();
-    tx.publish(event(2)).await.unwrap();
+    tx.key("account:a").publish(event(1)).unwrap();
+    tx.publish(event(2)).unwrap();
     tx.commit().await.unwrap();
     // Same key, so anything rolled back would have come first.
     seen.wait(Duration::from_secs(10), "the committed events", |s| s.len() >= 2).await;
@@ -138,6 +138,35 @@ async fn a_rollback_publishes_nothing_and_a_commit_publishes_once() {
     // The rows carry the ids the subscriber saw.
     let ids: HashSet<String> = db.sql("SELECT message_id FROM catga_outbox").lines().map(str::to_owned).collect();
     assert_eq!(ids, seen.all().into_iter().map(|(id, _)| id).collect());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_events_of_one_key_go_out_in_commit_order_not_write_order() {
+    let (nats, db) = (NatsServer::start(), PgDatabase::create());
+    let seen = Seen::subscribe(&nats.url()).await;
+    let app = Catga::builder()
+        .service("outbox-b")
+        .nats_url(nats.url())
+        .postgres_url(db.url())
+        .handlers_where(|_| false)
+        .start()
+        .await
+        .unwrap();
+    let outbox = app.outbox().unwrap();
+    let event = |balance| Deposited { account: "b".into(), balance };
+    for round in 0..5 {
+        // Written first, committed second.
+        let mut first = outbox.transaction(&app).await.unwrap();
+        first.key("account:b").publish(event(round * 2 + 2)).unwrap();
+        let mut second = outbox.transaction(&app).await.unwrap();
+        second.key("account:b").publish(event(round * 2 + 1)).unwrap();
+        second.commit().await.unwrap();
+        first.commit().await.unwrap();
+    }
+    seen.wait(Duration::from_secs(10), "ten events", |s| s.len() >= 10).await;
+    let balances: Vec<i64> = seen.all().iter().map(|(_, e)| e.balance).collect();
+    assert_eq!(balances, (1..=10).collect::<Vec<_>>(), "commit order");
     app.shutdown().await;
 }
 
@@ -170,7 +199,7 @@ async fn a_process_dead_right_after_its_commit_still_has_its_event_published_onc
     // publishes it...
     let app = client(&nats, &db).await;
     let mut tx = app.outbox().unwrap().transaction(&app).await.unwrap();
-    tx.publish(Deposited { account: "queued".into(), balance: 1 }).await.unwrap();
+    tx.publish(Deposited { account: "queued".into(), balance: 1 }).unwrap();
     tx.commit().await.unwrap();
     assert_eq!(db.sql("SELECT count(*) FROM catga_outbox WHERE sent_at IS NULL"), "1");
     // ... until one starts.
@@ -284,8 +313,7 @@ impl Transfers {
         .fetch_one(&mut *tx)
         .await?;
         tx.key(format!("account:{}", transfer.account))
-            .publish(Deposited { account: transfer.account.clone(), balance })
-            .await?;
+            .publish(Deposited { account: transfer.account.clone(), balance })?;
         tx.commit_with(&balance).await?;
         if ctx.attempt() == 1 {
             return Err(StepError::new("lost_reply", "failed after the commit on purpose"));

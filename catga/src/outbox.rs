@@ -29,7 +29,7 @@
 //!         .await?;
 //!     let order = order as u64;
 //!     // A row of the outbox, in the same transaction: published once it commits.
-//!     tx.key(format!("order:{order}")).publish(OrderPlaced { order }).await?;
+//!     tx.key(format!("order:{order}")).publish(OrderPlaced { order })?;
 //!     tx.commit_with(&order).await?;
 //!     Ok(order)
 //! }
@@ -122,6 +122,10 @@ pub(crate) const CHANNEL: &str = "catga_outbox";
 /// Advisory lock keys are (this, n): the migration 0, pruning 1, bucket
 /// b is 1000 + b.
 pub(crate) const LOCK_SPACE: i32 = 0x6361_7467; // "catg"
+
+/// The lock a committing transaction holds on each key it wrote to:
+/// (this, hashtext(key)).
+const KEY_LOCK_SPACE: i32 = LOCK_SPACE + 1;
 
 /// The outbox and inbox of one database: [`Context::outbox`],
 /// [`App::outbox`]. Cheap to clone.
@@ -334,9 +338,10 @@ impl Origin for App {
 
 /// A transaction of the outbox: the program's queries run in it
 /// (`&mut *tx` is a `&mut PgConnection`), and the messages it writes
-/// ([`publish`](Tx::publish), [`send`](Tx::send)) are rows committed or
-/// rolled back with them. Dropped without [`commit`](Tx::commit), it rolls
-/// back. `R`: the reply recorded in the inbox.
+/// ([`publish`](Tx::publish), [`send`](Tx::send)) become rows of the outbox
+/// when it commits, with the rest. Dropped without
+/// [`commit`](Tx::commit), it rolls back. `R`: the reply recorded in the
+/// inbox.
 #[must_use = "a transaction rolls back unless it commits"]
 pub struct Tx<R = ()> {
     tx: sqlx::Transaction<'static, Postgres>,
@@ -344,13 +349,24 @@ pub struct Tx<R = ()> {
     parent: Parent,
     inbox: Option<(String, String)>,
     key: Option<String>,
-    written: u32,
+    written: Vec<Written>,
     reply: PhantomData<fn(&R)>,
+}
+
+/// A message written, inserted at commit.
+struct Written {
+    key: String,
+    kind: Kind,
+    subject: &'static str,
+    content_type: &'static str,
+    durable: bool,
+    meta: Metadata,
+    payload: Vec<u8>,
 }
 
 impl<R> Tx<R> {
     fn new(outbox: Outbox, tx: sqlx::Transaction<'static, Postgres>, parent: Parent) -> Tx<R> {
-        Tx { tx, outbox, parent, inbox: None, key: None, written: 0, reply: PhantomData }
+        Tx { tx, outbox, parent, inbox: None, key: None, written: Vec::new(), reply: PhantomData }
     }
 
     /// The messages written from now on are delivered in order with the
@@ -362,64 +378,37 @@ impl<R> Tx<R> {
         self
     }
 
-    /// Publish `event` when the transaction commits.
-    pub async fn publish<E: Event>(&mut self, event: E) -> Result<()> {
+    /// Publish `event` if and when the transaction commits.
+    pub fn publish<E: Event>(&mut self, event: E) -> Result<()> {
         let payload = E::Codec::encode(&event).map_err(|e| codec_error::<E>("encode", E::SUBJECT, e.0))?;
-        self.write(Kind::Publish, E::SUBJECT, E::Codec::CONTENT_TYPE, E::DURABLE, payload).await
+        self.write(Kind::Publish, E::SUBJECT, E::Codec::CONTENT_TYPE, E::DURABLE, payload);
+        Ok(())
     }
 
-    /// Send `command` when the transaction commits (its reply is not
-    /// kept; see the [module](crate::outbox) docs).
-    pub async fn send<C: Command>(&mut self, command: C) -> Result<()> {
+    /// Send `command` if and when the transaction commits (its reply is
+    /// not kept; see the [module](crate::outbox) docs).
+    pub fn send<C: Command>(&mut self, command: C) -> Result<()> {
         let payload = C::Codec::encode(&command).map_err(|e| codec_error::<C>("encode", C::SUBJECT, e.0))?;
-        self.write(Kind::Send, C::SUBJECT, C::Codec::CONTENT_TYPE, C::DURABLE, payload).await
+        self.write(Kind::Send, C::SUBJECT, C::Codec::CONTENT_TYPE, C::DURABLE, payload);
+        Ok(())
     }
 
-    async fn write(
+    fn write(
         &mut self,
         kind: Kind,
         subject: &'static str,
         content_type: &'static str,
         durable: bool,
         payload: Vec<u8>,
-    ) -> Result<()> {
+    ) {
         let meta = match &self.parent {
             Parent::Message(parent) => parent.child(),
             Parent::Root(Some(trace)) => Metadata::root().in_trace(trace),
             Parent::Root(None) => Metadata::root(),
         };
-        let key = match &self.key {
-            Some(key) => key.clone(),
-            None => {
-                // The transaction's own key: its first message's id.
-                let key = format!("tx:{}", meta.message_id);
-                self.key = Some(key.clone());
-                key
-            }
-        };
-        let bucket = (stable_hash(&[&key]) % BUCKETS) as i16;
-        sqlx::query(
-            "INSERT INTO catga_outbox (key, bucket, kind, subject, content_type, durable, message_id, \
-             correlation_id, causation_id, traceparent, tracestate, payload) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(key)
-        .bind(bucket)
-        .bind(kind.as_str())
-        .bind(subject)
-        .bind((content_type != Json::CONTENT_TYPE).then_some(content_type))
-        .bind(durable)
-        .bind(meta.message_id.to_string())
-        .bind(meta.correlation_id.to_string())
-        .bind(meta.causation_id.map(|id| id.to_string()))
-        .bind(meta.trace.traceparent())
-        .bind(meta.trace.tracestate().map(str::to_owned))
-        .bind(payload)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(database("writing a message to the outbox"))?;
-        self.written += 1;
-        Ok(())
+        // Without a key, the transaction's own: its first message's id.
+        let key = self.key.get_or_insert_with(|| format!("tx:{}", meta.message_id)).clone();
+        self.written.push(Written { key, kind, subject, content_type, durable, meta, payload });
     }
 
     /// Commit, recording `reply` in the inbox (for [`Begin::Done`] of the
@@ -456,15 +445,63 @@ impl<R> Tx<R> {
     }
 
     async fn finish(mut self) -> Result<()> {
-        let error = database("committing");
-        if self.written > 0 {
-            // Delivered to the listening relays when (and only if) this commits.
-            sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *self.tx).await.map_err(&error)?;
+        if !self.written.is_empty() {
+            self.insert().await?;
         }
-        self.tx.commit().await.map_err(&error)?;
-        if self.written > 0 {
+        self.tx.commit().await.map_err(database("committing"))?;
+        if !self.written.is_empty() {
             self.outbox.wake().notify_one();
         }
+        Ok(())
+    }
+
+    /// Insert the rows written, last thing before the commit, holding the
+    /// lock of each of their keys until it: of two transactions writing one
+    /// key, the one that commits first has the lower sequence numbers, so
+    /// sequence order is commit order for every key.
+    async fn insert(&mut self) -> Result<()> {
+        let error = database("writing the messages to the outbox");
+        let mut keys: Vec<&str> = self.written.iter().map(|w| w.key.as_str()).collect();
+        keys.dedup();
+        // Locks taken in one order (no deadlock); the notification goes to
+        // the listening relays when (and only if) this commits.
+        sqlx::query(
+            "SELECT pg_notify($1, ''), (SELECT count(pg_advisory_xact_lock($2, h)) FROM \
+             (SELECT DISTINCT hashtext(k) AS h FROM unnest($3::text[]) AS k ORDER BY 1) AS l)",
+        )
+        .bind(CHANNEL)
+        .bind(KEY_LOCK_SPACE)
+        .bind(&keys)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(&error)?;
+        let w = &self.written;
+        let text = |f: fn(&Written) -> String| w.iter().map(f).collect::<Vec<String>>();
+        let optional = |f: fn(&Written) -> Option<String>| w.iter().map(f).collect::<Vec<Option<String>>>();
+        sqlx::query(
+            "INSERT INTO catga_outbox (key, bucket, kind, subject, content_type, durable, message_id, \
+             correlation_id, causation_id, traceparent, tracestate, payload) \
+             SELECT key, bucket, kind, subject, content_type, durable, message_id, correlation_id, causation_id, \
+             traceparent, tracestate, payload FROM unnest($1::text[], $2::int2[], $3::text[], $4::text[], \
+             $5::text[], $6::bool[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bytea[]) \
+             WITH ORDINALITY AS m(key, bucket, kind, subject, content_type, durable, message_id, correlation_id, \
+             causation_id, traceparent, tracestate, payload, n) ORDER BY n",
+        )
+        .bind(text(|w| w.key.clone()))
+        .bind(w.iter().map(|w| (stable_hash(&[&w.key]) % BUCKETS) as i16).collect::<Vec<i16>>())
+        .bind(text(|w| w.kind.as_str().to_owned()))
+        .bind(text(|w| w.subject.to_owned()))
+        .bind(optional(|w| (w.content_type != Json::CONTENT_TYPE).then(|| w.content_type.to_owned())))
+        .bind(w.iter().map(|w| w.durable).collect::<Vec<bool>>())
+        .bind(text(|w| w.meta.message_id.to_string()))
+        .bind(text(|w| w.meta.correlation_id.to_string()))
+        .bind(optional(|w| w.meta.causation_id.map(|id| id.to_string())))
+        .bind(text(|w| w.meta.trace.traceparent()))
+        .bind(optional(|w| w.meta.trace.tracestate().map(str::to_owned)))
+        .bind(w.iter().map(|w| w.payload.clone()).collect::<Vec<Vec<u8>>>())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(&error)?;
         Ok(())
     }
 }
@@ -481,7 +518,7 @@ impl<R> std::fmt::Debug for Tx<R> {
         f.debug_struct("Tx")
             .field("inbox", &self.inbox)
             .field("key", &self.key)
-            .field("written", &self.written)
+            .field("written", &self.written.len())
             .finish()
     }
 }

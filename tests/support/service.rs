@@ -93,7 +93,7 @@ async fn deposit(cmd: Deposit, ctx: Context) -> Result<i64, HandlerError> {
     .bind(cmd.amount)
     .fetch_one(&mut *tx)
     .await?;
-    tx.key(format!("account:{}", cmd.account)).publish(Deposited { account: cmd.account, balance }).await?;
+    tx.key(format!("account:{}", cmd.account)).publish(Deposited { account: cmd.account, balance })?;
     tx.commit_with(&balance).await?;
     if cmd.die_after_commit {
         eprintln!("committed; dying before the relay publishes");

@@ -192,12 +192,18 @@ enum Done {
 async fn relay_bucket(instance: &Arc<Instance>, outbox: &Outbox, bucket: i16) -> Result<bool> {
     let error = database("relaying the outbox");
     let mut tx = outbox.pool().begin().await.map_err(&error)?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
-        .bind(LOCK_SPACE)
-        .bind(1000 + i32::from(bucket))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(&error)?;
+    // A relay that freezes holding the lock (its connection alive, idle in
+    // the transaction) loses it after this: the server ends its session.
+    let idle = (instance.config.request_timeout * 2).max(Duration::from_secs(30)).as_millis().to_string();
+    let (_, locked): (String, bool) = sqlx::query_as(
+        "SELECT set_config('idle_in_transaction_session_timeout', $3, true), pg_try_advisory_xact_lock($1, $2)",
+    )
+    .bind(LOCK_SPACE)
+    .bind(1000 + i32::from(bucket))
+    .bind(idle)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(&error)?;
     if !locked {
         return Ok(false);
     }
