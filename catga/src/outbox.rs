@@ -417,20 +417,21 @@ impl<R> Tx<R> {
     where
         R: Serialize,
     {
-        if let Some((consumer, message_id)) = &self.inbox {
-            let reply = serde_json::to_vec(reply).map_err(|e| Error::Database {
+        let reply = match &self.inbox {
+            Some(_) => Some(serde_json::to_vec(reply).map_err(|e| Error::Database {
                 what: "recording the reply in the inbox",
                 reason: format!("the reply ({}) does not serialize: {e}", std::any::type_name::<R>()),
-            })?;
-            sqlx::query("UPDATE catga_inbox SET reply = $3 WHERE consumer = $1 AND message_id = $2")
-                .bind(consumer)
-                .bind(message_id)
-                .bind(reply)
-                .execute(&mut *self.tx)
-                .await
-                .map_err(database("recording the reply in the inbox"))?;
+            })?),
+            None => None,
+        };
+        if reply.is_some() || !self.written.is_empty() {
+            self.last_statement(reply).await?;
         }
-        self.finish().await
+        self.tx.commit().await.map_err(database("committing"))?;
+        if !self.written.is_empty() {
+            self.outbox.wake().notify_one();
+        }
+        Ok(())
     }
 
     /// Roll back: nothing written happened, the inbox does not record the
@@ -444,48 +445,38 @@ impl<R> Tx<R> {
         &mut self.tx
     }
 
-    async fn finish(mut self) -> Result<()> {
-        if !self.written.is_empty() {
-            self.insert().await?;
-        }
-        self.tx.commit().await.map_err(database("committing"))?;
-        if !self.written.is_empty() {
-            self.outbox.wake().notify_one();
-        }
-        Ok(())
-    }
-
-    /// Insert the rows written, last thing before the commit, holding the
-    /// lock of each of their keys until it: of two transactions writing one
-    /// key, the one that commits first has the lower sequence numbers, so
-    /// sequence order is commit order for every key.
-    async fn insert(&mut self) -> Result<()> {
-        let error = database("writing the messages to the outbox");
-        let mut keys: Vec<&str> = self.written.iter().map(|w| w.key.as_str()).collect();
-        keys.dedup();
-        // Locks taken in one order (no deadlock); the notification goes to
-        // the listening relays when (and only if) this commits.
-        sqlx::query(
-            "SELECT pg_notify($1, ''), (SELECT count(pg_advisory_xact_lock($2, h)) FROM \
-             (SELECT DISTINCT hashtext(k) AS h FROM unnest($3::text[]) AS k ORDER BY 1) AS l)",
-        )
-        .bind(CHANNEL)
-        .bind(KEY_LOCK_SPACE)
-        .bind(&keys)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(&error)?;
+    /// The statement before the commit, in one round trip: the reply goes
+    /// in the inbox, the messages written into the outbox, and the relays
+    /// are notified (delivered when, and only if, this commits).
+    ///
+    /// Each row takes its key's lock just before its sequence number (keys
+    /// in hash order: two transactions never wait for each other's) and
+    /// holds it to the commit: of two transactions writing one key, the one
+    /// that commits first has the lower numbers, so sequence order is
+    /// commit order for every key.
+    async fn last_statement(&mut self, reply: Option<Vec<u8>>) -> Result<()> {
         let w = &self.written;
         let text = |f: fn(&Written) -> String| w.iter().map(f).collect::<Vec<String>>();
         let optional = |f: fn(&Written) -> Option<String>| w.iter().map(f).collect::<Vec<Option<String>>>();
+        let (consumer, message_id) = self.inbox.clone().unzip();
         sqlx::query(
-            "INSERT INTO catga_outbox (key, bucket, kind, subject, content_type, durable, message_id, \
-             correlation_id, causation_id, traceparent, tracestate, payload) \
-             SELECT key, bucket, kind, subject, content_type, durable, message_id, correlation_id, causation_id, \
-             traceparent, tracestate, payload FROM unnest($1::text[], $2::int2[], $3::text[], $4::text[], \
-             $5::text[], $6::bool[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bytea[]) \
-             WITH ORDINALITY AS m(key, bucket, kind, subject, content_type, durable, message_id, correlation_id, \
-             causation_id, traceparent, tracestate, payload, n) ORDER BY n",
+            "WITH reply AS ( \
+               UPDATE catga_inbox SET reply = $13 WHERE consumer = $14 AND message_id = $15 RETURNING 1 \
+             ), written AS ( \
+               INSERT INTO catga_outbox (key, bucket, kind, subject, content_type, durable, message_id, \
+                 correlation_id, causation_id, traceparent, tracestate, payload) \
+               SELECT m.key, m.bucket, m.kind, m.subject, m.content_type, m.durable, m.message_id, \
+                 m.correlation_id, m.causation_id, m.traceparent, m.tracestate, m.payload \
+               FROM (SELECT * FROM unnest($1::text[], $2::int2[], $3::text[], $4::text[], $5::text[], \
+                 $6::bool[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bytea[]) \
+                 WITH ORDINALITY AS u(key, bucket, kind, subject, content_type, durable, message_id, \
+                 correlation_id, causation_id, traceparent, tracestate, payload, n) \
+                 ORDER BY hashtext(u.key), u.n OFFSET 0) AS m \
+               CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock($16, hashtext(m.key))) AS l \
+               RETURNING 1 \
+             ) \
+             SELECT (SELECT count(*) FROM reply), (SELECT count(*) FROM written), \
+               (SELECT pg_notify($17, '') WHERE cardinality($1::text[]) > 0)",
         )
         .bind(text(|w| w.key.clone()))
         .bind(w.iter().map(|w| (stable_hash(&[&w.key]) % BUCKETS) as i16).collect::<Vec<i16>>())
@@ -499,9 +490,14 @@ impl<R> Tx<R> {
         .bind(text(|w| w.meta.trace.traceparent()))
         .bind(optional(|w| w.meta.trace.tracestate().map(str::to_owned)))
         .bind(w.iter().map(|w| w.payload.clone()).collect::<Vec<Vec<u8>>>())
+        .bind(reply)
+        .bind(consumer)
+        .bind(message_id)
+        .bind(KEY_LOCK_SPACE)
+        .bind(CHANNEL)
         .execute(&mut *self.tx)
         .await
-        .map_err(&error)?;
+        .map_err(database("writing the reply and the messages (outbox)"))?;
         Ok(())
     }
 }

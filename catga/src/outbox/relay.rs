@@ -1,19 +1,18 @@
 //! The outbox relay: delivers committed `catga_outbox` rows, on every
 //! instance but a client (see [`crate::outbox`] for what it guarantees).
 //!
-//! A round lists the buckets with rows due, then, in a random order and a
-//! few at a time, takes each bucket's transaction-scoped advisory lock (a
-//! bucket another relay holds is skipped), reads its unsent rows in order,
-//! delivers each key's rows one after the other (keys concurrently),
-//! flushes, and marks the rows in the same transaction. Rounds run when a
-//! commit with messages is notified, every [`POLL`] otherwise, and at once
-//! again while a bucket had more rows than one batch.
+//! A round lists the buckets with rows due, picks up to
+//! [`BUCKETS_PER_ROUND`] of them at random and, in one transaction, takes
+//! the transaction-scoped advisory locks of those no other relay holds,
+//! reads their unsent rows in order, delivers each key's rows one after the
+//! other (keys concurrently), flushes, and marks the rows. Rounds run when
+//! a commit with messages is notified, every [`POLL`] otherwise, and at
+//! once again while more is waiting.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use sqlx::Row;
 use sqlx::postgres::{PgListener, PgRow};
 
@@ -28,11 +27,11 @@ use crate::transport::{Encoded, intern_subject};
 /// notification lost while the listener reconnected).
 const POLL: Duration = Duration::from_secs(1);
 
-/// The most rows of one bucket one round reads.
-const BATCH: i64 = 256;
+/// The most rows one round reads.
+const BATCH: i64 = 512;
 
-/// Buckets one relay works on at once.
-const CONCURRENT_BUCKETS: usize = 4;
+/// The most buckets one round of a relay takes.
+const BUCKETS_PER_ROUND: usize = 16;
 
 /// How often sent rows and old inbox records are deleted (by one instance).
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -119,25 +118,22 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One round over the buckets with rows due; true if one had more than a
-/// batch (another round at once).
+/// One round: some of the buckets with rows due, in one transaction;
+/// true if more is waiting (another round at once).
 async fn round(instance: &Arc<Instance>, outbox: &Outbox) -> Result<bool> {
     let mut buckets: Vec<i16> =
         sqlx::query_scalar("SELECT DISTINCT bucket FROM catga_outbox WHERE sent_at IS NULL AND due_at <= now()")
             .fetch_all(outbox.pool())
             .await
             .map_err(database("listing the outbox's rows due"))?;
-    fastrand::shuffle(&mut buckets);
-    let results: Vec<Result<bool>> = futures_util::stream::iter(buckets)
-        .map(|bucket| relay_bucket(instance, outbox, bucket))
-        .buffer_unordered(CONCURRENT_BUCKETS)
-        .collect()
-        .await;
-    let mut more = false;
-    for result in results {
-        more |= result?;
+    if buckets.is_empty() {
+        return Ok(false);
     }
-    Ok(more)
+    // A random share, so relays woken together mostly take different ones.
+    fastrand::shuffle(&mut buckets);
+    let more = buckets.len() > BUCKETS_PER_ROUND;
+    buckets.truncate(BUCKETS_PER_ROUND);
+    Ok(relay(instance, outbox, &buckets).await? || more)
 }
 
 /// One unsent row.
@@ -187,24 +183,28 @@ enum Done {
     Again { seq: i64, pause: Duration, error: String },
 }
 
-/// Deliver what `bucket` holds, if no other relay does; true if it had
-/// more than a batch.
-async fn relay_bucket(instance: &Arc<Instance>, outbox: &Outbox, bucket: i16) -> Result<bool> {
+/// Deliver what those of `buckets` no other relay holds contain; true if
+/// they held more than a batch.
+async fn relay(instance: &Arc<Instance>, outbox: &Outbox, buckets: &[i16]) -> Result<bool> {
     let error = database("relaying the outbox");
     let mut tx = outbox.pool().begin().await.map_err(&error)?;
-    // A relay that freezes holding the lock (its connection alive, idle in
-    // the transaction) loses it after this: the server ends its session.
+    // A relay that freezes holding its buckets (its connection alive, idle
+    // in the transaction) loses them after this: the server ends its
+    // session. Marks need no fsync: one lost in a crash of the server only
+    // delivers its row again.
     let idle = (instance.config.request_timeout * 2).max(Duration::from_secs(30)).as_millis().to_string();
-    let (_, locked): (String, bool) = sqlx::query_as(
-        "SELECT set_config('idle_in_transaction_session_timeout', $3, true), pg_try_advisory_xact_lock($1, $2)",
+    let (_, _, locked): (String, String, Vec<i16>) = sqlx::query_as(
+        "SELECT set_config('idle_in_transaction_session_timeout', $3, true), \
+         set_config('synchronous_commit', 'off', true), \
+         ARRAY(SELECT b FROM unnest($2::int2[]) AS b WHERE pg_try_advisory_xact_lock($1, 1000 + b))",
     )
     .bind(LOCK_SPACE)
-    .bind(1000 + i32::from(bucket))
+    .bind(buckets)
     .bind(idle)
     .fetch_one(&mut *tx)
     .await
     .map_err(&error)?;
-    if !locked {
+    if locked.is_empty() {
         return Ok(false);
     }
     // In order; the rows of a key held back by a row waiting to be tried
@@ -213,12 +213,12 @@ async fn relay_bucket(instance: &Arc<Instance>, outbox: &Outbox, bucket: i16) ->
         "SELECT seq, key, kind, subject, content_type, durable, message_id, correlation_id, causation_id, \
          traceparent, tracestate, payload, attempts, \
          (EXTRACT(EPOCH FROM (clock_timestamp() - created_at)) * 1000)::bigint AS age_ms \
-         FROM catga_outbox o WHERE bucket = $1 AND sent_at IS NULL AND NOT EXISTS ( \
+         FROM catga_outbox o WHERE bucket = ANY($1) AND sent_at IS NULL AND NOT EXISTS ( \
            SELECT 1 FROM catga_outbox w WHERE w.key = o.key AND w.sent_at IS NULL AND w.attempts > 0 \
            AND w.due_at > now() AND w.seq <= o.seq) \
          ORDER BY seq LIMIT $2",
     )
-    .bind(bucket)
+    .bind(&locked)
     .bind(BATCH)
     .fetch_all(&mut *tx)
     .await
@@ -236,11 +236,8 @@ async fn relay_bucket(instance: &Arc<Instance>, outbox: &Outbox, bucket: i16) ->
         });
         keys[at].push(row);
     }
-    let done: Vec<Done> = futures_util::future::join_all(keys.into_iter().map(|rows| deliver_in_order(instance, rows)))
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let delivering = keys.into_iter().map(|rows| deliver_in_order(instance, rows));
+    let done: Vec<Done> = futures_util::future::join_all(delivering).await.into_iter().flatten().collect();
     // A core NATS publish is in the client's buffer until flushed: on the
     // server before its row is marked sent (else the round rolls back and
     // delivers them again).
