@@ -170,6 +170,61 @@ async fn the_events_of_one_key_go_out_in_commit_order_not_write_order() {
     app.shutdown().await;
 }
 
+/// Recorded by its handler, which only the second instance of the test
+/// below runs.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[catga(subject = "t.outbox.audit", reply = ())]
+struct Audit {
+    what: String,
+}
+
+static AUDITED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[catga::command(queue = "auditors")]
+async fn audit(cmd: Audit) -> Result<(), HandlerError> {
+    AUDITED.lock().unwrap().push(cmd.what);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_command_nobody_handles_yet_holds_back_its_key_only_until_it_can_be_sent() {
+    let (nats, db) = (NatsServer::start(), PgDatabase::create());
+    let seen = Seen::subscribe(&nats.url()).await;
+    let start = |handlers: bool| {
+        Catga::builder()
+            .service("outbox-c")
+            .nats_url(nats.url())
+            .postgres_url(db.url())
+            .handlers_where(move |h| handlers && h.subject == "t.outbox.audit")
+            .start()
+    };
+    let app = start(false).await.unwrap();
+    let outbox = app.outbox().unwrap();
+    let mut tx = outbox.transaction(&app).await.unwrap();
+    tx.key("account:held").send(Audit { what: "first".into() }).unwrap();
+    tx.publish(Deposited { account: "held".into(), balance: 1 }).unwrap();
+    tx.key("account:free").publish(Deposited { account: "free".into(), balance: 1 }).unwrap();
+    tx.commit().await.unwrap();
+    // The other key goes; this one waits behind the command (no handler:
+    // tried again with a growing pause).
+    seen.wait(Duration::from_secs(10), "the other key's event", |s| s.iter().any(|(_, e)| e.account == "free")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while db.sql("SELECT attempts FROM catga_outbox WHERE subject = 't.outbox.audit'") == "0" {
+        assert!(Instant::now() < deadline, "the command was never tried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!seen.all().iter().any(|(_, e)| e.account == "held"), "held back behind the command");
+    let error = db.sql("SELECT last_error FROM catga_outbox WHERE subject = 't.outbox.audit'");
+    assert!(error.contains("t.outbox.audit"), "the row says why: {error}");
+    // A handler appears: the command goes at its next try, then the event.
+    let auditor = start(true).await.unwrap();
+    seen.wait(Duration::from_secs(20), "the held event", |s| s.iter().any(|(_, e)| e.account == "held")).await;
+    assert_eq!(*AUDITED.lock().unwrap(), ["first"]);
+    assert_eq!(db.sql("SELECT count(*) FROM catga_outbox WHERE sent_at IS NULL OR dropped"), "0");
+    auditor.shutdown().await;
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_hundred_copies_of_one_message_change_the_database_once() {
     let (nats, db) = (NatsServer::start(), PgDatabase::create());

@@ -1,13 +1,14 @@
 //! The outbox relay: delivers committed `catga_outbox` rows, on every
 //! instance but a client (see [`crate::outbox`] for what it guarantees).
 //!
-//! A round lists the buckets with rows due, picks up to
-//! [`BUCKETS_PER_ROUND`] of them at random and, in one transaction, takes
-//! the transaction-scoped advisory locks of those no other relay holds,
-//! reads their unsent rows in order, delivers each key's rows one after the
-//! other (keys concurrently), flushes, and marks the rows. Rounds run when
-//! a commit with messages is notified, every [`POLL`] otherwise, and at
-//! once again while more is waiting.
+//! A round, in one transaction, picks up to [`BUCKETS_PER_ROUND`] of the
+//! buckets with rows due at random and takes the transaction-scoped
+//! advisory locks of those no other relay holds (one statement), reads
+//! their unsent rows in order (the next statement, so its snapshot follows
+//! the locks), delivers each key's rows one after the other (keys
+//! concurrently), flushes, and marks the rows. Rounds run when a commit
+//! with messages is notified, every [`POLL`] otherwise, and at once again
+//! while more is waiting.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -118,22 +119,39 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One round: some of the buckets with rows due, in one transaction;
-/// true if more is waiting (another round at once).
+/// One round: up to [`BUCKETS_PER_ROUND`] buckets with rows due that no
+/// other relay holds (picked at random, so relays woken together mostly
+/// take different ones), in one transaction; true if more is waiting
+/// (another round at once).
 async fn round(instance: &Arc<Instance>, outbox: &Outbox) -> Result<bool> {
-    let mut buckets: Vec<i16> =
-        sqlx::query_scalar("SELECT DISTINCT bucket FROM catga_outbox WHERE sent_at IS NULL AND due_at <= now()")
-            .fetch_all(outbox.pool())
-            .await
-            .map_err(database("listing the outbox's rows due"))?;
-    if buckets.is_empty() {
+    let error = database("relaying the outbox");
+    let mut tx = outbox.pool().begin().await.map_err(&error)?;
+    // A relay that freezes holding its buckets (its connection alive, idle
+    // in the transaction) loses them after this: the server ends its
+    // session. Marks need no fsync: one lost in a crash of the server only
+    // delivers its row again.
+    let idle = (instance.config.request_timeout * 2).max(Duration::from_secs(30)).as_millis().to_string();
+    let (_, _, due, locked): (String, String, i64, Vec<i16>) = sqlx::query_as(
+        "WITH due AS MATERIALIZED ( \
+           SELECT DISTINCT bucket FROM catga_outbox WHERE sent_at IS NULL AND due_at <= now()), \
+         picked AS MATERIALIZED (SELECT bucket FROM due ORDER BY random() LIMIT $2) \
+         SELECT set_config('idle_in_transaction_session_timeout', $3, true), \
+           set_config('synchronous_commit', 'off', true), (SELECT count(*) FROM due), \
+           ARRAY(SELECT bucket FROM picked WHERE pg_try_advisory_xact_lock($1, 1000 + bucket))",
+    )
+    .bind(LOCK_SPACE)
+    .bind(BUCKETS_PER_ROUND as i64)
+    .bind(idle)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(&error)?;
+    if locked.is_empty() {
         return Ok(false);
     }
-    // A random share, so relays woken together mostly take different ones.
-    fastrand::shuffle(&mut buckets);
-    let more = buckets.len() > BUCKETS_PER_ROUND;
-    buckets.truncate(BUCKETS_PER_ROUND);
-    Ok(relay(instance, outbox, &buckets).await? || more)
+    let (delivered, full) = relay(instance, tx, &locked).await?;
+    // Again at once only if this round got somewhere (rows held back by
+    // one waiting to be tried again are due but not deliverable).
+    Ok(delivered > 0 && (full || due > BUCKETS_PER_ROUND as i64))
 }
 
 /// One unsent row.
@@ -183,30 +201,14 @@ enum Done {
     Again { seq: i64, pause: Duration, error: String },
 }
 
-/// Deliver what those of `buckets` no other relay holds contain; true if
-/// they held more than a batch.
-async fn relay(instance: &Arc<Instance>, outbox: &Outbox, buckets: &[i16]) -> Result<bool> {
+/// Deliver what the `locked` buckets hold, in `tx` (holding their locks):
+/// how many rows were delivered, and whether they held more than a batch.
+async fn relay(
+    instance: &Arc<Instance>,
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    locked: &[i16],
+) -> Result<(usize, bool)> {
     let error = database("relaying the outbox");
-    let mut tx = outbox.pool().begin().await.map_err(&error)?;
-    // A relay that freezes holding its buckets (its connection alive, idle
-    // in the transaction) loses them after this: the server ends its
-    // session. Marks need no fsync: one lost in a crash of the server only
-    // delivers its row again.
-    let idle = (instance.config.request_timeout * 2).max(Duration::from_secs(30)).as_millis().to_string();
-    let (_, _, locked): (String, String, Vec<i16>) = sqlx::query_as(
-        "SELECT set_config('idle_in_transaction_session_timeout', $3, true), \
-         set_config('synchronous_commit', 'off', true), \
-         ARRAY(SELECT b FROM unnest($2::int2[]) AS b WHERE pg_try_advisory_xact_lock($1, 1000 + b))",
-    )
-    .bind(LOCK_SPACE)
-    .bind(buckets)
-    .bind(idle)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(&error)?;
-    if locked.is_empty() {
-        return Ok(false);
-    }
     // In order; the rows of a key held back by a row waiting to be tried
     // again are left for later.
     let rows = sqlx::query(
@@ -218,7 +220,7 @@ async fn relay(instance: &Arc<Instance>, outbox: &Outbox, buckets: &[i16]) -> Re
            AND w.due_at > now() AND w.seq <= o.seq) \
          ORDER BY seq LIMIT $2",
     )
-    .bind(&locked)
+    .bind(locked)
     .bind(BATCH)
     .fetch_all(&mut *tx)
     .await
@@ -282,7 +284,7 @@ async fn relay(instance: &Arc<Instance>, outbox: &Outbox, buckets: &[i16]) -> Re
         }
     }
     tx.commit().await.map_err(&error)?;
-    Ok(more)
+    Ok((sent.len(), more))
 }
 
 /// Deliver one key's rows in order, up to the first that must wait.
