@@ -401,3 +401,18 @@ async fn a_saga_step_run_again_after_its_commit_changes_the_database_once() {
     assert_eq!(db.sql("SELECT consumer || ' ' || message_id FROM catga_inbox"), "saga:t-outbox-transfer:credit:do t-1");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_database_that_does_not_answer_is_a_clear_error_at_start() {
+    let port = catga_suite::free_port();
+    let error = Catga::builder()
+        .service("outbox-down")
+        .memory_bus(catga::transport::memory::MemoryBus::new())
+        .postgres_url(format!("postgres://catga:secret@127.0.0.1:{port}/none"))
+        .start()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("PostgreSQL") && error.contains("connecting"), "{error}");
+    assert!(error.contains(&port.to_string()) && !error.contains("secret"), "names the server, not its password: {error}");
+}

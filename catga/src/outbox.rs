@@ -158,7 +158,13 @@ impl Outbox {
         let (pool, migrate) = given;
         let pool = match (pool, url) {
             (Some(pool), _) => pool,
-            (None, Some(url)) => PgPoolOptions::new().connect(url).await.map_err(|e| Error::Database {
+            // A server that does not answer is an error within 5 s (sqlx's
+            // default waits 30 s for a connection).
+            (None, Some(url)) => PgPoolOptions::new()
+                .acquire_timeout(std::time::Duration::from_secs(5))
+                .connect(url)
+                .await
+                .map_err(|e| Error::Database {
                 what: "connecting",
                 reason: format!("{} ({e})", crate::security::redact_url(url)),
             })?,
