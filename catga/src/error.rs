@@ -327,8 +327,11 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
     /// A Catga [`Error`] keeps its meaning: a downstream handler's error
     /// passes through unchanged (so `ctx.send(..).await?` propagates its
     /// code), the others get a code naming what failed (`no_handler`,
-    /// `timeout`, `codec`, `shutdown`, `transport`, `config`). Any other error
-    /// becomes [`INTERNAL`](Self::INTERNAL) with its message and causes.
+    /// `timeout`, `codec`, `shutdown`, `transport`, `config`). A `sqlx`
+    /// error of the database rather than of the query (a lost connection, a
+    /// deadlock, a serialization failure, no connection free) becomes
+    /// [`DATABASE`](Self::DATABASE), transient. Any other error becomes
+    /// [`INTERNAL`](Self::INTERNAL) with its message and causes.
     fn from(error: E) -> Self {
         if let Some(catga) = (&error as &dyn std::any::Any).downcast_ref::<Error>() {
             if let Error::Handler { error, .. } = catga {
@@ -342,6 +345,14 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
             message.push_str(": ");
             message.push_str(&cause.to_string());
             source = cause.source();
+        }
+        // A database that failed, not the query (a lost connection, a
+        // deadlock, a serialization failure): worth trying again.
+        #[cfg(feature = "postgres")]
+        if let Some(db) = (&error as &dyn std::any::Any).downcast_ref::<sqlx::Error>()
+            && crate::outbox::transient(db)
+        {
+            return HandlerError::new(Self::DATABASE, message);
         }
         HandlerError::new(Self::INTERNAL, message)
     }

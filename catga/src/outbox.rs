@@ -136,6 +136,13 @@ pub struct Outbox {
 
 struct Inner {
     pool: PgPool,
+    /// The relay's and its listener's own two connections (to the same
+    /// database), so they never wait for, or take from, the handlers'.
+    relay_pool: PgPool,
+    /// Whether this instance relays: its commits wake its own relay, and
+    /// only a client's commits notify the others (a `NOTIFY` serializes
+    /// committing transactions on the server).
+    relaying: std::sync::atomic::AtomicBool,
     /// Wakes this instance's relay when one of its transactions committed
     /// messages (before the database's notification comes back).
     wake: Notify,
@@ -144,6 +151,20 @@ struct Inner {
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbox").field("pool_size", &self.inner.pool.size()).finish()
+    }
+}
+
+/// Whether a `sqlx` error is the database failing rather than the query:
+/// a connection lost or refused (SQLSTATE class 08), a deadlock or a
+/// serialization failure (40), the server out of resources (53), shutting
+/// down (57P), a lock not available (55P03), no connection free in time.
+pub(crate) fn transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            ["08", "40", "53", "57P"].iter().any(|class| code.starts_with(class)) || code == "55P03"
+        }),
+        _ => false,
     }
 }
 
@@ -160,17 +181,22 @@ impl Outbox {
             (Some(pool), _) => pool,
             // A server that does not answer is an error within 5 s (sqlx's
             // default waits 30 s for a connection).
-            (None, Some(url)) => PgPoolOptions::new()
-                .acquire_timeout(std::time::Duration::from_secs(5))
-                .connect(url)
-                .await
-                .map_err(|e| Error::Database {
-                what: "connecting",
-                reason: format!("{} ({e})", crate::security::redact_url(url)),
-            })?,
+            (None, Some(url)) => {
+                PgPoolOptions::new().acquire_timeout(std::time::Duration::from_secs(5)).connect(url).await.map_err(
+                    |e| Error::Database {
+                        what: "connecting",
+                        reason: format!("{} ({e})", crate::security::redact_url(url)),
+                    },
+                )?
+            }
             (None, None) => return Ok(None),
         };
-        let outbox = Outbox { inner: Arc::new(Inner { pool, wake: Notify::new() }) };
+        let relay_pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy_with((*pool.connect_options()).clone());
+        let relaying = std::sync::atomic::AtomicBool::new(false);
+        let outbox = Outbox { inner: Arc::new(Inner { pool, relay_pool, relaying, wake: Notify::new() }) };
         if migrate {
             outbox.migrate().await?;
         }
@@ -208,7 +234,7 @@ impl Outbox {
         mut tx: sqlx::Transaction<'static, Postgres>,
         handling: &impl Handling,
     ) -> Result<Begin<R>> {
-        let (consumer, message_id) = handling.inbox_key();
+        let (consumer, message_id) = handling.inbox_key()?;
         let error = database("recording the message in the inbox");
         let inserted = sqlx::query(
             "INSERT INTO catga_inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT (consumer, message_id) DO NOTHING",
@@ -257,6 +283,15 @@ impl Outbox {
     pub(crate) fn wake(&self) -> &Notify {
         &self.inner.wake
     }
+
+    pub(crate) fn relay_pool(&self) -> &PgPool {
+        &self.inner.relay_pool
+    }
+
+    /// This instance runs a relay (not a client).
+    pub(crate) fn set_relaying(&self) {
+        self.inner.relaying.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// What [`Outbox::begin`] found.
@@ -288,7 +323,7 @@ pub trait Origin: sealed::Sealed {
 pub trait Handling: Origin {
     /// (who handles, the message id): the inbox's key.
     #[doc(hidden)]
-    fn inbox_key(&self) -> (String, String);
+    fn inbox_key(&self) -> Result<(String, String)>;
 }
 
 mod sealed {
@@ -315,8 +350,19 @@ impl Origin for Context {
 }
 
 impl Handling for Context {
-    fn inbox_key(&self) -> (String, String) {
-        (crate::idempotency::receiver(self.record(), self), self.message_id().to_string())
+    fn inbox_key(&self) -> Result<(String, String)> {
+        let record = self.record();
+        if record.queue_group(self.service()).is_none() {
+            // Each instance would apply it (and, its id new at every start,
+            // again after a restart).
+            return Err(Error::Config(format!(
+                "the inbox needs a queue group: {}::{} is a broadcast event handler, run by every instance; give it \
+                 one (#[catga::event(queue = \"..\")]) so the message is applied once, or use \
+                 Outbox::transaction (no inbox)",
+                record.module, record.name
+            )));
+        }
+        Ok((crate::idempotency::receiver(record, self), self.message_id().to_string()))
     }
 }
 
@@ -327,12 +373,12 @@ impl Origin for SagaContext {
 }
 
 impl Handling for SagaContext {
-    fn inbox_key(&self) -> (String, String) {
+    fn inbox_key(&self) -> Result<(String, String)> {
         let direction = match self.direction() {
             crate::saga::Direction::Forward => "do",
             crate::saga::Direction::Compensate => "undo",
         };
-        (format!("saga:{}:{}:{direction}", self.saga(), self.step()), self.saga_id().to_owned())
+        Ok((format!("saga:{}:{}:{direction}", self.saga(), self.step()), self.saga_id().to_owned()))
     }
 }
 
@@ -452,8 +498,9 @@ impl<R> Tx<R> {
     }
 
     /// The statement before the commit, in one round trip: the reply goes
-    /// in the inbox, the messages written into the outbox, and the relays
-    /// are notified (delivered when, and only if, this commits).
+    /// in the inbox, the messages written into the outbox, and — from a
+    /// client, which has no relay of its own to wake — the relays are
+    /// notified (delivered when, and only if, this commits).
     ///
     /// Each row takes its key's lock just before its sequence number (keys
     /// in hash order: two transactions never wait for each other's) and
@@ -482,7 +529,7 @@ impl<R> Tx<R> {
                RETURNING 1 \
              ) \
              SELECT (SELECT count(*) FROM reply), (SELECT count(*) FROM written), \
-               (SELECT pg_notify($17, '') WHERE cardinality($1::text[]) > 0)",
+               (SELECT pg_notify($17, '') WHERE $18 AND cardinality($1::text[]) > 0)",
         )
         .bind(text(|w| w.key.clone()))
         .bind(w.iter().map(|w| (stable_hash(&[&w.key]) % BUCKETS) as i16).collect::<Vec<i16>>())
@@ -501,6 +548,7 @@ impl<R> Tx<R> {
         .bind(message_id)
         .bind(KEY_LOCK_SPACE)
         .bind(CHANNEL)
+        .bind(!self.outbox.inner.relaying.load(std::sync::atomic::Ordering::Relaxed))
         .execute(&mut *self.tx)
         .await
         .map_err(database("writing the reply and the messages (outbox)"))?;

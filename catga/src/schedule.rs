@@ -241,12 +241,13 @@ pub(crate) async fn deliver(app: &App, id: &str, item: &[u8]) -> Next {
     };
     let content_type = header.content_type.as_deref().unwrap_or(Json::CONTENT_TYPE);
     let message = Encoded { subject, payload: payload.to_vec(), content_type, durable: header.durable };
+    let mark = instance.transport.mark();
     let mut outcome = delivery::deliver(instance, header.kind, message, meta).await;
     // A core NATS publish is in the client's buffer: on the server before
     // the item is removed.
     if matches!(outcome, Outcome::Delivered)
         && header.kind == Kind::Publish
-        && let Err(error) = instance.transport.flush().await
+        && let Err(error) = instance.transport.confirm(mark).await
     {
         outcome = Outcome::Transient(error);
     }

@@ -28,8 +28,11 @@ use crate::transport::{Encoded, intern_subject};
 /// notification lost while the listener reconnected).
 const POLL: Duration = Duration::from_secs(1);
 
-/// The most rows one round reads.
+/// The most rows one round reads...
 const BATCH: i64 = 512;
+
+/// ... and the most payload bytes (beyond its first row).
+const BATCH_BYTES: i64 = 8 << 20;
 
 /// The most buckets one round of a relay takes.
 const BUCKETS_PER_ROUND: usize = 16;
@@ -37,12 +40,17 @@ const BUCKETS_PER_ROUND: usize = 16;
 /// How often sent rows and old inbox records are deleted (by one instance).
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// The most rows one prune deletes from each table.
+/// The most rows one prune statement deletes from a table (it runs again
+/// while it deletes that many, up to [`PRUNE_ROUNDS`] times a minute).
 const PRUNE_LIMIT: i64 = 10_000;
+
+/// At most 1 000 000 rows of each table a minute.
+const PRUNE_ROUNDS: usize = 100;
 
 /// Start this instance's relay, if it has an outbox.
 pub(crate) fn start(instance: &Arc<Instance>) {
     let Some(outbox) = instance.outbox.clone() else { return };
+    outbox.set_relaying();
     tokio::spawn(run(Arc::downgrade(instance), outbox));
 }
 
@@ -85,7 +93,7 @@ async fn run(instance: Weak<Instance>, outbox: Outbox) {
 /// messages, on any instance).
 async fn listen(outbox: Outbox) {
     loop {
-        let mut listener = match PgListener::connect_with(outbox.pool()).await {
+        let mut listener = match PgListener::connect_with(outbox.relay_pool()).await {
             Ok(listener) => listener,
             Err(error) => {
                 tracing::debug!(%error, "outbox relay: cannot listen for commits; polling meanwhile");
@@ -125,12 +133,17 @@ impl Drop for AbortOnDrop {
 /// (another round at once).
 async fn round(instance: &Arc<Instance>, outbox: &Outbox) -> Result<bool> {
     let error = database("relaying the outbox");
-    let mut tx = outbox.pool().begin().await.map_err(&error)?;
+    let mut tx = outbox.relay_pool().begin().await.map_err(&error)?;
     // A relay that freezes holding its buckets (its connection alive, idle
     // in the transaction) loses them after this: the server ends its
     // session. Marks need no fsync: one lost in a crash of the server only
     // delivers its row again.
-    let idle = (instance.config.request_timeout * 2).max(Duration::from_secs(30)).as_millis().to_string();
+    let idle = (instance.config.request_timeout * 2).max(Duration::from_secs(30));
+    // No row is started after a third of it, so the round ends (and
+    // commits its marks) well before: a long backlog of one key takes
+    // several rounds, never a round the server ends.
+    let budget = tokio::time::Instant::now() + idle / 3;
+    let idle = idle.as_millis().to_string();
     let (_, _, due, locked): (String, String, i64, Vec<i16>) = sqlx::query_as(
         "WITH due AS MATERIALIZED ( \
            SELECT DISTINCT bucket FROM catga_outbox WHERE sent_at IS NULL AND due_at <= now()), \
@@ -148,7 +161,7 @@ async fn round(instance: &Arc<Instance>, outbox: &Outbox) -> Result<bool> {
     if locked.is_empty() {
         return Ok(false);
     }
-    let (delivered, full) = relay(instance, tx, &locked).await?;
+    let (delivered, full) = relay(instance, tx, &locked, budget).await?;
     // Again at once only if this round got somewhere (rows held back by
     // one waiting to be tried again are due but not deliverable).
     Ok(delivered > 0 && (full || due > BUCKETS_PER_ROUND as i64))
@@ -196,9 +209,22 @@ impl OutboxRow {
 
 /// What became of one row.
 enum Done {
-    Sent { seq: i64, publish: bool },
-    Dropped { seq: i64, error: String },
-    Again { seq: i64, pause: Duration, error: String },
+    /// `key`: the index of its key in the round; `publish`: a core publish,
+    /// to be confirmed.
+    Sent {
+        seq: i64,
+        key: usize,
+        publish: bool,
+    },
+    Dropped {
+        seq: i64,
+        error: String,
+    },
+    Again {
+        seq: i64,
+        pause: Duration,
+        error: String,
+    },
 }
 
 /// Deliver what the `locked` buckets hold, in `tx` (holding their locks):
@@ -207,25 +233,32 @@ async fn relay(
     instance: &Arc<Instance>,
     mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
     locked: &[i16],
+    budget: tokio::time::Instant,
 ) -> Result<(usize, bool)> {
     let error = database("relaying the outbox");
     // In order; the rows of a key held back by a row waiting to be tried
-    // again are left for later.
+    // again are left for later. At most a batch of rows and of bytes (the
+    // first row always).
     let rows = sqlx::query(
-        "SELECT seq, key, kind, subject, content_type, durable, message_id, correlation_id, causation_id, \
-         traceparent, tracestate, payload, attempts, \
-         (EXTRACT(EPOCH FROM (clock_timestamp() - created_at)) * 1000)::bigint AS age_ms \
-         FROM catga_outbox o WHERE bucket = ANY($1) AND sent_at IS NULL AND NOT EXISTS ( \
-           SELECT 1 FROM catga_outbox w WHERE w.key = o.key AND w.sent_at IS NULL AND w.attempts > 0 \
-           AND w.due_at > now() AND w.seq <= o.seq) \
-         ORDER BY seq LIMIT $2",
+        "SELECT * FROM (SELECT seq, key, kind, subject, content_type, durable, message_id, correlation_id, \
+           causation_id, traceparent, tracestate, payload, attempts, \
+           (EXTRACT(EPOCH FROM (clock_timestamp() - created_at)) * 1000)::bigint AS age_ms, \
+           sum(octet_length(payload)) OVER (ORDER BY seq) - octet_length(payload) AS before, \
+           count(*) OVER () AS candidates \
+           FROM catga_outbox o WHERE bucket = ANY($1) AND sent_at IS NULL AND NOT EXISTS ( \
+             SELECT 1 FROM catga_outbox w WHERE w.key = o.key AND w.sent_at IS NULL AND w.attempts > 0 \
+             AND w.due_at > now() AND w.seq <= o.seq) \
+           ORDER BY seq LIMIT $2) AS r WHERE before < $3 ORDER BY seq",
     )
     .bind(locked)
     .bind(BATCH)
+    .bind(BATCH_BYTES)
     .fetch_all(&mut *tx)
     .await
     .map_err(&error)?;
-    let more = rows.len() as i64 == BATCH;
+    // Rows left for the next round (over the batch, or its bytes).
+    let candidates = rows.first().map_or(Ok(0), |r| r.try_get::<i64, _>("candidates")).map_err(&error)?;
+    let more = candidates > rows.len() as i64;
     let rows: Vec<OutboxRow> =
         rows.iter().map(OutboxRow::from_row).collect::<std::result::Result<_, _>>().map_err(&error)?;
     // Each key's rows in order, the keys at once.
@@ -238,18 +271,32 @@ async fn relay(
         });
         keys[at].push(row);
     }
-    let delivering = keys.into_iter().map(|rows| deliver_in_order(instance, rows));
+    let mark = instance.transport.mark();
+    let delivering = keys.into_iter().enumerate().map(|(key, rows)| deliver_in_order(instance, key, rows, budget));
     let done: Vec<Done> = futures_util::future::join_all(delivering).await.into_iter().flatten().collect();
-    // A core NATS publish is in the client's buffer until flushed: on the
-    // server before its row is marked sent (else the round rolls back and
-    // delivers them again).
-    if done.iter().any(|d| matches!(d, Done::Sent { publish: true, .. })) {
-        instance.transport.flush().await?;
+    // A core NATS publish is in the client's buffer until the server has
+    // it: confirmed before its row is marked sent. Unconfirmed, the rows of
+    // the keys that had one stay unsent (delivered again, in order); the
+    // others are marked.
+    let mut unconfirmed = std::collections::HashSet::new();
+    if done.iter().any(|d| matches!(d, Done::Sent { publish: true, .. }))
+        && let Err(e) = instance.transport.confirm(mark).await
+    {
+        crate::logging::warn_limited!("outbox", "confirm", error = %e, "outbox relay: publishes not confirmed; delivering them again");
+        unconfirmed.extend(done.iter().filter_map(|d| match d {
+            Done::Sent { key, publish: true, .. } => Some(*key),
+            _ => None,
+        }));
     }
-    let sent: Vec<i64> =
-        done.iter().filter_map(|d| if let Done::Sent { seq, .. } = d { Some(*seq) } else { None }).collect();
+    let sent: Vec<i64> = done
+        .iter()
+        .filter_map(|d| match d {
+            Done::Sent { seq, key, .. } if !unconfirmed.contains(key) => Some(*seq),
+            _ => None,
+        })
+        .collect();
     if !sent.is_empty() {
-        sqlx::query("UPDATE catga_outbox SET sent_at = now(), attempts = attempts + 1 WHERE seq = ANY($1)")
+        sqlx::query("UPDATE catga_outbox SET sent_at = clock_timestamp(), attempts = attempts + 1 WHERE seq = ANY($1)")
             .bind(&sent)
             .execute(&mut *tx)
             .await
@@ -260,7 +307,7 @@ async fn relay(
             Done::Sent { .. } => {}
             Done::Dropped { seq, error: reason } => {
                 sqlx::query(
-                    "UPDATE catga_outbox SET sent_at = now(), dropped = true, attempts = attempts + 1, \
+                    "UPDATE catga_outbox SET sent_at = clock_timestamp(), dropped = true, attempts = attempts + 1, \
                      last_error = $2 WHERE seq = $1",
                 )
                 .bind(seq)
@@ -272,7 +319,7 @@ async fn relay(
             Done::Again { seq, pause, error: reason } => {
                 sqlx::query(
                     "UPDATE catga_outbox SET attempts = attempts + 1, last_error = $2, \
-                     due_at = now() + make_interval(secs => $3) WHERE seq = $1",
+                     due_at = clock_timestamp() + make_interval(secs => $3) WHERE seq = $1",
                 )
                 .bind(seq)
                 .bind(reason)
@@ -287,11 +334,20 @@ async fn relay(
     Ok((sent.len(), more))
 }
 
-/// Deliver one key's rows in order, up to the first that must wait.
-async fn deliver_in_order(instance: &Instance, rows: Vec<OutboxRow>) -> Vec<Done> {
+/// Deliver one key's rows in order, up to the first that must wait, or
+/// until the round's budget is spent.
+async fn deliver_in_order(
+    instance: &Instance,
+    key: usize,
+    rows: Vec<OutboxRow>,
+    budget: tokio::time::Instant,
+) -> Vec<Done> {
     let mut done = Vec::with_capacity(rows.len());
     for row in rows {
-        let outcome = deliver(instance, &row).await;
+        if tokio::time::Instant::now() >= budget {
+            break;
+        }
+        let outcome = deliver(instance, key, row).await;
         let again = matches!(outcome, Done::Again { .. });
         done.push(outcome);
         if again {
@@ -302,7 +358,7 @@ async fn deliver_in_order(instance: &Instance, rows: Vec<OutboxRow>) -> Vec<Done
 }
 
 /// Deliver one row.
-async fn deliver(instance: &Instance, row: &OutboxRow) -> Done {
+async fn deliver(instance: &Instance, key: usize, mut row: OutboxRow) -> Done {
     let metrics = &instance.metrics;
     let seq = row.seq;
     let dropped = |label: &'static str, reason: String| {
@@ -330,16 +386,17 @@ async fn deliver(instance: &Instance, row: &OutboxRow) -> Done {
     if !delivery::printable(content_type) {
         return dropped(subject, format!("content type {content_type:?} cannot go on the wire"));
     }
-    let message = Encoded { subject, payload: row.payload.clone(), content_type, durable: row.durable };
+    let payload = std::mem::take(&mut row.payload);
+    let message = Encoded { subject, payload, content_type, durable: row.durable };
     match delivery::deliver(instance, kind, message, meta).await {
         Outcome::Delivered => {
             metrics.outbox_relayed(subject, "delivered", Some(row.age));
-            Done::Sent { seq, publish: kind == Kind::Publish && !row.durable }
+            Done::Sent { seq, key, publish: kind == Kind::Publish && !row.durable }
         }
         Outcome::Refused(error) => {
             tracing::warn!(seq, subject, %error, "outbox command handled with an error");
             metrics.outbox_relayed(subject, "delivered", Some(row.age));
-            Done::Sent { seq, publish: false }
+            Done::Sent { seq, key, publish: false }
         }
         Outcome::Transient(error) => {
             let pause = Duration::from_secs(1u64 << row.attempts.clamp(0, 6) as u32).min(Duration::from_secs(60));
@@ -363,35 +420,46 @@ async fn deliver(instance: &Instance, row: &OutboxRow) -> Done {
 /// older than the inbox retention — on one instance at a time.
 async fn prune(instance: &Instance, outbox: &Outbox) -> Result<()> {
     let error = database("pruning the outbox and inbox");
-    let mut tx = outbox.pool().begin().await.map_err(&error)?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, 1)")
-        .bind(LOCK_SPACE)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(&error)?;
-    if !locked {
-        return Ok(());
-    }
     let config = &instance.config;
-    let sent = sqlx::query(
-        "DELETE FROM catga_outbox WHERE seq IN (SELECT seq FROM catga_outbox \
-         WHERE sent_at < now() - make_interval(secs => $1) LIMIT $2)",
-    )
-    .bind(config.outbox_retention.as_secs_f64())
-    .bind(PRUNE_LIMIT)
-    .execute(&mut *tx)
-    .await
-    .map_err(&error)?;
-    let handled = sqlx::query(
-        "DELETE FROM catga_inbox WHERE (consumer, message_id) IN (SELECT consumer, message_id FROM catga_inbox \
-         WHERE handled_at < now() - make_interval(secs => $1) LIMIT $2)",
-    )
-    .bind(config.inbox_retention.as_secs_f64())
-    .bind(PRUNE_LIMIT)
-    .execute(&mut *tx)
-    .await
-    .map_err(&error)?;
-    tx.commit().await.map_err(&error)?;
-    tracing::debug!(outbox = sent.rows_affected(), inbox = handled.rows_affected(), "outbox relay: pruned");
+    let (mut outbox_rows, mut inbox_rows) = (0, 0);
+    for _ in 0..PRUNE_ROUNDS {
+        // A batch per transaction: deletes commit as they go, the lock is
+        // held briefly.
+        let mut tx = outbox.relay_pool().begin().await.map_err(&error)?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, 1)")
+            .bind(LOCK_SPACE)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(&error)?;
+        if !locked {
+            return Ok(());
+        }
+        let sent = sqlx::query(
+            "DELETE FROM catga_outbox WHERE seq IN (SELECT seq FROM catga_outbox \
+             WHERE sent_at < now() - make_interval(secs => $1) LIMIT $2)",
+        )
+        .bind(config.outbox_retention.as_secs_f64())
+        .bind(PRUNE_LIMIT)
+        .execute(&mut *tx)
+        .await
+        .map_err(&error)?
+        .rows_affected();
+        let handled = sqlx::query(
+            "DELETE FROM catga_inbox WHERE (consumer, message_id) IN (SELECT consumer, message_id FROM catga_inbox \
+             WHERE handled_at < now() - make_interval(secs => $1) LIMIT $2)",
+        )
+        .bind(config.inbox_retention.as_secs_f64())
+        .bind(PRUNE_LIMIT)
+        .execute(&mut *tx)
+        .await
+        .map_err(&error)?
+        .rows_affected();
+        tx.commit().await.map_err(&error)?;
+        (outbox_rows, inbox_rows) = (outbox_rows + sent, inbox_rows + handled);
+        if sent < PRUNE_LIMIT as u64 && handled < PRUNE_LIMIT as u64 {
+            break;
+        }
+    }
+    tracing::debug!(outbox = outbox_rows, inbox = inbox_rows, "outbox relay: pruned");
     Ok(())
 }

@@ -141,13 +141,21 @@ impl Transport {
         }
     }
 
-    /// Wait until everything published so far reached the server (the
-    /// in-memory bus delivers at once): what a relay confirms before it
+    /// A mark of the connection now, for [`confirm`](Self::confirm).
+    pub(crate) fn mark(&self) -> u64 {
+        match self {
+            Transport::Memory(_) => 0,
+            Transport::Nats(nats) => nats.mark(),
+        }
+    }
+
+    /// Confirm that everything published since `mark` reached the server
+    /// (the in-memory bus delivers at once): what a relay checks before it
     /// marks messages sent.
-    pub(crate) async fn flush(&self) -> Result<()> {
+    pub(crate) async fn confirm(&self, mark: u64) -> Result<()> {
         match self {
             Transport::Memory(_) => Ok(()),
-            Transport::Nats(nats) => nats.flush().await,
+            Transport::Nats(nats) => nats.confirm(mark).await,
         }
     }
 
