@@ -340,7 +340,7 @@ async fn discovery_through_plain_srv_requests_lists_every_instance_and_its_endpo
         assert_eq!(whoami["metadata"]["reply_type"], "String", "{whoami}");
         assert_eq!(whoami["metadata"]["kind"], "command");
         let kind = |k: &str| endpoints.iter().filter(|e| e["metadata"]["kind"] == k).count();
-        assert_eq!(kind("command"), 8, "one endpoint per command handler: {endpoints:?}");
+        assert_eq!(kind("command"), 9, "one endpoint per command handler: {endpoints:?}");
         // Event handlers are listed too; a broadcast one has no queue group.
         assert_eq!(kind("event"), 1, "{endpoints:?}");
         let ping = endpoints.iter().find(|e| e["subject"] == "svc.ping").expect("the event handler");

@@ -25,7 +25,7 @@ fn run_reads_the_environment_logs_handlers_and_stops_gracefully_on_sigterm() {
     assert!(found.contains("handler=catga_test_service::whoami"), "{found}");
     assert!(found.contains("message_type=\"catga_test_service::WhoAmI\""), "{found}");
     let started = svc.wait_for("catga instance started");
-    assert!(started.contains("svc-7") && started.contains("handlers=9"), "{started}");
+    assert!(started.contains("svc-7") && started.contains("handlers=10"), "{started}");
     svc.signal("TERM");
     svc.wait_for("signal received, shutting down");
     svc.wait_for("catga instance stopped");
