@@ -523,14 +523,17 @@ impl Builder {
             }
             (None, bus) => Transport::Memory(bus.unwrap_or_else(MemoryBus::global)),
         };
+        #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
+        let mut state = self.state;
+        // The outbox is shared state (`Context::outbox` reads it there).
         #[cfg(feature = "postgres")]
-        let outbox = crate::outbox::Outbox::open(self.postgres, config.postgres_url.as_deref()).await?;
+        if let Some(outbox) = crate::outbox::Outbox::open(self.postgres, config.postgres_url.as_deref()).await? {
+            state.insert(TypeId::of::<crate::outbox::Outbox>(), Arc::new(outbox));
+        }
         let parts = Parts {
-            #[cfg(feature = "postgres")]
-            outbox,
             middleware: self.middleware,
             saga_gate: self.saga_gate,
-            state: self.state,
+            state,
             handlers,
             clock: self.clock,
             metrics,

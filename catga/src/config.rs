@@ -202,19 +202,14 @@ pub struct Config {
     /// or not), so a queue group that is down for less than this misses
     /// nothing.
     pub event_max_age: Duration,
-    /// The PostgreSQL database of the transactional outbox and inbox
-    /// (`postgres://user:password@host/db`; feature `postgres`, see
-    /// [`crate::outbox`]). `None`: no outbox, unless a pool is given with
-    /// [`Builder::postgres`](crate::Builder::postgres). A password in the
-    /// URL is used and never shown.
+    /// The outbox and inbox's PostgreSQL (`postgres://user:password@host/db`,
+    /// the password never shown; feature `postgres`, see [`crate::outbox`]).
+    /// `None`: none, unless [`Builder::postgres`](crate::Builder::postgres).
     pub postgres_url: Option<String>,
-    /// How long the outbox keeps a row after it was published (then it is
-    /// deleted, a batch at a time, by one instance a minute).
+    /// How long the outbox keeps a row after it was published.
     pub outbox_retention: Duration,
-    /// How long the inbox remembers that a message was handled: a copy of
-    /// it arriving within this changes nothing and gets the recorded reply;
-    /// later, it is handled again. Longer than every way a copy can arrive
-    /// (the idempotency TTL, durable redeliveries, a saga step re-run).
+    /// How long the inbox remembers a handled message (a copy arriving
+    /// later is handled again): longer than every way a copy can arrive.
     pub inbox_retention: Duration,
 }
 

@@ -350,10 +350,25 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
         // deadlock, a serialization failure): worth trying again.
         #[cfg(feature = "postgres")]
         if let Some(db) = (&error as &dyn std::any::Any).downcast_ref::<sqlx::Error>()
-            && crate::outbox::transient(db)
+            && sqlx_transient(db)
         {
             return HandlerError::new(Self::DATABASE, message);
         }
         HandlerError::new(Self::INTERNAL, message)
+    }
+}
+
+#[cfg(feature = "postgres")]
+/// Whether a `sqlx` error is the database failing rather than the query:
+/// a connection lost or refused (SQLSTATE class 08), a deadlock or a
+/// serialization failure (40), the server out of resources (53), shutting
+/// down (57P), a lock not available (55P03), no connection free in time.
+pub(crate) fn sqlx_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            ["08", "40", "53", "57P"].iter().any(|class| code.starts_with(class)) || code == "55P03"
+        }),
+        _ => false,
     }
 }

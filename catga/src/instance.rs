@@ -58,9 +58,6 @@ pub(crate) struct Instance {
     pub(crate) clock: Clock,
     /// What this instance counts ([`crate::metrics`]).
     pub(crate) metrics: Arc<Metrics>,
-    /// The transactional outbox and inbox, when PostgreSQL is configured.
-    #[cfg(feature = "postgres")]
-    pub(crate) outbox: Option<crate::outbox::Outbox>,
     /// `GET /metrics`, when `http_addr` is set; stopped by shutdown.
     http: Mutex<Option<Serving>>,
     in_flight: AtomicUsize,
@@ -92,8 +89,6 @@ pub(crate) struct Parts {
     pub(crate) handlers: Vec<&'static HandlerRecord>,
     pub(crate) clock: Clock,
     pub(crate) metrics: Arc<Metrics>,
-    #[cfg(feature = "postgres")]
-    pub(crate) outbox: Option<crate::outbox::Outbox>,
 }
 
 /// Holds each saga step attempt until a test lets it run
@@ -137,16 +132,7 @@ pub struct ShutdownReport {
 
 impl Instance {
     pub(crate) fn new(config: Config, transport: Transport, store: Store, parts: Parts) -> Arc<Instance> {
-        let Parts {
-            middleware,
-            saga_gate,
-            state,
-            handlers,
-            clock,
-            metrics,
-            #[cfg(feature = "postgres")]
-            outbox,
-        } = parts;
+        let Parts { middleware, saga_gate, state, handlers, clock, metrics } = parts;
         Arc::new(Instance {
             config,
             transport,
@@ -157,8 +143,6 @@ impl Instance {
             handlers,
             clock,
             metrics,
-            #[cfg(feature = "postgres")]
-            outbox,
             http: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),

@@ -89,26 +89,21 @@
 //! [`Builder::postgres_migrate`](crate::Builder::postgres_migrate) says not.
 
 pub(crate) mod relay;
+mod tx;
 
-use std::marker::PhantomData;
-use std::ops::{Deref, DerefMut};
+pub use tx::Tx;
+
 use std::sync::Arc;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, Postgres};
+use sqlx::postgres::{PgPool, PgPoolOptions, Postgres};
 use tokio::sync::Notify;
 
 use crate::app::App;
-use crate::codec::{Codec, Json};
 use crate::context::Context;
-use crate::delivery::Kind;
 use crate::error::{Error, Result};
-use crate::hash::stable_hash;
-use crate::message::{Command, Event};
 use crate::metadata::Metadata;
 use crate::saga::SagaContext;
-use crate::transport::envelope::codec_error;
 
 /// The schema: created by `start` unless told not to.
 pub const MIGRATION: &str = include_str!("../migrations/0001_catga_outbox_inbox.sql");
@@ -125,7 +120,7 @@ pub(crate) const LOCK_SPACE: i32 = 0x6361_7467; // "catg"
 
 /// The lock a committing transaction holds on each key it wrote to:
 /// (this, hashtext(key)).
-const KEY_LOCK_SPACE: i32 = LOCK_SPACE + 1;
+pub(crate) const KEY_LOCK_SPACE: i32 = LOCK_SPACE + 1;
 
 /// The outbox and inbox of one database: [`Context::outbox`],
 /// [`App::outbox`]. Cheap to clone.
@@ -151,20 +146,6 @@ struct Inner {
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbox").field("pool_size", &self.inner.pool.size()).finish()
-    }
-}
-
-/// Whether a `sqlx` error is the database failing rather than the query:
-/// a connection lost or refused (SQLSTATE class 08), a deadlock or a
-/// serialization failure (40), the server out of resources (53), shutting
-/// down (57P), a lock not available (55P03), no connection free in time.
-pub(crate) fn transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            ["08", "40", "53", "57P"].iter().any(|class| code.starts_with(class)) || code == "55P03"
-        }),
-        _ => false,
     }
 }
 
@@ -262,22 +243,20 @@ impl Outbox {
                 ),
             });
         }
-        let mut tx = Tx::new(self.clone(), tx, handling.parent());
-        tx.inbox = Some((consumer, message_id));
-        Ok(Begin::New(tx))
+        Ok(Begin::New(Tx::new(self.clone(), tx, handling.parent(), Some((consumer, message_id)))))
     }
 
     /// A transaction whose messages go out when it commits, without an
     /// inbox record (an API endpoint's, a job's).
     pub async fn transaction(&self, origin: &impl Origin) -> Result<Tx> {
         let tx = self.inner.pool.begin().await.map_err(database("beginning a transaction"))?;
-        Ok(Tx::new(self.clone(), tx, origin.parent()))
+        Ok(Tx::new(self.clone(), tx, origin.parent(), None))
     }
 
     /// [`transaction`](Self::transaction) in a transaction the program
     /// opened.
     pub fn transaction_in(&self, tx: sqlx::Transaction<'static, Postgres>, origin: &impl Origin) -> Tx {
-        Tx::new(self.clone(), tx, origin.parent())
+        Tx::new(self.clone(), tx, origin.parent(), None)
     }
 
     pub(crate) fn wake(&self) -> &Notify {
@@ -291,6 +270,10 @@ impl Outbox {
     /// This instance runs a relay (not a client).
     pub(crate) fn set_relaying(&self) {
         self.inner.relaying.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_relaying(&self) -> bool {
+        self.inner.relaying.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -388,209 +371,11 @@ impl Origin for App {
     }
 }
 
-/// A transaction of the outbox: the program's queries run in it
-/// (`&mut *tx` is a `&mut PgConnection`), and the messages it writes
-/// ([`publish`](Tx::publish), [`send`](Tx::send)) become rows of the outbox
-/// when it commits, with the rest. Dropped without
-/// [`commit`](Tx::commit), it rolls back. `R`: the reply recorded in the
-/// inbox.
-#[must_use = "a transaction rolls back unless it commits"]
-pub struct Tx<R = ()> {
-    tx: sqlx::Transaction<'static, Postgres>,
-    outbox: Outbox,
-    parent: Parent,
-    inbox: Option<(String, String)>,
-    key: Option<String>,
-    written: Vec<Written>,
-    reply: PhantomData<fn(&R)>,
-}
-
-/// A message written, inserted at commit.
-struct Written {
-    key: String,
-    kind: Kind,
-    subject: &'static str,
-    content_type: &'static str,
-    durable: bool,
-    meta: Metadata,
-    payload: Vec<u8>,
-}
-
-impl<R> Tx<R> {
-    fn new(outbox: Outbox, tx: sqlx::Transaction<'static, Postgres>, parent: Parent) -> Tx<R> {
-        Tx { tx, outbox, parent, inbox: None, key: None, written: Vec::new(), reply: PhantomData }
-    }
-
-    /// The messages written from now on are delivered in order with the
-    /// other messages of `key` (an aggregate's id: `order:42`), one at a
-    /// time, in commit order. Without a key, a transaction's messages are
-    /// in order among themselves only.
-    pub fn key(&mut self, key: impl Into<String>) -> &mut Self {
-        self.key = Some(key.into());
-        self
-    }
-
-    /// Publish `event` if and when the transaction commits.
-    pub fn publish<E: Event>(&mut self, event: E) -> Result<()> {
-        let payload = E::Codec::encode(&event).map_err(|e| codec_error::<E>("encode", E::SUBJECT, e.0))?;
-        self.write(Kind::Publish, E::SUBJECT, E::Codec::CONTENT_TYPE, E::DURABLE, payload);
-        Ok(())
-    }
-
-    /// Send `command` if and when the transaction commits (its reply is
-    /// not kept; see the [module](crate::outbox) docs).
-    pub fn send<C: Command>(&mut self, command: C) -> Result<()> {
-        let payload = C::Codec::encode(&command).map_err(|e| codec_error::<C>("encode", C::SUBJECT, e.0))?;
-        self.write(Kind::Send, C::SUBJECT, C::Codec::CONTENT_TYPE, C::DURABLE, payload);
-        Ok(())
-    }
-
-    fn write(
-        &mut self,
-        kind: Kind,
-        subject: &'static str,
-        content_type: &'static str,
-        durable: bool,
-        payload: Vec<u8>,
-    ) {
-        let meta = match &self.parent {
-            Parent::Message(parent) => parent.child(),
-            Parent::Root(Some(trace)) => Metadata::root().in_trace(trace),
-            Parent::Root(None) => Metadata::root(),
-        };
-        // Without a key, the transaction's own: its first message's id.
-        let key = self.key.get_or_insert_with(|| format!("tx:{}", meta.message_id)).clone();
-        self.written.push(Written { key, kind, subject, content_type, durable, meta, payload });
-    }
-
-    /// Commit, recording `reply` in the inbox (for [`Begin::Done`] of the
-    /// copies); the messages written go out.
-    pub async fn commit_with(mut self, reply: &R) -> Result<()>
-    where
-        R: Serialize,
-    {
-        let reply = match &self.inbox {
-            Some(_) => Some(serde_json::to_vec(reply).map_err(|e| Error::Database {
-                what: "recording the reply in the inbox",
-                reason: format!("the reply ({}) does not serialize: {e}", std::any::type_name::<R>()),
-            })?),
-            None => None,
-        };
-        if reply.is_some() || !self.written.is_empty() {
-            self.last_statement(reply).await?;
-        }
-        self.tx.commit().await.map_err(database("committing"))?;
-        if !self.written.is_empty() {
-            self.outbox.wake().notify_one();
-        }
-        Ok(())
-    }
-
-    /// Roll back: nothing written happened, the inbox does not record the
-    /// message (a copy handles it again).
-    pub async fn rollback(self) -> Result<()> {
-        self.tx.rollback().await.map_err(database("rolling back"))
-    }
-
-    /// The sqlx transaction (for what `&mut *tx` does not reach).
-    pub fn transaction(&mut self) -> &mut sqlx::Transaction<'static, Postgres> {
-        &mut self.tx
-    }
-
-    /// The statement before the commit, in one round trip: the reply goes
-    /// in the inbox, the messages written into the outbox, and — from a
-    /// client, which has no relay of its own to wake — the relays are
-    /// notified (delivered when, and only if, this commits).
-    ///
-    /// Each row takes its key's lock just before its sequence number (keys
-    /// in hash order: two transactions never wait for each other's) and
-    /// holds it to the commit: of two transactions writing one key, the one
-    /// that commits first has the lower numbers, so sequence order is
-    /// commit order for every key.
-    async fn last_statement(&mut self, reply: Option<Vec<u8>>) -> Result<()> {
-        let w = &self.written;
-        let text = |f: fn(&Written) -> String| w.iter().map(f).collect::<Vec<String>>();
-        let optional = |f: fn(&Written) -> Option<String>| w.iter().map(f).collect::<Vec<Option<String>>>();
-        let (consumer, message_id) = self.inbox.clone().unzip();
-        sqlx::query(
-            "WITH reply AS ( \
-               UPDATE catga_inbox SET reply = $13 WHERE consumer = $14 AND message_id = $15 RETURNING 1 \
-             ), written AS ( \
-               INSERT INTO catga_outbox (key, bucket, kind, subject, content_type, durable, message_id, \
-                 correlation_id, causation_id, traceparent, tracestate, payload) \
-               SELECT m.key, m.bucket, m.kind, m.subject, m.content_type, m.durable, m.message_id, \
-                 m.correlation_id, m.causation_id, m.traceparent, m.tracestate, m.payload \
-               FROM (SELECT * FROM unnest($1::text[], $2::int2[], $3::text[], $4::text[], $5::text[], \
-                 $6::bool[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bytea[]) \
-                 WITH ORDINALITY AS u(key, bucket, kind, subject, content_type, durable, message_id, \
-                 correlation_id, causation_id, traceparent, tracestate, payload, n) \
-                 ORDER BY hashtext(u.key), u.n OFFSET 0) AS m \
-               CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock($16, hashtext(m.key))) AS l \
-               RETURNING 1 \
-             ) \
-             SELECT (SELECT count(*) FROM reply), (SELECT count(*) FROM written), \
-               (SELECT pg_notify($17, '') WHERE $18 AND cardinality($1::text[]) > 0)",
-        )
-        .bind(text(|w| w.key.clone()))
-        .bind(w.iter().map(|w| (stable_hash(&[&w.key]) % BUCKETS) as i16).collect::<Vec<i16>>())
-        .bind(text(|w| w.kind.as_str().to_owned()))
-        .bind(text(|w| w.subject.to_owned()))
-        .bind(optional(|w| (w.content_type != Json::CONTENT_TYPE).then(|| w.content_type.to_owned())))
-        .bind(w.iter().map(|w| w.durable).collect::<Vec<bool>>())
-        .bind(text(|w| w.meta.message_id.to_string()))
-        .bind(text(|w| w.meta.correlation_id.to_string()))
-        .bind(optional(|w| w.meta.causation_id.map(|id| id.to_string())))
-        .bind(text(|w| w.meta.trace.traceparent()))
-        .bind(optional(|w| w.meta.trace.tracestate().map(str::to_owned)))
-        .bind(w.iter().map(|w| w.payload.clone()).collect::<Vec<Vec<u8>>>())
-        .bind(reply)
-        .bind(consumer)
-        .bind(message_id)
-        .bind(KEY_LOCK_SPACE)
-        .bind(CHANNEL)
-        .bind(!self.outbox.inner.relaying.load(std::sync::atomic::Ordering::Relaxed))
-        .execute(&mut *self.tx)
-        .await
-        .map_err(database("writing the reply and the messages (outbox)"))?;
-        Ok(())
-    }
-}
-
-impl Tx<()> {
-    /// Commit; the messages written go out (the inbox records no reply).
-    pub async fn commit(self) -> Result<()> {
-        self.commit_with(&()).await
-    }
-}
-
-impl<R> std::fmt::Debug for Tx<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tx")
-            .field("inbox", &self.inbox)
-            .field("key", &self.key)
-            .field("written", &self.written.len())
-            .finish()
-    }
-}
-
-impl<R> Deref for Tx<R> {
-    type Target = PgConnection;
-    fn deref(&self) -> &PgConnection {
-        &self.tx
-    }
-}
-
-impl<R> DerefMut for Tx<R> {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        &mut self.tx
-    }
-}
-
 impl Context {
     /// The outbox and inbox (PostgreSQL, feature `postgres`); the error
     /// says how to configure one.
     pub fn outbox(&self) -> std::result::Result<&Outbox, crate::HandlerError> {
-        self.instance().outbox.as_ref().ok_or_else(not_configured)
+        self.state::<Outbox>().map_err(|_| not_configured())
     }
 }
 
@@ -598,7 +383,7 @@ impl App {
     /// The outbox and inbox (PostgreSQL, feature `postgres`); the error
     /// says how to configure one.
     pub fn outbox(&self) -> std::result::Result<&Outbox, crate::HandlerError> {
-        self.instance().outbox.as_ref().ok_or_else(not_configured)
+        self.state::<Outbox>().map_err(|_| not_configured())
     }
 }
 

@@ -49,7 +49,7 @@ const PRUNE_ROUNDS: usize = 100;
 
 /// Start this instance's relay, if it has an outbox.
 pub(crate) fn start(instance: &Arc<Instance>) {
-    let Some(outbox) = instance.outbox.clone() else { return };
+    let Ok(outbox) = instance.state::<Outbox>().cloned() else { return };
     outbox.set_relaying();
     tokio::spawn(run(Arc::downgrade(instance), outbox));
 }
