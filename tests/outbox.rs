@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use catga::outbox::Begin;
 use catga::prelude::*;
+use catga::registry::HandlerRecord;
 use catga::saga::{SagaContext, SagaOutcome, StepError};
 use catga::{App, Metadata, SendOptions};
 use catga_suite::{NatsServer, PgDatabase, ServiceProcess};
@@ -99,6 +100,16 @@ fn accounts(db: &PgDatabase) {
     db.sql("CREATE TABLE accounts (id text PRIMARY KEY, balance bigint NOT NULL)");
 }
 
+/// An instance with a relay, running the handlers `keep` accepts.
+async fn instance(
+    nats: &NatsServer,
+    db: &PgDatabase,
+    keep: impl Fn(&HandlerRecord) -> bool + Send + Sync + 'static,
+) -> App {
+    let builder = Catga::builder().service("outbox-test").nats_url(nats.url()).postgres_url(db.url());
+    builder.handlers_where(keep).start().await.unwrap()
+}
+
 async fn client(nats: &NatsServer, db: &PgDatabase) -> App {
     Catga::builder()
         .service("outbox-client")
@@ -122,14 +133,7 @@ async fn a_rollback_publishes_nothing_and_a_commit_publishes_once() {
     let (nats, db) = (NatsServer::start(), PgDatabase::create());
     let seen = Seen::subscribe(&nats.url()).await;
     // An instance (with a relay), no handlers of its own.
-    let app = Catga::builder()
-        .service("outbox-a")
-        .nats_url(nats.url())
-        .postgres_url(db.url())
-        .handlers_where(|_| false)
-        .start()
-        .await
-        .unwrap();
+    let app = instance(&nats, &db, |_| false).await;
     let outbox = app.outbox().unwrap();
     let event = |balance| Deposited { account: "a".into(), balance };
     let mut tx = outbox.transaction(&app).await.unwrap();
@@ -193,14 +197,7 @@ async fn the_events_of_one_key_go_out_in_the_order_their_transactions_committed(
     let committed = order.lock().unwrap().clone();
     // The second waits for the first's key lock: it commits after it.
     assert_eq!(committed, [1, 2], "the key's lock orders the commits");
-    let relay = Catga::builder()
-        .service("outbox-b")
-        .nats_url(nats.url())
-        .postgres_url(db.url())
-        .handlers_where(|_| false)
-        .start()
-        .await
-        .unwrap();
+    let relay = instance(&nats, &db, |_| false).await;
     seen.wait(Duration::from_secs(10), "both events", |s| s.len() >= 2).await;
     let delivered: Vec<i64> = seen.all().iter().map(|(_, e)| e.balance).collect();
     assert_eq!(delivered, committed, "delivered in commit order");
@@ -228,15 +225,7 @@ async fn audit(cmd: Audit) -> Result<(), HandlerError> {
 async fn a_command_nobody_handles_yet_holds_back_its_key_only_until_it_can_be_sent() {
     let (nats, db) = (NatsServer::start(), PgDatabase::create());
     let seen = Seen::subscribe(&nats.url()).await;
-    let start = |handlers: bool| {
-        Catga::builder()
-            .service("outbox-c")
-            .nats_url(nats.url())
-            .postgres_url(db.url())
-            .handlers_where(move |h| handlers && h.subject == "t.outbox.audit")
-            .start()
-    };
-    let app = start(false).await.unwrap();
+    let app = instance(&nats, &db, |_| false).await;
     let outbox = app.outbox().unwrap();
     let mut tx = outbox.transaction(&app).await.unwrap();
     tx.key("account:held").send(Audit { what: "first".into() }).unwrap();
@@ -255,7 +244,7 @@ async fn a_command_nobody_handles_yet_holds_back_its_key_only_until_it_can_be_se
     let error = db.sql("SELECT last_error FROM catga_outbox WHERE subject = 't.outbox.audit'");
     assert!(error.contains("t.outbox.audit"), "the row says why: {error}");
     // A handler appears: the command goes at its next try, then the event.
-    let auditor = start(true).await.unwrap();
+    let auditor = instance(&nats, &db, |h| h.subject == "t.outbox.audit").await;
     seen.wait(Duration::from_secs(20), "the held event", |s| s.iter().any(|(_, e)| e.account == "held")).await;
     assert_eq!(*AUDITED.lock().unwrap(), ["first"]);
     wait_sql(&db, "SELECT count(*) FROM catga_outbox WHERE sent_at IS NULL OR dropped", "0").await;
@@ -427,14 +416,7 @@ async fn a_saga_step_run_again_after_its_commit_changes_the_database_once() {
     let (nats, db) = (NatsServer::start(), PgDatabase::create());
     accounts(&db);
     let seen = Seen::subscribe(&nats.url()).await;
-    let app = Catga::builder()
-        .service("outbox-saga")
-        .nats_url(nats.url())
-        .postgres_url(db.url())
-        .handlers_where(|_| false)
-        .start()
-        .await
-        .unwrap();
+    let app = instance(&nats, &db, |_| false).await;
     let outcome = app.start_saga::<Transfers>("t-1", Transfer { account: "saga".into(), balance: None }).await.unwrap();
     assert_eq!(outcome, SagaOutcome::Completed);
     assert_eq!(db.sql("SELECT balance FROM accounts WHERE id = 'saga'"), "10");
@@ -481,14 +463,7 @@ async fn everyone(_: Everyone, ctx: Context) -> Result<(), HandlerError> {
 #[tokio::test]
 async fn the_inbox_refuses_a_broadcast_handler_with_what_to_do() {
     let (nats, db) = (NatsServer::start(), PgDatabase::create());
-    let app = Catga::builder()
-        .service("outbox-e")
-        .nats_url(nats.url())
-        .postgres_url(db.url())
-        .handlers_where(|h| h.subject == "t.outbox.everyone")
-        .start()
-        .await
-        .unwrap();
+    let app = instance(&nats, &db, |h| h.subject == "t.outbox.everyone").await;
     app.publish(Everyone).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while BROADCAST_BEGIN.lock().unwrap().is_empty() {
@@ -505,4 +480,35 @@ fn a_database_failing_is_transient_a_query_failing_is_not() {
     assert_eq!(HandlerError::from(sqlx::Error::PoolTimedOut).code(), HandlerError::DATABASE);
     assert!(HandlerError::is_transient_code(HandlerError::DATABASE));
     assert_eq!(HandlerError::from(sqlx::Error::RowNotFound).code(), HandlerError::INTERNAL);
+}
+
+#[tokio::test]
+async fn sent_rows_and_old_inbox_records_are_pruned_after_their_retention() {
+    let (nats, db) = (NatsServer::start(), PgDatabase::create());
+    accounts(&db);
+    let seen = Seen::subscribe(&nats.url()).await;
+    let _service = service(&nats, &db);
+    let app = client(&nats, &db).await;
+    let cmd = Deposit { account: "pruned".into(), amount: 1, die_after_commit: false };
+    app.send(cmd).await.unwrap();
+    seen.wait(Duration::from_secs(10), "the event", |s| !s.is_empty()).await;
+    wait_sql(&db, "SELECT count(*) FROM catga_outbox WHERE sent_at IS NOT NULL", "1").await;
+    assert_eq!(db.sql("SELECT count(*) FROM catga_inbox"), "1");
+    // An instance keeping both for a millisecond prunes when its relay
+    // starts (then once a minute).
+    let pruner = Catga::builder()
+        .service("outbox-pruner")
+        .nats_url(nats.url())
+        .postgres_url(db.url())
+        .handlers_where(|_| false)
+        .configure(|c| {
+            c.outbox_retention = Duration::from_millis(1);
+            c.inbox_retention = Duration::from_millis(1);
+        })
+        .start()
+        .await
+        .unwrap();
+    wait_sql(&db, "SELECT (SELECT count(*) FROM catga_outbox) + (SELECT count(*) FROM catga_inbox)", "0").await;
+    pruner.shutdown().await;
+    app.shutdown().await;
 }

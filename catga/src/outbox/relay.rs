@@ -434,26 +434,24 @@ async fn prune(instance: &Instance, outbox: &Outbox) -> Result<()> {
         if !locked {
             return Ok(());
         }
-        let sent = sqlx::query(
-            "DELETE FROM catga_outbox WHERE seq IN (SELECT seq FROM catga_outbox \
-             WHERE sent_at < now() - make_interval(secs => $1) LIMIT $2)",
-        )
-        .bind(config.outbox_retention.as_secs_f64())
-        .bind(PRUNE_LIMIT)
-        .execute(&mut *tx)
-        .await
-        .map_err(&error)?
-        .rows_affected();
-        let handled = sqlx::query(
-            "DELETE FROM catga_inbox WHERE (consumer, message_id) IN (SELECT consumer, message_id FROM catga_inbox \
-             WHERE handled_at < now() - make_interval(secs => $1) LIMIT $2)",
-        )
-        .bind(config.inbox_retention.as_secs_f64())
-        .bind(PRUNE_LIMIT)
-        .execute(&mut *tx)
-        .await
-        .map_err(&error)?
-        .rows_affected();
+        let mut deleted = [0; 2];
+        let tables = [
+            (
+                "DELETE FROM catga_outbox WHERE seq IN (SELECT seq FROM catga_outbox \
+              WHERE sent_at < now() - make_interval(secs => $1) LIMIT $2)",
+                config.outbox_retention,
+            ),
+            (
+                "DELETE FROM catga_inbox WHERE (consumer, message_id) IN (SELECT consumer, message_id \
+              FROM catga_inbox WHERE handled_at < now() - make_interval(secs => $1) LIMIT $2)",
+                config.inbox_retention,
+            ),
+        ];
+        for ((sql, retention), deleted) in tables.into_iter().zip(&mut deleted) {
+            let done = sqlx::query(sql).bind(retention.as_secs_f64()).bind(PRUNE_LIMIT).execute(&mut *tx);
+            *deleted = done.await.map_err(&error)?.rows_affected();
+        }
+        let [sent, handled] = deleted;
         tx.commit().await.map_err(&error)?;
         (outbox_rows, inbox_rows) = (outbox_rows + sent, inbox_rows + handled);
         if sent < PRUNE_LIMIT as u64 && handled < PRUNE_LIMIT as u64 {
