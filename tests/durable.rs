@@ -477,12 +477,18 @@ async fn a_durable_publish_retried_after_a_lost_ack_is_stored_once() {
         let client = client.clone();
         tokio::spawn(async move { client.publish(Noted { n: 42 }).await })
     };
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The server stays stopped until the first attempt's acknowledgement
+    // timed out and the client tried again (however slowly this machine
+    // runs the publish), then resumes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while client.retries() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the frozen server never made an attempt time out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     catga_suite::signal(nats.pid(), "CONT");
     let published = tokio::time::timeout(Duration::from_secs(20), publish).await.expect("bounded").unwrap();
     published.unwrap();
     println!("publish retried {} times while the server was stopped", client.retries());
-    assert!(client.retries() >= 1, "the frozen server made the first attempt time out");
 
     let raw = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let mut stream = raw.get_stream("CATGA_dur_noted").await.unwrap();
