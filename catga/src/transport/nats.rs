@@ -239,31 +239,14 @@ impl Nats {
         }
     }
 
-    /// How many times the connection connected: publishes made after
-    /// this mark are confirmed by [`confirm`](Self::confirm).
+    /// See [`Connection::mark`].
     pub(crate) fn mark(&self) -> u64 {
-        self.inner.conn.client.statistics().connects.load(Ordering::Relaxed)
+        self.inner.conn.mark()
     }
 
-    /// Confirm that what this connection published since `mark` reached
-    /// the server: a round trip through it (a request nobody answers — the
-    /// server's "no responders" comes back after everything sent before
-    /// it), on the connection that was up at `mark` (after a reconnect,
-    /// what the old one still buffered may be gone). Within 5 s.
+    /// See [`Connection::confirm`].
     pub(crate) async fn confirm(&self, mark: u64) -> Result<()> {
-        let conn = &self.inner.conn;
-        let failed = |reason: String| Error::Transport { subject: "(confirm)", reason };
-        let probe = conn.client.request(format!("{}.catga-confirm", conn.client.new_inbox()), bytes::Bytes::new());
-        match conn.clock.timeout(Duration::from_secs(5), probe).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {}
-            Ok(Err(e)) => return Err(failed(format!("the NATS server did not confirm what was published: {e}"))),
-            Err(_) => return Err(failed("the NATS server did not confirm what was published within 5 s".into())),
-        }
-        if self.mark() != mark {
-            return Err(failed("the NATS connection was made again meanwhile: what it buffered may be lost".into()));
-        }
-        Ok(())
+        self.inner.conn.confirm(mark).await
     }
 
     /// After the last handling: flush and close the connection (see
