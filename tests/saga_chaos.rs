@@ -157,10 +157,14 @@ async fn run_matrix(tag: &str, redis_url: &str, per_point: usize, mut during: im
     let mut kills = 0;
     let mut submitted = 0;
     let mut finished_at = BTreeMap::new();
+    // Every instance's log lines, the dead ones' included, for a failure.
+    let mut logs: Vec<String> = Vec::new();
     while finished_at.len() < cases.len() {
-        assert!(Instant::now() < deadline, "sagas still running after 90 s: {} of {}", finished_at.len(), cases.len());
-        for slot in &mut instances {
-            slot.drain_lines();
+        if Instant::now() >= deadline {
+            stuck(&client, &cases, &finished_at, &mut instances, &mut logs).await;
+        }
+        for (n, slot) in instances.iter_mut().enumerate() {
+            logs.extend(slot.drain_lines().into_iter().map(|l| format!("[{n}] {l}")));
             if slot.exited() {
                 kills += 1;
                 assert!(started < 60, "too many instances died");
@@ -222,6 +226,42 @@ async fn run_matrix(tag: &str, redis_url: &str, per_point: usize, mut during: im
     }
     assert!(kills > 0, "the planned crashes happened");
     client.shutdown().await;
+}
+
+/// Fail, showing where each unfinished saga is and the instances' last log
+/// lines that name it.
+async fn stuck(
+    client: &App,
+    cases: &[Case],
+    finished_at: &BTreeMap<String, Duration>,
+    instances: &mut [ServiceProcess],
+    logs: &mut Vec<String>,
+) -> ! {
+    for (n, slot) in instances.iter_mut().enumerate() {
+        logs.extend(slot.drain_lines().into_iter().map(|l| format!("[{n}] {l}")));
+    }
+    let file = std::env::temp_dir().join(format!("saga-chaos-{}.log", std::process::id()));
+    let _ = std::fs::write(&file, logs.join("\n"));
+    let mut report = String::new();
+    for case in cases.iter().filter(|c| !finished_at.contains_key(&c.id)) {
+        let info = client.saga_status_by_name("chaos-order", &case.id).await;
+        report.push_str(&format!("\n{}: {info:?}\n", case.id));
+        let named: Vec<&String> = logs.iter().filter(|l| l.contains(&case.id)).collect();
+        for line in &named[named.len().saturating_sub(12)..] {
+            report.push_str(&format!("    {line}\n"));
+        }
+    }
+    let warnings: Vec<&String> = logs.iter().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+    report.push_str("\nlast warnings and errors:\n");
+    for line in &warnings[warnings.len().saturating_sub(40)..] {
+        report.push_str(&format!("    {line}\n"));
+    }
+    panic!(
+        "sagas still running after 90 s: {} of {} finished (every instance's log: {}){report}",
+        finished_at.len(),
+        cases.len(),
+        file.display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,14 +1,16 @@
 //! The Redis store: one Redis server, or a Redis Cluster, with the meaning
 //! of the [in-memory store](super::memory).
 //!
-//! **Connections.** One URL (`redis://127.0.0.1:6379`) is a standalone
-//! server, reached through a [`ConnectionManager`] that reconnects by itself.
-//! A comma-separated node list is a Redis Cluster, reached through the
-//! async cluster client, which follows `MOVED`/`ASK` redirections and picks
-//! up a promoted replica after a failover. Both are multiplexed: one
-//! connection per node serves every concurrent operation. Every operation is
-//! bounded (connection timeout 1 s, response timeout 2 s, and an overall
-//! limit of [`OP_TIMEOUT`]), so a dead server is an
+//! **Connections** (`redis/conn.rs`). One URL (`redis://127.0.0.1:6379`) is
+//! a standalone server, reached through a connection manager that
+//! reconnects by itself. A comma-separated node list is a Redis Cluster,
+//! reached through the async cluster client, which follows `MOVED`/`ASK`
+//! redirections and picks up a promoted replica after a failover; a cluster
+//! client that stops answering altogether (seen after a failover under
+//! load) is replaced by a new one. Both are multiplexed: one connection per
+//! node serves every concurrent operation. Every operation is bounded
+//! (connection timeout 1 s, response timeout 2 s, and an overall limit of
+//! [`OP_TIMEOUT`]), so a dead server is an
 //! [`Unavailable`](StoreError::Unavailable) error, never a hang.
 //!
 //! **Layout.** Every key is a Redis hash whose field `k` says what it holds:
@@ -43,16 +45,16 @@
 //! reports a conflict with its own new version.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use ::redis::cluster::ClusterClientBuilder;
-use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
-use ::redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, ScriptInvocation, Value};
+use ::redis::{Cmd, FromRedisValue, RedisError, ScriptInvocation, Value};
 
+mod conn;
 mod timers;
 
+use self::conn::{CLUSTER_REQUEST_TIMEOUT, Conn, Connection};
 use super::lua::{SCRIPTS, expect_arg, millis, number, reply_parts, unexpected};
 use super::{Beat, Claim, Expect, Key, Lease, StoreError, Takeover, Versioned, memory::fence_key};
 use crate::error::Error;
@@ -65,17 +67,6 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(6);
 /// How long a write waits for its replicas to confirm it (WAIT returns as
 /// soon as they do; the limit is generous for a loaded machine).
 const REPLICA_WAIT: Duration = Duration::from_secs(1);
-/// The most [`RedisStore::connect`] waits for the server (or the cluster's
-/// slot map) to answer.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// One TCP connection attempt to one node.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
-/// One answer from one node. A script does a handful of hash operations on
-/// one key, so two seconds means the node is gone, not busy.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// A Cluster request including its redirections and retries: long enough to
-/// ride through a replica's promotion (cluster-node-timeout plus election).
-const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Between tries while a Cluster node refuses connections (a failover).
 const FAILOVER_PAUSE: Duration = Duration::from_millis(100);
 
@@ -83,52 +74,11 @@ const FAILOVER_PAUSE: Duration = Duration::from_millis(100);
 /// share the connections.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: Conn,
+    conn: Arc<Connection>,
     /// The URL or node list, without passwords: for error messages.
     target: String,
     /// Replicas that must confirm a write before it is acknowledged.
     replica_acks: u32,
-    /// The URL as given (passwords included), to open more connections
-    /// ([`reconnect`](RedisStore::reconnect)); never logged.
-    url: std::sync::Arc<str>,
-    /// Its TLS files, for `rediss://`.
-    tls: RedisTls,
-}
-
-/// The two kinds of connection behind one code path: both are multiplexed
-/// and cheap to clone, and both run the same scripts.
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
 }
 
 impl RedisStore {
@@ -139,93 +89,24 @@ impl RedisStore {
     /// the CA of `tls` (else the system's roots) and presenting its client
     /// certificate when one is set.
     pub async fn connect(url: &str, tls: &RedisTls) -> Result<RedisStore, Error> {
-        let target = crate::security::redact_url(url);
-        tls.validate(Some(url))?;
-        let certificates = certificates(url, tls)?;
-        let nodes: Vec<&str> = url.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
-        let unreachable = |what: String| {
-            Error::Store(StoreError::Unavailable {
-                op: "connect",
-                key: target.clone(),
-                reason: format!(
-                    "{what}; check that redis-server runs and listens there, that the URL is right \
-                     (redis://host:port, or a comma-separated node list for a Redis Cluster), and that no \
-                     firewall is in the way"
-                ),
-            })
-        };
-        let conn = match nodes.as_slice() {
-            [] => return Err(Error::Config("the Redis URL is empty; set redis://host:port or unset it".into())),
-            [one] => {
-                let client = match certificates {
-                    Some(certificates) => ::redis::Client::build_with_tls(*one, certificates),
-                    None => ::redis::Client::open(*one),
-                };
-                let client = client.map_err(|e| {
-                    Error::Config(format!("Redis URL {target} is not valid ({e}); expected redis://host:port"))
-                })?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(CONNECTION_TIMEOUT))
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                    .set_number_of_retries(3)
-                    .set_max_delay(Duration::from_secs(1));
-                match tokio::time::timeout(CONNECT_TIMEOUT, ConnectionManager::new_with_config(client, config)).await {
-                    Ok(Ok(c)) => Conn::Single(c),
-                    Ok(Err(e)) => return Err(unreachable(format!("could not connect: {e}"))),
-                    Err(_) => return Err(unreachable(format!("no connection within {CONNECT_TIMEOUT:?}"))),
-                }
-            }
-            many => {
-                let mut builder = ClusterClientBuilder::new(many.to_vec());
-                if let Some(certificates) = certificates {
-                    builder = builder.certs(certificates);
-                }
-                let client = builder
-                    .connection_timeout(CONNECTION_TIMEOUT)
-                    .response_timeout(RESPONSE_TIMEOUT)
-                    .overall_response_timeout(Some(CLUSTER_REQUEST_TIMEOUT))
-                    .retries(10)
-                    .min_retry_wait(20)
-                    .max_retry_wait(500)
-                    .build()
-                    .map_err(|e| {
-                        Error::Config(format!(
-                            "Redis Cluster node list {target} is not valid ({e}); expected \
-                             redis://host1:port1,redis://host2:port2,..."
-                        ))
-                    })?;
-                match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_connection()).await {
-                    Ok(Ok(c)) => Conn::Cluster(c),
-                    Ok(Err(e)) => return Err(unreachable(format!("could not connect to the cluster: {e}"))),
-                    Err(_) => {
-                        return Err(unreachable(format!("no cluster slot map within {CONNECT_TIMEOUT:?}")));
-                    }
-                }
-            }
-        };
-        let mut probe = conn.clone();
-        match tokio::time::timeout(CONNECT_TIMEOUT, ::redis::cmd("PING").query_async::<String>(&mut probe)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(unreachable(format!("PING failed: {e}"))),
-            Err(_) => return Err(unreachable(format!("no answer to PING within {CONNECT_TIMEOUT:?}"))),
-        }
+        let conn = Connection::open(url, tls).await?;
         // A cluster's shards have replicas; a single server usually has none.
-        let replica_acks = u32::from(matches!(conn, Conn::Cluster(_)));
-        Ok(RedisStore { conn, target, replica_acks, url: url.into(), tls: tls.clone() })
+        let replica_acks = u32::from(conn.is_cluster());
+        Ok(RedisStore { target: conn.target().to_owned(), conn: Arc::new(conn), replica_acks })
     }
 
     /// The same server or cluster through connections of its own, made on
     /// the current tokio runtime (the heartbeat's thread), with the same
     /// replica acknowledgements.
     pub(super) async fn reconnect(&self) -> Result<RedisStore, Error> {
-        let mut fresh = RedisStore::connect(&self.url, &self.tls).await?;
+        let mut fresh = RedisStore::connect(self.conn.url(), self.conn.tls()).await?;
         fresh.replica_acks = self.replica_acks;
         Ok(fresh)
     }
 
     /// Whether this is a Redis Cluster (a node list) rather than one server.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.conn, Conn::Cluster(_))
+        self.conn.is_cluster()
     }
 
     /// Run a prepared script, bounded by [`OP_TIMEOUT`]; failures become
@@ -257,7 +138,9 @@ impl RedisStore {
         let started = Instant::now();
         let value = loop {
             let left = OP_TIMEOUT.saturating_sub(started.elapsed());
-            match tokio::time::timeout(left, request(self.conn.clone())).await {
+            let answer = tokio::time::timeout(left, request(self.conn.get())).await;
+            self.conn.ended(&answer);
+            match answer {
                 Ok(Ok(value)) => break value,
                 // On a Cluster, a refused connection is a primary that died
                 // (and CLUSTERDOWN the cluster noticing it): its replica takes
@@ -301,20 +184,17 @@ impl RedisStore {
         }
         let mut wait = ::redis::cmd("WAIT");
         wait.arg(self.replica_acks).arg(REPLICA_WAIT.as_millis() as u64);
-        let confirmed = match &self.conn {
-            Conn::Cluster(conn) => {
+        let confirmed = match self.conn.get() {
+            Conn::Cluster(mut conn) => {
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_slot(
                     Slot::for_key(key.stored()),
                     SlotAddr::Master,
                 )));
-                let mut conn = conn.clone();
                 tokio::time::timeout(OP_TIMEOUT, conn.route_command(wait, route)).await
             }
-            Conn::Single(conn) => {
-                let mut conn = conn.clone();
-                tokio::time::timeout(OP_TIMEOUT, wait.query_async(&mut conn)).await
-            }
+            Conn::Single(mut conn) => tokio::time::timeout(OP_TIMEOUT, wait.query_async(&mut conn)).await,
         };
+        self.conn.ended(&confirmed);
         let reason = match confirmed {
             Ok(Ok(Value::Int(n))) if n >= i64::from(self.replica_acks) => return Ok(()),
             Ok(Ok(n)) => format!("{n:?} of {} replicas confirmed it within {REPLICA_WAIT:?}", self.replica_acks),
@@ -573,28 +453,4 @@ impl RedisStore {
         let released = self.eval("release_lease", &lease.key, &inv).await?;
         self.confirmed("release_lease", &lease.key, released).await
     }
-}
-
-/// The TLS files of `tls` for a `rediss://` URL (`None` for `redis://`),
-/// read now so a missing file is an error naming its variable. Redis's
-/// client builds its rustls configuration on the process's default crypto
-/// provider: `ring` is installed as that default here (unless the program
-/// installed one), so the choice is explicit and the same as NATS's.
-fn certificates(url: &str, tls: &RedisTls) -> Result<Option<::redis::TlsCertificates>, Error> {
-    if !url.trim_start().starts_with("rediss://") {
-        return Ok(None);
-    }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let read = |var: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| Error::Config(format!("{var}={path:?}: cannot read it: {e}")))
-    };
-    let client_tls = match (&tls.cert, &tls.key) {
-        (Some(cert), Some(key)) => Some(::redis::ClientTlsConfig {
-            client_cert: read("CATGA_REDIS_TLS_CERT", cert)?,
-            client_key: read("CATGA_REDIS_TLS_KEY", key)?,
-        }),
-        _ => None,
-    };
-    let root_cert = tls.ca.as_deref().map(|ca| read("CATGA_REDIS_TLS_CA", ca)).transpose()?;
-    Ok(Some(::redis::TlsCertificates { client_tls, root_cert }))
 }
