@@ -336,6 +336,33 @@ async fn a_step_whose_runner_died_mid_step_is_run_again_not_compensated() {
 }
 
 #[tokio::test]
+async fn a_run_that_stopped_without_releasing_its_lease_is_continued_by_its_instance_without_waiting_for_the_lease() {
+    // A run on this instance stopped on a store error, and releasing its
+    // lease failed too (the store was still failing): the saga is in this
+    // instance's set, not running, its lease held by this instance for the
+    // lease TTL (an hour here). The sweep takes it back now.
+    let store = Store::memory();
+    let app = Catga::builder()
+        .service("sagas")
+        .instance_id("stopped-run")
+        .memory_bus(MemoryBus::new())
+        .store(store.clone())
+        .handlers_where(|_| false)
+        .configure(|c| c.saga_sweep_interval = Duration::from_millis(30))
+        .start()
+        .await
+        .unwrap();
+    orphan(&store, "stopped", 1, 1, &["charge"]).await;
+    store.set_add(&Key::new("saga-owner:stopped-run", "sagas"), "t-order:stopped").await.unwrap();
+    let lease = Key::new("saga:t-order:stopped", "lease");
+    let held = store.acquire_lease(&lease, "stopped-run#0badf00d", Duration::from_secs(3600)).await.unwrap();
+    assert!(held.is_some(), "the stopped run's lease");
+    let info = finished(&app, "stopped").await;
+    assert_eq!(info.status, SagaStatus::Completed, "{info:?}");
+    assert_eq!(effects("stopped"), ["charge", "reserve", "create", "notify"]);
+}
+
+#[tokio::test]
 async fn two_instances_racing_to_recover_one_saga_exactly_one_wins() {
     let store = Store::memory();
     let scope = "saga:t-order:contested";

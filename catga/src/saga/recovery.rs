@@ -19,8 +19,8 @@
 //!    with a new fencing token, so the old runner's writes are refused).
 //!    A dead instance that owns nothing more leaves the sets;
 //! 3. continues its own sagas that are not running here (a run stopped by
-//!    an error), and — once, at start — those its instance id owned before
-//!    a restart;
+//!    an error, its lease taken back even if it could not be released),
+//!    and — once, at start — those its instance id owned before a restart;
 //! 4. every lease TTL (and at start), as a last resort, tries the lease of
 //!    every saga in the active index whose lease is free (expired), for
 //!    sagas no owner's set accounts for (e.g. written by an older build).
@@ -336,10 +336,13 @@ impl Sweep {
     }
 
     /// This instance's own sagas that are not running here: a run that
-    /// stopped on an error (its lease released) is continued once it was
-    /// seen so two rounds in a row (a saga being started here is not yet
-    /// running for a moment); a previous run's sagas (the same instance
-    /// id, restarted) at once.
+    /// stopped on an error is continued once it was seen so two rounds in a
+    /// row (a saga being started here is not yet running for a moment); a
+    /// previous run's sagas (the same instance id, restarted) at once.
+    /// Either way the lease may still be this instance's — a run stopped by
+    /// a failing store usually cannot release it either — so it is taken
+    /// back from this instance (with a new fencing token) rather than
+    /// waited for until it lapses.
     async fn own(&mut self, app: &App) {
         let me = app.instance_id().to_owned();
         let entries = match app.store().set_members(&sagas_owned_key(&me)).await {
@@ -359,7 +362,7 @@ impl Sweep {
             if self.inherited.remove(&entry) {
                 self.take(app, record, id, &me);
             } else if self.stale.contains(&entry) {
-                self.take(app, record, id, "");
+                self.take(app, record, id, &me);
             } else {
                 stale.insert(entry.clone());
             }
@@ -414,6 +417,7 @@ impl Sweep {
             };
             if entries.is_empty() {
                 // Nothing left to take over: it leaves the sets.
+                tracing::debug!(instance = %gone, "saga sweep: a dead instance owns no saga; it leaves the sets");
                 let _ = store.set_remove(&members_key(), &gone).await;
                 for record in &self.sagas {
                     let _ = store.set_remove(&sweepers_key(record.name), &gone).await;
