@@ -11,7 +11,9 @@
 //! The difference of the two totals ("Collected"), divided by 100 000, is
 //! one operation's instructions without the start-up's. Same command,
 //! handler and event as `benches/in_process.rs`; one instance on a private
-//! memory bus, a current-thread runtime, no tracing subscriber.
+//! memory bus, a current-thread runtime, no tracing subscriber — or, with a
+//! third argument `logs`, the subscriber `Catga::run()` installs by default
+//! (tracing-subscriber's formatter at `info`), writing to a sink.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,6 +52,13 @@ fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let what = args.next().unwrap_or_else(|| "send".into());
     let n: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(100_000);
+    if args.next().as_deref() == Some("logs") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(std::io::sink)
+            .with_ansi(false)
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     runtime.block_on(async {
         let app = Catga::builder().service("bench").memory_bus(MemoryBus::new()).start().await.expect("started");

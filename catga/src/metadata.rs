@@ -47,7 +47,7 @@ impl Default for MessageId {
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.as_u128())
+        crate::trace::write_hex::<32>(f, self.as_u128())
     }
 }
 

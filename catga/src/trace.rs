@@ -72,8 +72,24 @@ impl TraceId {
 
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.as_u128())
+        write_hex::<32>(f, self.as_u128())
     }
+}
+
+/// Write the last `N` hex digits of `value`, lowercase and zero-padded —
+/// what `{:0Nx}` writes, in one `write_str` of a stack buffer: ids are
+/// formatted for every message (headers, `traceparent`, log fields), and
+/// `core::fmt`'s integer formatting with padding costs ~10 times as much.
+pub(crate) fn write_hex<const N: usize>(f: &mut fmt::Formatter<'_>, value: u128) -> fmt::Result {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; N];
+    let mut rest = value;
+    for digit in out.iter_mut().rev() {
+        *digit = DIGITS[(rest & 0xf) as usize];
+        rest >>= 4;
+    }
+    // Always ASCII hex digits.
+    f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
 }
 
 impl fmt::Debug for TraceId {
@@ -112,7 +128,7 @@ impl SpanId {
 
 impl fmt::Display for SpanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.as_u64())
+        write_hex::<16>(f, u128::from(self.as_u64()))
     }
 }
 
@@ -300,6 +316,16 @@ mod tests {
         let unsampled = TraceContext::parse(&tp("00", TRACE, PARENT, "00"), None).unwrap();
         assert!(!unsampled.is_sampled());
         assert_eq!(unsampled.traceparent(), tp("00", TRACE, PARENT, "00"));
+    }
+
+    #[test]
+    fn ids_are_written_as_zero_padded_lowercase_hex() {
+        for v in [1u128, 0xab, u128::from(u64::MAX), u128::MAX, 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736] {
+            assert_eq!(TraceId::from_u128(v).unwrap().to_string(), format!("{v:032x}"));
+            assert_eq!(crate::MessageId::from_u128(v).to_string(), format!("{v:032x}"));
+            let low = (v as u64).max(1);
+            assert_eq!(SpanId::from_u64(low).unwrap().to_string(), format!("{low:016x}"));
+        }
     }
 
     #[test]
