@@ -359,9 +359,8 @@ impl Sweep {
             if app.instance().running_sagas().contains(record.name, id) {
                 continue;
             }
-            if self.inherited.remove(&entry) {
-                self.take(app, record, id, &me);
-            } else if self.stale.contains(&entry) {
+            // A previous run's (at once), or seen stopped last round too.
+            if self.inherited.remove(&entry) || self.stale.contains(&entry) {
                 self.take(app, record, id, &me);
             } else {
                 stale.insert(entry.clone());
