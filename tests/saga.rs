@@ -292,8 +292,14 @@ async fn orphan(store: &Store, id: &str, next: usize, attempts: u32, done: &[&st
 }
 
 async fn sweeper(store: &Store) -> App {
+    sweeper_as(store, &format!("sweeper-{}", catga::MessageId::new())).await
+}
+
+/// A sweeping instance (30 ms rounds) with this instance id.
+async fn sweeper_as(store: &Store, instance_id: &str) -> App {
     Catga::builder()
         .service("sagas")
+        .instance_id(instance_id)
         .memory_bus(MemoryBus::new())
         .store(store.clone())
         .handlers_where(|_| false)
@@ -342,16 +348,7 @@ async fn a_run_that_stopped_without_releasing_its_lease_is_continued_by_its_inst
     // instance's set, not running, its lease held by this instance for the
     // lease TTL (an hour here). The sweep takes it back now.
     let store = Store::memory();
-    let app = Catga::builder()
-        .service("sagas")
-        .instance_id("stopped-run")
-        .memory_bus(MemoryBus::new())
-        .store(store.clone())
-        .handlers_where(|_| false)
-        .configure(|c| c.saga_sweep_interval = Duration::from_millis(30))
-        .start()
-        .await
-        .unwrap();
+    let app = sweeper_as(&store, "stopped-run").await;
     orphan(&store, "stopped", 1, 1, &["charge"]).await;
     store.set_add(&Key::new("saga-owner:stopped-run", "sagas"), "t-order:stopped").await.unwrap();
     let lease = Key::new("saga:t-order:stopped", "lease");
