@@ -13,7 +13,7 @@
 //! handler and event as `benches/in_process.rs`; one instance on a private
 //! memory bus, a current-thread runtime, no tracing subscriber — or, with a
 //! third argument `logs`, the subscriber `Catga::run()` installs by default
-//! (tracing-subscriber's formatter at `info`), writing to a sink.
+//! (tracing-subscriber's formatter at `info`; `RUST_LOG` unset).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -53,11 +53,8 @@ fn main() {
     let what = args.next().unwrap_or_else(|| "send".into());
     let n: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(100_000);
     if args.next().as_deref() == Some("logs") {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-            .with_writer(std::io::sink)
-            .with_ansi(false)
-            .init();
+        // Its lines go to standard error: run with `2>/dev/null`.
+        assert!(catga::__private::install_default_logs(catga::LogFormat::Plain), "no other subscriber");
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     runtime.block_on(async {

@@ -177,6 +177,8 @@ pub mod __private {
 
     pub use crate::dispatch::{Delivery, handle_command, handle_event};
     pub use crate::future::BoxFuture;
+    /// The subscriber `Catga::run()` installs (for the benchmarks' `logs` mode).
+    pub use crate::logging::install_default as install_default_logs;
     pub use crate::registry::{CommandEntry, Entry, EventEntry, HandlerKind, HandlerRecord};
     pub use crate::saga::definition::{SagaDef, Step as SagaStep, StepKind as SagaStepKind};
     pub use inventory;

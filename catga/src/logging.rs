@@ -19,12 +19,14 @@ use std::time::{Duration, Instant};
 
 use crate::config::LogFormat;
 
+mod fields;
+
 /// At most one line per place and kind of failure per window.
 pub(crate) const WINDOW: Duration = Duration::from_secs(1);
 
 /// Install the default subscriber unless the program has one. Returns
 /// whether it was installed.
-pub(crate) fn install_default(format: LogFormat) -> bool {
+pub fn install_default(format: LogFormat) -> bool {
     use tracing_subscriber::EnvFilter;
     if tracing::dispatcher::has_been_set() {
         return false;
@@ -35,7 +37,11 @@ pub(crate) fn install_default(format: LogFormat) -> bool {
         return installed;
     }
     let filter = filter();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .fmt_fields(fields::PlainFields);
     let installed = match format {
         LogFormat::Plain => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -58,7 +64,9 @@ fn with_otel(format: LogFormat, filter: tracing_subscriber::EnvFilter) -> Option
             return None;
         }
     };
-    let fmt = || tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false);
+    let fmt = || {
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false).fmt_fields(fields::PlainFields)
+    };
     let registry = tracing_subscriber::registry().with(otel).with(filter);
     let installed = match format {
         LogFormat::Plain => registry.with(fmt()).try_init(),
