@@ -18,7 +18,7 @@
 //! counted without the check.
 
 use std::any::{Any, TypeId};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -379,28 +379,54 @@ impl Drop for InFlight {
     }
 }
 
-/// The sagas this instance is running now (so its sweep skips them).
+/// The sagas this instance is running now (so its sweep skips them), and
+/// those it is creating (so its sweep does not take back their lease
+/// mid-creation); counted, so two guards of one saga overlap safely.
 #[derive(Default)]
-pub(crate) struct RunningSagas(Mutex<HashSet<(&'static str, String)>>);
+pub(crate) struct RunningSagas {
+    running: Sagas,
+    creating: Sagas,
+}
 
-/// Marks a saga as running here while alive.
-pub(crate) struct RunningGuard<'a>(&'a RunningSagas, (&'static str, String));
+type Sagas = Mutex<HashMap<(&'static str, String), usize>>;
+
+/// Marks a saga as running (or being created) here while alive.
+pub(crate) struct RunningGuard<'a>(&'a Sagas, (&'static str, String));
 
 impl RunningSagas {
     fn enter(&self, saga: &'static str, id: &str) -> RunningGuard<'_> {
-        let key = (saga, id.to_owned());
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone());
-        RunningGuard(self, key)
+        guard(&self.running, saga, id)
+    }
+
+    /// Mark saga `id` as being created here, until its run has started.
+    pub(crate) fn creating(&self, saga: &'static str, id: &str) -> RunningGuard<'_> {
+        guard(&self.creating, saga, id)
     }
 
     pub(crate) fn contains(&self, saga: &'static str, id: &str) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains(&(saga, id.to_owned()))
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&(saga, id.to_owned()))
     }
+
+    pub(crate) fn being_created(&self, saga: &'static str, id: &str) -> bool {
+        self.creating.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&(saga, id.to_owned()))
+    }
+}
+
+fn guard<'a>(sagas: &'a Sagas, saga: &'static str, id: &str) -> RunningGuard<'a> {
+    let key = (saga, id.to_owned());
+    *sagas.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default() += 1;
+    RunningGuard(sagas, key)
 }
 
 impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
-        self.0.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
+        let mut sagas = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = sagas.get_mut(&self.1) {
+            *count -= 1;
+            if *count == 0 {
+                sagas.remove(&self.1);
+            }
+        }
     }
 }
 

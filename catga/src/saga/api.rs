@@ -203,8 +203,12 @@ fn new<D>(def: &'static SagaDef<D>, data: D, options: SagaOptions) -> New<D> {
 
 async fn start<S: Saga>(app: &App, id: &str, data: S::Data, options: SagaOptions) -> Result<SagaOutcome> {
     let def = S::definition();
+    // Being created here: the sweep must not take its lease back meanwhile
+    // (it is this instance's already) — until its run has started.
+    let creating = app.instance().running_sagas().creating(def.name, id);
     let Some((lease, state, version)) = store::create(app, id, new(def, data, options), Holder::Here).await? else {
         // It exists: its outcome, once whoever runs it finishes it.
+        drop(creating);
         return app.saga_outcome(def.name, id, app.config().saga_wait).await;
     };
     app.instance().metrics.saga_started(def.name);
@@ -213,6 +217,7 @@ async fn start<S: Saga>(app: &App, id: &str, data: S::Data, options: SagaOptions
     // drops only this wait, not the saga).
     let runner = app.clone();
     let running = tokio::spawn(async move { run(def, &runner, lease, state, version, true).await });
+    drop(creating);
     let ran = running.await.unwrap_or_else(|e| {
         Err(Error::Saga {
             saga: def.name.to_owned(),
@@ -231,6 +236,8 @@ async fn start<S: Saga>(app: &App, id: &str, data: S::Data, options: SagaOptions
 /// state is in the store (`true`), or at once if it exists (`false`).
 async fn submit<S: Saga>(app: &App, id: &str, data: S::Data, options: SagaOptions) -> Result<bool> {
     let def = S::definition();
+    // As in `start`: being created here until its run has started.
+    let _creating = app.instance().running_sagas().creating(def.name, id);
     let Some((lease, state, version)) = store::create(app, id, new(def, data, options), Holder::Here).await? else {
         return Ok(false);
     };

@@ -356,7 +356,8 @@ impl Sweep {
         for entry in entries {
             let Some((name, id)) = parse_owned(&entry) else { continue };
             let Some(record) = self.record(name) else { continue };
-            if app.instance().running_sagas().contains(record.name, id) {
+            let here = app.instance().running_sagas();
+            if here.contains(record.name, id) || here.being_created(record.name, id) {
                 continue;
             }
             // A previous run's (at once), or seen stopped last round too.
