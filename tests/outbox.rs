@@ -188,7 +188,14 @@ async fn the_events_of_one_key_go_out_in_the_order_their_transactions_committed(
             order.lock().unwrap().push(1);
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await; // inside the slow COMMIT
+    // Until the slow one sleeps inside its COMMIT, holding the key's lock.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let in_commit =
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'";
+    while sqlx::query_scalar::<_, i64>(in_commit).fetch_one(outbox.pool()).await.unwrap() == 0 {
+        assert!(Instant::now() < deadline, "the slow transaction did not reach its COMMIT within 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut quick = outbox.transaction(&app).await.unwrap();
     quick.key("account:b").publish(event(2)).unwrap();
     quick.commit().await.unwrap();
