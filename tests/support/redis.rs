@@ -147,17 +147,48 @@ pub fn tls_args(cert: &str, key: &str, ca: &str, verify_clients: bool) -> Vec<St
 /// Wait (10 s) until our child answers PING on `port` (a server that wants
 /// a password answering `NOAUTH` counts as up).
 fn wait_for_ping(child: &mut Child, port: u16, dir: &Path) {
+    if let Err(log) = answered_ping(child, port, dir) {
+        panic!("redis-server on port {port} exited at start; log:\n{log}");
+    }
+}
+
+/// Wait (10 s) until our child answers PING on `port`; its log if it exited
+/// first.
+fn answered_ping(child: &mut Child, port: u16, dir: &Path) -> Result<(), String> {
     wait_until(&format!("redis-server on port {port} answering PING"), Duration::from_secs(10), || {
         if let Ok(Some(status)) = child.try_wait() {
             let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
-            panic!("redis-server on port {port} exited at start ({status}); was the port taken? log:\n{log}");
+            return Ok(Err(format!("({status})\n{log}")));
         }
         match command(port, &["PING"]) {
-            Ok(Reply::Status(s)) if s == "PONG" => Ok(()),
-            Ok(Reply::Error(e)) if e.starts_with("NOAUTH") => Ok(()),
+            Ok(Reply::Status(s)) if s == "PONG" => Ok(Ok(())),
+            Ok(Reply::Error(e)) if e.starts_with("NOAUTH") => Ok(Ok(())),
             other => Err(format!("{other:?}")),
         }
-    });
+    })
+}
+
+/// Start a server on ports `pick` chooses (free a moment ago) until it
+/// answers PING: another process may take a free port before the server
+/// binds it (a client's outgoing connection gets one from the same range),
+/// so a server that could not bind is started again on fresh ports (up to
+/// five times).
+fn start_on_free_ports<P: Copy>(
+    dir: &Path,
+    mut pick: impl FnMut() -> P,
+    start: impl Fn(P) -> (Child, u16),
+) -> (Child, P) {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let ports = pick();
+        let (mut child, port) = start(ports);
+        match answered_ping(&mut child, port, dir) {
+            Ok(()) => return (child, ports),
+            Err(log) if log.contains("Address already in use") => last = log,
+            Err(log) => panic!("redis-server on port {port} exited at start; log:\n{log}"),
+        }
+    }
+    panic!("redis-server found its ports taken five times; last log:\n{last}");
 }
 
 /// One `redis-server` on a free 127.0.0.1 port, without persistence.
@@ -172,9 +203,7 @@ impl RedisServer {
     /// Start a server and wait until it answers PING.
     pub fn start() -> RedisServer {
         let dir = TempDir::new("redis");
-        let port = free_port();
-        let mut child = spawn_server(&dir.0, port, &[]);
-        wait_for_ping(&mut child, port, &dir.0);
+        let (child, port) = start_on_free_ports(&dir.0, free_port, |port| (spawn_server(&dir.0, port, &[]), port));
         RedisServer { child: Some(child), port, dir }
     }
 
@@ -183,9 +212,7 @@ impl RedisServer {
     /// answers PING (or NOAUTH) when it is up.
     pub fn with_args(extra: &[&str]) -> RedisServer {
         let dir = TempDir::new("redis");
-        let port = free_port();
-        let mut child = spawn_server(&dir.0, port, extra);
-        wait_for_ping(&mut child, port, &dir.0);
+        let (child, port) = start_on_free_ports(&dir.0, free_port, |port| (spawn_server(&dir.0, port, extra), port));
         RedisServer { child: Some(child), port, dir }
     }
 
@@ -263,8 +290,15 @@ struct Node {
 }
 
 /// Start one cluster node in `dir` (its `nodes.conf` lives there, so a
-/// restarted node rejoins with its identity).
+/// restarted node rejoins with its identity) and wait for its PING.
 fn spawn_node(dir: &TempDir, port: u16, bus: u16, extra: &[String]) -> Child {
+    let mut child = spawn_node_unchecked(dir, port, bus, extra);
+    wait_for_ping(&mut child, port, &dir.0);
+    child
+}
+
+/// Start one cluster node in `dir`, without waiting for it.
+fn spawn_node_unchecked(dir: &TempDir, port: u16, bus: u16, extra: &[String]) -> Child {
     let conf = dir.0.join("nodes.conf");
     let bus = bus.to_string();
     let mut args = vec![
@@ -278,9 +312,7 @@ fn spawn_node(dir: &TempDir, port: u16, bus: u16, extra: &[String]) -> Child {
         &bus,
     ];
     args.extend(extra.iter().map(String::as_str));
-    let mut child = spawn_server(&dir.0, port, &args);
-    wait_for_ping(&mut child, port, &dir.0);
-    child
+    spawn_server(&dir.0, port, &args)
 }
 
 /// A Redis Cluster of 3 primaries and 3 replicas on 127.0.0.1.
@@ -319,13 +351,16 @@ impl RedisCluster {
         let mut nodes = Vec::new();
         for i in 0..6 {
             let dir = TempDir::new(&format!("redis-cluster-{i}"));
-            let (port, bus) = (free_port(), free_port());
-            let tls_port = tls.then(free_port);
-            let mut args = extra.clone();
-            if let Some(p) = tls_port {
-                args.extend(["--tls-port".to_owned(), p.to_string()]);
-            }
-            let child = spawn_node(&dir, port, bus, &args);
+            let pick = || (free_port(), free_port(), tls.then(free_port));
+            let (child, (port, bus, tls_port)) = start_on_free_ports(&dir.0, pick, |(port, bus, tls_port)| {
+                let mut args = extra.clone();
+                if let Some(p) = tls_port {
+                    args.extend(["--tls-port".to_owned(), p.to_string()]);
+                }
+                // A new node (a start that could not bind may have left one).
+                let _ = std::fs::remove_file(dir.0.join("nodes.conf"));
+                (spawn_node_unchecked(&dir, port, bus, &args), port)
+            });
             nodes.push(Node { child: Some(child), port, bus, dir, tls: tls_port });
         }
         let cluster = RedisCluster { nodes, extra };
