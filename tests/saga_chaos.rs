@@ -41,6 +41,9 @@ struct StartOrder {
 
 const STEPS: [&str; 4] = ["charge", "reserve", "create", "notify"];
 
+/// How long the sagas of a matrix may take, all together.
+const RUN_BOUND: Duration = Duration::from_secs(150);
+
 /// One saga of the matrix: its id, plan, and the ledger it must end with.
 struct Case {
     id: String,
@@ -152,7 +155,12 @@ async fn run_matrix(tag: &str, redis_url: &str, per_point: usize, mut during: im
     // Submit, replace dead instances (bounded), and poll until every saga
     // has finished. Submitting is retried: instances die while it goes on,
     // and a submit is idempotent on the saga id.
-    let deadline = Instant::now() + Duration::from_secs(90);
+    // Most runs end within 25 s. The bound also covers the last resort: a
+    // saga no owner's set accounts for is found once its lease lapses (the
+    // lease TTL, 60 s by default) — seen about once in six loaded runs on
+    // the Cluster, cause not yet pinned down (see docs/ARCHITECTURE.md,
+    // recovery).
+    let deadline = Instant::now() + RUN_BOUND;
     let began = Instant::now();
     let mut kills = 0;
     let mut submitted = 0;
@@ -257,7 +265,7 @@ async fn stuck(
         report.push_str(&format!("    {line}\n"));
     }
     panic!(
-        "sagas still running after 90 s: {} of {} finished (every instance's log: {}){report}",
+        "sagas still running after {RUN_BOUND:?}: {} of {} finished (every instance's log: {}){report}",
         finished_at.len(),
         cases.len(),
         file.display()
