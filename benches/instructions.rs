@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use catga::prelude::*;
 use catga::transport::memory::MemoryBus;
+use futures_util::StreamExt;
 
 #[derive(Debug, Serialize, Deserialize, Command)]
 #[catga(subject = "bench.add", reply = u64)]
@@ -39,6 +40,81 @@ pub struct Added {
     n: u64,
 }
 
+/// The NATS modes' command: JSON of it is 128 bytes, as in `benches/nats.rs`.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[catga(subject = "bench.echo", reply = Blob)]
+pub struct Blob {
+    data: String,
+}
+
+#[catga::command(queue = "bench")]
+async fn echo(blob: Blob) -> Result<Blob, HandlerError> {
+    Ok(blob)
+}
+
+fn blob() -> Blob {
+    Blob { data: "x".repeat(117) }
+}
+
+/// `n` requests over a real nats-server, `concurrency` at a time, from one
+/// connection to a responder on another, both in this process: Catga's
+/// `send` to an `echo` handler (`nats`), or raw async-nats with serde_json
+/// of the same struct on both sides (`raw`, the floor).
+async fn over_nats(raw: bool, n: u64, concurrency: u64) {
+    let nats = catga_suite::NatsServer::start();
+    let url = nats.url();
+    let request: std::sync::Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync> = if raw {
+        let responder = async_nats::connect(&url).await.expect("connected");
+        let mut requests = responder.queue_subscribe("bench.raw", "bench".into()).await.expect("subscribed");
+        tokio::spawn(async move {
+            while let Some(m) = requests.next().await {
+                let blob: Blob = serde_json::from_slice(&m.payload).expect("a blob");
+                let body = serde_json::to_vec(&blob).expect("encoded");
+                responder.publish(m.reply.expect("a request"), body.into()).await.expect("replied");
+            }
+        });
+        let client = async_nats::connect(&url).await.expect("connected");
+        std::sync::Arc::new(move || {
+            let client = client.clone();
+            Box::pin(async move {
+                let body = serde_json::to_vec(&blob()).expect("encoded");
+                let reply = client.request("bench.raw", body.into()).await.expect("answered");
+                black_box(serde_json::from_slice::<Blob>(&reply.payload).expect("a blob"));
+            })
+        })
+    } else {
+        let server = Catga::builder()
+            .nats_url(&url)
+            .service("bench")
+            .handlers_where(|h| h.subject == "bench.echo")
+            .start()
+            .await
+            .expect("started");
+        std::mem::forget(server); // lives as long as the process
+        let client =
+            Catga::builder().nats_url(&url).service("bench-client").client_only().start().await.expect("started");
+        std::sync::Arc::new(move || {
+            let client = client.clone();
+            Box::pin(async move {
+                black_box(client.send(blob()).await.expect("answered"));
+            })
+        })
+    };
+    let callers: Vec<_> = (0..concurrency)
+        .map(|c| {
+            let request = request.clone();
+            tokio::spawn(async move {
+                for _ in (c..n).step_by(concurrency as usize) {
+                    request().await;
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.expect("ran");
+    }
+}
+
 static HANDLED: AtomicUsize = AtomicUsize::new(0);
 
 #[catga::event(queue = "bench")]
@@ -55,6 +131,12 @@ fn main() {
     if args.next().as_deref() == Some("logs") {
         // Its lines go to standard error: run with `2>/dev/null`.
         assert!(catga::__private::install_default_logs(catga::LogFormat::Plain), "no other subscriber");
+    }
+    if what == "nats" || what == "raw" {
+        let concurrency: u64 = std::env::var("CONCURRENCY").ok().and_then(|c| c.parse().ok()).unwrap_or(1);
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+        return runtime.block_on(over_nats(what == "raw", n, concurrency.max(1)));
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     runtime.block_on(async {
@@ -73,7 +155,7 @@ fn main() {
                     }
                 }
             }
-            other => panic!("`{other}`: say `send` or `publish`"),
+            other => panic!("`{other}`: say `send`, `publish`, `nats` or `raw`"),
         }
         app.shutdown().await;
     });

@@ -218,12 +218,17 @@ fn main() {
                 let mut sub = receiver.subscribe(subject).await.unwrap();
                 receiver.flush().await.unwrap();
                 let t = Instant::now();
-                let received = tokio::spawn(async move {
-                    let mut n = 0;
-                    while n < PUBLISHED && sub.next().await.is_some() {
-                        n += 1;
+                let count = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+                let received = tokio::spawn({
+                    let count = count.clone();
+                    async move {
+                        let mut n = 0;
+                        while n < PUBLISHED && sub.next().await.is_some() {
+                            n += 1;
+                            count.store(n, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        n
                     }
-                    n
                 });
                 for _ in 0..PUBLISHED {
                     match kind {
@@ -232,7 +237,11 @@ fn main() {
                         _ => raw.publish("bench.raw.event", serde_json::to_vec(&event).unwrap().into()).await.unwrap(),
                     }
                 }
-                let got = tokio::time::timeout(Duration::from_secs(60), received).await.unwrap().unwrap();
+                let Ok(got) = tokio::time::timeout(Duration::from_secs(60), received).await else {
+                    let (got, who) = (count.load(std::sync::atomic::Ordering::Relaxed), ["catga", "raw", "raw+serde"][kind]);
+                    panic!("{who}: {got} of {PUBLISHED} events arrived within 60 s (a slow-consumer drop?)");
+                };
+                let got = got.unwrap();
                 assert_eq!(got, PUBLISHED, "every event arrives (no slow-consumer drop on loopback)");
                 let rate = f64::from(PUBLISHED) / t.elapsed().as_secs_f64();
                 [&mut catga_rates, &mut raw_rates, &mut serde_rates][kind].push(rate);

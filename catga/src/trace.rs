@@ -81,15 +81,29 @@ impl fmt::Display for TraceId {
 /// formatted for every message (headers, `traceparent`, log fields), and
 /// `core::fmt`'s integer formatting with padding costs ~10 times as much.
 pub(crate) fn write_hex<const N: usize>(f: &mut fmt::Formatter<'_>, value: u128) -> fmt::Result {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; N];
-    let mut rest = value;
-    for digit in out.iter_mut().rev() {
-        *digit = DIGITS[(rest & 0xf) as usize];
-        rest >>= 4;
+    f.write_str(Hex::<N>::of(value).as_str())
+}
+
+/// The last `N` hex digits of a number, lowercase and zero-padded, on the
+/// stack (see [`write_hex`]).
+pub(crate) struct Hex<const N: usize>([u8; N]);
+
+impl<const N: usize> Hex<N> {
+    pub(crate) fn of(value: u128) -> Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; N];
+        let mut rest = value;
+        for digit in out.iter_mut().rev() {
+            *digit = DIGITS[(rest & 0xf) as usize];
+            rest >>= 4;
+        }
+        Hex(out)
     }
-    // Always ASCII hex digits.
-    f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Always ASCII hex digits.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 impl fmt::Debug for TraceId {
@@ -204,7 +218,17 @@ impl TraceContext {
 
     /// The `traceparent` header of this span: `00-{trace id}-{span id}-{flags}`.
     pub fn traceparent(&self) -> String {
-        format!("{VERSION:02x}-{}-{}-{:02x}", self.trace_id, self.span_id, self.flags)
+        // Pieces on the stack into one allocation: this goes on every
+        // message sent.
+        let mut out = String::with_capacity(TRACEPARENT_LEN);
+        out.push_str(Hex::<2>::of(u128::from(VERSION)).as_str());
+        out.push('-');
+        out.push_str(Hex::<32>::of(self.trace_id.as_u128()).as_str());
+        out.push('-');
+        out.push_str(Hex::<16>::of(u128::from(self.span_id.as_u64())).as_str());
+        out.push('-');
+        out.push_str(Hex::<2>::of(u128::from(self.flags)).as_str());
+        out
     }
 
     /// This context with `tracestate` (kept verbatim when it is valid and

@@ -221,7 +221,7 @@ pub(crate) async fn send_reply(
     reply_to: Subject,
     outcome: std::result::Result<Vec<u8>, HandlerError>,
 ) {
-    let (headers, body) = envelope::final_reply(outcome, record.name, client.server_info().max_payload);
+    let (headers, body) = envelope::final_reply(outcome, record.name, client.max_payload());
     let sent = match headers {
         None => client.publish(reply_to.clone(), body).await,
         Some(headers) => client.publish_with_headers(reply_to.clone(), headers, body).await,

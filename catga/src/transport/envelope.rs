@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::header::IntoHeaderName;
 use bytes::Bytes;
 use tokio::time::Instant;
 
@@ -75,6 +76,27 @@ pub mod headers {
     pub const DELIVERY_COUNT: &str = "Catga-Delivery-Count";
 }
 
+/// The header names of the hot path as [`HeaderName`]s, made at compile
+/// time: a name given as `&str` is validated and copied into a fresh
+/// allocation on every insert and every lookup, one of these is not.
+pub(crate) mod names {
+    use async_nats::HeaderName;
+
+    use super::headers;
+
+    pub(crate) const MESSAGE_ID: HeaderName = HeaderName::from_static(headers::MESSAGE_ID);
+    pub(crate) const CORRELATION_ID: HeaderName = HeaderName::from_static(headers::CORRELATION_ID);
+    pub(crate) const CAUSATION_ID: HeaderName = HeaderName::from_static(headers::CAUSATION_ID);
+    pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static(headers::TRACEPARENT);
+    pub(crate) const TRACESTATE: HeaderName = HeaderName::from_static(headers::TRACESTATE);
+    pub(crate) const CONTENT_TYPE: HeaderName = HeaderName::from_static(headers::CONTENT_TYPE);
+    pub(crate) const STATUS: HeaderName = HeaderName::from_static(headers::STATUS);
+    pub(crate) const ERROR_CODE: HeaderName = HeaderName::from_static(headers::ERROR_CODE);
+    pub(crate) const DEADLINE_IN: HeaderName = HeaderName::from_static(headers::DEADLINE_IN);
+    pub(crate) const DEADLINE_AT: HeaderName = HeaderName::from_static(headers::DEADLINE_AT);
+    pub(crate) const LIVENESS: HeaderName = HeaderName::from_static(headers::LIVENESS);
+}
+
 /// The headers of a request or event: kept to what a receiver needs,
 /// because every header costs parsing on the server and both clients.
 /// The correlation id travels as the W3C trace id, and on its own only when
@@ -82,19 +104,19 @@ pub mod headers {
 /// type only when it is not JSON (the default).
 pub(crate) fn request_headers(meta: &Metadata, content_type: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(headers::MESSAGE_ID, meta.message_id.to_string());
-    h.insert(headers::TRACEPARENT, meta.trace.traceparent());
+    h.insert(names::MESSAGE_ID, meta.message_id.to_string());
+    h.insert(names::TRACEPARENT, meta.trace.traceparent());
     if let Some(state) = meta.trace.tracestate() {
-        h.insert(headers::TRACESTATE, state);
+        h.insert(names::TRACESTATE, state);
     }
     if meta.trace.trace_id().as_u128() != meta.correlation_id.as_u128() {
-        h.insert(headers::CORRELATION_ID, meta.correlation_id.to_string());
+        h.insert(names::CORRELATION_ID, meta.correlation_id.to_string());
     }
     if let Some(cause) = meta.causation_id {
-        h.insert(headers::CAUSATION_ID, cause.to_string());
+        h.insert(names::CAUSATION_ID, cause.to_string());
     }
     if content_type != Json::CONTENT_TYPE {
-        h.insert(headers::CONTENT_TYPE, content_type);
+        h.insert(names::CONTENT_TYPE, content_type);
     }
     h
 }
@@ -102,14 +124,14 @@ pub(crate) fn request_headers(meta: &Metadata, content_type: &str) -> HeaderMap 
 /// A core request's deadline, as the time left when it is sent.
 pub(crate) fn with_deadline_in(mut h: HeaderMap, deadline: Instant) -> HeaderMap {
     let left = deadline.saturating_duration_since(Instant::now());
-    h.insert(headers::DEADLINE_IN, left.as_millis().to_string());
+    h.insert(names::DEADLINE_IN, u64::try_from(left.as_millis()).unwrap_or(u64::MAX).to_string());
     h
 }
 
 /// A durable command's deadline, as wall-clock time (epoch ms by `clock`).
 pub(crate) fn with_deadline_at(mut h: HeaderMap, deadline: Instant, clock: Clock) -> HeaderMap {
     let left = deadline.saturating_duration_since(clock.now());
-    h.insert(headers::DEADLINE_AT, (clock.epoch_ms() + left.as_millis() as u64).to_string());
+    h.insert(names::DEADLINE_AT, (clock.epoch_ms() + left.as_millis() as u64).to_string());
     h
 }
 
@@ -120,58 +142,79 @@ pub(crate) fn with_deadline_at(mut h: HeaderMap, deadline: Instant, clock: Clock
 /// The correlation id is `Catga-Correlation-Id`, else the trace id, else
 /// the message id.
 pub(crate) fn metadata_of(message: &async_nats::Message, clock: Clock) -> Metadata {
-    let id = |name: &str| -> Option<MessageId> { header(message, name)?.parse().ok() };
-    let message_id = id(headers::MESSAGE_ID).unwrap_or_default();
-    let trace = traceparent(message).and_then(|tp| TraceContext::parse(tp, tracestate(message).as_deref()));
-    let correlation_id = id(headers::CORRELATION_ID)
+    let found = Found::of(message);
+    let id = |value: Option<&str>| -> Option<MessageId> { value?.parse().ok() };
+    let message_id = id(found.message_id).unwrap_or_default();
+    let trace = found.traceparent.and_then(|tp| TraceContext::parse(tp, found.tracestate().as_deref()));
+    let correlation_id = id(found.correlation_id)
         .or_else(|| Some(MessageId::from_u128(trace.as_ref()?.trace_id().as_u128())))
         .unwrap_or(message_id);
-    let mut meta = Metadata::with_ids(message_id, correlation_id, id(headers::CAUSATION_ID));
+    let mut meta = Metadata::with_ids(message_id, correlation_id, id(found.causation_id));
     if let Some(trace) = trace {
         meta.trace = trace;
     }
-    meta.deadline = deadline_of(message, clock);
+    meta.deadline = found.deadline(clock);
     meta
 }
 
-/// The message's `traceparent`; `None` when it has none or several (the
-/// specification makes several invalid).
-fn traceparent(message: &async_nats::Message) -> Option<&str> {
-    let mut values = message.headers.as_ref()?.get_all(headers::TRACEPARENT);
-    let first = values.next()?;
-    values.next().is_none().then(|| first.as_str())
+/// The Catga headers of a received message, read in one pass over its
+/// headers: a lookup by name hashes the name (SipHash) each time, and a
+/// request carries four or five of them.
+#[derive(Default)]
+struct Found<'a> {
+    message_id: Option<&'a str>,
+    correlation_id: Option<&'a str>,
+    causation_id: Option<&'a str>,
+    /// `None` when there is none or several (the specification makes
+    /// several invalid).
+    traceparent: Option<&'a str>,
+    tracestate: &'a [async_nats::HeaderValue],
+    deadline_in: Option<&'a str>,
+    deadline_at: Option<&'a str>,
 }
 
-/// The message's `tracestate`: several headers of that name are one list,
-/// joined with commas (as the specification says).
-fn tracestate(message: &async_nats::Message) -> Option<std::borrow::Cow<'_, str>> {
-    let all = message.headers.as_ref()?.get_all(headers::TRACESTATE);
-    let mut values = all.map(|v| v.as_str());
-    let first = values.next()?;
-    match values.next() {
-        None => Some(first.into()),
-        Some(second) => {
-            let mut joined = format!("{first},{second}");
-            values.for_each(|v| {
-                joined.push(',');
-                joined.push_str(v);
-            });
-            Some(joined.into())
+impl<'a> Found<'a> {
+    fn of(message: &'a async_nats::Message) -> Self {
+        let mut found = Found::default();
+        let Some(map) = message.headers.as_ref() else { return found };
+        for (name, values) in map.iter() {
+            let first = values.first().map(|v| v.as_str());
+            match name.as_ref() {
+                headers::MESSAGE_ID => found.message_id = first,
+                headers::CORRELATION_ID => found.correlation_id = first,
+                headers::CAUSATION_ID => found.causation_id = first,
+                headers::TRACEPARENT => found.traceparent = first.filter(|_| values.len() == 1),
+                headers::TRACESTATE => found.tracestate = values,
+                headers::DEADLINE_IN => found.deadline_in = first,
+                headers::DEADLINE_AT => found.deadline_at = first,
+                _ => {}
+            }
+        }
+        found
+    }
+
+    /// `tracestate`: several headers of that name are one list, joined
+    /// with commas (as the specification says).
+    fn tracestate(&self) -> Option<std::borrow::Cow<'a, str>> {
+        match self.tracestate {
+            [] => None,
+            [one] => Some(one.as_str().into()),
+            several => Some(several.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(",").into()),
         }
     }
-}
 
-/// `Catga-Deadline-In` counts from now; `Catga-Deadline-At` from the
-/// sender's wall clock (so it is off by the clocks' skew). A value that
-/// does not parse, or a deadline past what the clock can represent, is no
-/// deadline.
-pub(crate) fn deadline_of(message: &async_nats::Message, clock: Clock) -> Option<Instant> {
-    let ms = |name: &str| -> Option<u64> { header(message, name)?.parse().ok() };
-    let left = match ms(headers::DEADLINE_IN) {
-        Some(left) => left,
-        None => ms(headers::DEADLINE_AT)?.saturating_sub(clock.epoch_ms()),
-    };
-    clock.now().checked_add(Duration::from_millis(left))
+    /// `Catga-Deadline-In` counts from now; `Catga-Deadline-At` from the
+    /// sender's wall clock (so it is off by the clocks' skew). A value that
+    /// does not parse, or a deadline past what the clock can represent, is
+    /// no deadline.
+    fn deadline(&self, clock: Clock) -> Option<Instant> {
+        let ms = |value: Option<&str>| -> Option<u64> { value?.parse().ok() };
+        let left = match ms(self.deadline_in) {
+            Some(left) => left,
+            None => ms(self.deadline_at)?.saturating_sub(clock.epoch_ms()),
+        };
+        clock.now().checked_add(Duration::from_millis(left))
+    }
 }
 
 /// The `deadline` error of a command whose sender's deadline passed before
@@ -195,7 +238,7 @@ pub(crate) fn expired(meta: &Metadata, record: &HandlerRecord, clock: Clock) -> 
 
 /// Whether the sender asked for liveness signals (and can take them).
 pub(crate) fn wants_signals(message: &async_nats::Message) -> bool {
-    header(message, headers::LIVENESS).is_some()
+    header(message, names::LIVENESS).is_some()
 }
 
 /// The longest `Nats-Service-Error` value sent (the body has the whole message).
@@ -240,8 +283,9 @@ fn header_text(text: &str, max: usize) -> String {
     line
 }
 
-/// A header's value, if the message has it.
-pub(crate) fn header<'a>(message: &'a async_nats::Message, name: &str) -> Option<&'a str> {
+/// A header's value, if the message has it (on the hot path, name it by
+/// one of [`names`]).
+pub(crate) fn header(message: &async_nats::Message, name: impl IntoHeaderName) -> Option<&str> {
     Some(message.headers.as_ref()?.get(name)?.as_str())
 }
 
@@ -259,7 +303,7 @@ pub(crate) const WORKING: &str = "working";
 /// The headers of a liveness signal (its body is empty).
 pub(crate) fn working() -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(headers::STATUS, WORKING);
+    h.insert(names::STATUS, WORKING);
     h
 }
 
@@ -267,12 +311,12 @@ pub(crate) fn working() -> HeaderMap {
 /// `Catga-Status: error`, its code in `Catga-Error-Code` and its message as
 /// the body; a liveness signal has `Catga-Status: working`.
 pub(crate) fn read_reply(reply: &async_nats::Message) -> ReplyPart<'_> {
-    let status = header(reply, headers::STATUS);
+    let status = header(reply, names::STATUS);
     if status == Some(WORKING) {
         return ReplyPart::Working;
     }
     if status == Some("error") {
-        let code = header(reply, headers::ERROR_CODE).unwrap_or(HandlerError::INTERNAL).to_owned();
+        let code = header(reply, names::ERROR_CODE).unwrap_or(HandlerError::INTERNAL).to_owned();
         let message = String::from_utf8_lossy(&reply.payload).into_owned();
         return ReplyPart::Final(Err(HandlerError::new(code, message)));
     }

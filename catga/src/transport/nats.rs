@@ -286,29 +286,35 @@ impl Nats {
         }
         let subject = message.subject;
         let payload: bytes::Bytes = message.payload.into();
-        let mut headers = request_headers(&meta, message.content_type);
         let liveness = self.inner.liveness;
-        if liveness.is_some() {
-            headers.insert(crate::transport::headers::LIVENESS, "1");
-        }
+        // Built for each attempt (the deadline's time left changes): a
+        // fresh map costs less than a copy of one.
+        let headers = || {
+            let mut headers = request_headers(&meta, message.content_type);
+            if liveness.is_some() {
+                headers.insert(crate::transport::envelope::names::LIVENESS, "1");
+            }
+            match meta.deadline {
+                Some(deadline) => with_deadline_in(headers, deadline),
+                None => headers,
+            }
+        };
         let started = conn.clock.now();
         let timeout = || Error::Timeout { subject, after: started.elapsed() };
         let mut waiting = inbox.wait(subject);
         let mut retries = 0;
         loop {
-            let headers = match meta.deadline {
-                Some(deadline) => with_deadline_in(headers.clone(), deadline),
-                None => headers.clone(),
-            };
-            let published =
-                conn.client.publish_with_reply_and_headers(subject, waiting.reply_to.clone(), headers, payload.clone());
+            let published = conn.client.publish_with_reply_and_headers(
+                subject,
+                waiting.reply_to.clone(),
+                headers(),
+                payload.clone(),
+            );
             if let Err(e) = published.await {
                 return Err(match e.kind() {
-                    async_nats::client::PublishErrorKind::MaxPayloadExceeded => Error::PayloadTooLarge {
-                        subject,
-                        size: payload.len(),
-                        max: conn.client.server_info().max_payload,
-                    },
+                    async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                        Error::PayloadTooLarge { subject, size: payload.len(), max: conn.client.max_payload() }
+                    }
                     _ => Error::Transport { subject, reason: e.to_string() },
                 });
             }
@@ -411,7 +417,7 @@ impl Nats {
         self.inner.conn.client.publish_with_headers(subject, headers, payload.into()).await.map_err(|e| {
             match e.kind() {
                 async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
-                    Error::PayloadTooLarge { subject, size, max: self.inner.conn.client.server_info().max_payload }
+                    Error::PayloadTooLarge { subject, size, max: self.inner.conn.client.max_payload() }
                 }
                 _ => Error::Transport { subject, reason: e.to_string() },
             }

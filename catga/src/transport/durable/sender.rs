@@ -95,11 +95,7 @@ pub(crate) async fn publish_stored(
         let error = match failure.kind() {
             Kind::StreamNotFound => return Err(Error::NoHandler { subject }),
             Kind::MaxPayloadExceeded => {
-                return Err(Error::PayloadTooLarge {
-                    subject,
-                    size: payload.len(),
-                    max: js.client().server_info().max_payload,
-                });
+                return Err(Error::PayloadTooLarge { subject, size: payload.len(), max: js.client().max_payload() });
             }
             Kind::TimedOut => Error::Timeout { subject, after: started.elapsed() },
             _ => return Err(js_error(subject, format!("JetStream did not store the message: {failure}"))),
