@@ -14,6 +14,14 @@
 //! memory bus, a current-thread runtime, no tracing subscriber — or, with a
 //! third argument `logs`, the subscriber `Catga::run()` installs by default
 //! (tracing-subscriber's formatter at `info`; `RUST_LOG` unset).
+//!
+//! Over a real nats-server (started here; both ends in this process, a
+//! two-worker runtime; the server's own work is not counted): `nats` (a
+//! Catga `send` to an `echo` handler, `CONCURRENCY` at a time, 1 by
+//! default) against `raw` (async-nats with serde_json of the same struct on
+//! both sides), and `nats-publish` against `raw-publish` (to a raw
+//! subscriber that receives them all). Use a few thousand operations:
+//! callgrind runs the program ~50 times slower.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -115,6 +123,65 @@ async fn over_nats(raw: bool, n: u64, concurrency: u64) {
     }
 }
 
+/// `n` events published over a real nats-server to a raw subscriber of
+/// this process, until it has them all: Catga's `publish` (`nats-publish`)
+/// or raw async-nats publishing serde_json of the same event
+/// (`raw-publish`, the floor).
+async fn publish_over_nats(raw: bool, n: u64) {
+    use std::sync::atomic::AtomicU64;
+    let nats = catga_suite::NatsServer::start();
+    let url = nats.url();
+    let receiver = async_nats::connect(&url).await.expect("connected");
+    let mut events = receiver.subscribe("bench.noted").await.expect("subscribed");
+    receiver.flush().await.expect("flushed");
+    let got = std::sync::Arc::new(AtomicU64::new(0));
+    tokio::spawn({
+        let got = got.clone();
+        async move {
+            while events.next().await.is_some() {
+                got.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    // In batches of 100, each received before the next goes out: under
+    // callgrind the receiver is slow, and the server would drop events
+    // for a slow consumer.
+    let caught_up = |sent: u64| {
+        let got = got.clone();
+        async move {
+            while got.load(Ordering::Relaxed) < sent {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+    };
+    let event = Noted { data: "x".repeat(117) };
+    if raw {
+        let client = async_nats::connect(&url).await.expect("connected");
+        for i in 1..=n {
+            let body = serde_json::to_vec(&event).expect("encoded");
+            client.publish("bench.noted", body.into()).await.expect("published");
+            if i % 100 == 0 || i == n {
+                caught_up(i).await;
+            }
+        }
+    } else {
+        let app = Catga::builder().nats_url(&url).service("bench-client").client_only().start().await.expect("started");
+        for i in 1..=n {
+            app.publish(event.clone()).await.expect("published");
+            if i % 100 == 0 || i == n {
+                caught_up(i).await;
+            }
+        }
+        std::mem::forget(app);
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[catga(subject = "bench.noted")]
+pub struct Noted {
+    data: String,
+}
+
 static HANDLED: AtomicUsize = AtomicUsize::new(0);
 
 #[catga::event(queue = "bench")]
@@ -131,6 +198,11 @@ fn main() {
     if args.next().as_deref() == Some("logs") {
         // Its lines go to standard error: run with `2>/dev/null`.
         assert!(catga::__private::install_default_logs(catga::LogFormat::Plain), "no other subscriber");
+    }
+    if what == "nats-publish" || what == "raw-publish" {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+        return runtime.block_on(publish_over_nats(what == "raw-publish", n));
     }
     if what == "nats" || what == "raw" {
         let concurrency: u64 = std::env::var("CONCURRENCY").ok().and_then(|c| c.parse().ok()).unwrap_or(1);
@@ -155,7 +227,7 @@ fn main() {
                     }
                 }
             }
-            other => panic!("`{other}`: say `send`, `publish`, `nats` or `raw`"),
+            other => panic!("`{other}`: say `send`, `publish`, `nats`, `raw`, `nats-publish` or `raw-publish`"),
         }
         app.shutdown().await;
     });
