@@ -98,8 +98,9 @@ fn list(v: impl Iterator<Item = f64>) -> String {
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let nats = NatsServer::start();
+    let nats = NatsServer::start_monitored();
     let (url, server) = (nats.url(), nats.pid());
+    let monitor = nats.monitor_port().expect("started with monitoring");
     rt.block_on(async move {
         // Raw responders: queue subscribers that echo the bytes, and that
         // decode the request and encode the reply as a typed handler would.
@@ -239,7 +240,14 @@ fn main() {
                 }
                 let Ok(got) = tokio::time::timeout(Duration::from_secs(60), received).await else {
                     let (got, who) = (count.load(std::sync::atomic::Ordering::Relaxed), ["catga", "raw", "raw+serde"][kind]);
-                    panic!("{who}: {got} of {PUBLISHED} events arrived within 60 s (a slow-consumer drop?)");
+                    // The server's count of clients it dropped messages for.
+                    let varz = catga_suite::http_get(monitor, "/varz").map(|(_, body)| body).unwrap_or_default();
+                    let counters: Vec<&str> = varz
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| ["\"slow_consumers\"", "\"in_msgs\"", "\"out_msgs\""].iter().any(|k| l.starts_with(k)))
+                        .collect();
+                    panic!("{who}: {got} of {PUBLISHED} events arrived within 60 s; the server's {}", counters.join(" "));
                 };
                 let got = got.unwrap();
                 assert_eq!(got, PUBLISHED, "every event arrives (no slow-consumer drop on loopback)");
