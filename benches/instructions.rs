@@ -132,8 +132,7 @@ async fn publish_over_nats(raw: bool, n: u64) {
     let nats = catga_suite::NatsServer::start();
     let url = nats.url();
     let receiver = async_nats::connect(&url).await.expect("connected");
-    let mut events = receiver.subscribe("bench.noted").await.expect("subscribed");
-    receiver.flush().await.expect("flushed");
+    let mut events = catga_suite::subscribed(&receiver, "bench.noted").await;
     let got = std::sync::Arc::new(AtomicU64::new(0));
     tokio::spawn({
         let got = got.clone();

@@ -216,8 +216,7 @@ fn main() {
         for _ in 0..ROUNDS {
             for kind in 0..3 {
                 let subject = if kind == 0 { "bench.event" } else { "bench.raw.event" };
-                let mut sub = receiver.subscribe(subject).await.unwrap();
-                receiver.flush().await.unwrap();
+                let mut sub = catga_suite::subscribed(&receiver, subject).await;
                 let t = Instant::now();
                 let count = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
                 let received = tokio::spawn({

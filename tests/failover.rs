@@ -326,8 +326,7 @@ async fn a_handler_that_publishes_then_blocks_its_worker_does_not_stop_the_insta
     let _instance = instance(&url, "busy");
     let client = client(&url).await;
     let watcher = async_nats::connect(&url).await.unwrap();
-    let mut events = watcher.subscribe("svc.pong").await.unwrap();
-    watcher.flush().await.unwrap();
+    let mut events = catga_suite::subscribed(&watcher, "svc.pong").await;
     let spin = tokio::spawn({
         let client = client.clone();
         async move { client.send(Spin { ms: 3000 }).await }

@@ -45,8 +45,7 @@ struct Seen(Arc<Mutex<Vec<(String, Deposited)>>>);
 impl Seen {
     async fn subscribe(url: &str) -> Seen {
         let client = async_nats::connect(url).await.unwrap();
-        let mut sub = client.subscribe("svc.outbox.deposited").await.unwrap();
-        client.flush().await.unwrap();
+        let mut sub = catga_suite::subscribed(&client, "svc.outbox.deposited").await;
         let seen = Seen::default();
         let into = seen.clone();
         tokio::spawn(async move {

@@ -42,6 +42,23 @@ pub fn log_to_stderr() {
         .init();
 }
 
+/// Subscribe `client` to `subject` and wait until the server has the
+/// subscription, so what another connection publishes from now on reaches
+/// it: async-nats's `flush` only writes the SUB out, so a publisher on
+/// another connection can still race it. The server handles a
+/// connection's operations in order, so a message to a private inbox of
+/// this connection coming back means the SUB before it was processed.
+pub async fn subscribed(client: &async_nats::Client, subject: &str) -> async_nats::Subscriber {
+    use futures_util::StreamExt;
+    let subscriber = client.subscribe(subject.to_owned()).await.expect("subscribed");
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await.expect("subscribed to an inbox");
+    client.publish(inbox, bytes::Bytes::new()).await.expect("published");
+    let back = tokio::time::timeout(Duration::from_secs(10), echo.next()).await;
+    assert!(matches!(back, Ok(Some(_))), "the server did not confirm the subscription to {subject} within 10 s");
+    subscriber
+}
+
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
