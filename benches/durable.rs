@@ -1,18 +1,36 @@
-//! Durable (JetStream) command round trip against core NATS request-reply,
-//! both through Catga: one `nats-server -js` (started here on a free
-//! 127.0.0.1 port, storing in a temp dir), the same 128-byte payload, one
-//! responder instance with both handlers, at 1 and 16 sends in flight.
+//! Durable (JetStream) command round trip through Catga against its floor,
+//! raw async-nats JetStream doing the same legs (publish with a
+//! deduplication id and the reply subject in a header, wait for the
+//! PubAck; a durable pull consumer takes it, decodes and encodes the same
+//! struct, publishes the reply and acks; the sender's reply arrives on a
+//! shared wildcard inbox), and against Catga's core request-reply. One
+//! `nats-server -js` (started here on a free 127.0.0.1 port, storing in a
+//! temp dir), the same 128-byte payload, at 1 and 16 sends in flight.
 //!
-//! Run: `cargo bench --bench durable` (about 12 s). Needs `nats-server` on
-//! PATH. Ends with one JSON line: absolute figures and durable/core ratios.
+//! Protocol: ROUNDS interleaved rounds of (Catga durable, raw JetStream,
+//! Catga core), each a closed loop of WINDOW after a warm-up; the ratios
+//! are the medians of the rounds' ratios.
+//!
+//! Run: `cargo bench --bench durable` (about 50 s). Needs `nats-server` on
+//! PATH. Ends with one JSON line per concurrency: `ratio` (durable /
+//! raw JetStream), `ratio_core` (durable / core), absolute figures.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream;
 use catga::prelude::*;
 use catga_suite::NatsServer;
-use catga_suite::load::closed_loop;
+use catga_suite::load::{Run, closed_loop};
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
 
-const WINDOW: Duration = Duration::from_secs(2);
+const WINDOW: Duration = Duration::from_millis(1500);
+const ROUNDS: usize = 5;
+const RAW_SUBJECT: &str = "bench.raw.durable";
+const REPLY_TO: &str = "Reply-To";
 
 /// JSON of this is exactly 128 bytes: `{"data":"` + 117 x + `"}`.
 #[derive(Debug, Clone, Serialize, Deserialize, Command)]
@@ -44,6 +62,98 @@ fn data() -> String {
     data
 }
 
+/// The raw floor's sender: one wildcard reply inbox shared by every
+/// request, a token per request (what Catga's reply inbox does, and what
+/// async-nats's own `request` does).
+struct RawSender {
+    js: jetstream::Context,
+    prefix: String,
+    next: AtomicU64,
+    waiting: Arc<Mutex<HashMap<u64, oneshot::Sender<async_nats::Message>>>>,
+}
+
+impl RawSender {
+    async fn start(client: async_nats::Client) -> Arc<RawSender> {
+        let prefix = client.new_inbox();
+        let mut replies = catga_suite::subscribed(&client, &format!("{prefix}.*")).await;
+        let waiting: Arc<Mutex<HashMap<u64, oneshot::Sender<async_nats::Message>>>> = Arc::default();
+        tokio::spawn({
+            let waiting = waiting.clone();
+            async move {
+                while let Some(reply) = replies.next().await {
+                    let token = reply.subject.rsplit('.').next().and_then(|t| t.parse::<u64>().ok());
+                    let slot = token.and_then(|t| waiting.lock().unwrap().remove(&t));
+                    if let Some(slot) = slot {
+                        let _ = slot.send(reply);
+                    }
+                }
+            }
+        });
+        Arc::new(RawSender { js: jetstream::new(client), prefix, next: AtomicU64::new(0), waiting })
+    }
+
+    async fn send(&self, blob: &Durable) {
+        let token = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().unwrap().insert(token, tx);
+        // The reply subject is unique, so it is the deduplication id too.
+        let reply_to = format!("{}.{token}", self.prefix);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", reply_to.as_str());
+        headers.insert(REPLY_TO, reply_to);
+        let body = serde_json::to_vec(blob).unwrap();
+        let stored = self.js.publish_with_headers(RAW_SUBJECT, headers, body.into()).await.unwrap();
+        stored.await.expect("stored");
+        let reply = rx.await.expect("answered");
+        let _: Durable = serde_json::from_slice(&reply.payload).unwrap();
+    }
+}
+
+/// The raw floor's responder: a durable pull consumer on a work-queue
+/// stream (Catga's settings for a command), handling one message at a
+/// time from its message stream: decode, encode, reply, ack.
+async fn raw_responder(client: async_nats::Client) {
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: "BENCH_RAW_DURABLE".into(),
+            subjects: vec![RAW_SUBJECT.into()],
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("bench".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            let blob: Durable = serde_json::from_slice(&message.payload).unwrap();
+            let to = message.headers.as_ref().and_then(|h| h.get(REPLY_TO)).map(|v| v.as_str().to_owned());
+            if let Some(to) = to {
+                client.publish(to, serde_json::to_vec(&blob).unwrap().into()).await.unwrap();
+            }
+            message.ack().await.unwrap();
+        }
+    });
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn list(v: impl Iterator<Item = f64>) -> String {
+    format!("[{}]", v.map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(","))
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let nats = NatsServer::start_jetstream();
@@ -57,43 +167,63 @@ fn main() {
             .await
             .unwrap();
         let client = Catga::builder().nats_url(&url).service("bench-client").client_only().start().await.unwrap();
-        let mut fields = Vec::new();
+        raw_responder(async_nats::connect(&url).await.unwrap()).await;
+        let raw = RawSender::start(async_nats::connect(&url).await.unwrap()).await;
         for concurrency in [1, 16] {
-            let core = {
-                let client = client.clone();
-                closed_loop(concurrency, WINDOW, move || {
-                    let client = client.clone();
-                    async move {
-                        client.send(Core { data: data() }).await.unwrap();
-                    }
-                })
-                .await
-            };
-            let durable = {
-                let client = client.clone();
-                closed_loop(concurrency, WINDOW, move || {
-                    let client = client.clone();
-                    async move {
-                        client.send(Durable { data: data() }).await.unwrap();
-                    }
-                })
-                .await
-            };
-            let c = concurrency;
-            fields.push(format!(
-                "\"c{c}_durable_rps\":{:.0},\"c{c}_core_rps\":{:.0},\"c{c}_ratio\":{:.3},\
-                 \"c{c}_durable_p50_us\":{},\"c{c}_durable_p99_us\":{},\"c{c}_core_p50_us\":{},\"c{c}_core_p99_us\":{}",
-                durable.rps,
-                core.rps,
-                durable.rps / core.rps,
-                durable.p50_us,
-                durable.p99_us,
-                core.p50_us,
-                core.p99_us
-            ));
+            let (mut durable_runs, mut raw_runs, mut core_runs) =
+                (Vec::<Run>::new(), Vec::<Run>::new(), Vec::<Run>::new());
+            for _ in 0..ROUNDS {
+                let c = client.clone();
+                durable_runs.push(
+                    closed_loop(concurrency, WINDOW, move || {
+                        let c = c.clone();
+                        async move {
+                            c.send(Durable { data: data() }).await.unwrap();
+                        }
+                    })
+                    .await,
+                );
+                let r = raw.clone();
+                raw_runs.push(
+                    closed_loop(concurrency, WINDOW, move || {
+                        let r = r.clone();
+                        async move { r.send(&Durable { data: data() }).await }
+                    })
+                    .await,
+                );
+                let c = client.clone();
+                core_runs.push(
+                    closed_loop(concurrency, WINDOW, move || {
+                        let c = c.clone();
+                        async move {
+                            c.send(Core { data: data() }).await.unwrap();
+                        }
+                    })
+                    .await,
+                );
+            }
+            let ratio = |floor: &[Run]| median(durable_runs.iter().zip(floor).map(|(d, f)| d.rps / f.rps).collect());
+            let med = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
+            let rps = |runs: &[Run]| list(runs.iter().map(|r| r.rps));
+            println!(
+                "{{\"bench\":\"durable\",\"concurrency\":{concurrency},\"ratio\":{:.2},\"ratio_core\":{:.2},\
+                 \"durable_rps\":{},\"raw_js_rps\":{},\"core_rps\":{},\
+                 \"durable_p50_us\":{:.0},\"raw_js_p50_us\":{:.0},\"core_p50_us\":{:.0},\
+                 \"durable_p99_us\":{:.0},\"raw_js_p99_us\":{:.0},\"core_p99_us\":{:.0}}}",
+                ratio(&raw_runs),
+                ratio(&core_runs),
+                rps(&durable_runs),
+                rps(&raw_runs),
+                rps(&core_runs),
+                med(&durable_runs, |r| r.p50_us as f64),
+                med(&raw_runs, |r| r.p50_us as f64),
+                med(&core_runs, |r| r.p50_us as f64),
+                med(&durable_runs, |r| r.p99_us as f64),
+                med(&raw_runs, |r| r.p99_us as f64),
+                med(&core_runs, |r| r.p99_us as f64),
+            );
         }
         client.shutdown().await;
         server.shutdown().await;
-        println!("{{{}}}", fields.join(","));
     });
 }
