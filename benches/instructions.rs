@@ -19,7 +19,8 @@
 //! two-worker runtime; the server's own work is not counted): `nats` (a
 //! Catga `send` to an `echo` handler, `CONCURRENCY` at a time, 1 by
 //! default) against `raw` (async-nats with serde_json of the same struct on
-//! both sides), and `nats-publish` against `raw-publish` (to a raw
+//! both sides; `durable`: the same through JetStream, on a server with
+//! JetStream), and `nats-publish` against `raw-publish` (to a raw
 //! subscriber that receives them all). Use a few thousand operations:
 //! callgrind runs the program ~50 times slower.
 
@@ -60,6 +61,18 @@ async fn echo(blob: Blob) -> Result<Blob, HandlerError> {
     Ok(blob)
 }
 
+/// The `durable` mode's command: the same struct, delivered through JetStream.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[catga(subject = "bench.durable.echo", reply = DurableBlob, durable)]
+pub struct DurableBlob {
+    data: String,
+}
+
+#[catga::command(queue = "bench")]
+async fn durable_echo(blob: DurableBlob) -> Result<DurableBlob, HandlerError> {
+    Ok(blob)
+}
+
 fn blob() -> Blob {
     Blob { data: "x".repeat(117) }
 }
@@ -68,8 +81,12 @@ fn blob() -> Blob {
 /// connection to a responder on another, both in this process: Catga's
 /// `send` to an `echo` handler (`nats`), or raw async-nats with serde_json
 /// of the same struct on both sides (`raw`, the floor).
-async fn over_nats(raw: bool, n: u64, concurrency: u64) {
-    let nats = catga_suite::NatsServer::start();
+async fn over_nats(mode: &str, n: u64, concurrency: u64) {
+    let raw = mode == "raw";
+    let nats = match mode {
+        "durable" => catga_suite::NatsServer::start_jetstream(),
+        _ => catga_suite::NatsServer::start(),
+    };
     let url = nats.url();
     let request: std::sync::Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync> = if raw {
         let responder = async_nats::connect(&url).await.expect("connected");
@@ -91,20 +108,26 @@ async fn over_nats(raw: bool, n: u64, concurrency: u64) {
             })
         })
     } else {
+        let subject = if mode == "durable" { "bench.durable.echo" } else { "bench.echo" };
         let server = Catga::builder()
             .nats_url(&url)
             .service("bench")
-            .handlers_where(|h| h.subject == "bench.echo")
+            .handlers_where(move |h| h.subject == subject)
             .start()
             .await
             .expect("started");
         std::mem::forget(server); // lives as long as the process
         let client =
             Catga::builder().nats_url(&url).service("bench-client").client_only().start().await.expect("started");
+        let durable = mode == "durable";
         std::sync::Arc::new(move || {
             let client = client.clone();
             Box::pin(async move {
-                black_box(client.send(blob()).await.expect("answered"));
+                if durable {
+                    black_box(client.send(DurableBlob { data: blob().data }).await.expect("answered"));
+                } else {
+                    black_box(client.send(blob()).await.expect("answered"));
+                }
             })
         })
     };
@@ -203,11 +226,11 @@ fn main() {
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
         return runtime.block_on(publish_over_nats(what == "raw-publish", n));
     }
-    if what == "nats" || what == "raw" {
+    if what == "nats" || what == "raw" || what == "durable" {
         let concurrency: u64 = std::env::var("CONCURRENCY").ok().and_then(|c| c.parse().ok()).unwrap_or(1);
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
-        return runtime.block_on(over_nats(what == "raw", n, concurrency.max(1)));
+        return runtime.block_on(over_nats(&what, n, concurrency.max(1)));
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     runtime.block_on(async {
@@ -226,7 +249,9 @@ fn main() {
                     }
                 }
             }
-            other => panic!("`{other}`: say `send`, `publish`, `nats`, `raw`, `nats-publish` or `raw-publish`"),
+            other => {
+                panic!("`{other}`: say `send`, `publish`, `nats`, `raw`, `durable`, `nats-publish` or `raw-publish`")
+            }
         }
         app.shutdown().await;
     });

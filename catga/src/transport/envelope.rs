@@ -95,6 +95,7 @@ pub(crate) mod names {
     pub(crate) const DEADLINE_IN: HeaderName = HeaderName::from_static(headers::DEADLINE_IN);
     pub(crate) const DEADLINE_AT: HeaderName = HeaderName::from_static(headers::DEADLINE_AT);
     pub(crate) const LIVENESS: HeaderName = HeaderName::from_static(headers::LIVENESS);
+    pub(crate) const REPLY_TO: HeaderName = HeaderName::from_static(headers::REPLY_TO);
 }
 
 /// The headers of a request or event: kept to what a receiver needs,

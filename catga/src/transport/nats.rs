@@ -407,13 +407,14 @@ impl Nats {
     pub(crate) async fn publish_encoded(&self, message: Encoded<'_>, meta: Metadata) -> Result<()> {
         let (subject, payload) = (message.subject, message.payload);
         let size = payload.len();
-        let headers = request_headers(&meta, message.content_type);
         if message.durable {
             // An event has no reply to wait for: a retried publish of one
             // message id is stored once.
-            let headers = sender::with_msg_id(headers, &meta.message_id.to_string());
+            let id = meta.message_id.to_string();
+            let headers = || sender::with_msg_id(request_headers(&meta, message.content_type), &id);
             return sender::publish_stored(&self.inner.conn, subject, headers, payload).await;
         }
+        let headers = request_headers(&meta, message.content_type);
         self.inner.conn.client.publish_with_headers(subject, headers, payload.into()).await.map_err(|e| {
             match e.kind() {
                 async_nats::client::PublishErrorKind::MaxPayloadExceeded => {

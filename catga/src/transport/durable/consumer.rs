@@ -20,7 +20,7 @@ use crate::transport::connection::{Connection, drained, send_reply};
 use crate::transport::durable::decision::{self, Decision};
 use crate::transport::durable::dlq::{self, DLQ_PREFIX};
 use crate::transport::durable::topology::{self, Settings};
-use crate::transport::envelope::{expired, header, headers, metadata_of};
+use crate::transport::envelope::{expired, header, metadata_of, names};
 use crate::transport::pulse::{PROGRESS_LIMIT, Pulse, Signal};
 use crate::transport::service::EndpointStats;
 
@@ -188,7 +188,7 @@ impl DurableServe {
         let record = self.receiver.record();
         let meta = metadata_of(&message.message, self.clock);
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-        let reply_to = header(&message.message, headers::REPLY_TO).map(Subject::from);
+        let reply_to = header(&message.message, names::REPLY_TO).map(Subject::from);
         let started = self.clock.now();
         let metrics = in_flight.instance().metrics.clone();
         if delivered > 1 {

@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
 
 use crate::error::{Error, Result};
 use crate::metadata::Metadata;
+use crate::trace::Hex;
 use crate::transport::Encoded;
 use crate::transport::connection::{Connection, SEND_RETRY};
 use crate::transport::durable::js_error;
-use crate::transport::envelope::{headers, request_headers, with_deadline_at};
+use crate::transport::envelope::{names, request_headers, with_deadline_at};
 use crate::transport::inbox::{Arrived, Inbox};
 
 /// JetStream's deduplication header: the Catga message id, so a retried
@@ -38,12 +39,18 @@ pub(crate) async fn send(
     // retry, a saga step re-run) waits on a new reply token, so its copy
     // must be stored and handled; idempotent handlers dedupe by the
     // message id instead.
-    let dedup = format!("{}.{:016x}", meta.message_id, fastrand::u64(..));
-    let mut headers = with_msg_id(request_headers(&meta, message.content_type), &dedup);
-    headers.insert(headers::REPLY_TO, waiting.reply_to.as_str());
-    if let Some(deadline) = meta.deadline {
-        headers = with_deadline_at(headers, deadline, inner.clock);
-    }
+    let mut dedup = String::with_capacity(32 + 1 + 16);
+    dedup.push_str(Hex::<32>::of(meta.message_id.as_u128()).as_str());
+    dedup.push('.');
+    dedup.push_str(Hex::<16>::of(u128::from(fastrand::u64(..))).as_str());
+    let headers = || {
+        let mut headers = with_msg_id(request_headers(&meta, message.content_type), &dedup);
+        headers.insert(names::REPLY_TO, waiting.reply_to.as_str());
+        match meta.deadline {
+            Some(deadline) => with_deadline_at(headers, deadline, inner.clock),
+            None => headers,
+        }
+    };
     let started = inner.clock.now();
     // A publish the server refuses (permissions) gets no PubAck: the
     // inbox's refusal ends the wait for it at once.
@@ -71,11 +78,13 @@ pub(crate) async fn send(
 
 /// Publish into JetStream and wait for the server to have stored it,
 /// retrying a lost acknowledgement with the same `Nats-Msg-Id` (stored
-/// once). No stream for the subject → [`Error::NoHandler`] at once.
+/// once). `headers` makes each attempt's headers, the same every time (a
+/// fresh map costs less than a copy of one). No stream for the subject →
+/// [`Error::NoHandler`] at once.
 pub(crate) async fn publish_stored(
     inner: &Connection,
     subject: &'static str,
-    headers: HeaderMap,
+    headers: impl Fn() -> HeaderMap,
     payload: Vec<u8>,
 ) -> Result<()> {
     use async_nats::jetstream::context::PublishErrorKind as Kind;
@@ -84,7 +93,7 @@ pub(crate) async fn publish_stored(
     let started = inner.clock.now();
     let mut attempt = 0;
     loop {
-        let stored = match js.publish_with_headers(subject, headers.clone(), payload.clone()).await {
+        let stored = match js.publish_with_headers(subject, headers(), payload.clone()).await {
             Ok(ack) => ack.await.map(drop),
             Err(e) => Err(e),
         };
@@ -111,6 +120,6 @@ pub(crate) async fn publish_stored(
 
 /// Add the JetStream deduplication id to a durable message's headers.
 pub(crate) fn with_msg_id(mut h: HeaderMap, id: &str) -> HeaderMap {
-    h.insert(NATS_MSG_ID, id);
+    h.insert(const { HeaderName::from_static(NATS_MSG_ID) }, id);
     h
 }
