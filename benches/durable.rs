@@ -23,7 +23,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use catga::prelude::*;
 use catga_suite::NatsServer;
-use catga_suite::load::{Run, closed_loop};
+use catga_suite::load::{Run, closed_loop, list, median};
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
@@ -143,15 +143,6 @@ async fn raw_responder(client: async_nats::Client) {
             message.ack().await.unwrap();
         }
     });
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn list(v: impl Iterator<Item = f64>) -> String {
-    format!("[{}]", v.map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(","))
 }
 
 fn main() {

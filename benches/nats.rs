@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use catga::prelude::*;
 use catga_suite::NatsServer;
-use catga_suite::load::{Run, closed_loop};
+use catga_suite::load::{Run, closed_loop, list, median};
 use futures_util::StreamExt;
 
 const WINDOW: Duration = Duration::from_millis(1500);
@@ -85,15 +85,6 @@ where
     let requests = run.rps * started.elapsed().as_secs_f64();
     let per = |d: Duration| d.as_secs_f64() * 1e6 / requests.max(1.0);
     Measured { run, cpu_us: per(cpu(me) - before), server_cpu_us: per(cpu(server) - server_before) }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn list(v: impl Iterator<Item = f64>) -> String {
-    format!("[{}]", v.map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(","))
 }
 
 fn main() {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use catga::outbox::Begin;
 use catga::prelude::*;
-use catga_suite::load::{Run, closed_loop};
+use catga_suite::load::{Run, closed_loop, median};
 use catga_suite::{NatsServer, PgDatabase};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
@@ -168,11 +168,6 @@ async fn commit_events(app: &App, first: u64, writers: u64, per_s: Option<u64>, 
     });
     futures_util::future::join_all(tasks).await;
     Arc::try_unwrap(committed).ok().unwrap().into_inner().unwrap()
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn main() {

@@ -76,3 +76,15 @@ where
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
+
+/// The median of the rounds' figures (the upper one of an even count):
+/// what the benchmarks report of their interleaved rounds.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Figures as a JSON list of whole numbers, `[1,2,3]`.
+pub fn list(values: impl Iterator<Item = f64>) -> String {
+    format!("[{}]", values.map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(","))
+}
