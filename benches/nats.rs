@@ -17,7 +17,9 @@
 //!
 //! Run: `cargo bench --bench nats` (about 80 s). Needs `nats-server` on
 //! PATH (started here on a free 127.0.0.1 port). Ends with one JSON line
-//! per concurrency and one for publishing.
+//! per concurrency and one for publishing. `cargo bench --bench nats --
+//! logs 2>/dev/null` runs with the log subscriber `Catga::run()` installs
+//! (the default configuration; every line carries `"logs":true`).
 
 use std::time::{Duration, Instant};
 
@@ -88,6 +90,11 @@ where
 }
 
 fn main() {
+    let logs = std::env::args().any(|a| a == "logs");
+    if logs {
+        // Catga's own lines go to standard error.
+        assert!(catga::__private::install_default_logs(catga::LogFormat::Plain), "no other subscriber");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let nats = NatsServer::start_monitored();
     let (url, server) = (nats.url(), nats.pid());
@@ -168,7 +175,7 @@ fn main() {
             let ratio_serde = median(catga_runs.iter().zip(&serde_runs).map(|(c, r)| c.run.rps / r.run.rps).collect());
             let med = |runs: &[Measured], f: fn(&Measured) -> f64| median(runs.iter().map(f).collect());
             lines.push(format!(
-                "{{\"bench\":\"nats\",\"concurrency\":{concurrency},\"ratio\":{ratio:.2},\"ratio_serde\":{ratio_serde:.2},\
+                "{{\"bench\":\"nats\",\"logs\":{logs},\"concurrency\":{concurrency},\"ratio\":{ratio:.2},\"ratio_serde\":{ratio_serde:.2},\
                  \"catga_rps\":{},\"raw_rps\":{},\"raw_serde_rps\":{},\
                  \"catga_p50_us\":{:.0},\"raw_p50_us\":{:.0},\"raw_serde_p50_us\":{:.0},\
                  \"catga_p99_us\":{:.0},\"raw_p99_us\":{:.0},\"raw_serde_p99_us\":{:.0},\
@@ -248,7 +255,7 @@ fn main() {
         let ratio = median(catga_rates.iter().zip(&raw_rates).map(|(c, r)| c / r).collect());
         let ratio_serde = median(catga_rates.iter().zip(&serde_rates).map(|(c, r)| c / r).collect());
         lines.push(format!(
-            "{{\"bench\":\"nats\",\"publish\":true,\"ratio\":{ratio:.2},\"ratio_serde\":{ratio_serde:.2},\
+            "{{\"bench\":\"nats\",\"logs\":{logs},\"publish\":true,\"ratio\":{ratio:.2},\"ratio_serde\":{ratio_serde:.2},\
              \"catga_per_s\":{},\"raw_per_s\":{},\"raw_serde_per_s\":{}}}",
             list(catga_rates.into_iter()),
             list(raw_rates.into_iter()),
