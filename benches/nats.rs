@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use catga::prelude::*;
 use catga_suite::NatsServer;
-use catga_suite::load::{Run, closed_loop, list, median};
+use catga_suite::load::{self, Measured, list, median};
 use futures_util::StreamExt;
 
 const WINDOW: Duration = Duration::from_millis(1500);
@@ -56,37 +56,12 @@ fn blob() -> Blob {
     b
 }
 
-/// CPU time (user + system) of a process so far, from /proc (Linux; 10 ms
-/// ticks, so a figure per request is meaningful over a whole window).
-fn cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) end in ')'.
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime are fields 14 and 15: 12 and 13 after the name.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
-
-/// One measured run with the CPU it took, per request, in µs: this
-/// process, the server.
-struct Measured {
-    run: Run,
-    cpu_us: f64,
-    server_cpu_us: f64,
-}
-
 async fn measured<F, Fut>(server: u32, concurrency: usize, request: F) -> Measured
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let (me, before, server_before) = (std::process::id(), cpu(std::process::id()), cpu(server));
-    let started = Instant::now();
-    let run = closed_loop(concurrency, WINDOW, request).await;
-    let requests = run.rps * started.elapsed().as_secs_f64();
-    let per = |d: Duration| d.as_secs_f64() * 1e6 / requests.max(1.0);
-    Measured { run, cpu_us: per(cpu(me) - before), server_cpu_us: per(cpu(server) - server_before) }
+    load::measured(&[server], concurrency, WINDOW, request).await
 }
 
 fn main() {
@@ -193,9 +168,9 @@ fn main() {
                 med(&catga_runs, |m| m.cpu_us),
                 med(&raw_runs, |m| m.cpu_us),
                 med(&serde_runs, |m| m.cpu_us),
-                med(&catga_runs, |m| m.server_cpu_us),
-                med(&raw_runs, |m| m.server_cpu_us),
-                med(&serde_runs, |m| m.server_cpu_us),
+                med(&catga_runs, |m| m.servers_cpu_us[0]),
+                med(&raw_runs, |m| m.servers_cpu_us[0]),
+                med(&serde_runs, |m| m.servers_cpu_us[0]),
             ));
             println!("{}", lines.last().unwrap());
         }

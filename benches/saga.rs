@@ -4,8 +4,12 @@
 //! `#[command]` handlers (charge, reserve, create), and a client instance
 //! (`client_only`) that runs `start_saga::<ThreeSteps>` — two compensatable
 //! steps and a pivot, each one `ctx.send` of its command — with a fresh
-//! saga id each time. Three cases, at 1 and 16 in flight, 2 s each after a
-//! warm-up, latencies in an hdrhistogram:
+//! saga id each time. Three cases, at 1 and 16 in flight, in ROUNDS
+//! interleaved rounds (sends, baseline, saga, sends, ...) of WINDOW each
+//! after a warm-up, latencies in an hdrhistogram; the ratio is the median
+//! of the rounds' ratios, and beside each figure the CPU time per
+//! operation of this process (client and responder), nats-server and
+//! redis-server (from /proc):
 //!
 //! - **sends**: the same three commands, `app.send` one after another;
 //! - **baseline**: those three sends plus the fewest Redis writes a durable
@@ -14,7 +18,7 @@
 //!   sequentially in the same iteration;
 //! - **saga**: `start_saga` to `Completed`.
 //!
-//! Run: `cargo bench --bench saga` (about 15 s). Needs `nats-server` and
+//! Run: `cargo bench --bench saga` (about 60 s). Needs `nats-server` and
 //! `redis-server` on PATH. Prints a table, then one JSON line per
 //! concurrency.
 
@@ -24,10 +28,11 @@ use std::time::Duration;
 
 use catga::prelude::*;
 use catga::saga::{SagaContext, SagaOutcome, StepError};
-use catga_suite::load::{Run, closed_loop};
+use catga_suite::load::{Measured, list, measured, median};
 use catga_suite::{NatsServer, RedisServer};
 
-const WINDOW: Duration = Duration::from_secs(2);
+const WINDOW: Duration = Duration::from_millis(1500);
+const ROUNDS: usize = 5;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Command)]
 #[catga(subject = "bench.saga.charge", reply = u64)]
@@ -146,14 +151,16 @@ async fn set(redis: &mut redis::aio::MultiplexedConnection, key: &str, value: &[
     let _: () = redis::cmd("SET").arg(key).arg(value).query_async(redis).await.unwrap();
 }
 
-/// The shared closed loop, with a number never given before for each request.
-async fn measure<F, Fut>(concurrency: usize, request: F) -> Run
+/// The shared closed loop, with a number never given before for each
+/// request, and the CPU it took (this process: client and responder; the
+/// servers given).
+async fn measure<F, Fut>(servers: &[u32], concurrency: usize, request: F) -> Measured
 where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
     let next = Arc::new(AtomicU64::new(0));
-    closed_loop(concurrency, WINDOW, move || request(next.fetch_add(1, Ordering::Relaxed))).await
+    measured(servers, concurrency, WINDOW, move || request(next.fetch_add(1, Ordering::Relaxed))).await
 }
 
 fn main() {
@@ -161,6 +168,7 @@ fn main() {
     let nats = NatsServer::start();
     let redis_server = RedisServer::start();
     let (nats_url, redis_url) = (nats.url(), redis_server.url());
+    let servers = [nats.pid(), redis_server.pid()];
     rt.block_on(async move {
         let _responder = Catga::builder()
             .service("bench-saga")
@@ -180,84 +188,104 @@ fn main() {
             .unwrap();
         assert_eq!(client.store().name(), "redis");
         let raw = redis::Client::open(redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-        // Saga ids and baseline keys are unique across cases and runs.
+        // Saga ids and baseline keys are unique across cases and rounds.
         let case = Arc::new(AtomicU64::new(0));
 
         let mut rows = Vec::new();
         let mut lines = Vec::new();
         for concurrency in [1, 16] {
-            eprintln!("in flight {concurrency}: three sends");
-            let sends = {
-                let client = client.clone();
-                measure(concurrency, move |n| {
-                    let client = client.clone();
-                    async move {
-                        three_sends(&client, n).await;
-                    }
-                })
-                .await
-            };
-            eprintln!("in flight {concurrency}: three sends + 4 raw SETs");
-            let baseline = {
-                let (client, raw) = (client.clone(), raw.clone());
+            let (mut sends, mut baseline, mut saga) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 1..=ROUNDS {
+                eprintln!("in flight {concurrency}, round {round} of {ROUNDS}: three sends, baseline, saga");
+                let c = client.clone();
+                sends.push(
+                    measure(&servers, concurrency, move |n| {
+                        let c = c.clone();
+                        async move {
+                            three_sends(&c, n).await;
+                        }
+                    })
+                    .await,
+                );
+                let (c, raw) = (client.clone(), raw.clone());
                 let prefix = case.fetch_add(1, Ordering::Relaxed);
-                measure(concurrency, move |n| {
-                    let (client, mut raw) = (client.clone(), raw.clone());
-                    async move {
-                        let key = format!("raw:{{{prefix}-{n}}}:state");
-                        let mut order = Order::new(n);
-                        set(&mut raw, &key, &serde_json::to_vec(&order).unwrap()).await;
-                        order.payment = Some(client.send(order.charge()).await.unwrap());
-                        set(&mut raw, &key, &serde_json::to_vec(&order).unwrap()).await;
-                        order.reservation = Some(client.send(order.reserve()).await.unwrap());
-                        set(&mut raw, &key, &serde_json::to_vec(&order).unwrap()).await;
-                        order.created = Some(client.send(order.create()).await.unwrap());
-                        set(&mut raw, &key, &serde_json::to_vec(&order).unwrap()).await;
-                    }
-                })
-                .await
-            };
-            eprintln!("in flight {concurrency}: saga");
-            let saga = {
-                let client = client.clone();
+                baseline.push(
+                    measure(&servers, concurrency, move |n| {
+                        let (c, mut raw) = (c.clone(), raw.clone());
+                        async move {
+                            let key = format!("raw:{{{prefix}-{n}}}:state");
+                            let mut order = Order::new(n);
+                            set(&mut raw, &key, &serde_json::to_vec(&order).unwrap()).await;
+                            order.payment = Some(c.send(order.charge()).await.unwrap());
+                            set(&mut raw, &key, &serde_json::to_vec(&order).unwrap()).await;
+                            order.reservation = Some(c.send(order.reserve()).await.unwrap());
+                            set(&mut raw, &key, &serde_json::to_vec(&order).unwrap()).await;
+                            order.created = Some(c.send(order.create()).await.unwrap());
+                            set(&mut raw, &key, &serde_json::to_vec(&order).unwrap()).await;
+                        }
+                    })
+                    .await,
+                );
+                let c = client.clone();
                 let prefix = case.fetch_add(1, Ordering::Relaxed);
-                measure(concurrency, move |n| {
-                    let client = client.clone();
-                    async move {
-                        let id = format!("{prefix}-{n}");
-                        let outcome = client.start_saga::<ThreeSteps>(&id, Order::new(n)).await.unwrap();
-                        assert_eq!(outcome, SagaOutcome::Completed);
-                    }
-                })
-                .await
-            };
-            for (name, run) in [("three sends", &sends), ("baseline: sends + 4 SETs", &baseline), ("saga", &saga)] {
+                saga.push(
+                    measure(&servers, concurrency, move |n| {
+                        let c = c.clone();
+                        async move {
+                            let id = format!("{prefix}-{n}");
+                            let outcome = c.start_saga::<ThreeSteps>(&id, Order::new(n)).await.unwrap();
+                            assert_eq!(outcome, SagaOutcome::Completed);
+                        }
+                    })
+                    .await,
+                );
+            }
+            let ratio = median(saga.iter().zip(&baseline).map(|(s, b)| s.run.rps / b.run.rps).collect());
+            let med = |runs: &[Measured], f: &dyn Fn(&Measured) -> f64| median(runs.iter().map(f).collect());
+            let rps = |runs: &[Measured]| list(runs.iter().map(|m| m.run.rps));
+            for (name, runs) in [("three sends", &sends), ("baseline: sends + 4 SETs", &baseline), ("saga", &saga)] {
                 rows.push(format!(
-                    "| {concurrency:>9} | {name:<24} | {:>9.0} | {:>6} | {:>6} | {:>11.2} |",
-                    run.rps,
-                    run.p50_us,
-                    run.p99_us,
-                    run.rps / baseline.rps
+                    "| {concurrency:>9} | {name:<24} | {:>9.0} | {:>6.0} | {:>6.0} | {:>9.1} | {:>6.1} | {:>6.1} |",
+                    med(runs, &|m| m.run.rps),
+                    med(runs, &|m| m.run.p50_us as f64),
+                    med(runs, &|m| m.run.p99_us as f64),
+                    med(runs, &|m| m.cpu_us),
+                    med(runs, &|m| m.servers_cpu_us[0]),
+                    med(runs, &|m| m.servers_cpu_us[1]),
                 ));
             }
+            rows.push(format!("| {concurrency:>9} | saga / baseline (median of the rounds' ratios): {ratio:.2} |"));
+            let cpu = |runs: &[Measured]| {
+                format!(
+                    "{{\"process\":{:.1},\"nats\":{:.1},\"redis\":{:.1}}}",
+                    med(runs, &|m| m.cpu_us),
+                    med(runs, &|m| m.servers_cpu_us[0]),
+                    med(runs, &|m| m.servers_cpu_us[1])
+                )
+            };
             lines.push(format!(
-                "{{\"concurrency\":{concurrency},\"saga_per_s\":{:.0},\"baseline_per_s\":{:.0},\"ratio\":{:.2},\
-                 \"saga_p50_us\":{},\"saga_p99_us\":{},\"baseline_p50_us\":{},\"baseline_p99_us\":{},\
-                 \"sends_per_s\":{:.0},\"sends_p50_us\":{},\"sends_p99_us\":{}}}",
-                saga.rps,
-                baseline.rps,
-                saga.rps / baseline.rps,
-                saga.p50_us,
-                saga.p99_us,
-                baseline.p50_us,
-                baseline.p99_us,
-                sends.rps,
-                sends.p50_us,
-                sends.p99_us,
+                "{{\"bench\":\"saga\",\"concurrency\":{concurrency},\"ratio\":{ratio:.2},\
+                 \"saga_per_s\":{},\"baseline_per_s\":{},\"sends_per_s\":{},\
+                 \"saga_p50_us\":{:.0},\"saga_p99_us\":{:.0},\"baseline_p50_us\":{:.0},\"baseline_p99_us\":{:.0},\
+                 \"sends_p50_us\":{:.0},\"sends_p99_us\":{:.0},\
+                 \"cpu_us_per_op\":{{\"saga\":{},\"baseline\":{},\"sends\":{}}}}}",
+                rps(&saga),
+                rps(&baseline),
+                rps(&sends),
+                med(&saga, &|m| m.run.p50_us as f64),
+                med(&saga, &|m| m.run.p99_us as f64),
+                med(&baseline, &|m| m.run.p50_us as f64),
+                med(&baseline, &|m| m.run.p99_us as f64),
+                med(&sends, &|m| m.run.p50_us as f64),
+                med(&sends, &|m| m.run.p99_us as f64),
+                cpu(&saga),
+                cpu(&baseline),
+                cpu(&sends),
             ));
         }
-        println!("| in flight | case                     |     per s | p50 µs | p99 µs | vs baseline |");
-        println!("|-----------|--------------------------|-----------|--------|--------|-------------|");
+        println!("Medians of {ROUNDS} interleaved rounds of {WINDOW:?} each; CPU in µs per operation.");
+        println!("| in flight | case                     |     per s | p50 µs | p99 µs | CPU here | nats  | redis  |");
+        println!("|-----------|--------------------------|-----------|--------|--------|----------|-------|--------|");
         for row in rows {
             println!("{row}");
         }

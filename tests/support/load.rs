@@ -72,6 +72,49 @@ where
     }
 }
 
+/// CPU time (user + system) of a process so far, from /proc (Linux; 10 ms
+/// ticks, so a figure per request is meaningful over a whole window; zero
+/// where /proc is not there).
+pub fn cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) end in ')'.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15: 12 and 13 after the name.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// One closed-loop run with the CPU it took per request, in µs: this
+/// process's, and each of the servers' it was given.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub run: Run,
+    pub cpu_us: f64,
+    /// In the order of `servers` given to [`measured`].
+    pub servers_cpu_us: Vec<f64>,
+}
+
+/// [`closed_loop`], with the CPU time this process and the processes
+/// `servers` spent on it, per request.
+pub async fn measured<F, Fut>(servers: &[u32], concurrency: usize, window: Duration, request: F) -> Measured
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let me = std::process::id();
+    let before: Vec<Duration> = std::iter::once(me).chain(servers.iter().copied()).map(cpu).collect();
+    let started = Instant::now();
+    let run = closed_loop(concurrency, window, request).await;
+    let requests = (run.rps * started.elapsed().as_secs_f64()).max(1.0);
+    let mut per = std::iter::once(me)
+        .chain(servers.iter().copied())
+        .zip(before)
+        .map(|(pid, before)| (cpu(pid) - before).as_secs_f64() * 1e6 / requests);
+    let cpu_us = per.next().unwrap_or_default();
+    Measured { run, cpu_us, servers_cpu_us: per.collect() }
+}
+
 /// 1 µs to 60 s, 3 significant digits.
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
