@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use catga::prelude::*;
-use catga::store::{Beat, Claim, Due, Expect, Key, Store, StoreError, Takeover};
+use catga::store::{Beat, Claim, Created, Due, Expect, Key, Store, StoreError, Takeover, Versioned};
 use catga::transport::memory::MemoryBus;
 use catga::{Error, Metadata, SendOptions};
 use catga_suite::{RedisCluster, RedisServer};
@@ -26,6 +26,7 @@ pub async fn contract(store: &Store, tag: &str) {
     concurrent_takes_have_one_winner(store, tag).await;
     claims(store, tag).await;
     leases(store, tag).await;
+    created_under_lease(store, tag).await;
     takeovers(store, tag).await;
     beats(store, tag).await;
     concurrent_claims_have_one_winner(store, tag).await;
@@ -223,6 +224,45 @@ async fn leases(store: &Store, tag: &str) {
     let elsewhere = Key::new(format!("{tag}-other"), "state");
     let err = conflict(store.put_fenced(&elsewhere, Expect::Any, b"x", &c).await.unwrap_err());
     assert!(matches!(err, StoreError::ScopeMismatch { .. }), "{err}");
+}
+
+/// A record created under a lease in one step: refused while someone else
+/// holds the lease, never over an existing record.
+async fn created_under_lease(store: &Store, tag: &str) {
+    let scope = format!("{tag}-created");
+    let (record, lease_key) = (Key::new(&scope, "state"), Key::new(&scope, "lease"));
+    let ttl = Duration::from_secs(5);
+    // Someone else holds the lease: nothing written.
+    let other = store.acquire_lease(&lease_key, "b", ttl).await.unwrap().unwrap();
+    assert_eq!(store.create_leased(&record, b"s0", &lease_key, "a", ttl).await.unwrap(), Created::Held);
+    assert!(store.get(&record).await.unwrap().is_none(), "nothing written while held");
+    assert!(store.release_lease(&other).await.unwrap());
+    // Free: the lease (the next token) and the record at version 1.
+    let Created::Written(a) = store.create_leased(&record, b"s0", &lease_key, "a", ttl).await.unwrap() else {
+        panic!("created")
+    };
+    assert!(a.token > other.token, "the next grant: {} then {}", other.token, a.token);
+    assert_eq!(store.get(&record).await.unwrap().unwrap(), Versioned { version: 1, value: b"s0".to_vec() });
+    // It fences the record's next writes like any lease.
+    let v2 = store.put_fenced(&record, Expect::Version(1), b"s1", &a).await.unwrap();
+    assert_eq!(v2, 2);
+    // Exists: refused, whoever asks, the record and the lease untouched.
+    for owner in ["a", "b"] {
+        let created = store.create_leased(&record, b"again", &lease_key, owner, ttl).await.unwrap();
+        assert_eq!(created, Created::Exists, "{owner}");
+    }
+    assert_eq!(store.get(&record).await.unwrap().unwrap().value, b"s1");
+    assert!(store.renew_lease(&a, ttl).await.unwrap(), "a still holds it");
+    // A record and a lease in two scopes are refused.
+    let elsewhere = Key::new(format!("{tag}-created-other"), "state");
+    let err = conflict(store.create_leased(&elsewhere, b"x", &lease_key, "a", ttl).await.unwrap_err());
+    assert!(matches!(err, StoreError::ScopeMismatch { .. }), "{err}");
+    // Creating again after the record is gone, by the holder: its own lease, kept.
+    assert!(store.delete(&record, Expect::Any).await.unwrap());
+    let Created::Written(again) = store.create_leased(&record, b"s0", &lease_key, "a", ttl).await.unwrap() else {
+        panic!("created again by the holder")
+    };
+    assert_eq!(again.token, a.token, "its own lease keeps its token");
 }
 
 /// Taking over what an instance judged dead held: a claim of exactly that

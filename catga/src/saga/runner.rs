@@ -60,17 +60,25 @@ where
         };
         app.instance().metrics.saga_ended(def.name, status);
     }
-    let store = app.store();
-    if matches!(outcome, Ok(Some(_))) {
-        if let Err(e) = unindex(app, def.name, &run.state.id, run.state.status).await {
-            tracing::warn!(error = %e, "saga finished but could not leave the sweep index; the next sweep retries");
-        }
-        publish_ended(app, def.name, &run.state).await;
-    }
     // Finished, handed over by a drain, or stopped by an error: either way
     // the next sweep (here or elsewhere) may continue it at once. A lease
     // that was lost is no longer ours to release; this is then a no-op.
-    let _ = store.release_lease(&run.lease).await;
+    let release = app.store().release_lease(&run.lease);
+    if matches!(outcome, Ok(Some(_))) {
+        // Independent of each other (a sweep that takes the released lease
+        // of a finished saga finds it finished and unindexes it too): in one
+        // round trip's time.
+        let (unindexed, (), _) = tokio::join!(
+            unindex(app, def.name, &run.state.id, run.state.status),
+            publish_ended(app, def.name, &run.state),
+            release
+        );
+        if let Err(e) = unindexed {
+            tracing::warn!(error = %e, "saga finished but could not leave the sweep index; the next sweep retries");
+        }
+    } else {
+        let _ = release.await;
+    }
     outcome
 }
 

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::liveness::sagas_owned_key;
 use crate::saga::definition::sagas;
 use crate::saga::status::{SagaInfo, SagaStatus, State, from_epoch_ms};
-use crate::store::{Expect, Key, Lease, StoreError};
+use crate::store::{Created, Expect, Key, Lease, StoreError};
 use std::time::Duration;
 
 pub(crate) fn state_key(saga: &str, id: &str) -> (Key, Key) {
@@ -136,12 +136,16 @@ pub(crate) fn parse_owned(entry: &str) -> Option<(&str, &str)> {
 /// instance's own set (a failed one into the failed index first, so it is
 /// never out of both).
 pub(crate) async fn unindex(app: &App, saga: &str, id: &str, status: SagaStatus) -> Result<()> {
+    let store = app.store();
     if status == SagaStatus::Failed {
-        app.store().set_add(&failed_key(saga), id).await?;
+        store.set_add(&failed_key(saga), id).await?;
     }
-    app.store().set_remove(&index_key(saga), id).await?;
-    app.store().set_remove(&parked_key(saga), id).await?;
-    app.store().set_remove(&sagas_owned_key(app.instance_id()), &owned_entry(saga, id)).await?;
+    // Three independent removals, in one round trip's time.
+    let (index, parked, owned) = (index_key(saga), parked_key(saga), sagas_owned_key(app.instance_id()));
+    let entry = owned_entry(saga, id);
+    let (a, b, c) =
+        tokio::join!(store.set_remove(&index, id), store.set_remove(&parked, id), store.set_remove(&owned, &entry));
+    a.and(b).and(c)?;
     Ok(())
 }
 
@@ -194,7 +198,6 @@ pub(crate) async fn create<D: Serialize>(
     let (state_key, lease_key) = state_key(saga, id);
     // Index first: the sweep finds every saga that may exist (a stale
     // entry is dropped by the sweep when it finds the saga finished).
-    store.set_add(&index_key(saga), id).await?;
     // In the holder's set before the lease: whoever holds a saga's lease
     // has it in their set, so the survivors of an owner that dies find it.
     // (If another instance has it, this entry is dropped by this
@@ -204,32 +207,11 @@ pub(crate) async fn create<D: Serialize>(
         Holder::Here => (sagas_owned_key(app.instance_id()), owner(app)),
         Holder::Unassigned => (sagas_owned_key(UNASSIGNED), format!("{UNASSIGNED}#{:08x}", fastrand::u32(..))),
     };
-    store.set_add(&set, &owned_entry(saga, id)).await?;
-    // No read first: the write below expects no state, so an existing saga
-    // is refused there (a new saga, the common case, saves a round trip).
+    // Both indexes at once (one round trip's time), both before the lease.
+    let (index, entry) = (index_key(saga), owned_entry(saga, id));
+    let (indexed, owned) = tokio::join!(store.set_add(&index, id), store.set_add(&set, &entry));
+    indexed.and(owned)?;
     let clock = app.instance().clock;
-    let (started, limit) = (clock.now(), app.config().heartbeat_timeout * 3);
-    let mut tries = 0;
-    let lease = loop {
-        if let Some(lease) = store.acquire_lease(&lease_key, &me, app.config().saga_lease_ttl).await? {
-            break lease;
-        }
-        if store.get(&state_key).await?.is_some() {
-            return Ok(None);
-        }
-        if started.elapsed() >= limit {
-            return Err(Error::Saga {
-                saga: saga.to_owned(),
-                id: id.to_owned(),
-                reason: format!(
-                    "another instance holds its lease but wrote no state within {limit:?} (it is being created \
-                     there, or its creator died and a survivor has not freed it yet); try again"
-                ),
-            });
-        }
-        tries += 1;
-        clock.sleep(CREATE_RETRY.delay(tries)).await;
-    };
     let origin = app.trace_origin();
     let now = clock.epoch_ms();
     let state = State {
@@ -257,13 +239,28 @@ pub(crate) async fn create<D: Serialize>(
         definition: new.definition,
         wait_until: None,
     };
-    match store.put_fenced(&state_key, Expect::Absent, &encode(saga, &state)?, &lease).await {
-        Ok(version) => Ok(Some((lease, state, version))),
-        Err(e) => {
-            let _ = store.release_lease(&lease).await;
-            match e {
-                Error::Store(StoreError::Conflict { .. }) => Ok(None),
-                e => Err(e),
+    let encoded = encode(saga, &state)?;
+    // The lease and the first state in one step (no read first: an
+    // existing saga is refused there).
+    let (started, limit) = (clock.now(), app.config().heartbeat_timeout * 3);
+    let mut tries = 0;
+    loop {
+        match store.create_leased(&state_key, &encoded, &lease_key, &me, app.config().saga_lease_ttl).await? {
+            Created::Written(lease) => return Ok(Some((lease, state, 1))),
+            Created::Exists => return Ok(None),
+            Created::Held if started.elapsed() >= limit => {
+                return Err(Error::Saga {
+                    saga: saga.to_owned(),
+                    id: id.to_owned(),
+                    reason: format!(
+                        "another instance holds its lease but wrote no state within {limit:?} (it is being created \
+                         there, or its creator died and a survivor has not freed it yet); try again"
+                    ),
+                });
+            }
+            Created::Held => {
+                tries += 1;
+                clock.sleep(CREATE_RETRY.delay(tries)).await;
             }
         }
     }

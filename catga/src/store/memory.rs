@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Beat, Claim, Due, Expect, Key, Lease, StoreError, Takeover, Versioned};
+use super::{Beat, Claim, Created, Due, Expect, Key, Lease, StoreError, Takeover, Versioned};
 use crate::clock::Clock;
 
 /// The embedded store. Cheap to clone; clones share the data.
@@ -295,6 +295,25 @@ impl MemoryStore {
         };
         map.set(key, Value::Leased { owner: owner.to_owned(), token }, Some(ttl));
         Some(Lease { key: key.clone(), owner: owner.to_owned(), token })
+    }
+
+    pub(super) fn create_leased(&self, key: &Key, value: &[u8], lease: &Key, owner: &str, ttl: Duration) -> Created {
+        let mut map = self.lock();
+        if matches!(map.live(key), Some(Value::Record(_))) {
+            return Created::Exists;
+        }
+        let token = match map.live(lease) {
+            Some(Value::Leased { owner: held, token }) if held == owner => *token,
+            Some(Value::Leased { .. }) => return Created::Held,
+            _ => {
+                let token = map.fence(lease) + 1;
+                map.set(&fence_key(lease), Value::Fence(token), None);
+                token
+            }
+        };
+        map.set(lease, Value::Leased { owner: owner.to_owned(), token }, Some(ttl));
+        map.set(key, Value::Record(Versioned { version: 1, value: value.to_vec() }), None);
+        Created::Written(Lease { key: lease.clone(), owner: owner.to_owned(), token })
     }
 
     pub(super) fn renew_lease(&self, lease: &Lease, ttl: Duration) -> bool {

@@ -52,7 +52,7 @@ use crate::security::RedisTls;
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
-pub use self::types::{Beat, Claim, Due, Expect, Key, Lease, StoreError, Takeover, Versioned};
+pub use self::types::{Beat, Claim, Created, Due, Expect, Key, Lease, StoreError, Takeover, Versioned};
 
 /// Where an instance keeps shared state. Cheap to clone; clones share it.
 #[derive(Clone)]
@@ -296,6 +296,43 @@ impl Store {
         match &self.backend {
             Backend::Memory(m) => Ok(m.acquire_lease(key, owner, ttl)),
             Backend::Redis(r) => Ok(r.acquire_lease(key, owner, ttl).await?),
+        }
+    }
+
+    /// Create the record `key` (at version 1) under the lease `lease`, in
+    /// one step: unless the record exists or someone else holds the lease,
+    /// takes the lease for `ttl` (or extends it, if `owner` holds it) and
+    /// writes `value`. One round trip where [`acquire_lease`](Self::acquire_lease)
+    /// then [`put_fenced`](Self::put_fenced) take two; both keys in one scope.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> catga::Result<()> {
+    /// use std::time::Duration;
+    /// use catga::store::{Created, Key, Store};
+    ///
+    /// let store = Store::memory();
+    /// let (state, lease) = (Key::new("order-7", "state"), Key::new("order-7", "lease"));
+    /// let ttl = Duration::from_secs(30);
+    /// let Created::Written(held) = store.create_leased(&state, b"new", &lease, "a", ttl).await? else { panic!() };
+    /// assert_eq!(store.get(&state).await?.unwrap().version, 1);
+    /// assert_eq!(store.create_leased(&state, b"again", &lease, "b", ttl).await?, Created::Exists);
+    /// # let _ = held;
+    /// # Ok(()) }
+    /// ```
+    pub async fn create_leased(
+        &self,
+        key: &Key,
+        value: &[u8],
+        lease: &Key,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Created> {
+        if key.scope != lease.scope {
+            return Err(StoreError::ScopeMismatch { key: key.stored(), lease: lease.stored() }.into());
+        }
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.create_leased(key, value, lease, owner, ttl)),
+            Backend::Redis(r) => Ok(r.create_leased(key, value, lease, owner, ttl).await?),
         }
     }
 

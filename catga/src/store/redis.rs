@@ -56,7 +56,7 @@ mod timers;
 
 use self::conn::{CLUSTER_REQUEST_TIMEOUT, Conn, Connection};
 use super::lua::{SCRIPTS, expect_arg, millis, number, reply_parts, unexpected};
-use super::{Beat, Claim, Expect, Key, Lease, StoreError, Takeover, Versioned, memory::fence_key};
+use super::{Beat, Claim, Created, Expect, Key, Lease, StoreError, Takeover, Versioned, memory::fence_key};
 use crate::error::Error;
 use crate::security::RedisTls;
 
@@ -438,6 +438,30 @@ impl RedisStore {
         let token = number(&token, "acquire_lease", key)?;
         self.replicated("acquire_lease", key).await?;
         Ok(Some(Lease { key: key.clone(), owner: owner.to_owned(), token }))
+    }
+
+    pub(super) async fn create_leased(
+        &self,
+        key: &Key,
+        value: &[u8],
+        lease: &Key,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Created, StoreError> {
+        let mut inv = SCRIPTS.create_leased.prepare_invoke();
+        inv.key(key.stored()).key(lease.stored()).key(fence_key(lease).stored());
+        inv.arg(value).arg(owner).arg(millis(ttl));
+        let reply: Vec<String> = self.eval("create_leased", key, &inv).await?;
+        match reply_parts(&reply) {
+            ("ok", Some(token)) => {
+                let token = number(token, "create_leased", key)?;
+                self.replicated("create_leased", key).await?;
+                Ok(Created::Written(Lease { key: lease.clone(), owner: owner.to_owned(), token }))
+            }
+            ("exists", None) => Ok(Created::Exists),
+            ("held", None) => Ok(Created::Held),
+            _ => Err(unexpected("create_leased", key, &reply)),
+        }
     }
 
     pub(super) async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {

@@ -121,6 +121,17 @@ pub struct Lease {
     pub token: u64,
 }
 
+/// What [`Store::create_leased`](super::Store::create_leased) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The record is written at version 1, under this lease.
+    Written(Lease),
+    /// The record exists (untouched, the lease too).
+    Exists,
+    /// Someone else holds the lease (nothing written).
+    Held,
+}
+
 /// What went wrong in the store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
