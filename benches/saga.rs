@@ -18,7 +18,8 @@
 //!   sequentially in the same iteration;
 //! - **saga**: `start_saga` to `Completed`.
 //!
-//! Run: `cargo bench --bench saga` (about 60 s). Needs `nats-server` and
+//! Run: `cargo bench --bench saga` (about 60 s); `-- count saga 2000` (or
+//! `baseline`) runs only that many of one case, for instruction counts. Needs `nats-server` and
 //! `redis-server` on PATH. Prints a table, then one JSON line per
 //! concurrency.
 
@@ -151,6 +152,55 @@ async fn set(redis: &mut redis::aio::MultiplexedConnection, key: &str, value: &[
     let _: () = redis::cmd("SET").arg(key).arg(value).query_async(redis).await.unwrap();
 }
 
+/// The baseline's operation `n`: three sends and four raw `SET`s.
+async fn baseline_once(client: &App, raw: &mut redis::aio::MultiplexedConnection, prefix: u64, n: u64) {
+    let key = format!("raw:{{{prefix}-{n}}}:state");
+    let mut order = Order::new(n);
+    set(raw, &key, &serde_json::to_vec(&order).unwrap()).await;
+    order.payment = Some(client.send(order.charge()).await.unwrap());
+    set(raw, &key, &serde_json::to_vec(&order).unwrap()).await;
+    order.reservation = Some(client.send(order.reserve()).await.unwrap());
+    set(raw, &key, &serde_json::to_vec(&order).unwrap()).await;
+    order.created = Some(client.send(order.create()).await.unwrap());
+    set(raw, &key, &serde_json::to_vec(&order).unwrap()).await;
+}
+
+/// Saga `n`, started and run to its end.
+async fn saga_once(client: &App, prefix: u64, n: u64) {
+    let id = format!("{prefix}-{n}");
+    let outcome = client.start_saga::<ThreeSteps>(&id, Order::new(n)).await.unwrap();
+    assert_eq!(outcome, SagaOutcome::Completed);
+}
+
+/// `count` operations of one case (`saga` or `baseline`), CONCURRENCY (16
+/// unless set) at a time, and nothing else: for instruction counts,
+/// `valgrind --tool=callgrind <binary> count saga 2000`.
+async fn count(client: &App, raw: &redis::aio::MultiplexedConnection, case: &str, count: u64) {
+    let concurrency: u64 = std::env::var("CONCURRENCY").ok().and_then(|c| c.parse().ok()).unwrap_or(16);
+    let next = Arc::new(AtomicU64::new(0));
+    let loops: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, mut raw, next, case) = (client.clone(), raw.clone(), next.clone(), case.to_owned());
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= count {
+                        break;
+                    }
+                    match case.as_str() {
+                        "saga" => saga_once(&client, u64::MAX, n).await,
+                        "baseline" => baseline_once(&client, &mut raw, u64::MAX, n).await,
+                        other => panic!("count: no case {other:?} (saga or baseline)"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for l in loops {
+        l.await.unwrap();
+    }
+}
+
 /// The shared closed loop, with a number never given before for each
 /// request, and the CPU it took (this process: client and responder; the
 /// servers given).
@@ -188,6 +238,13 @@ fn main() {
             .unwrap();
         assert_eq!(client.store().name(), "redis");
         let raw = redis::Client::open(redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let args: Vec<String> = std::env::args().collect();
+        if let Some(at) = args.iter().position(|a| a == "count") {
+            let n = args.get(at + 2).and_then(|n| n.parse().ok()).expect("count <case> <n>");
+            count(&client, &raw, &args[at + 1], n).await;
+            client.shutdown().await;
+            return;
+        }
         // Saga ids and baseline keys are unique across cases and rounds.
         let case = Arc::new(AtomicU64::new(0));
 
@@ -213,15 +270,7 @@ fn main() {
                     measure(&servers, concurrency, move |n| {
                         let (c, mut raw) = (c.clone(), raw.clone());
                         async move {
-                            let key = format!("raw:{{{prefix}-{n}}}:state");
-                            let mut order = Order::new(n);
-                            set(&mut raw, &key, &serde_json::to_vec(&order).unwrap()).await;
-                            order.payment = Some(c.send(order.charge()).await.unwrap());
-                            set(&mut raw, &key, &serde_json::to_vec(&order).unwrap()).await;
-                            order.reservation = Some(c.send(order.reserve()).await.unwrap());
-                            set(&mut raw, &key, &serde_json::to_vec(&order).unwrap()).await;
-                            order.created = Some(c.send(order.create()).await.unwrap());
-                            set(&mut raw, &key, &serde_json::to_vec(&order).unwrap()).await;
+                            baseline_once(&c, &mut raw, prefix, n).await;
                         }
                     })
                     .await,
@@ -232,9 +281,7 @@ fn main() {
                     measure(&servers, concurrency, move |n| {
                         let c = c.clone();
                         async move {
-                            let id = format!("{prefix}-{n}");
-                            let outcome = c.start_saga::<ThreeSteps>(&id, Order::new(n)).await.unwrap();
-                            assert_eq!(outcome, SagaOutcome::Completed);
+                            saga_once(&c, prefix, n).await;
                         }
                     })
                     .await,
