@@ -20,7 +20,7 @@ use crate::saga::context::SagaContext;
 use crate::saga::definition::{SagaDef, Step, StepError, StepKind};
 use crate::saga::status::{Direction, HistoryEntry, SagaEnded, SagaOutcome, SagaStatus, State, ended_subject};
 use crate::saga::store::{encode, state_key, unindex};
-use crate::store::{Expect, Lease};
+use crate::store::{Expect, Key, Lease};
 use crate::transport::{Encoded, intern_subject};
 
 mod versions;
@@ -33,7 +33,27 @@ use wait::Waited;
 /// it then; its wake timer brings it back).
 /// `attempt_recorded`: the stored state already counts the next step's
 /// attempt as started (a new saga's first write records its first step's).
-pub(crate) async fn run<D>(
+///
+/// Boxed: the run's state machine is several KB (it holds the store's and
+/// the transport's futures), and a task spawned with it inline was copied
+/// whole several times on its way into the runtime and again at its end —
+/// ~130 000 instructions a saga (a 3-step saga is ~600 000), against one
+/// allocation.
+pub(crate) fn run<'a, D>(
+    def: &'static SagaDef<D>,
+    app: &'a App,
+    lease: Lease,
+    state: State<D>,
+    version: u64,
+    attempt_recorded: bool,
+) -> BoxFuture<'a, Result<Option<SagaOutcome>>>
+where
+    D: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    Box::pin(run_inline(def, app, lease, state, version, attempt_recorded))
+}
+
+async fn run_inline<D>(
     def: &'static SagaDef<D>,
     app: &App,
     lease: Lease,
@@ -49,7 +69,8 @@ where
     // Renewed until this run ends, however it ends (a guard: a run that is
     // cancelled or unwinds must not leave a lease renewed forever).
     let renewer = Renewer::start(app, lease.clone());
-    let mut run = Run { def, app, lease, state, version, attempt_recorded };
+    let (key, _) = state_key(def.name, &state.id);
+    let mut run = Run { def, app, key, lease, state, version, attempt_recorded };
     let outcome = run.drive().instrument(span).await;
     drop(renewer);
     if let Ok(Some(ended)) = &outcome {
@@ -60,26 +81,30 @@ where
         };
         app.instance().metrics.saga_ended(def.name, status);
     }
-    // Finished, handed over by a drain, or stopped by an error: either way
-    // the next sweep (here or elsewhere) may continue it at once. A lease
-    // that was lost is no longer ours to release; this is then a no-op.
-    let release = app.store().release_lease(&run.lease);
-    if matches!(outcome, Ok(Some(_))) {
-        // Independent of each other (a sweep that takes the released lease
-        // of a finished saga finds it finished and unindexes it too): in one
-        // round trip's time.
-        let (unindexed, (), _) = tokio::join!(
-            unindex(app, def.name, &run.state.id, run.state.status),
-            publish_ended(app, def.name, &run.state),
-            release
-        );
-        if let Err(e) = unindexed {
-            tracing::warn!(error = %e, "saga finished but could not leave the sweep index; the next sweep retries");
-        }
-    } else {
-        let _ = release.await;
-    }
+    // Boxed: three store requests and a publish side by side would make
+    // this run's state machine (held for its whole life) ~10 KB larger.
+    Box::pin(finish(app, def.name, &run.state, &run.lease, matches!(outcome, Ok(Some(_))))).await;
     outcome
+}
+
+/// After a run: finished, handed over by a drain, or stopped by an error,
+/// either way the next sweep (here or elsewhere) may continue it at once —
+/// the lease is released (a lease that was lost is no longer ours to
+/// release: a no-op then). A finished saga also leaves the indexes and says
+/// that it ended; these are independent of each other (a sweep that takes
+/// the released lease of a finished saga finds it finished and unindexes it
+/// too), so they go at once: one round trip's time.
+async fn finish<D>(app: &App, saga: &'static str, state: &State<D>, lease: &Lease, finished: bool) {
+    let release = app.store().release_lease(lease);
+    if !finished {
+        let _ = release.await;
+        return;
+    }
+    let (unindexed, (), _) =
+        tokio::join!(unindex(app, saga, &state.id, state.status), publish_ended(app, saga, state), release);
+    if let Err(e) = unindexed {
+        tracing::warn!(error = %e, "saga finished but could not leave the sweep index; the next sweep retries");
+    }
 }
 
 /// Tell whoever waits ([`App::saga_outcome`], event handlers) that a saga
@@ -103,6 +128,8 @@ pub(crate) async fn publish_ended<D>(app: &App, saga: &'static str, state: &Stat
 struct Run<'a, D: 'static> {
     def: &'static SagaDef<D>,
     app: &'a App,
+    /// Where its state is stored.
+    key: Key,
     lease: Lease,
     state: State<D>,
     version: u64,
@@ -146,11 +173,10 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
         if self.state.status.is_finished() {
             self.state.finished_at.get_or_insert(now);
         }
-        let (key, _) = state_key(self.def.name, &self.state.id);
         self.version = self
             .app
             .store()
-            .put_fenced(&key, Expect::Version(self.version), &encode(self.def.name, &self.state)?, &self.lease)
+            .put_fenced(&self.key, Expect::Version(self.version), &encode(self.def.name, &self.state)?, &self.lease)
             .await?;
         Ok(())
     }
@@ -512,7 +538,7 @@ fn is_transient(error: &StepError) -> bool {
 /// A step changes a copy of the data, kept only when the step succeeds (a
 /// failed attempt leaves no half-changed data behind).
 fn clone_data<D: Serialize + DeserializeOwned>(saga: &'static str, id: &str, data: &D) -> Result<D> {
-    serde_json::to_value(data).and_then(serde_json::from_value).map_err(|e| Error::Saga {
+    serde_json::to_vec(data).and_then(|json| serde_json::from_slice(&json)).map_err(|e| Error::Saga {
         saga: saga.to_owned(),
         id: id.to_owned(),
         reason: format!("its data does not round-trip through JSON: {e}"),

@@ -32,7 +32,12 @@ impl Key {
 
     /// The key as stored: `catga:{scope}:name` (the braces are a Redis hash tag).
     pub fn stored(&self) -> String {
-        format!("catga:{{{}}}:{}", self.scope, self.name)
+        // Not `format!`: this is on every store request's path.
+        let mut stored = String::with_capacity("catga:{}:".len() + self.scope.len() + self.name.len());
+        for part in ["catga:{", &self.scope, "}:", &self.name] {
+            stored.push_str(part);
+        }
+        stored
     }
 }
 
