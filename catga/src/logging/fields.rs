@@ -23,23 +23,54 @@ use tracing_subscriber::fmt::format::Writer;
 pub(crate) struct PlainFields;
 
 impl<'w> FormatFields<'w> for PlainFields {
-    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
-        let mut visitor = Plain { writer, empty: true, result: Ok(()) };
-        fields.record(&mut visitor);
-        visitor.result
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        // Written into a buffer this thread keeps, then handed over in one
+        // piece: the fmt layer's string for a span's fields starts empty and
+        // grew through seven reallocations for each of Catga's spans. (A
+        // value whose formatting logs, re-entering here, writes directly.)
+        BUFFER.with(|buffer| match buffer.try_borrow_mut() {
+            Ok(mut buffer) => {
+                buffer.clear();
+                let mut visitor = Plain { writer: &mut *buffer, empty: true, result: Ok(()) };
+                fields.record(&mut visitor);
+                visitor.result.and_then(|()| writer.write_str(&buffer))
+            }
+            Err(_) => {
+                let mut visitor = Plain { writer: &mut writer, empty: true, result: Ok(()) };
+                fields.record(&mut visitor);
+                visitor.result
+            }
+        })
     }
 }
 
-struct Plain<'w> {
-    writer: Writer<'w>,
+thread_local! {
+    static BUFFER: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(512));
+}
+
+struct Plain<'a> {
+    writer: &'a mut dyn fmt::Write,
     empty: bool,
     result: fmt::Result,
+}
+
+/// Whether `{value:?}` of this string is the string in quotes: printable
+/// ASCII but `"` and `\` (what names, subjects and ids are).
+fn debug_is_quoted(value: &str) -> bool {
+    value.bytes().all(|b| matches!(b, b' '..=b'~') && b != b'"' && b != b'\\')
 }
 
 impl Visit for Plain<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
             self.record_debug(field, &format_args!("{value}"))
+        } else if debug_is_quoted(value) && self.result.is_ok() && !field.name().starts_with("log.") {
+            // What `{value:?}` writes, without the formatting machinery.
+            let name = field.name();
+            let space = if std::mem::take(&mut self.empty) { "" } else { " " };
+            let name = name.strip_prefix("r#").unwrap_or(name);
+            self.result =
+                [space, name, "=\"", value, "\""].into_iter().try_for_each(|part| self.writer.write_str(part));
         } else {
             self.record_debug(field, &value)
         }
@@ -64,7 +95,11 @@ impl Visit for Plain<'_> {
         }
         self.result = self.result.and_then(|()| match name {
             "message" => write!(Escaping(&mut self.writer), "{value:?}"),
-            name => write!(self.writer, "{}={value:?}", name.strip_prefix("r#").unwrap_or(name)),
+            name => {
+                self.writer.write_str(name.strip_prefix("r#").unwrap_or(name))?;
+                self.writer.write_char('=')?;
+                write!(self.writer, "{value:?}")
+            }
         });
     }
 }
@@ -197,6 +232,7 @@ mod tests {
             let single = Inner;
             tracing::error!(error = &single as &(dyn std::error::Error + 'static));
             tracing::info!(kept = -1i64, "numbers");
+            tracing::info!(tab = "a\tb", quote = "it's", back = "c:\\d", unicode = "é", empty = "", "strings");
             span.record("n", 4u64);
         });
         String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
