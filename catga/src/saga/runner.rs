@@ -87,13 +87,11 @@ where
     outcome
 }
 
-/// After a run: finished, handed over by a drain, or stopped by an error,
-/// either way the next sweep (here or elsewhere) may continue it at once —
-/// the lease is released (a lease that was lost is no longer ours to
-/// release: a no-op then). A finished saga also leaves the indexes and says
-/// that it ended; these are independent of each other (a sweep that takes
-/// the released lease of a finished saga finds it finished and unindexes it
-/// too), so they go at once: one round trip's time.
+/// After a run (finished, handed over, or stopped by an error) the lease is
+/// released: the next sweep may continue it at once (a lost lease: no-op).
+/// A finished saga also leaves the indexes and says that it ended, all at
+/// once (a sweep that takes the released lease of a finished saga finds it
+/// finished and unindexes it too): one round trip's time.
 async fn finish<D>(app: &App, saga: &'static str, state: &State<D>, lease: &Lease, finished: bool) {
     let release = app.store().release_lease(lease);
     if !finished {
