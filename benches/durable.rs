@@ -9,7 +9,8 @@
 //!
 //! Protocol: ROUNDS interleaved rounds of (Catga durable, raw JetStream,
 //! Catga core), each a closed loop of WINDOW after a warm-up; the ratios
-//! are the medians of the rounds' ratios.
+//! are the medians of the rounds' ratios. Beside each figure, the CPU time
+//! per request of this process (both ends) and of nats-server (from /proc).
 //!
 //! Run: `cargo bench --bench durable` (about 50 s). Needs `nats-server` on
 //! PATH. Ends with one JSON line per concurrency: `ratio` (durable /
@@ -23,7 +24,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use catga::prelude::*;
 use catga_suite::NatsServer;
-use catga_suite::load::{Run, closed_loop, list, median};
+use catga_suite::load::{Measured, list, measured, median};
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
@@ -148,7 +149,7 @@ async fn raw_responder(client: async_nats::Client) {
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let nats = NatsServer::start_jetstream();
-    let url = nats.url();
+    let (url, servers) = (nats.url(), [nats.pid()]);
     rt.block_on(async move {
         let server = Catga::builder()
             .nats_url(&url)
@@ -162,11 +163,11 @@ fn main() {
         let raw = RawSender::start(async_nats::connect(&url).await.unwrap()).await;
         for concurrency in [1, 16] {
             let (mut durable_runs, mut raw_runs, mut core_runs) =
-                (Vec::<Run>::new(), Vec::<Run>::new(), Vec::<Run>::new());
+                (Vec::<Measured>::new(), Vec::<Measured>::new(), Vec::<Measured>::new());
             for _ in 0..ROUNDS {
                 let c = client.clone();
                 durable_runs.push(
-                    closed_loop(concurrency, WINDOW, move || {
+                    measured(&servers, concurrency, WINDOW, move || {
                         let c = c.clone();
                         async move {
                             c.send(Durable { data: data() }).await.unwrap();
@@ -176,7 +177,7 @@ fn main() {
                 );
                 let r = raw.clone();
                 raw_runs.push(
-                    closed_loop(concurrency, WINDOW, move || {
+                    measured(&servers, concurrency, WINDOW, move || {
                         let r = r.clone();
                         async move { r.send(&Durable { data: data() }).await }
                     })
@@ -184,7 +185,7 @@ fn main() {
                 );
                 let c = client.clone();
                 core_runs.push(
-                    closed_loop(concurrency, WINDOW, move || {
+                    measured(&servers, concurrency, WINDOW, move || {
                         let c = c.clone();
                         async move {
                             c.send(Core { data: data() }).await.unwrap();
@@ -193,25 +194,35 @@ fn main() {
                     .await,
                 );
             }
-            let ratio = |floor: &[Run]| median(durable_runs.iter().zip(floor).map(|(d, f)| d.rps / f.rps).collect());
-            let med = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
-            let rps = |runs: &[Run]| list(runs.iter().map(|r| r.rps));
+            let ratio = |floor: &[Measured]| {
+                median(durable_runs.iter().zip(floor).map(|(d, f)| d.run.rps / f.run.rps).collect())
+            };
+            let med = |runs: &[Measured], f: fn(&Measured) -> f64| median(runs.iter().map(f).collect());
+            let rps = |runs: &[Measured]| list(runs.iter().map(|m| m.run.rps));
             println!(
                 "{{\"bench\":\"durable\",\"concurrency\":{concurrency},\"ratio\":{:.2},\"ratio_core\":{:.2},\
                  \"durable_rps\":{},\"raw_js_rps\":{},\"core_rps\":{},\
                  \"durable_p50_us\":{:.0},\"raw_js_p50_us\":{:.0},\"core_p50_us\":{:.0},\
-                 \"durable_p99_us\":{:.0},\"raw_js_p99_us\":{:.0},\"core_p99_us\":{:.0}}}",
+                 \"durable_p99_us\":{:.0},\"raw_js_p99_us\":{:.0},\"core_p99_us\":{:.0},\
+                 \"cpu_us_per_req\":{{\"durable\":{:.1},\"raw_js\":{:.1},\"core\":{:.1}}},\
+                 \"server_cpu_us_per_req\":{{\"durable\":{:.1},\"raw_js\":{:.1},\"core\":{:.1}}}}}",
                 ratio(&raw_runs),
                 ratio(&core_runs),
                 rps(&durable_runs),
                 rps(&raw_runs),
                 rps(&core_runs),
-                med(&durable_runs, |r| r.p50_us as f64),
-                med(&raw_runs, |r| r.p50_us as f64),
-                med(&core_runs, |r| r.p50_us as f64),
-                med(&durable_runs, |r| r.p99_us as f64),
-                med(&raw_runs, |r| r.p99_us as f64),
-                med(&core_runs, |r| r.p99_us as f64),
+                med(&durable_runs, |m| m.run.p50_us as f64),
+                med(&raw_runs, |m| m.run.p50_us as f64),
+                med(&core_runs, |m| m.run.p50_us as f64),
+                med(&durable_runs, |m| m.run.p99_us as f64),
+                med(&raw_runs, |m| m.run.p99_us as f64),
+                med(&core_runs, |m| m.run.p99_us as f64),
+                med(&durable_runs, |m| m.cpu_us),
+                med(&raw_runs, |m| m.cpu_us),
+                med(&core_runs, |m| m.cpu_us),
+                med(&durable_runs, |m| m.servers_cpu_us[0]),
+                med(&raw_runs, |m| m.servers_cpu_us[0]),
+                med(&core_runs, |m| m.servers_cpu_us[0]),
             );
         }
         client.shutdown().await;
