@@ -33,7 +33,13 @@ impl<'w> FormatFields<'w> for PlainFields {
                 buffer.clear();
                 let mut visitor = Plain { writer: &mut *buffer, empty: true, result: Ok(()) };
                 fields.record(&mut visitor);
-                visitor.result.and_then(|()| writer.write_str(&buffer))
+                let written = visitor.result.and_then(|()| writer.write_str(&buffer));
+                // A rare huge field (a long error, say) is not kept for the
+                // thread's lifetime.
+                if buffer.capacity() > MAX_KEPT {
+                    *buffer = String::with_capacity(KEPT);
+                }
+                written
             }
             Err(_) => {
                 let mut visitor = Plain { writer: &mut writer, empty: true, result: Ok(()) };
@@ -44,8 +50,13 @@ impl<'w> FormatFields<'w> for PlainFields {
     }
 }
 
+/// The buffer's usual size (a span of Catga's: ~400 bytes), and the most
+/// it keeps between uses.
+const KEPT: usize = 512;
+const MAX_KEPT: usize = 16 * 1024;
+
 thread_local! {
-    static BUFFER: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(512));
+    static BUFFER: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(KEPT));
 }
 
 struct Plain<'a> {
