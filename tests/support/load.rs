@@ -110,7 +110,7 @@ where
     let mut per = std::iter::once(me)
         .chain(servers.iter().copied())
         .zip(before)
-        .map(|(pid, before)| (cpu(pid) - before).as_secs_f64() * 1e6 / requests);
+        .map(|(pid, before)| cpu(pid).saturating_sub(before).as_secs_f64() * 1e6 / requests);
     let cpu_us = per.next().unwrap_or_default();
     Measured { run, cpu_us, servers_cpu_us: per.collect() }
 }

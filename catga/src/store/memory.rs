@@ -283,17 +283,7 @@ impl MemoryStore {
     }
 
     pub(super) fn acquire_lease(&self, key: &Key, owner: &str, ttl: Duration) -> Option<Lease> {
-        let mut map = self.lock();
-        let token = match map.live(key) {
-            Some(Value::Leased { owner: held, token }) if held == owner => *token,
-            Some(Value::Leased { .. }) => return None,
-            _ => {
-                let token = map.fence(key) + 1;
-                map.set(&fence_key(key), Value::Fence(token), None);
-                token
-            }
-        };
-        map.set(key, Value::Leased { owner: owner.to_owned(), token }, Some(ttl));
+        let token = self.lock().take_lease(key, owner, ttl)?;
         Some(Lease { key: key.clone(), owner: owner.to_owned(), token })
     }
 
@@ -302,16 +292,7 @@ impl MemoryStore {
         if matches!(map.live(key), Some(Value::Record(_))) {
             return Created::Exists;
         }
-        let token = match map.live(lease) {
-            Some(Value::Leased { owner: held, token }) if held == owner => *token,
-            Some(Value::Leased { .. }) => return Created::Held,
-            _ => {
-                let token = map.fence(lease) + 1;
-                map.set(&fence_key(lease), Value::Fence(token), None);
-                token
-            }
-        };
-        map.set(lease, Value::Leased { owner: owner.to_owned(), token }, Some(ttl));
+        let Some(token) = map.take_lease(lease, owner, ttl) else { return Created::Held };
         map.set(key, Value::Record(Versioned { version: 1, value: value.to_vec() }), None);
         Created::Written(Lease { key: lease.clone(), owner: owner.to_owned(), token })
     }
@@ -446,6 +427,23 @@ impl Map {
             Some(Value::Fence(token)) => *token,
             _ => 0,
         }
+    }
+
+    /// Take lease `key` for `owner` for `ttl`: extended with its token if
+    /// `owner` holds it, granted with the next token if free; `None` when
+    /// someone else holds it.
+    fn take_lease(&mut self, key: &Key, owner: &str, ttl: Duration) -> Option<u64> {
+        let token = match self.live(key) {
+            Some(Value::Leased { owner: held, token }) if held == owner => *token,
+            Some(Value::Leased { .. }) => return None,
+            _ => {
+                let token = self.fence(key) + 1;
+                self.set(&fence_key(key), Value::Fence(token), None);
+                token
+            }
+        };
+        self.set(key, Value::Leased { owner: owner.to_owned(), token }, Some(ttl));
+        Some(token)
     }
 
     fn holds(&mut self, lease: &Lease) -> bool {

@@ -50,3 +50,14 @@ local function grant(lease, fence, owner, ttl)
   redis.call('PEXPIRE', lease, ttl)
   return token
 end
+-- Take lease `lease` for `owner` for `ttl` ms: extended (same token) if
+-- `owner` holds it, granted if free; the token, or false when someone
+-- else holds it.
+local function take(lease, fence, owner, ttl)
+  if kind(lease) == 'lease' then
+    if redis.call('HGET', lease, 'o') ~= owner then return false end
+    redis.call('PEXPIRE', lease, ttl)
+    return redis.call('HGET', lease, 't')
+  end
+  return grant(lease, fence, owner, ttl)
+end
