@@ -2,10 +2,15 @@
 //! floors measured in the same run: raw async-nats moving the same 128
 //! bytes (the limit), and raw async-nats doing the same typed work —
 //! serde_json encode and decode of the same struct on both sides (what
-//! Catga could at best be). At 1, 16 and 128 requests in flight.
+//! Catga could at best be). At 1, 16 and 128 requests in flight. Beside
+//! them, raw + serde carrying Catga's request headers (message id,
+//! `traceparent`, liveness, deadline: built per request, read by the
+//! responder): what the metadata alone costs with async-nats's header map,
+//! so the gap splits into the wire format's price and Catga's own work
+//! (`ratio_meta`; not a target, a diagnosis).
 //!
 //! Protocol: for each concurrency, ROUNDS interleaved rounds of
-//! (Catga, raw, raw+serde), each a closed loop of WINDOW after a warm-up;
+//! (Catga, raw, raw+serde, raw+serde+headers), each a closed loop of WINDOW after a warm-up;
 //! the ratios are the median of the rounds' ratios. Beside each figure,
 //! the CPU time per request of this process (client and responder; from
 //! /proc/self/stat) and of the nats-server process.
@@ -13,7 +18,8 @@
 //! Publishing: PUBLISHED events as fast as possible until a subscriber of
 //! this process has received every one (the same end point for all three:
 //! Catga publishes, raw publishes of pre-encoded bytes, raw publishes that
-//! encode the event with serde_json each time), interleaved likewise.
+//! encode the event with serde_json each time, and those with an event's
+//! headers — message id and `traceparent`), interleaved likewise.
 //!
 //! Run: `cargo bench --bench nats` (about 80 s). Needs `nats-server` on
 //! PATH (started here on a free 127.0.0.1 port). Ends with one JSON line
@@ -64,6 +70,33 @@ where
     load::measured(&[server], concurrency, WINDOW, request).await
 }
 
+/// Catga's headers of a core request (`docs/WIRE.md`), built as a sender
+/// would for each message: fresh ids as hex, and for a request the
+/// liveness flag and the deadline's milliseconds (an event has neither).
+fn meta_headers(n: u64, request: bool) -> async_nats::HeaderMap {
+    use catga::transport::headers;
+    let mut h = async_nats::HeaderMap::new();
+    let id = u128::from(n) << 64 | u128::from(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    h.insert(headers::MESSAGE_ID, format!("{id:032x}"));
+    h.insert(headers::TRACEPARENT, format!("00-{:032x}-{:016x}-01", id.rotate_left(7), n | 1));
+    if request {
+        h.insert(headers::LIVENESS, "1");
+        h.insert(headers::DEADLINE_IN, 30_000u64.to_string());
+    }
+    h
+}
+
+/// A responder's read of them: each header looked up once.
+fn read_meta(m: &async_nats::Message) -> usize {
+    use catga::transport::headers;
+    let Some(h) = &m.headers else { return 0 };
+    [headers::MESSAGE_ID, headers::TRACEPARENT, headers::LIVENESS, headers::DEADLINE_IN]
+        .into_iter()
+        .filter_map(|name| h.get(name))
+        .map(|v| v.as_str().len())
+        .sum()
+}
+
 fn main() {
     let logs = std::env::args().any(|a| a == "logs");
     if logs {
@@ -78,11 +111,12 @@ fn main() {
         // Raw responders: queue subscribers that echo the bytes, and that
         // decode the request and encode the reply as a typed handler would.
         let raw_server = async_nats::connect(&url).await.unwrap();
-        for (subject, typed) in [("bench.raw", false), ("bench.raw.serde", true)] {
+        for (subject, typed) in [("bench.raw", false), ("bench.raw.serde", true), ("bench.raw.meta", true)] {
             let mut subscription = raw_server.queue_subscribe(subject, "bench".into()).await.unwrap();
             let responder = raw_server.clone();
             tokio::spawn(async move {
                 while let Some(m) = subscription.next().await {
+                    std::hint::black_box(read_meta(&m));
                     let Some(reply) = m.reply else { continue };
                     let body = match typed {
                         true => {
@@ -110,7 +144,8 @@ fn main() {
 
         let mut lines = Vec::new();
         for concurrency in [1usize, 16, 128] {
-            let (mut catga_runs, mut raw_runs, mut serde_runs) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut catga_runs, mut raw_runs, mut serde_runs, mut meta_runs) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..ROUNDS {
                 let c = catga.clone();
                 catga_runs.push(
@@ -144,14 +179,29 @@ fn main() {
                     })
                     .await,
                 );
+                let (r, n) = (raw.clone(), std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)));
+                meta_runs.push(
+                    measured(server, concurrency, move || {
+                        let (r, n) = (r.clone(), n.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+                        async move {
+                            let body = serde_json::to_vec(&blob()).unwrap();
+                            let request = async_nats::Request::new().payload(body.into()).headers(meta_headers(n, true));
+                            let reply = r.send_request("bench.raw.meta", request).await.unwrap();
+                            let _: Blob = serde_json::from_slice(&reply.payload).unwrap();
+                        }
+                    })
+                    .await,
+                );
             }
             let rps = |runs: &[Measured]| runs.iter().map(|m| m.run.rps).collect::<Vec<_>>();
             let ratio = median(catga_runs.iter().zip(&raw_runs).map(|(c, r)| c.run.rps / r.run.rps).collect());
             let ratio_serde = median(catga_runs.iter().zip(&serde_runs).map(|(c, r)| c.run.rps / r.run.rps).collect());
+            let ratio_meta = median(catga_runs.iter().zip(&meta_runs).map(|(c, r)| c.run.rps / r.run.rps).collect());
             let med = |runs: &[Measured], f: fn(&Measured) -> f64| median(runs.iter().map(f).collect());
             lines.push(format!(
-                "{{\"bench\":\"nats\",\"logs\":{logs},\"concurrency\":{concurrency},\"ratio\":{ratio:.2},\"ratio_serde\":{ratio_serde:.2},\
-                 \"catga_rps\":{},\"raw_rps\":{},\"raw_serde_rps\":{},\
+                "{{\"bench\":\"nats\",\"logs\":{logs},\"concurrency\":{concurrency},\"ratio\":{ratio:.2},\"ratio_serde\":{ratio_serde:.2},\"ratio_meta\":{ratio_meta:.2},\
+                 \"catga_rps\":{},\"raw_rps\":{},\"raw_serde_rps\":{},\"raw_meta_rps\":{},\"raw_meta_p50_us\":{:.0},\
+                 \"raw_meta_cpu_us_per_req\":{:.1},\"raw_meta_server_cpu_us_per_req\":{:.1},\
                  \"catga_p50_us\":{:.0},\"raw_p50_us\":{:.0},\"raw_serde_p50_us\":{:.0},\
                  \"catga_p99_us\":{:.0},\"raw_p99_us\":{:.0},\"raw_serde_p99_us\":{:.0},\
                  \"catga_cpu_us_per_req\":{:.1},\"raw_cpu_us_per_req\":{:.1},\"raw_serde_cpu_us_per_req\":{:.1},\
@@ -159,6 +209,10 @@ fn main() {
                 list(rps(&catga_runs).into_iter()),
                 list(rps(&raw_runs).into_iter()),
                 list(rps(&serde_runs).into_iter()),
+                list(rps(&meta_runs).into_iter()),
+                med(&meta_runs, |m| m.run.p50_us as f64),
+                med(&meta_runs, |m| m.cpu_us),
+                med(&meta_runs, |m| m.servers_cpu_us[0]),
                 med(&catga_runs, |m| m.run.p50_us as f64),
                 med(&raw_runs, |m| m.run.p50_us as f64),
                 med(&serde_runs, |m| m.run.p50_us as f64),
@@ -185,9 +239,10 @@ fn main() {
             .unwrap();
         let event = Noted { data: "x".repeat(117) };
         let event_bytes: bytes::Bytes = serde_json::to_vec(&event).unwrap().into();
-        let (mut catga_rates, mut raw_rates, mut serde_rates) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut catga_rates, mut raw_rates, mut serde_rates, mut meta_rates) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            for kind in 0..3 {
+            for kind in 0..4 {
                 let subject = if kind == 0 { "bench.event" } else { "bench.raw.event" };
                 let mut sub = catga_suite::subscribed(&receiver, subject).await;
                 let t = Instant::now();
@@ -203,15 +258,21 @@ fn main() {
                         n
                     }
                 });
-                for _ in 0..PUBLISHED {
+                for n in 0..PUBLISHED {
+                    let encoded = || serde_json::to_vec(&event).unwrap().into();
                     match kind {
                         0 => catga.publish(event.clone()).await.unwrap(),
                         1 => raw.publish("bench.raw.event", event_bytes.clone()).await.unwrap(),
-                        _ => raw.publish("bench.raw.event", serde_json::to_vec(&event).unwrap().into()).await.unwrap(),
+                        2 => raw.publish("bench.raw.event", encoded()).await.unwrap(),
+                        _ => {
+                            let headers = meta_headers(u64::from(n), false);
+                            raw.publish_with_headers("bench.raw.event", headers, encoded()).await.unwrap()
+                        }
                     }
                 }
                 let Ok(got) = tokio::time::timeout(Duration::from_secs(60), received).await else {
-                    let (got, who) = (count.load(std::sync::atomic::Ordering::Relaxed), ["catga", "raw", "raw+serde"][kind]);
+                    let (got, who) =
+                        (count.load(std::sync::atomic::Ordering::Relaxed), ["catga", "raw", "raw+serde", "raw+meta"][kind]);
                     // The server's count of clients it dropped messages for.
                     let varz = catga_suite::http_get(monitor, "/varz").map(|(_, body)| body).unwrap_or_default();
                     let counters: Vec<&str> = varz
@@ -224,17 +285,19 @@ fn main() {
                 let got = got.unwrap();
                 assert_eq!(got, PUBLISHED, "every event arrives (no slow-consumer drop on loopback)");
                 let rate = f64::from(PUBLISHED) / t.elapsed().as_secs_f64();
-                [&mut catga_rates, &mut raw_rates, &mut serde_rates][kind].push(rate);
+                [&mut catga_rates, &mut raw_rates, &mut serde_rates, &mut meta_rates][kind].push(rate);
             }
         }
         let ratio = median(catga_rates.iter().zip(&raw_rates).map(|(c, r)| c / r).collect());
         let ratio_serde = median(catga_rates.iter().zip(&serde_rates).map(|(c, r)| c / r).collect());
+        let ratio_meta = median(catga_rates.iter().zip(&meta_rates).map(|(c, r)| c / r).collect());
         lines.push(format!(
             "{{\"bench\":\"nats\",\"logs\":{logs},\"publish\":true,\"ratio\":{ratio:.2},\"ratio_serde\":{ratio_serde:.2},\
-             \"catga_per_s\":{},\"raw_per_s\":{},\"raw_serde_per_s\":{}}}",
+             \"ratio_meta\":{ratio_meta:.2},\"catga_per_s\":{},\"raw_per_s\":{},\"raw_serde_per_s\":{},\"raw_meta_per_s\":{}}}",
             list(catga_rates.into_iter()),
             list(raw_rates.into_iter()),
-            list(serde_rates.into_iter())
+            list(serde_rates.into_iter()),
+            list(meta_rates.into_iter())
         ));
         println!("{}", lines.last().unwrap());
         catga.shutdown().await;
