@@ -234,13 +234,20 @@ async fn created_under_lease(store: &Store, tag: &str) {
     let ttl = Duration::from_secs(5);
     // Someone else holds the lease: nothing written.
     let other = store.acquire_lease(&lease_key, "b", ttl).await.unwrap().unwrap();
-    assert_eq!(store.create_leased(&record, b"s0", &lease_key, "a", ttl).await.unwrap(), Created::Held);
+    // The indexes first, whatever comes next (on a Cluster in other slots).
+    let (active, mine) = (Key::new(format!("{tag}-index"), "active"), Key::new(format!("{tag}-owner"), "mine"));
+    let indexes = [(&active, "r1"), (&mine, "saga:r1")];
+    let created = store.create_leased(&record, b"s0", &lease_key, "a", ttl, &indexes).await.unwrap();
+    assert_eq!(created, Created::Held);
     assert!(store.get(&record).await.unwrap().is_none(), "nothing written while held");
+    assert_eq!(store.set_members(&active).await.unwrap(), ["r1"], "indexed all the same");
+    assert_eq!(store.set_members(&mine).await.unwrap(), ["saga:r1"]);
     assert!(store.release_lease(&other).await.unwrap());
     // Free: the lease (the next token) and the record at version 1.
-    let Created::Written(a) = store.create_leased(&record, b"s0", &lease_key, "a", ttl).await.unwrap() else {
+    let Created::Written(a) = store.create_leased(&record, b"s0", &lease_key, "a", ttl, &indexes).await.unwrap() else {
         panic!("created")
     };
+    assert_eq!(store.set_members(&active).await.unwrap(), ["r1"], "once");
     assert!(a.token > other.token, "the next grant: {} then {}", other.token, a.token);
     assert_eq!(store.get(&record).await.unwrap().unwrap(), Versioned { version: 1, value: b"s0".to_vec() });
     // It fences the record's next writes like any lease.
@@ -248,18 +255,18 @@ async fn created_under_lease(store: &Store, tag: &str) {
     assert_eq!(v2, 2);
     // Exists: refused, whoever asks, the record and the lease untouched.
     for owner in ["a", "b"] {
-        let created = store.create_leased(&record, b"again", &lease_key, owner, ttl).await.unwrap();
+        let created = store.create_leased(&record, b"again", &lease_key, owner, ttl, &[]).await.unwrap();
         assert_eq!(created, Created::Exists, "{owner}");
     }
     assert_eq!(store.get(&record).await.unwrap().unwrap().value, b"s1");
     assert!(store.renew_lease(&a, ttl).await.unwrap(), "a still holds it");
     // A record and a lease in two scopes are refused.
     let elsewhere = Key::new(format!("{tag}-created-other"), "state");
-    let err = conflict(store.create_leased(&elsewhere, b"x", &lease_key, "a", ttl).await.unwrap_err());
+    let err = conflict(store.create_leased(&elsewhere, b"x", &lease_key, "a", ttl, &[]).await.unwrap_err());
     assert!(matches!(err, StoreError::ScopeMismatch { .. }), "{err}");
     // Creating again after the record is gone, by the holder: its own lease, kept.
     assert!(store.delete(&record, Expect::Any).await.unwrap());
-    let Created::Written(again) = store.create_leased(&record, b"s0", &lease_key, "a", ttl).await.unwrap() else {
+    let Created::Written(again) = store.create_leased(&record, b"s0", &lease_key, "a", ttl, &[]).await.unwrap() else {
         panic!("created again by the holder")
     };
     assert_eq!(again.token, a.token, "its own lease keeps its token");

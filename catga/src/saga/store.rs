@@ -207,10 +207,9 @@ pub(crate) async fn create<D: Serialize>(
         Holder::Here => (sagas_owned_key(app.instance_id()), owner(app)),
         Holder::Unassigned => (sagas_owned_key(UNASSIGNED), format!("{UNASSIGNED}#{:08x}", fastrand::u32(..))),
     };
-    // Both indexes at once (one round trip's time), both before the lease.
+    // Both indexes with the record, before it (see `Store::create_leased`).
     let (index, entry) = (index_key(saga), owned_entry(saga, id));
-    let (indexed, owned) = tokio::join!(store.set_add(&index, id), store.set_add(&set, &entry));
-    indexed.and(owned)?;
+    let indexes = [(&index, id), (&set, entry.as_str())];
     let clock = app.instance().clock;
     let origin = app.trace_origin();
     let now = clock.epoch_ms();
@@ -245,7 +244,7 @@ pub(crate) async fn create<D: Serialize>(
     let (started, limit) = (clock.now(), app.config().heartbeat_timeout * 3);
     let mut tries = 0;
     loop {
-        match store.create_leased(&state_key, &encoded, &lease_key, &me, app.config().saga_lease_ttl).await? {
+        match store.create_leased(&state_key, &encoded, &lease_key, &me, app.config().saga_lease_ttl, &indexes).await? {
             Created::Written(lease) => return Ok(Some((lease, state, 1))),
             Created::Exists => return Ok(None),
             Created::Held if started.elapsed() >= limit => {

@@ -305,6 +305,12 @@ impl Store {
     /// writes `value`. One round trip where [`acquire_lease`](Self::acquire_lease)
     /// then [`put_fenced`](Self::put_fenced) take two; both keys in one scope.
     ///
+    /// Before that, each `(set, member)` of `indexes` is added (whatever
+    /// the outcome, as [`set_add`](Self::set_add) would): whoever reads
+    /// those sets finds every record that may exist. On one Redis server
+    /// in the same script (one round trip in all); on a Redis Cluster,
+    /// whose sets are in other slots, all at once first, then the record.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> catga::Result<()> {
     /// use std::time::Duration;
@@ -313,9 +319,14 @@ impl Store {
     /// let store = Store::memory();
     /// let (state, lease) = (Key::new("order-7", "state"), Key::new("order-7", "lease"));
     /// let ttl = Duration::from_secs(30);
-    /// let Created::Written(held) = store.create_leased(&state, b"new", &lease, "a", ttl).await? else { panic!() };
+    /// let index = Key::new("orders", "open");
+    /// let indexes = [(&index, "order-7")];
+    /// let Created::Written(held) = store.create_leased(&state, b"new", &lease, "a", ttl, &indexes).await? else {
+    ///     panic!()
+    /// };
     /// assert_eq!(store.get(&state).await?.unwrap().version, 1);
-    /// assert_eq!(store.create_leased(&state, b"again", &lease, "b", ttl).await?, Created::Exists);
+    /// assert_eq!(store.set_members(&index).await?, ["order-7"]);
+    /// assert_eq!(store.create_leased(&state, b"again", &lease, "b", ttl, &[]).await?, Created::Exists);
     /// # let _ = held;
     /// # Ok(()) }
     /// ```
@@ -326,13 +337,19 @@ impl Store {
         lease: &Key,
         owner: &str,
         ttl: Duration,
+        indexes: &[(&Key, &str)],
     ) -> Result<Created> {
         if key.scope != lease.scope {
             return Err(StoreError::ScopeMismatch { key: key.stored(), lease: lease.stored() }.into());
         }
         match &self.backend {
-            Backend::Memory(m) => Ok(m.create_leased(key, value, lease, owner, ttl)),
-            Backend::Redis(r) => Ok(r.create_leased(key, value, lease, owner, ttl).await?),
+            Backend::Memory(m) => {
+                for (set, member) in indexes {
+                    m.set_add(set, member);
+                }
+                Ok(m.create_leased(key, value, lease, owner, ttl))
+            }
+            Backend::Redis(r) => Ok(r.create_leased(key, value, lease, owner, ttl, indexes).await?),
         }
     }
 

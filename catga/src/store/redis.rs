@@ -447,10 +447,21 @@ impl RedisStore {
         lease: &Key,
         owner: &str,
         ttl: Duration,
+        indexes: &[(&Key, &str)],
     ) -> Result<Created, StoreError> {
         let mut inv = SCRIPTS.create_leased.prepare_invoke();
         inv.key(key.stored()).key(lease.stored()).key(fence_key(lease).stored());
         inv.arg(value).arg(owner).arg(millis(ttl));
+        if self.is_cluster() {
+            // The sets hash to other slots: first, side by side.
+            let added = futures_util::future::join_all(indexes.iter().map(|(set, member)| self.set_add(set, member)));
+            added.await.into_iter().collect::<Result<Vec<_>, _>>()?;
+        } else {
+            // One server: in the same script, before the record.
+            for (set, member) in indexes {
+                inv.key(set.stored()).arg(*member);
+            }
+        }
         let reply: Vec<String> = self.eval("create_leased", key, &inv).await?;
         match reply_parts(&reply) {
             ("ok", Some(token)) => {
@@ -458,8 +469,12 @@ impl RedisStore {
                 self.replicated("create_leased", key).await?;
                 Ok(Created::Written(Lease { key: lease.clone(), owner: owner.to_owned(), token }))
             }
-            ("exists", None) => Ok(Created::Exists),
-            ("held", None) => Ok(Created::Held),
+            (outcome @ ("exists" | "held"), None) => {
+                if !indexes.is_empty() && !self.is_cluster() {
+                    self.replicated("create_leased", key).await?; // the sets were written
+                }
+                Ok(if outcome == "exists" { Created::Exists } else { Created::Held })
+            }
             _ => Err(unexpected("create_leased", key, &reply)),
         }
     }
