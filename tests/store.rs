@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use catga::prelude::*;
-use catga::store::{Beat, Claim, Created, Due, Expect, Key, Store, StoreError, Takeover, Versioned};
+use catga::store::{Beat, Claim, Created, Due, Expect, Key, Sets, Store, StoreError, Takeover, Versioned};
 use catga::transport::memory::MemoryBus;
 use catga::{Error, Metadata, SendOptions};
 use catga_suite::{RedisCluster, RedisServer};
@@ -27,6 +27,7 @@ pub async fn contract(store: &Store, tag: &str) {
     claims(store, tag).await;
     leases(store, tag).await;
     created_under_lease(store, tag).await;
+    released_with_the_last_write(store, tag).await;
     takeovers(store, tag).await;
     beats(store, tag).await;
     concurrent_claims_have_one_winner(store, tag).await;
@@ -270,6 +271,41 @@ async fn created_under_lease(store: &Store, tag: &str) {
         panic!("created again by the holder")
     };
     assert_eq!(again.token, a.token, "its own lease keeps its token");
+}
+
+/// The last write under a lease: written, then the record's sets changed
+/// and the lease released; a refused write changes nothing else.
+async fn released_with_the_last_write(store: &Store, tag: &str) {
+    let scope = format!("{tag}-last");
+    let (record, lease_key) = (Key::new(&scope, "state"), Key::new(&scope, "lease"));
+    let (active, failed) = (Key::new(format!("{tag}-sets"), "active"), Key::new(format!("{tag}-sets"), "failed"));
+    let owned = Key::new(format!("{tag}-owner-sets"), "mine");
+    let ttl = Duration::from_secs(30);
+    store.set_add(&active, "r1").await.unwrap();
+    store.set_add(&owned, "saga:r1").await.unwrap();
+    let stale = store.acquire_lease(&lease_key, "a", ttl).await.unwrap().unwrap();
+    assert!(store.release_lease(&stale).await.unwrap());
+    let held = store.acquire_lease(&lease_key, "b", ttl).await.unwrap().unwrap();
+    let sets = Sets { entering: &[(&failed, "r1")], leaving: &[(&active, "r1"), (&owned, "saga:r1")] };
+    // A superseded holder's last write is fenced: nothing else changes.
+    let err = conflict(store.put_fenced_and_release(&record, Expect::Any, b"end", &stale, sets).await.unwrap_err());
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    // So is one that expects another version.
+    let err =
+        conflict(store.put_fenced_and_release(&record, Expect::Version(7), b"end", &held, sets).await.unwrap_err());
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert_eq!(store.set_members(&active).await.unwrap(), ["r1"], "still in its sets");
+    assert!(store.set_members(&failed).await.unwrap().is_empty());
+    assert!(store.renew_lease(&held, ttl).await.unwrap(), "still held");
+    // The holder's: written, moved between its sets, the lease given up.
+    assert_eq!(store.put_fenced_and_release(&record, Expect::Absent, b"end", &held, sets).await.unwrap(), 1);
+    assert_eq!(store.get(&record).await.unwrap().unwrap().value, b"end");
+    assert_eq!(store.set_members(&failed).await.unwrap(), ["r1"]);
+    assert!(store.set_members(&active).await.unwrap().is_empty());
+    assert!(store.set_members(&owned).await.unwrap().is_empty());
+    assert!(!store.renew_lease(&held, ttl).await.unwrap(), "released");
+    let next = store.acquire_lease(&lease_key, "c", ttl).await.unwrap().unwrap();
+    assert!(next.token > held.token, "the next grant: {} then {}", held.token, next.token);
 }
 
 /// Taking over what an instance judged dead held: a claim of exactly that

@@ -12,19 +12,20 @@ use tracing::Instrument;
 
 use crate::app::App;
 use crate::backoff::Backoff;
-use crate::codec::{Codec, Json};
 use crate::error::{Error, HandlerError, Result};
 use crate::future::{BoxFuture, CatchUnwind, panic_message};
-use crate::metadata::Metadata;
 use crate::saga::context::SagaContext;
 use crate::saga::definition::{SagaDef, Step, StepError, StepKind};
-use crate::saga::status::{Direction, HistoryEntry, SagaEnded, SagaOutcome, SagaStatus, State, ended_subject};
-use crate::saga::store::{encode, state_key, unindex};
-use crate::store::{Expect, Key, Lease};
-use crate::transport::{Encoded, intern_subject};
+use crate::saga::status::{Direction, HistoryEntry, SagaOutcome, SagaStatus, State};
+use crate::saga::store::{Leaving, encode, state_key};
+use crate::store::{Expect, Key, Lease, Sets};
 
+mod end;
 mod versions;
 mod wait;
+
+pub(crate) use end::publish_ended;
+use end::{Renewer, finish};
 
 use wait::Waited;
 
@@ -66,11 +67,11 @@ where
     let _running = app.instance().running_saga(def.name, &state.id);
     // Renewed until this run ends, however it ends (a guard: a run that is
     // cancelled or unwinds must not leave a lease renewed forever).
-    let renewer = Renewer::start(app, lease.clone());
+    let renewer = Some(Renewer::start(app, lease.clone()));
     let (key, _) = state_key(def.name, &state.id);
-    let mut run = Run { def, app, key, lease, state, version, attempt_recorded };
+    let mut run = Run { def, app, key, lease, state, version, attempt_recorded, renewer, released: false };
     let outcome = run.drive().instrument(span).await;
-    drop(renewer);
+    run.renewer = None;
     if let Ok(Some(ended)) = &outcome {
         let status = match ended {
             SagaOutcome::Completed => "completed",
@@ -80,47 +81,9 @@ where
         app.instance().metrics.saga_ended(def.name, status);
     }
     // Boxed: the requests side by side would make the run ~10 KB larger.
-    Box::pin(finish(app, def.name, &run.state, &run.lease, matches!(outcome, Ok(Some(_))))).await;
+    let finished = matches!(outcome, Ok(Some(_)));
+    Box::pin(finish(app, def.name, &run.state, &run.lease, finished, run.released)).await;
     outcome
-}
-
-/// After a run (finished, handed over, or stopped by an error) the lease is
-/// released: the next sweep may continue it at once (a lost lease: no-op).
-/// A finished saga also leaves the indexes, beside the release (a sweep
-/// that takes the released lease of a finished saga finds it finished and
-/// unindexes it too), then says that it ended: whoever hears it finds it
-/// out of the indexes.
-async fn finish<D>(app: &App, saga: &'static str, state: &State<D>, lease: &Lease, finished: bool) {
-    let release = app.store().release_lease(lease);
-    if !finished {
-        let _ = release.await;
-        return;
-    }
-    let ended = async {
-        if let Err(e) = unindex(app, saga, &state.id, state.status).await {
-            tracing::warn!(error = %e, "saga finished but could not leave the sweep index; the next sweep retries");
-        }
-        publish_ended(app, saga, state).await;
-    };
-    let ((), _) = tokio::join!(ended, release);
-}
-
-/// Tell whoever waits ([`App::saga_outcome`], event handlers) that a saga
-/// ended: [`SagaEnded`] on its type's subject, fire and forget (a lost one
-/// is made up for by the waiters' reads of the store).
-pub(crate) async fn publish_ended<D>(app: &App, saga: &'static str, state: &State<D>) {
-    let Ok(subject) = intern_subject(&ended_subject(saga)) else { return };
-    let ended =
-        SagaEnded { saga: saga.to_owned(), id: state.id.clone(), status: state.status, error: state.error.clone() };
-    let Ok(payload) = serde_json::to_vec(&ended) else { return };
-    let message = Encoded { subject, payload, content_type: Json::CONTENT_TYPE, durable: false };
-    let mut meta = Metadata::root();
-    if let Some(origin) = state.trace_origin() {
-        meta = meta.in_trace(&origin);
-    }
-    if let Err(e) = app.instance().publish_encoded(message, meta).await {
-        tracing::debug!(saga, id = state.id, error = %e, "could not publish that the saga ended");
-    }
 }
 
 struct Run<'a, D: 'static> {
@@ -133,6 +96,10 @@ struct Run<'a, D: 'static> {
     version: u64,
     /// The stored state already counts the next attempt as started.
     attempt_recorded: bool,
+    /// Renews the lease until the last write (or the end of the run).
+    renewer: Option<Renewer>,
+    /// The last write gave the lease up and left the indexes.
+    released: bool,
 }
 
 impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
@@ -171,11 +138,20 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
         if self.state.status.is_finished() {
             self.state.finished_at.get_or_insert(now);
         }
-        self.version = self
-            .app
-            .store()
-            .put_fenced(&self.key, Expect::Version(self.version), &encode(self.def.name, &self.state)?, &self.lease)
-            .await?;
+        let (store, expect, encoded) =
+            (self.app.store(), Expect::Version(self.version), encode(self.def.name, &self.state)?);
+        if !self.state.status.is_finished() {
+            self.version = store.put_fenced(&self.key, expect, &encoded, &self.lease).await?;
+            return Ok(());
+        }
+        // The last write also leaves the indexes and gives the lease up
+        // (renewing it stops first).
+        self.renewer = None;
+        let leaving = Leaving::of(self.app, self.def.name, &self.state.id, self.state.status);
+        let (entering, out) = leaving.pairs();
+        let sets = Sets { entering: &entering, leaving: &out };
+        self.version = store.put_fenced_and_release(&self.key, expect, &encoded, &self.lease, sets).await?;
+        self.released = true;
         Ok(())
     }
 
@@ -569,32 +545,3 @@ async fn guarded<D>(
 
 /// Between attempts of a step: 50 ms × 2^(n−1), at most 2 s, jittered.
 const RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2)).half_jitter();
-
-/// Renews a lease every third of its TTL until stopped. A lost lease is
-/// only logged here: the next fenced write fails and stops the run.
-struct Renewer(tokio::task::JoinHandle<()>);
-
-impl Renewer {
-    fn start(app: &App, lease: Lease) -> Renewer {
-        let (store, ttl, clock) = (app.store().clone(), app.config().saga_lease_ttl, app.instance().clock);
-        Renewer(tokio::spawn(async move {
-            loop {
-                clock.sleep(ttl / 3).await;
-                match store.renew_lease(&lease, ttl).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(lease = %lease.key, "saga lease lost; another instance may have taken over");
-                        return;
-                    }
-                    Err(e) => tracing::warn!(lease = %lease.key, error = %e, "saga lease renewal failed; retrying"),
-                }
-            }
-        }))
-    }
-}
-
-impl Drop for Renewer {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}

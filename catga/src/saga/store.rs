@@ -132,19 +132,46 @@ pub(crate) fn parse_owned(entry: &str) -> Option<(&str, &str)> {
     entry.split_once(':')
 }
 
-/// Move a finished saga out of the indexes — the active one and this
-/// instance's own set (a failed one into the failed index first, so it is
-/// never out of both).
+/// The sets a finished saga moves between: out of the active and parked
+/// indexes and this instance's own set; a failed one into the failed index
+/// first, so it is never out of both.
+pub(crate) struct Leaving {
+    id: String,
+    entry: String,
+    failed: Option<Key>,
+    out: [Key; 3],
+}
+
+impl Leaving {
+    pub(crate) fn of(app: &App, saga: &str, id: &str, status: SagaStatus) -> Leaving {
+        Leaving {
+            id: id.to_owned(),
+            entry: owned_entry(saga, id),
+            failed: (status == SagaStatus::Failed).then(|| failed_key(saga)),
+            out: [index_key(saga), parked_key(saga), sagas_owned_key(app.instance_id())],
+        }
+    }
+
+    /// The sets entered and left, as (set, member) pairs.
+    pub(crate) fn pairs(&self) -> (Vec<(&Key, &str)>, [(&Key, &str); 3]) {
+        let [index, parked, owned] = &self.out;
+        let entering = self.failed.iter().map(|failed| (failed, self.id.as_str())).collect();
+        (entering, [(index, self.id.as_str()), (parked, self.id.as_str()), (owned, self.entry.as_str())])
+    }
+}
+
+/// Move a finished saga out of the indexes (see [`Leaving`]), when its
+/// last write did not (a run that found it finished).
 pub(crate) async fn unindex(app: &App, saga: &str, id: &str, status: SagaStatus) -> Result<()> {
     let store = app.store();
-    if status == SagaStatus::Failed {
-        store.set_add(&failed_key(saga), id).await?;
+    let leaving = Leaving::of(app, saga, id, status);
+    let (entering, out) = leaving.pairs();
+    for (set, member) in entering {
+        store.set_add(set, member).await?;
     }
     // Three independent removals, in one round trip's time.
-    let (index, parked, owned) = (index_key(saga), parked_key(saga), sagas_owned_key(app.instance_id()));
-    let entry = owned_entry(saga, id);
-    let (a, b, c) =
-        tokio::join!(store.set_remove(&index, id), store.set_remove(&parked, id), store.set_remove(&owned, &entry));
+    let [(a, x), (b, y), (c, z)] = out;
+    let (a, b, c) = tokio::join!(store.set_remove(a, x), store.set_remove(b, y), store.set_remove(c, z));
     a.and(b).and(c)?;
     Ok(())
 }

@@ -52,7 +52,7 @@ use crate::security::RedisTls;
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
-pub use self::types::{Beat, Claim, Created, Due, Expect, Key, Lease, StoreError, Takeover, Versioned};
+pub use self::types::{Beat, Claim, Created, Due, Expect, Key, Lease, Sets, StoreError, Takeover, Versioned};
 
 /// Where an instance keeps shared state. Cheap to clone; clones share it.
 #[derive(Clone)]
@@ -146,6 +146,56 @@ impl Store {
         match &self.backend {
             Backend::Memory(m) => Ok(m.put(key, expect, value, Some(lease))?),
             Backend::Redis(r) => Ok(r.put(key, expect, value, Some(lease)).await?),
+        }
+    }
+
+    /// The last write of `key` under `lease`: [`put_fenced`](Self::put_fenced),
+    /// and once it is written, each `(set, member)` of `sets.entering` added,
+    /// each of `sets.leaving` removed, and the lease released — what a
+    /// finished saga does. A refused write (conflict, fenced) changes nothing
+    /// else. On one Redis server one script (one round trip); on a Redis
+    /// Cluster, whose sets are in other slots, the write, then the sets
+    /// entered, then those left beside the release.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> catga::Result<()> {
+    /// use std::time::Duration;
+    /// use catga::store::{Expect, Key, Sets, Store};
+    ///
+    /// let store = Store::memory();
+    /// let (state, lease) = (Key::new("order-7", "state"), Key::new("order-7", "lease"));
+    /// let (open, closed) = (Key::new("orders", "open"), Key::new("orders", "closed"));
+    /// store.set_add(&open, "order-7").await?;
+    /// let held = store.acquire_lease(&lease, "a", Duration::from_secs(30)).await?.unwrap();
+    /// let sets = Sets { entering: &[(&closed, "order-7")], leaving: &[(&open, "order-7")] };
+    /// store.put_fenced_and_release(&state, Expect::Absent, b"done", &held, sets).await?;
+    /// assert!(store.set_members(&open).await?.is_empty());
+    /// assert_eq!(store.set_members(&closed).await?, ["order-7"]);
+    /// assert!(!store.release_lease(&held).await?, "released already");
+    /// # Ok(()) }
+    /// ```
+    pub async fn put_fenced_and_release(
+        &self,
+        key: &Key,
+        expect: Expect,
+        value: &[u8],
+        lease: &Lease,
+        sets: Sets<'_>,
+    ) -> Result<u64> {
+        same_scope(key, lease)?;
+        match &self.backend {
+            Backend::Memory(m) => {
+                let version = m.put(key, expect, value, Some(lease))?;
+                for (set, member) in sets.entering {
+                    m.set_add(set, member);
+                }
+                for (set, member) in sets.leaving {
+                    m.set_remove(set, member);
+                }
+                m.release_lease(lease);
+                Ok(version)
+            }
+            Backend::Redis(r) => Ok(r.put_fenced_and_release(key, expect, value, lease, sets).await?),
         }
     }
 

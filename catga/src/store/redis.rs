@@ -56,7 +56,7 @@ mod timers;
 
 use self::conn::{CLUSTER_REQUEST_TIMEOUT, Conn, Connection};
 use super::lua::{SCRIPTS, expect_arg, millis, number, reply_parts, unexpected};
-use super::{Beat, Claim, Created, Expect, Key, Lease, StoreError, Takeover, Versioned, memory::fence_key};
+use super::{Beat, Claim, Created, Expect, Key, Lease, Sets, StoreError, Takeover, Versioned, memory::fence_key};
 use crate::error::Error;
 use crate::security::RedisTls;
 
@@ -244,11 +244,57 @@ impl RedisStore {
         value: &[u8],
         fence: Option<&Lease>,
     ) -> Result<u64, StoreError> {
-        let op = if fence.is_some() { "put_fenced" } else { "put" };
+        self.put_then(key, expect, value, fence, None).await
+    }
+
+    /// The last write of `key` under `lease`, then its sets and the lease's
+    /// release: one script on one server; on a Cluster (the sets are in
+    /// other slots), the write, then `entering` side by side, then `leaving`
+    /// and the release side by side.
+    pub(super) async fn put_fenced_and_release(
+        &self,
+        key: &Key,
+        expect: Expect,
+        value: &[u8],
+        lease: &Lease,
+        sets: Sets<'_>,
+    ) -> Result<u64, StoreError> {
+        if !self.is_cluster() {
+            return self.put_then(key, expect, value, Some(lease), Some(sets)).await;
+        }
+        let version = self.put(key, expect, value, Some(lease)).await?;
+        let entered = futures_util::future::join_all(sets.entering.iter().map(|(set, m)| self.set_add(set, m))).await;
+        entered.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let left = futures_util::future::join_all(sets.leaving.iter().map(|(set, m)| self.set_remove(set, m)));
+        let (left, released) = tokio::join!(left, self.release_lease(lease));
+        left.into_iter().collect::<Result<Vec<_>, _>>()?;
+        released?;
+        Ok(version)
+    }
+
+    async fn put_then(
+        &self,
+        key: &Key,
+        expect: Expect,
+        value: &[u8],
+        fence: Option<&Lease>,
+        then: Option<Sets<'_>>,
+    ) -> Result<u64, StoreError> {
+        let op = match (fence, &then) {
+            (_, Some(_)) => "put_fenced_and_release",
+            (Some(_), None) => "put_fenced",
+            (None, None) => "put",
+        };
         let mut inv = SCRIPTS.put.prepare_invoke();
         inv.key(key.stored()).arg(expect_arg(expect)).arg(value);
         if let Some(lease) = fence {
             inv.key(fence_key(&lease.key).stored()).arg(lease.token);
+            if let Some(sets) = then {
+                inv.key(lease.key.stored()).arg(&lease.owner).arg(sets.entering.len());
+                for (set, member) in sets.entering.iter().chain(sets.leaving) {
+                    inv.key(set.stored()).arg(*member);
+                }
+            }
         }
         let reply: Vec<String> = self.eval(op, key, &inv).await?;
         match reply_parts(&reply) {

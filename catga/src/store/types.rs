@@ -113,6 +113,18 @@ pub enum Takeover {
     },
 }
 
+/// The sets a record's last write moves it between
+/// ([`Store::put_fenced_and_release`](super::Store::put_fenced_and_release)):
+/// each `(set, member)` of `entering` is added, then each of `leaving`
+/// removed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sets<'a> {
+    /// Sets the record enters (each gets its member first).
+    pub entering: &'a [(&'a Key, &'a str)],
+    /// Sets it leaves.
+    pub leaving: &'a [(&'a Key, &'a str)],
+}
+
 /// A held lease. `token` is its fencing token: it grows with every grant of
 /// the lease, so a write carrying a smaller one comes from a holder that was
 /// superseded.
