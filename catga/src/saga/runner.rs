@@ -149,7 +149,7 @@ impl<D: Serialize + DeserializeOwned + Send + Sync + 'static> Run<'_, D> {
         self.renewer = None;
         let leaving = Leaving::of(self.app, self.def.name, &self.state.id, self.state.status);
         let (entering, out) = leaving.pairs();
-        let sets = Sets { entering: &entering, leaving: &out };
+        let sets = Sets { entering: entering.as_slice(), leaving: &out };
         self.version = store.put_fenced_and_release(&self.key, expect, &encoded, &self.lease, sets).await?;
         self.released = true;
         Ok(())

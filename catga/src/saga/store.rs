@@ -152,13 +152,16 @@ impl Leaving {
         }
     }
 
-    /// The sets entered and left, as (set, member) pairs.
-    pub(crate) fn pairs(&self) -> (Vec<(&Key, &str)>, [(&Key, &str); 3]) {
+    /// The set entered (a failed saga's) and those left, as (set, member).
+    pub(crate) fn pairs(&self) -> (Option<Member<'_>>, [Member<'_>; 3]) {
         let [index, parked, owned] = &self.out;
-        let entering = self.failed.iter().map(|failed| (failed, self.id.as_str())).collect();
+        let entering = self.failed.as_ref().map(|failed| (failed, self.id.as_str()));
         (entering, [(index, self.id.as_str()), (parked, self.id.as_str()), (owned, self.entry.as_str())])
     }
 }
+
+/// A set and a member of it.
+type Member<'a> = (&'a Key, &'a str);
 
 /// Move a finished saga out of the indexes (see [`Leaving`]), when its
 /// last write did not (a run that found it finished).
@@ -166,7 +169,7 @@ pub(crate) async fn unindex(app: &App, saga: &str, id: &str, status: SagaStatus)
     let store = app.store();
     let leaving = Leaving::of(app, saga, id, status);
     let (entering, out) = leaving.pairs();
-    for (set, member) in entering {
+    if let Some((set, member)) = entering {
         store.set_add(set, member).await?;
     }
     // Three independent removals, in one round trip's time.
