@@ -155,7 +155,11 @@ impl Store {
     /// finished saga does. A refused write (conflict, fenced) changes nothing
     /// else. On one Redis server one script (one round trip); on a Redis
     /// Cluster, whose sets are in other slots, the write, then the sets
-    /// entered, then those left beside the release.
+    /// entered, then those left beside the release — there a failure after
+    /// the write cannot undo it: it is logged at `warn` and the version
+    /// returned (the sets are for their readers to repair, as the saga
+    /// sweep does; a set not entered is not left either; a lease not
+    /// released lapses at its TTL).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> catga::Result<()> {

@@ -34,7 +34,10 @@
 //! **Atomicity.** Every operation is one Lua script ([`Script`](::redis::Script): `EVALSHA`,
 //! with `SCRIPT LOAD` and a retry on `NOSCRIPT`) whose keys are all in one
 //! scope, so on a Cluster they hash to one slot. No `WATCH`/`MULTI`: those
-//! need a connection of one's own, and these connections are shared.
+//! need a connection of one's own, and these connections are shared. Two
+//! operations also change sets of other scopes (`create_leased`'s indexes,
+//! `put_fenced_and_release`'s): on one server in the same script, on a
+//! Cluster as commands of their own (before the script, or after the write).
 //!
 //! **Retries.** The cluster client retries an operation whose connection
 //! broke or that met a failover; while a dead primary's address refuses
@@ -250,7 +253,10 @@ impl RedisStore {
     /// The last write of `key` under `lease`, then its sets and the lease's
     /// release: one script on one server; on a Cluster (the sets are in
     /// other slots), the write, then `entering` side by side, then `leaving`
-    /// and the release side by side.
+    /// and the release side by side. There, what follows the write cannot
+    /// undo it: a failure is logged and the version returned (a set left
+    /// unchanged is for its readers to repair; a set not entered is not
+    /// left either; a lease not released lapses at its TTL).
     pub(super) async fn put_fenced_and_release(
         &self,
         key: &Key,
@@ -263,12 +269,22 @@ impl RedisStore {
             return self.put_then(key, expect, value, Some(lease), Some(sets)).await;
         }
         let version = self.put(key, expect, value, Some(lease)).await?;
+        let failed = |what: &str, e: StoreError| {
+            tracing::warn!(key = %key, error = %e, "store: the last write was made, but {what} failed");
+        };
         let entered = futures_util::future::join_all(sets.entering.iter().map(|(set, m)| self.set_add(set, m))).await;
-        entered.into_iter().collect::<Result<Vec<_>, _>>()?;
-        let left = futures_util::future::join_all(sets.leaving.iter().map(|(set, m)| self.set_remove(set, m)));
+        let entered = entered.into_iter().filter_map(Result::err).map(|e| failed("entering a set", e)).count() == 0;
+        let left = async {
+            if !entered {
+                return Vec::new(); // never out of both
+            }
+            futures_util::future::join_all(sets.leaving.iter().map(|(set, m)| self.set_remove(set, m))).await
+        };
         let (left, released) = tokio::join!(left, self.release_lease(lease));
-        left.into_iter().collect::<Result<Vec<_>, _>>()?;
-        released?;
+        left.into_iter().filter_map(Result::err).for_each(|e| failed("leaving a set", e));
+        if let Err(e) = released {
+            failed("releasing the lease", e);
+        }
         Ok(version)
     }
 
