@@ -310,8 +310,12 @@ pub(crate) fn owner(app: &App) -> String {
     format!("{}#{:08x}", app.instance_id(), fastrand::u32(..))
 }
 
+/// A state as JSON. Into a buffer of 1 KiB to start: a small saga's state
+/// is most of that, and `to_vec`'s 128 bytes grew (and copied) it three
+/// times on every write.
 pub(crate) fn encode<D: Serialize>(saga: &'static str, state: &State<D>) -> Result<Vec<u8>> {
-    serde_json::to_vec(state).map_err(|e| Error::Saga {
+    let mut buffer = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut buffer, state).map(|()| buffer).map_err(|e| Error::Saga {
         saga: saga.to_owned(),
         id: state.id.clone(),
         reason: format!("its data does not serialize as JSON: {e}"),
