@@ -272,20 +272,32 @@ impl RedisStore {
         let failed = |what: &str, e: StoreError| {
             tracing::warn!(key = %key, error = %e, "store: the last write was made, but {what} failed");
         };
-        let entered = futures_util::future::join_all(sets.entering.iter().map(|(set, m)| self.set_add(set, m))).await;
-        let entered = entered.into_iter().filter_map(Result::err).map(|e| failed("entering a set", e)).count() == 0;
+        let not_entered = self.set_each(sets.entering, true).await;
+        let entered = not_entered.is_empty();
+        not_entered.into_iter().for_each(|e| failed("entering a set", e));
         let left = async {
-            if !entered {
-                return Vec::new(); // never out of both
+            match entered {
+                true => self.set_each(sets.leaving, false).await,
+                false => Vec::new(), // never out of both
             }
-            futures_util::future::join_all(sets.leaving.iter().map(|(set, m)| self.set_remove(set, m))).await
         };
-        let (left, released) = tokio::join!(left, self.release_lease(lease));
-        left.into_iter().filter_map(Result::err).for_each(|e| failed("leaving a set", e));
+        let (not_left, released) = tokio::join!(left, self.release_lease(lease));
+        not_left.into_iter().for_each(|e| failed("leaving a set", e));
         if let Err(e) = released {
             failed("releasing the lease", e);
         }
         Ok(version)
+    }
+
+    /// Add (or remove) each `(set, member)`, side by side; the errors.
+    async fn set_each(&self, pairs: &[(&Key, &str)], add: bool) -> Vec<StoreError> {
+        let each = pairs.iter().map(|&(set, member)| async move {
+            match add {
+                true => self.set_add(set, member).await,
+                false => self.set_remove(set, member).await,
+            }
+        });
+        futures_util::future::join_all(each).await.into_iter().filter_map(Result::err).collect()
     }
 
     async fn put_then(
@@ -516,8 +528,9 @@ impl RedisStore {
         inv.arg(value).arg(owner).arg(millis(ttl));
         if self.is_cluster() {
             // The sets hash to other slots: first, side by side.
-            let added = futures_util::future::join_all(indexes.iter().map(|(set, member)| self.set_add(set, member)));
-            added.await.into_iter().collect::<Result<Vec<_>, _>>()?;
+            if let Some(e) = self.set_each(indexes, true).await.into_iter().next() {
+                return Err(e);
+            }
         } else {
             // One server: in the same script, before the record.
             for (set, member) in indexes {
