@@ -10,28 +10,23 @@
 //! Protocol: ROUNDS interleaved rounds of (Catga durable, raw JetStream,
 //! Catga core), each a closed loop of WINDOW after a warm-up; the ratios
 //! are the medians of the rounds' ratios. Beside each figure, the CPU time
-//! per request of this process (both ends) and of nats-server (from /proc).
+//! per request of this process (both ends) and of nats-server (from /proc),
+//! and this process's context switches per request (`switches_per_req`).
 //!
 //! Run: `cargo bench --bench durable` (about 50 s). Needs `nats-server` on
 //! PATH. Ends with one JSON line per concurrency: `ratio` (durable /
 //! raw JetStream), `ratio_core` (durable / core), absolute figures.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream;
 use catga::prelude::*;
 use catga_suite::NatsServer;
+use catga_suite::floor::{RawSender, raw_responder};
 use catga_suite::load::{Measured, list, measured, median};
-use futures_util::StreamExt;
-use tokio::sync::oneshot;
 
 const WINDOW: Duration = Duration::from_millis(1500);
 const ROUNDS: usize = 5;
 const RAW_SUBJECT: &str = "bench.raw.durable";
-const REPLY_TO: &str = "Reply-To";
 
 /// JSON of this is exactly 128 bytes: `{"data":"` + 117 x + `"}`.
 #[derive(Debug, Clone, Serialize, Deserialize, Command)]
@@ -63,89 +58,6 @@ fn data() -> String {
     data
 }
 
-/// The raw floor's sender: one wildcard reply inbox shared by every
-/// request, a token per request (what Catga's reply inbox does, and what
-/// async-nats's own `request` does).
-struct RawSender {
-    js: jetstream::Context,
-    prefix: String,
-    next: AtomicU64,
-    waiting: Arc<Mutex<HashMap<u64, oneshot::Sender<async_nats::Message>>>>,
-}
-
-impl RawSender {
-    async fn start(client: async_nats::Client) -> Arc<RawSender> {
-        let prefix = client.new_inbox();
-        let mut replies = catga_suite::subscribed(&client, &format!("{prefix}.*")).await;
-        let waiting: Arc<Mutex<HashMap<u64, oneshot::Sender<async_nats::Message>>>> = Arc::default();
-        tokio::spawn({
-            let waiting = waiting.clone();
-            async move {
-                while let Some(reply) = replies.next().await {
-                    let token = reply.subject.rsplit('.').next().and_then(|t| t.parse::<u64>().ok());
-                    let slot = token.and_then(|t| waiting.lock().unwrap().remove(&t));
-                    if let Some(slot) = slot {
-                        let _ = slot.send(reply);
-                    }
-                }
-            }
-        });
-        Arc::new(RawSender { js: jetstream::new(client), prefix, next: AtomicU64::new(0), waiting })
-    }
-
-    async fn send(&self, blob: &Durable) {
-        let token = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.waiting.lock().unwrap().insert(token, tx);
-        // The reply subject is unique, so it is the deduplication id too.
-        let reply_to = format!("{}.{token}", self.prefix);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", reply_to.as_str());
-        headers.insert(REPLY_TO, reply_to);
-        let body = serde_json::to_vec(blob).unwrap();
-        let stored = self.js.publish_with_headers(RAW_SUBJECT, headers, body.into()).await.unwrap();
-        stored.await.expect("stored");
-        let reply = rx.await.expect("answered");
-        let _: Durable = serde_json::from_slice(&reply.payload).unwrap();
-    }
-}
-
-/// The raw floor's responder: a durable pull consumer on a work-queue
-/// stream (Catga's settings for a command), handling one message at a
-/// time from its message stream: decode, encode, reply, ack.
-async fn raw_responder(client: async_nats::Client) {
-    let js = jetstream::new(client.clone());
-    let stream = js
-        .create_stream(jetstream::stream::Config {
-            name: "BENCH_RAW_DURABLE".into(),
-            subjects: vec![RAW_SUBJECT.into()],
-            retention: jetstream::stream::RetentionPolicy::WorkQueue,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            durable_name: Some("bench".into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
-    tokio::spawn(async move {
-        while let Some(Ok(message)) = messages.next().await {
-            let blob: Durable = serde_json::from_slice(&message.payload).unwrap();
-            let to = message.headers.as_ref().and_then(|h| h.get(REPLY_TO)).map(|v| v.as_str().to_owned());
-            if let Some(to) = to {
-                client.publish(to, serde_json::to_vec(&blob).unwrap().into()).await.unwrap();
-            }
-            message.ack().await.unwrap();
-        }
-    });
-}
-
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let nats = NatsServer::start_jetstream();
@@ -159,7 +71,7 @@ fn main() {
             .await
             .unwrap();
         let client = Catga::builder().nats_url(&url).service("bench-client").client_only().start().await.unwrap();
-        raw_responder(async_nats::connect(&url).await.unwrap()).await;
+        raw_responder::<Durable>(async_nats::connect(&url).await.unwrap(), "BENCH_RAW_DURABLE", RAW_SUBJECT).await;
         let raw = RawSender::start(async_nats::connect(&url).await.unwrap()).await;
         for concurrency in [1, 16] {
             let (mut durable_runs, mut raw_runs, mut core_runs) =
@@ -179,7 +91,7 @@ fn main() {
                 raw_runs.push(
                     measured(&servers, concurrency, WINDOW, move || {
                         let r = r.clone();
-                        async move { r.send(&Durable { data: data() }).await }
+                        async move { r.send(RAW_SUBJECT, &Durable { data: data() }).await }
                     })
                     .await,
                 );
@@ -205,7 +117,8 @@ fn main() {
                  \"durable_p50_us\":{:.0},\"raw_js_p50_us\":{:.0},\"core_p50_us\":{:.0},\
                  \"durable_p99_us\":{:.0},\"raw_js_p99_us\":{:.0},\"core_p99_us\":{:.0},\
                  \"cpu_us_per_req\":{{\"durable\":{:.1},\"raw_js\":{:.1},\"core\":{:.1}}},\
-                 \"server_cpu_us_per_req\":{{\"durable\":{:.1},\"raw_js\":{:.1},\"core\":{:.1}}}}}",
+                 \"server_cpu_us_per_req\":{{\"durable\":{:.1},\"raw_js\":{:.1},\"core\":{:.1}}},\
+                 \"switches_per_req\":{{\"durable\":{:.2},\"raw_js\":{:.2},\"core\":{:.2}}}}}",
                 ratio(&raw_runs),
                 ratio(&core_runs),
                 rps(&durable_runs),
@@ -223,6 +136,9 @@ fn main() {
                 med(&durable_runs, |m| m.servers_cpu_us[0]),
                 med(&raw_runs, |m| m.servers_cpu_us[0]),
                 med(&core_runs, |m| m.servers_cpu_us[0]),
+                med(&durable_runs, |m| m.switches),
+                med(&raw_runs, |m| m.switches),
+                med(&core_runs, |m| m.switches),
             );
         }
         client.shutdown().await;

@@ -19,8 +19,10 @@
 //! two-worker runtime; the server's own work is not counted): `nats` (a
 //! Catga `send` to an `echo` handler, `CONCURRENCY` at a time, 1 by
 //! default) against `raw` (async-nats with serde_json of the same struct on
-//! both sides; `durable`: the same through JetStream, on a server with
-//! JetStream), and `nats-publish` against `raw-publish` (to a raw
+//! both sides; `raw-meta`: that and Catga's headers of a request, built by
+//! the sender and read by the responder, as `benches/nats.rs`'s metadata
+//! floor; `durable`: the same through JetStream, on a server with
+//! JetStream, against `raw-durable`, `benches/durable.rs`'s floor), and `nats-publish` against `raw-publish` (to a raw
 //! subscriber that receives them all). Use a few thousand operations:
 //! callgrind runs the program ~50 times slower.
 
@@ -82,28 +84,47 @@ fn blob() -> Blob {
 /// `send` to an `echo` handler (`nats`), or raw async-nats with serde_json
 /// of the same struct on both sides (`raw`, the floor).
 async fn over_nats(mode: &str, n: u64, concurrency: u64) {
-    let raw = mode == "raw";
+    let raw = mode == "raw" || mode == "raw-meta";
+    let meta = mode == "raw-meta";
     let nats = match mode {
-        "durable" => catga_suite::NatsServer::start_jetstream(),
+        "durable" | "raw-durable" => catga_suite::NatsServer::start_jetstream(),
         _ => catga_suite::NatsServer::start(),
     };
     let url = nats.url();
-    let request: std::sync::Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync> = if raw {
+    let request: std::sync::Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync> = if mode
+        == "raw-durable"
+    {
+        let subject = "bench.raw.durable";
+        let responder = async_nats::connect(&url).await.expect("connected");
+        catga_suite::floor::raw_responder::<DurableBlob>(responder, "BENCH_RAW_DURABLE", subject).await;
+        let sender = catga_suite::floor::RawSender::start(async_nats::connect(&url).await.expect("connected")).await;
+        std::sync::Arc::new(move || {
+            let sender = sender.clone();
+            Box::pin(async move { sender.send(subject, &DurableBlob { data: blob().data }).await })
+        })
+    } else if raw {
         let responder = async_nats::connect(&url).await.expect("connected");
         let mut requests = responder.queue_subscribe("bench.raw", "bench".into()).await.expect("subscribed");
         tokio::spawn(async move {
             while let Some(m) = requests.next().await {
+                black_box(catga_suite::floor::read_meta(&m));
                 let blob: Blob = serde_json::from_slice(&m.payload).expect("a blob");
                 let body = serde_json::to_vec(&blob).expect("encoded");
                 responder.publish(m.reply.expect("a request"), body.into()).await.expect("replied");
             }
         });
         let client = async_nats::connect(&url).await.expect("connected");
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         std::sync::Arc::new(move || {
             let client = client.clone();
+            let n = sent.fetch_add(1, Ordering::Relaxed);
             Box::pin(async move {
                 let body = serde_json::to_vec(&blob()).expect("encoded");
-                let reply = client.request("bench.raw", body.into()).await.expect("answered");
+                let mut request = async_nats::Request::new().payload(body.into());
+                if meta {
+                    request = request.headers(catga_suite::floor::meta_headers(n, true));
+                }
+                let reply = client.send_request("bench.raw", request).await.expect("answered");
                 black_box(serde_json::from_slice::<Blob>(&reply.payload).expect("a blob"));
             })
         })
@@ -226,7 +247,7 @@ fn main() {
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
         return runtime.block_on(publish_over_nats(what == "raw-publish", n));
     }
-    if what == "nats" || what == "raw" || what == "durable" {
+    if matches!(what.as_str(), "nats" | "raw" | "raw-meta" | "durable" | "raw-durable") {
         let concurrency: u64 = std::env::var("CONCURRENCY").ok().and_then(|c| c.parse().ok()).unwrap_or(1);
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
@@ -250,7 +271,7 @@ fn main() {
                 }
             }
             other => {
-                panic!("`{other}`: say `send`, `publish`, `nats`, `raw`, `durable`, `nats-publish` or `raw-publish`")
+                panic!("`{other}`: say `send`, `publish`, `nats`, `raw`, `raw-meta`, `durable`, `raw-durable`, `nats-publish` or `raw-publish`")
             }
         }
         app.shutdown().await;

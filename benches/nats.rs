@@ -13,7 +13,10 @@
 //! (Catga, raw, raw+serde, raw+serde+headers), each a closed loop of WINDOW after a warm-up;
 //! the ratios are the median of the rounds' ratios. Beside each figure,
 //! the CPU time per request of this process (client and responder; from
-//! /proc/self/stat) and of the nats-server process.
+//! /proc/self/stat) and of the nats-server process, and this process's
+//! context switches per request (`switches_per_req`: a thread going to
+//! sleep or handing its core over — what a hand-off between threads
+//! costs, and what an instruction count does not show).
 //!
 //! Publishing: PUBLISHED events as fast as possible until a subscriber of
 //! this process has received every one (the same end point for all three:
@@ -70,33 +73,6 @@ where
     load::measured(&[server], concurrency, WINDOW, request).await
 }
 
-/// Catga's headers of a core request (`docs/WIRE.md`), built as a sender
-/// would for each message: fresh ids as hex, and for a request the
-/// liveness flag and the deadline's milliseconds (an event has neither).
-fn meta_headers(n: u64, request: bool) -> async_nats::HeaderMap {
-    use catga::transport::headers;
-    let mut h = async_nats::HeaderMap::new();
-    let id = u128::from(n) << 64 | u128::from(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    h.insert(headers::MESSAGE_ID, format!("{id:032x}"));
-    h.insert(headers::TRACEPARENT, format!("00-{:032x}-{:016x}-01", id.rotate_left(7), n | 1));
-    if request {
-        h.insert(headers::LIVENESS, "1");
-        h.insert(headers::DEADLINE_IN, 30_000u64.to_string());
-    }
-    h
-}
-
-/// A responder's read of them: each header looked up once.
-fn read_meta(m: &async_nats::Message) -> usize {
-    use catga::transport::headers;
-    let Some(h) = &m.headers else { return 0 };
-    [headers::MESSAGE_ID, headers::TRACEPARENT, headers::LIVENESS, headers::DEADLINE_IN]
-        .into_iter()
-        .filter_map(|name| h.get(name))
-        .map(|v| v.as_str().len())
-        .sum()
-}
-
 fn main() {
     let logs = std::env::args().any(|a| a == "logs");
     if logs {
@@ -116,7 +92,7 @@ fn main() {
             let responder = raw_server.clone();
             tokio::spawn(async move {
                 while let Some(m) = subscription.next().await {
-                    std::hint::black_box(read_meta(&m));
+                    std::hint::black_box(catga_suite::floor::read_meta(&m));
                     let Some(reply) = m.reply else { continue };
                     let body = match typed {
                         true => {
@@ -185,7 +161,7 @@ fn main() {
                         let (r, n) = (r.clone(), n.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
                         async move {
                             let body = serde_json::to_vec(&blob()).unwrap();
-                            let request = async_nats::Request::new().payload(body.into()).headers(meta_headers(n, true));
+                            let request = async_nats::Request::new().payload(body.into()).headers(catga_suite::floor::meta_headers(n, true));
                             let reply = r.send_request("bench.raw.meta", request).await.unwrap();
                             let _: Blob = serde_json::from_slice(&reply.payload).unwrap();
                         }
@@ -205,7 +181,8 @@ fn main() {
                  \"catga_p50_us\":{:.0},\"raw_p50_us\":{:.0},\"raw_serde_p50_us\":{:.0},\
                  \"catga_p99_us\":{:.0},\"raw_p99_us\":{:.0},\"raw_serde_p99_us\":{:.0},\
                  \"catga_cpu_us_per_req\":{:.1},\"raw_cpu_us_per_req\":{:.1},\"raw_serde_cpu_us_per_req\":{:.1},\
-                 \"server_cpu_us_per_req\":{{\"catga\":{:.1},\"raw\":{:.1},\"raw_serde\":{:.1}}}}}",
+                 \"server_cpu_us_per_req\":{{\"catga\":{:.1},\"raw\":{:.1},\"raw_serde\":{:.1}}},\
+                 \"switches_per_req\":{{\"catga\":{:.2},\"raw_serde\":{:.2},\"raw_meta\":{:.2}}}}}",
                 list(rps(&catga_runs).into_iter()),
                 list(rps(&raw_runs).into_iter()),
                 list(rps(&serde_runs).into_iter()),
@@ -225,6 +202,9 @@ fn main() {
                 med(&catga_runs, |m| m.servers_cpu_us[0]),
                 med(&raw_runs, |m| m.servers_cpu_us[0]),
                 med(&serde_runs, |m| m.servers_cpu_us[0]),
+                med(&catga_runs, |m| m.switches),
+                med(&serde_runs, |m| m.switches),
+                med(&meta_runs, |m| m.switches),
             ));
             println!("{}", lines.last().unwrap());
         }
@@ -265,7 +245,7 @@ fn main() {
                         1 => raw.publish("bench.raw.event", event_bytes.clone()).await.unwrap(),
                         2 => raw.publish("bench.raw.event", encoded()).await.unwrap(),
                         _ => {
-                            let headers = meta_headers(u64::from(n), false);
+                            let headers = catga_suite::floor::meta_headers(u64::from(n), false);
                             raw.publish_with_headers("bench.raw.event", headers, encoded()).await.unwrap()
                         }
                     }

@@ -8,6 +8,7 @@
 //! OS process. All are stopped by the pid this code started — never by
 //! name — when dropped.
 
+pub mod floor;
 pub mod load;
 pub mod postgres;
 pub mod redis;

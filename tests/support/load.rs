@@ -85,12 +85,35 @@ pub fn cpu(pid: u32) -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
+/// Context switches of this process's threads so far (voluntary and not,
+/// summed over /proc/self/task; zero where /proc is not there): each is a
+/// thread that went to sleep or was put off its core. Threads that have
+/// ended are not counted, so compare figures of a process whose threads
+/// live through the measurement (a runtime's workers).
+pub fn switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter_map(|l| l.split_once("ctxt_switches:"))
+                .filter_map(|(_, n)| n.trim().parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 /// One closed-loop run with the CPU it took per request, in µs: this
 /// process's, and each of the servers' it was given.
 #[derive(Debug, Clone)]
 pub struct Measured {
     pub run: Run,
     pub cpu_us: f64,
+    /// This process's threads' context switches per request ([`switches`]):
+    /// the hand-offs between threads a request costs.
+    pub switches: f64,
     /// In the order of `servers` given to [`measured`].
     pub servers_cpu_us: Vec<f64>,
 }
@@ -104,15 +127,17 @@ where
 {
     let me = std::process::id();
     let before: Vec<Duration> = std::iter::once(me).chain(servers.iter().copied()).map(cpu).collect();
+    let switched = switches();
     let started = Instant::now();
     let run = closed_loop(concurrency, window, request).await;
     let requests = (run.rps * started.elapsed().as_secs_f64()).max(1.0);
+    let switches = switches().saturating_sub(switched) as f64 / requests;
     let mut per = std::iter::once(me)
         .chain(servers.iter().copied())
         .zip(before)
         .map(|(pid, before)| cpu(pid).saturating_sub(before).as_secs_f64() * 1e6 / requests);
     let cpu_us = per.next().unwrap_or_default();
-    Measured { run, cpu_us, servers_cpu_us: per.collect() }
+    Measured { run, cpu_us, switches, servers_cpu_us: per.collect() }
 }
 
 /// 1 µs to 60 s, 3 significant digits.
