@@ -17,6 +17,7 @@ mod io;
 pub mod memory;
 pub(crate) mod nats;
 mod pulse;
+mod request;
 mod secure;
 mod service;
 

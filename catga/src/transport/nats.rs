@@ -6,11 +6,9 @@
 //! - A broadcast event handler is a plain subscription; a queued one a
 //!   queue subscription.
 //! - `send` publishes a request on the connection's reply inbox
-//!   ([`super::inbox`]) and waits until its deadline. The responder signals
-//!   that it still holds the request ([`super::pulse`]); a request whose
-//!   responder went silent for the liveness timeout (it died, or the
-//!   message was lost) is sent again with the same message id, and "no
-//!   responders" is retried with backoff.
+//!   ([`super::inbox`]) and waits until its deadline, sending it again
+//!   while its responder is silent ([`super::request`]); a durable command
+//!   goes through JetStream ([`super::durable`]).
 //! - Shutdown drains: every subscription is drained (the server stops
 //!   routing here, messages already delivered are handled), in-flight
 //!   handlings finish, replies and publishes are flushed. One gap is not
@@ -29,7 +27,6 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::codec::Codec;
@@ -39,21 +36,20 @@ use crate::instance::{InFlight, Instance};
 use crate::logging::warn_limited;
 use crate::message::{Command, Event};
 use crate::metadata::Metadata;
-use crate::metrics::{Metrics, Retry};
+use crate::metrics::Metrics;
 use crate::receiver::Receiver;
 use crate::registry::{HandlerKind, HandlerRecord};
 use crate::transport::Encoded;
-use crate::transport::connection::{Connection, SEND_RETRY, drained, send_reply, subscription_capacity};
+use crate::transport::connection::{Connection, drained, send_reply, subscription_capacity};
 use crate::transport::durable::consumer::DurableServe;
 use crate::transport::durable::dlq::{self, DeadLetter, DeadLetterPage};
 use crate::transport::durable::sender;
 use crate::transport::durable::topology::{self, Settings};
-use crate::transport::envelope::{
-    codec_error, decode_reply, expired, metadata_of, request_headers, wants_signals, with_deadline_in,
-};
-use crate::transport::inbox::{Arrived, Inbox, Waiting};
+use crate::transport::envelope::{codec_error, decode_reply, expired, metadata_of, request_headers, wants_signals};
+use crate::transport::inbox::Inbox;
 use crate::transport::io::Io;
 use crate::transport::pulse::{self, Beat, Pulse, Signal};
+use crate::transport::request;
 use crate::transport::service::{EndpointStats, Service};
 
 /// A connected NATS transport. Cheap to clone.
@@ -284,93 +280,7 @@ impl Nats {
         if message.durable {
             return sender::send(conn, inbox, message, meta).await;
         }
-        let subject = message.subject;
-        let payload: bytes::Bytes = message.payload.into();
-        let liveness = self.inner.liveness;
-        // Built for each attempt (the deadline's time left changes): a
-        // fresh map costs less than a copy of one.
-        let headers = || {
-            let mut headers = request_headers(&meta, message.content_type);
-            if liveness.is_some() {
-                headers.insert(crate::transport::envelope::names::LIVENESS, "1");
-            }
-            match meta.deadline {
-                Some(deadline) => with_deadline_in(headers, deadline),
-                None => headers,
-            }
-        };
-        let started = conn.clock.now();
-        let timeout = || Error::Timeout { subject, after: started.elapsed() };
-        let mut waiting = inbox.wait(subject);
-        let mut retries = 0;
-        loop {
-            let published = conn.client.publish_with_reply_and_headers(
-                subject,
-                waiting.reply_to.clone(),
-                headers(),
-                payload.clone(),
-            );
-            if let Err(e) = published.await {
-                return Err(match e.kind() {
-                    async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
-                        Error::PayloadTooLarge { subject, size: payload.len(), max: conn.client.max_payload() }
-                    }
-                    _ => Error::Transport { subject, reason: e.to_string() },
-                });
-            }
-            match awaited(&mut waiting, meta.deadline, liveness, conn.clock).await {
-                Awaited::Reply(reply) if reply.status != Some(async_nats::StatusCode::NO_RESPONDERS) => {
-                    return Ok(reply);
-                }
-                Awaited::Reply(_no_responders) => {
-                    let pause = SEND_RETRY.delay(retries + 1);
-                    let late = meta.deadline.is_some_and(|d| conn.clock.now() + pause >= d);
-                    if retries >= conn.retries || late {
-                        warn_limited!(
-                            subject,
-                            "no_handler",
-                            subject = subject,
-                            message_id = %meta.message_id,
-                            retries,
-                            "send failed: no instance subscribed (no responders)"
-                        );
-                        return Err(Error::NoHandler { subject });
-                    }
-                    retries += 1;
-                    conn.retried.fetch_add(1, Ordering::Relaxed);
-                    self.inner.metrics.retried(subject, Retry::NoResponders);
-                    tracing::debug!(subject = subject, retries, ?pause, message_id = %meta.message_id, "no responders; retrying");
-                    conn.clock.sleep(pause).await;
-                    waiting = inbox.wait(subject); // the status took the token
-                }
-                Awaited::Silent => {
-                    conn.retried.fetch_add(1, Ordering::Relaxed);
-                    self.inner.metrics.retried(subject, Retry::Silent);
-                    tracing::debug!(
-                        subject = subject,
-                        message_id = %meta.message_id,
-                        after = ?started.elapsed(),
-                        "no sign of life from the responder; sending again"
-                    );
-                }
-                Awaited::Deadline => {
-                    warn_limited!(
-                        subject,
-                        "timeout",
-                        subject = subject,
-                        message_id = %meta.message_id,
-                        after = ?started.elapsed(),
-                        signals = waiting.signals(),
-                        "send failed: no reply by its deadline"
-                    );
-                    return Err(timeout());
-                }
-                Awaited::Closed => {
-                    return Err(Error::Transport { subject, reason: "the reply inbox closed".into() });
-                }
-                Awaited::Refused(reason) => return Err(Error::PermissionDenied { subject, reason }),
-            }
-        }
+        request::send(conn, inbox, &self.inner.metrics, self.inner.liveness, message, meta).await
     }
 
     /// Every dead letter of `subject` (see [`dlq::dead_letters`]).
@@ -423,64 +333,6 @@ impl Nats {
                 _ => Error::Transport { subject, reason: e.to_string() },
             }
         })
-    }
-}
-
-/// What one attempt of a send came to.
-enum Awaited {
-    /// A final message: the reply, or the server's "no responders".
-    Reply(async_nats::Message),
-    /// No reply and no signal for the liveness timeout.
-    Silent,
-    /// The send's deadline passed.
-    Deadline,
-    /// The inbox is gone (the connection closed).
-    Closed,
-    /// The server refused the publish (a permissions violation).
-    Refused(String),
-}
-
-/// Wait for the final reply of one attempt until the deadline, watching
-/// the responder's signals: none (and no reply) for `liveness` → `Silent`.
-async fn awaited(
-    waiting: &mut Waiting,
-    deadline: Option<Instant>,
-    liveness: Option<Duration>,
-    clock: Clock,
-) -> Awaited {
-    let (mut seen, mut quiet_since) = (waiting.signals(), clock.now());
-    loop {
-        let now = clock.now();
-        // Look at the signals four times per liveness period.
-        let look = liveness.map(|l| now + l / 4);
-        let wake = match (look, deadline) {
-            (Some(look), Some(deadline)) => Some(look.min(deadline)),
-            (look, deadline) => look.or(deadline),
-        };
-        let reply = match wake {
-            Some(wake) => match clock.timeout(wake.saturating_duration_since(now), &mut waiting.reply).await {
-                Ok(reply) => reply,
-                Err(_) => {
-                    let now = clock.now();
-                    if deadline.is_some_and(|d| now >= d) {
-                        return Awaited::Deadline;
-                    }
-                    let signals = waiting.signals();
-                    if signals != seen {
-                        (seen, quiet_since) = (signals, now);
-                    } else if liveness.is_some_and(|l| now.duration_since(quiet_since) >= l) {
-                        return Awaited::Silent;
-                    }
-                    continue;
-                }
-            },
-            None => (&mut waiting.reply).await,
-        };
-        return match reply {
-            Ok(Arrived::Reply(reply)) => Awaited::Reply(reply),
-            Ok(Arrived::Refused(reason)) => Awaited::Refused(reason),
-            Err(_) => Awaited::Closed,
-        };
     }
 }
 
