@@ -16,27 +16,54 @@ use tokio::sync::oneshot;
 /// The raw JetStream floor's header naming the reply subject.
 const REPLY_TO: &str = "Reply-To";
 
-/// Catga's headers of a core request (`docs/WIRE.md`), built as a sender
-/// would for each message: fresh ids as hex, and for a request the
-/// liveness flag and the deadline's milliseconds (an event has neither).
-pub fn meta_headers(n: u64, request: bool) -> async_nats::HeaderMap {
+/// Catga's header names, made at compile time (as Catga makes them), so
+/// the floor pays for the map and the values, not for validating names.
+mod names {
+    use async_nats::HeaderName;
     use catga::transport::headers;
+    pub const MESSAGE_ID: HeaderName = HeaderName::from_static(headers::MESSAGE_ID);
+    pub const TRACEPARENT: HeaderName = HeaderName::from_static(headers::TRACEPARENT);
+    pub const LIVENESS: HeaderName = HeaderName::from_static(headers::LIVENESS);
+    pub const DEADLINE_IN: HeaderName = HeaderName::from_static(headers::DEADLINE_IN);
+}
+
+/// `value`'s low `digits` hex digits appended to `out`, without `format!`.
+fn push_hex(out: &mut String, value: u128, digits: u32) {
+    for i in (0..digits).rev() {
+        out.push(char::from(b"0123456789abcdef"[(value >> (4 * i)) as usize & 0xf]));
+    }
+}
+
+/// Catga's headers of a core request (`docs/WIRE.md`), built for each
+/// message as Catga builds them — compile-time names, ids written as hex
+/// into strings of the right size — so that what this floor adds to raw +
+/// serde is the price of the headers themselves: fresh ids, and for a
+/// request the liveness flag and the deadline's milliseconds (an event has
+/// neither).
+pub fn meta_headers(n: u64, request: bool) -> async_nats::HeaderMap {
     let mut h = async_nats::HeaderMap::new();
     let id = u128::from(n) << 64 | u128::from(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    h.insert(headers::MESSAGE_ID, format!("{id:032x}"));
-    h.insert(headers::TRACEPARENT, format!("00-{:032x}-{:016x}-01", id.rotate_left(7), n | 1));
+    let mut message_id = String::with_capacity(32);
+    push_hex(&mut message_id, id, 32);
+    h.insert(names::MESSAGE_ID, message_id);
+    let mut traceparent = String::with_capacity(55);
+    traceparent.push_str("00-");
+    push_hex(&mut traceparent, id.rotate_left(7), 32);
+    traceparent.push('-');
+    push_hex(&mut traceparent, u128::from(n | 1), 16);
+    traceparent.push_str("-01");
+    h.insert(names::TRACEPARENT, traceparent);
     if request {
-        h.insert(headers::LIVENESS, "1");
-        h.insert(headers::DEADLINE_IN, 30_000u64.to_string());
+        h.insert(names::LIVENESS, "1");
+        h.insert(names::DEADLINE_IN, "30000");
     }
     h
 }
 
 /// A responder's read of them: each header looked up once.
 pub fn read_meta(m: &async_nats::Message) -> usize {
-    use catga::transport::headers;
     let Some(h) = &m.headers else { return 0 };
-    [headers::MESSAGE_ID, headers::TRACEPARENT, headers::LIVENESS, headers::DEADLINE_IN]
+    [names::MESSAGE_ID, names::TRACEPARENT, names::LIVENESS, names::DEADLINE_IN]
         .into_iter()
         .filter_map(|name| h.get(name))
         .map(|v| v.as_str().len())
