@@ -22,7 +22,8 @@
 //! both sides; `raw-meta`: that and Catga's headers of a request, built by
 //! the sender and read by the responder, as `benches/nats.rs`'s metadata
 //! floor; `durable`: the same through JetStream, on a server with
-//! JetStream, against `raw-durable`, `benches/durable.rs`'s floor), and `nats-publish` against `raw-publish` (to a raw
+//! JetStream, against `raw-durable`, `benches/durable.rs`'s floor), and
+//! `nats-publish` against `raw-publish` (to a raw
 //! subscriber that receives them all). Use a few thousand operations:
 //! callgrind runs the program ~50 times slower.
 
