@@ -9,7 +9,8 @@
 //! after a warm-up, latencies in an hdrhistogram; the ratio is the median
 //! of the rounds' ratios, and beside each figure the CPU time per
 //! operation of this process (client and responder), nats-server and
-//! redis-server (from /proc):
+//! redis-server (from /proc), and this process's context switches per
+//! operation (`switches_per_op`):
 //!
 //! - **sends**: the same three commands, `app.send` one after another;
 //! - **baseline**: those three sends plus the fewest Redis writes a durable
@@ -315,7 +316,8 @@ fn main() {
                  \"saga_per_s\":{},\"baseline_per_s\":{},\"sends_per_s\":{},\
                  \"saga_p50_us\":{:.0},\"saga_p99_us\":{:.0},\"baseline_p50_us\":{:.0},\"baseline_p99_us\":{:.0},\
                  \"sends_p50_us\":{:.0},\"sends_p99_us\":{:.0},\
-                 \"cpu_us_per_op\":{{\"saga\":{},\"baseline\":{},\"sends\":{}}}}}",
+                 \"cpu_us_per_op\":{{\"saga\":{},\"baseline\":{},\"sends\":{}}},\
+                 \"switches_per_op\":{{\"saga\":{:.2},\"baseline\":{:.2},\"sends\":{:.2}}}}}",
                 rps(&saga),
                 rps(&baseline),
                 rps(&sends),
@@ -328,6 +330,9 @@ fn main() {
                 cpu(&saga),
                 cpu(&baseline),
                 cpu(&sends),
+                med(&saga, &|m| m.switches),
+                med(&baseline, &|m| m.switches),
+                med(&sends, &|m| m.switches),
             ));
         }
         println!("Medians of {ROUNDS} interleaved rounds of {WINDOW:?} each; CPU in µs per operation.");
