@@ -95,12 +95,9 @@ pub fn switches() -> u64 {
     tasks
         .flatten()
         .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
-        .flat_map(|status| {
-            status
-                .lines()
-                .filter_map(|l| l.split_once("ctxt_switches:"))
-                .filter_map(|(_, n)| n.trim().parse::<u64>().ok())
-                .collect::<Vec<_>>()
+        .map(|status| {
+            let counts = status.lines().filter_map(|l| l.split_once("ctxt_switches:"));
+            counts.filter_map(|(_, n)| n.trim().parse::<u64>().ok()).sum::<u64>()
         })
         .sum()
 }
